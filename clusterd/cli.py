@@ -1,0 +1,461 @@
+"""The `clusterd` command: click parsing and printing only; the work is done by the library."""
+
+from __future__ import annotations
+
+import importlib
+import os
+import shutil
+import sys
+import time
+import tomllib
+from pathlib import Path
+from typing import Any
+
+import click
+
+from . import protocol
+from .config import Config, ConfigError, parse_size, parse_workers, runtime_root
+from .control import ControlClient, NoInstance, find_instance, list_instances
+from .protocol import RemoteError
+
+EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, 1, 2
+
+
+class UserError(click.ClickException):
+    """Bad input: one line on stderr, exit status 2."""
+
+    exit_code = EXIT_USAGE
+
+
+def fail(message: str, code: int = EXIT_USAGE) -> None:
+    click.echo(f"clusterd: {message}", err=True)
+    sys.exit(code)
+
+
+# ---------------------------------------------------------------------------- option types
+class SizeType(click.ParamType):
+    name = "size"
+
+    def convert(self, value: Any, param: Any, ctx: Any) -> int | None:
+        if value is None or isinstance(value, int):
+            return value
+        try:
+            return parse_size(value)
+        except ConfigError as exc:
+            self.fail(str(exc), param, ctx)
+
+
+class WorkersType(click.ParamType):
+    name = "auto|N"
+
+    def convert(self, value: Any, param: Any, ctx: Any) -> int:
+        try:
+            return parse_workers(value)
+        except ConfigError as exc:
+            self.fail(str(exc), param, ctx)
+
+
+def _positive(ctx: Any, param: click.Parameter, value: Any) -> Any:
+    if value is not None and value < 0:
+        raise click.BadParameter("must not be negative")
+    return value
+
+
+# ---------------------------------------------------------------------------- configuration file
+def _load_config_file(ctx: click.Context, param: click.Parameter, path: str | None) -> str | None:
+    """-c FILE: TOML keys become defaults under flags and CLUSTERD_* variables (click's own order)."""
+    if not path:
+        return path
+    try:
+        with open(path, "rb") as fh:
+            data = tomllib.load(fh)
+    except OSError as exc:
+        raise UserError(f"cannot read configuration file {path}: {exc.strerror}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise UserError(f"{path}: not valid TOML: {exc}") from None
+    if isinstance(data.get("clusterd"), dict):
+        data = data["clusterd"]
+    params = {p.name: p for p in ctx.command.params if p.name not in ("config",)}
+    defaults: dict[str, Any] = {}
+    for key, value in data.items():
+        name = key.replace("-", "_")
+        name = {"bind": "binds", "worker_bind": "worker_binds"}.get(name, name)
+        target = params.get(name)
+        if target is None:
+            raise UserError(f"{path}: unknown key {key!r}")
+        if target.multiple and not isinstance(value, list):
+            value = [value]
+        try:
+            target.type_cast_value(ctx, value if not isinstance(value, (int, float)) or isinstance(value, bool)
+                                   else value)
+        except click.BadParameter as exc:
+            raise UserError(f"{path}: bad value for {key!r}: {exc.format_message()}") from None
+        defaults[name] = value
+    ctx.default_map = {**(ctx.default_map or {}), **defaults}
+    return path
+
+
+def _env(name: str) -> str:
+    return "CLUSTERD_" + name.upper().replace("-", "_")
+
+
+def run_options(func: Any) -> Any:
+    """The options of `run`, each also from CLUSTERD_<OPTION> and from the -c file."""
+    opts = [
+        click.option("-c", "--config", "config", type=click.Path(dir_okay=False), is_eager=True,
+                     expose_value=True, callback=_load_config_file, envvar="CLUSTERD_CONFIG",
+                     help="TOML file with option defaults (flags and CLUSTERD_* variables win)."),
+        click.option("--workers", type=WorkersType(), default="auto", show_default=True, envvar=_env("workers"),
+                     help="Worker processes: 'auto' is one per usable CPU."),
+        click.option("--name", envvar=_env("name"), help="Instance name (default: MASTER's top-level package)."),
+        click.option("--bind", "binds", multiple=True, envvar=_env("bind"),
+                     help="Also serve clients on this ZeroMQ address, e.g. tcp://127.0.0.1:7000 (repeatable)."),
+        click.option("--graceful-timeout", type=float, default=30.0, show_default=True, callback=_positive,
+                     envvar=_env("graceful-timeout"), help="Seconds calls and stop_services get on stop/reload."),
+        click.option("--heartbeat-timeout", type=float, default=10.0, show_default=True, callback=_positive,
+                     envvar=_env("heartbeat-timeout"), help="Seconds without a heartbeat before a worker is killed."),
+        click.option("--call-timeout", type=float, default=None, callback=_positive, envvar=_env("call-timeout"),
+                     help="Seconds a call may take; past it the caller gets -32003 and the worker is recycled."),
+        click.option("--queue-timeout", type=float, default=2.0, show_default=True, callback=_positive,
+                     envvar=_env("queue-timeout"), help="Seconds a call waits for a ready worker before -32001."),
+        click.option("--crash-limit", type=int, default=20, show_default=True, callback=_positive,
+                     envvar=_env("crash-limit"), help="Failures per worker within --crash-window before giving up."),
+        click.option("--crash-window", type=float, default=120.0, show_default=True, callback=_positive,
+                     envvar=_env("crash-window")),
+        click.option("--max-memory", type=SizeType(), default=None, envvar=_env("max-memory"),
+                     help="Recycle a worker whose RSS exceeds this (512M, 2G)."),
+        click.option("--max-requests", type=int, default=0, callback=_positive, envvar=_env("max-requests"),
+                     help="Recycle a worker after this many calls (0: never)."),
+        click.option("--max-requests-jitter", type=int, default=0, callback=_positive,
+                     envvar=_env("max-requests-jitter")),
+        click.option("--balance", type=click.Choice(["least-busy", "round-robin"]), default="least-busy",
+                     show_default=True, envvar=_env("balance")),
+        click.option("--watch-version", type=click.Path(), default=None, envvar=_env("watch-version"),
+                     help="Rolling reload when the version in this file changes."),
+        click.option("--reload-on-change", is_flag=False, flag_value=".", default=None, metavar="[DIR]",
+                     envvar=_env("reload-on-change"), help="Development: reload on any .py change under DIR."),
+        click.option("--max-message-size", type=SizeType(), default="16M", show_default=True,
+                     envvar=_env("max-message-size")),
+        click.option("--max-batch", type=int, default=1000, show_default=True, callback=_positive,
+                     envvar=_env("max-batch")),
+        click.option("--log-format", type=click.Choice(["text", "json"]), default="text", show_default=True,
+                     envvar=_env("log-format")),
+        click.option("--debug", is_flag=True, default=False, envvar=_env("debug"),
+                     help="Send tracebacks to callers; log at debug level."),
+        click.option("--worker-bind", "worker_binds", multiple=True, envvar=_env("worker-bind"),
+                     help="Accept workers from agents on this address (see --curve-dir)."),
+        click.option("--curve-dir", type=click.Path(), default=None, envvar=_env("curve-dir"),
+                     help="Directory of keys from `clusterd keygen`: encrypt and authenticate the worker link."),
+    ]
+    for opt in reversed(opts):
+        func = opt(func)
+    return func
+
+
+# ---------------------------------------------------------------------------- importing user classes
+def import_endpoint(path: str, base_name: str, label: str) -> type:
+    """Import `package.module:ClassName` and check it subclasses the right base; exit 2 otherwise."""
+    if ":" not in path or path.startswith(":") or path.endswith(":"):
+        fail(f"{label} must look like package.module:ClassName, got {path!r}")
+    module_name, _, attr = path.partition(":")
+    try:
+        module = importlib.import_module(module_name)
+    except ModuleNotFoundError as exc:
+        fail(f"cannot import {label} {path}: module {exc.name!r} not found")
+    except Exception as exc:  # the user's module raised while importing
+        fail(f"cannot import {label} {path}: importing {module_name!r} raised {type(exc).__name__}: {exc}")
+    obj: Any = module
+    for part in attr.split("."):
+        if not hasattr(obj, part):
+            fail(f"cannot import {label} {path}: module {module_name!r} has no attribute {attr!r}")
+        obj = getattr(obj, part)
+    from . import MasterEndpoint, WorkerEndpoint
+    base = MasterEndpoint if base_name == "MasterEndpoint" else WorkerEndpoint
+    if not (isinstance(obj, type) and issubclass(obj, base)):
+        fail(f"{label} {path} is not a subclass of clusterd.{base_name}")
+    return obj
+
+
+# ---------------------------------------------------------------------------- commands
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.version_option(package_name="clusterd")
+def cli() -> None:
+    """Run two Python classes as a supervised, multi-core JSON-RPC service over ZeroMQ."""
+
+
+@cli.command()
+@click.argument("master", required=False, envvar="CLUSTERD_MASTER")
+@click.argument("worker", required=False, envvar="CLUSTERD_WORKER")
+@run_options
+def run(master: str | None, worker: str | None, config: str | None, **opts: Any) -> None:
+    """Run MASTER and WORKER (package.module:ClassName) in the foreground."""
+    if not master or not worker:
+        fail("run needs MASTER and WORKER, e.g. clusterd run myapp.rpc:Master myapp.rpc:Worker")
+    if os.getcwd() not in sys.path:
+        sys.path.insert(0, os.getcwd())
+    master_cls = import_endpoint(master, "MasterEndpoint", "MASTER")
+    worker_cls = import_endpoint(worker, "WorkerEndpoint", "WORKER")
+    name = opts.pop("name") or master.partition(":")[0].split(".")[0]
+    if not name or "/" in name or name.startswith("."):
+        fail(f"bad instance name {name!r}")
+    if opts.get("curve_dir") is None:
+        for addr in opts["worker_binds"]:
+            if not _is_loopback(addr):
+                fail(f"--worker-bind {addr} is not a loopback address: give --curve-dir (see clusterd keygen) "
+                     "so that only holders of a worker key can join")
+    if opts["watch_version"] and not Path(opts["watch_version"]).is_file():
+        fail(f"--watch-version: no such file {opts['watch_version']}")
+    if opts["reload_on_change"] and not Path(opts["reload_on_change"]).is_dir():
+        fail(f"--reload-on-change: no such directory {opts['reload_on_change']}")
+    cfg = Config(master=master, worker=worker, name=name, binds=list(opts.pop("binds")),
+                 worker_binds=list(opts.pop("worker_binds")), runtime_dir=str(runtime_root()), **opts)
+    from . import log
+    from .master import InstanceBusy
+    from .runner import run as run_instance
+    log.setup(cfg.log_format, cfg.debug)
+    for addr in cfg.binds:
+        if not _is_loopback(addr) and not cfg.curve_dir:
+            log.event("insecure-bind", f"--bind {addr} is reachable from other hosts and is not encrypted",
+                      level=30)
+    try:
+        code = run_instance(cfg, master_cls, worker_cls)
+    except InstanceBusy as exc:
+        fail(str(exc))
+    except KeyboardInterrupt:
+        code = EXIT_OK
+    except __import__("zmq").ZMQError as exc:
+        fail(f"cannot open sockets: {exc}", EXIT_FAILURE)
+    sys.exit(code)
+
+
+def _is_loopback(addr: str) -> bool:
+    if not addr.startswith("tcp://"):
+        return True
+    host = addr[len("tcp://"):].rsplit(":", 1)[0].strip("[]")
+    return host in ("localhost", "::1") or host.startswith("127.")
+
+
+def _control(name: str | None, timeout: float | None = 10.0) -> ControlClient:
+    try:
+        instance = find_instance(name)
+    except NoInstance as exc:
+        fail(str(exc))
+    return ControlClient(instance.control_address, timeout)
+
+
+def _admin(name: str | None, method: str, params: Any = None, timeout: float | None = 10.0) -> Any:
+    with _control(name, timeout) as conn:
+        try:
+            return conn.call(method, params)
+        except RemoteError as exc:
+            fail(f"{method} failed: error {exc.code}: {exc.message}", EXIT_FAILURE)
+        except TimeoutError as exc:
+            fail(str(exc), EXIT_FAILURE)
+
+
+@cli.command()
+@click.option("--name", envvar="CLUSTERD_NAME")
+@click.option("--json", "as_json", is_flag=True, help="Print the status document.")
+@click.option("--watch", is_flag=True, help="Redraw every second until Ctrl-C.")
+def status(name: str | None, as_json: bool, watch: bool) -> None:
+    """Show the workers of a running instance."""
+    from .status import render_table
+    if not watch:
+        doc = _admin(name, "clusterd.status")
+        click.echo(protocol.dumps(doc).decode() if as_json else render_table(doc))
+        return
+    try:
+        while True:
+            doc = _admin(name, "clusterd.status")
+            text = protocol.dumps(doc).decode() if as_json else render_table(doc)
+            click.echo("\x1b[H\x1b[2J" + text, nl=True)
+            time.sleep(1.0)
+    except KeyboardInterrupt:
+        pass
+
+
+@cli.command()
+@click.option("--name", envvar="CLUSTERD_NAME")
+@click.option("--no-wait", is_flag=True, help="Return as soon as the reload is started.")
+def reload(name: str | None, no_wait: bool) -> None:
+    """Rolling reload: replace every worker with one running the code on disk now."""
+    with _control(name, None) as conn:
+        try:
+            started = conn.call("clusterd.reload", {"wait": False}, timeout=10)
+        except (RemoteError, TimeoutError) as exc:
+            fail(f"reload refused: {exc}", EXIT_FAILURE)
+        if no_wait:
+            click.echo(f"reload {started['id']} started")
+            return
+        seen = 0
+        while True:
+            try:
+                progress = conn.call("clusterd.reload_wait", {"id": started["id"], "after": seen})
+            except RemoteError as exc:
+                fail(f"reload: {exc}", EXIT_FAILURE)
+            for event in progress["events"]:
+                _print_reload_event(event)
+            seen += len(progress["events"])
+            if progress["done"]:
+                break
+    if not progress.get("ok"):
+        tb = progress.get("traceback")
+        fail(f"reload failed: {progress.get('error')}" + (f"\n{tb.rstrip()}" if tb else ""), EXIT_FAILURE)
+    click.echo("reload done")
+
+
+def _print_reload_event(event: dict) -> None:
+    kind = event["event"]
+    if kind == "start":
+        click.echo(f"reloading to generation {event['generation']} (slots {event.get('slots')})")
+    elif kind == "slot-starting":
+        click.echo(f"  slot {event['slot']}: starting new worker")
+    elif kind == "slot-ready":
+        click.echo(f"  slot {event['slot']}: new worker ready (pid {event.get('pid')})")
+    elif kind == "draining":
+        click.echo("  waiting for old workers to finish their calls")
+    elif kind == "queued":
+        click.echo("another reload is running: this one is queued after it")
+
+
+@cli.command()
+@click.argument("workers", type=WorkersType())
+@click.option("--name", envvar="CLUSTERD_NAME")
+def scale(workers: int, name: str | None) -> None:
+    """Set the number of workers of a running instance."""
+    result = _admin(name, "clusterd.scale", {"workers": workers})
+    click.echo(f"scaled from {result['from']} to {result['to']} workers")
+
+
+@cli.command()
+@click.option("--name", envvar="CLUSTERD_NAME")
+@click.option("--timeout", type=float, default=None, help="Graceful timeout for this stop (seconds).")
+def stop(name: str | None, timeout: float | None) -> None:
+    """Stop a running instance gracefully and wait until it has exited."""
+    import psutil
+    try:
+        instance = find_instance(name)
+    except NoInstance as exc:
+        fail(str(exc))
+    with ControlClient(instance.control_address, 10) as conn:
+        try:
+            result = conn.call("clusterd.stop", {"timeout": timeout} if timeout is not None else {})
+        except (RemoteError, TimeoutError) as exc:
+            fail(f"stop failed: {exc}", EXIT_FAILURE)
+    pid = result.get("pid") or instance.pid
+    if pid:
+        try:
+            psutil.Process(pid).wait((timeout or 30) + 15)
+        except psutil.NoSuchProcess:
+            pass
+        except psutil.TimeoutExpired:
+            fail(f"{instance.name} (pid {pid}) is still stopping", EXIT_FAILURE)
+    click.echo(f"{instance.name} stopped")
+
+
+@cli.command()
+@click.argument("method")
+@click.argument("params", nargs=-1)
+@click.option("--name", envvar="CLUSTERD_NAME")
+@click.option("--connect", "address", help="Call this address (a --bind endpoint) instead of an instance.")
+@click.option("--json-params", help="Params as one JSON array or object, e.g. '{\"n\": 30}'.")
+@click.option("--timeout", type=float, default=None, help="Seconds to wait for the answer.")
+def call(method: str, params: tuple[str, ...], name: str | None, address: str | None, json_params: str | None,
+         timeout: float | None) -> None:
+    """Call METHOD with PARAMS (JSON values; a bare word is a string) and print the JSON result."""
+    if json_params is not None:
+        if params:
+            fail("give either PARAMS or --json-params, not both")
+        try:
+            values = protocol.loads(json_params)
+        except ValueError as exc:
+            fail(f"--json-params is not valid JSON: {exc}")
+        if not isinstance(values, (list, dict)):
+            fail("--json-params must be a JSON array or object")
+    else:
+        values = [_json_value(p) for p in params]
+    if address is None:
+        try:
+            address = find_instance(name).control_address
+        except NoInstance as exc:
+            fail(str(exc))
+    with ControlClient(address, timeout) as conn:
+        try:
+            result = conn.call(method, values)
+        except RemoteError as exc:
+            data = f" {protocol.dumps(exc.data).decode()}" if exc.data is not None else ""
+            fail(f"error {exc.code}: {exc.message}{data}", EXIT_FAILURE)
+        except TimeoutError as exc:
+            fail(str(exc), EXIT_FAILURE)
+    click.echo(protocol.dumps(result).decode())
+
+
+def _json_value(text: str) -> Any:
+    try:
+        return protocol.loads(text)
+    except ValueError:
+        return text
+
+
+@cli.command(name="ls")
+def list_cmd() -> None:
+    """List the running instances."""
+    instances = list_instances()
+    if not instances:
+        click.echo(f"no instances running (in {runtime_root()})")
+        return
+    from .status import render_list
+    rows = []
+    for inst in instances:
+        try:
+            with ControlClient(inst.control_address, 2.0) as conn:
+                rows.append(conn.call("clusterd.status"))
+        except (RemoteError, TimeoutError):
+            rows.append({"name": inst.name, "state": "unresponsive", "master": {"pid": inst.pid}, "workers": []})
+    click.echo(render_list(rows))
+
+
+@cli.command(name="systemd-unit", context_settings={"ignore_unknown_options": True, "allow_extra_args": True})
+@click.argument("master")
+@click.argument("worker")
+@click.argument("args", nargs=-1, type=click.UNPROCESSED)
+@click.option("--name", default=None)
+@click.option("--user", default=None, help="User= for the service.")
+def systemd_unit(master: str, worker: str, args: tuple[str, ...], name: str | None, user: str | None) -> None:
+    """Print a ready-to-install systemd unit for this app (extra options go to `clusterd run`)."""
+    from .systemd import render_unit
+    name = name or master.partition(":")[0].split(".")[0]
+    executable = shutil.which("clusterd") or os.path.abspath(sys.argv[0])
+    try:
+        click.echo(render_unit(master, worker, name=name, workdir=os.getcwd(), executable=executable,
+                               args=list(args), user=user), nl=False)
+    except ValueError as exc:
+        fail(str(exc))
+
+
+@cli.command()
+@click.argument("directory", type=click.Path(file_okay=False))
+@click.option("--force", is_flag=True, help="Overwrite existing key files.")
+def keygen(directory: str, force: bool) -> None:
+    """Write CURVE keys for the master and its workers (ZeroMQ certificate files)."""
+    from .keygen import KeyFilesExist, write_keys
+    try:
+        paths = write_keys(directory, force=force)
+    except KeyFilesExist as exc:
+        fail(str(exc))
+    for path in paths:
+        click.echo(str(path))
+
+
+def main() -> None:
+    try:
+        rv = cli.main(standalone_mode=False, prog_name="clusterd")
+    except click.UsageError as exc:
+        fail(exc.format_message().splitlines()[0] if exc.format_message() else str(exc), EXIT_USAGE)
+    except click.ClickException as exc:
+        fail(exc.format_message(), exc.exit_code)
+    except click.Abort:
+        sys.exit(130)
+    except KeyboardInterrupt:
+        sys.exit(130)
+    sys.exit(rv if isinstance(rv, int) else 0)

@@ -1,0 +1,176 @@
+"""The @rpc decorator, method tables, and running one request against an endpoint object.
+
+Only methods marked with @rpc are reachable: the table is built from those marks, never from
+attribute names, so no caller can walk to private attributes through a method name.
+"""
+
+from __future__ import annotations
+
+import inspect
+import traceback
+from dataclasses import dataclass
+from typing import Any, Callable
+
+from . import protocol
+from .protocol import RPCError
+
+_MARK = "__clusterd_rpc__"
+
+
+@dataclass(frozen=True, slots=True)
+class RPCOptions:
+    name: str | None
+    timeout: float | None
+    idempotent: bool
+
+
+def rpc(func: Callable | None = None, *, name: str | None = None, timeout: float | None = None,
+        idempotent: bool = False) -> Any:
+    """Mark a method as callable over JSON-RPC: `@rpc` or `@rpc(name=..., timeout=..., idempotent=...)`.
+
+    timeout (seconds) overrides --call-timeout for this method; idempotent calls are retried on
+    another worker when theirs dies, instead of failing with -32002.
+    """
+    if timeout is not None and timeout <= 0:
+        raise ValueError("rpc timeout must be positive")
+
+    def mark(f: Callable) -> Callable:
+        setattr(f, _MARK, RPCOptions(name, timeout, bool(idempotent)))
+        return f
+
+    return mark(func) if func is not None else mark
+
+
+class _Arity:
+    """A precomputed check of params against a signature: cheaper than Signature.bind per call."""
+
+    __slots__ = ("min_pos", "max_pos", "names", "required", "any_kw")
+
+    def __init__(self, func: Callable) -> None:
+        sig = inspect.signature(func)
+        params = list(sig.parameters.values())[1:]  # drop self
+        positional = [p for p in params if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+        self.min_pos = sum(1 for p in positional if p.default is p.empty)
+        self.max_pos: int | None = None if any(p.kind is p.VAR_POSITIONAL for p in params) else len(positional)
+        self.names = {p.name for p in params if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)}
+        self.required = {p.name for p in params
+                         if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY) and p.default is p.empty}
+        self.required |= {p.name for p in params if p.kind is p.POSITIONAL_ONLY and p.default is p.empty}
+        self.any_kw = any(p.kind is p.VAR_KEYWORD for p in params)
+
+    def check(self, params: list | dict) -> str | None:
+        """Return why params do not fit, or None."""
+        if isinstance(params, list):
+            n = len(params)
+            if n < self.min_pos:
+                return f"expected at least {self.min_pos} params, got {n}"
+            if self.max_pos is not None and n > self.max_pos:
+                return f"expected at most {self.max_pos} params, got {n}"
+            return None
+        missing = self.required - params.keys()
+        if missing:
+            return "missing params: " + ", ".join(sorted(missing))
+        if not self.any_kw:
+            unknown = params.keys() - self.names
+            if unknown:
+                return "unknown params: " + ", ".join(sorted(unknown))
+        return None
+
+
+@dataclass(frozen=True, slots=True)
+class Method:
+    """One reachable method of an endpoint class."""
+
+    name: str
+    attr: str
+    is_async: bool
+    timeout: float | None
+    idempotent: bool
+    arity: _Arity
+
+    def describe(self) -> dict:
+        return {"timeout": self.timeout, "idempotent": self.idempotent}
+
+
+def method_table(cls: type) -> dict[str, Method]:
+    """Every @rpc method of cls (and its bases), by its public name."""
+    table: dict[str, Method] = {}
+    for klass in reversed(cls.__mro__):
+        for attr, value in vars(klass).items():
+            func = value.__func__ if isinstance(value, (staticmethod, classmethod)) else value
+            opts = getattr(func, _MARK, None)
+            if not isinstance(opts, RPCOptions) or not callable(func):
+                continue
+            name = opts.name or attr
+            table = {k: v for k, v in table.items() if v.attr != attr}
+            table[name] = Method(name, attr, inspect.iscoroutinefunction(func), opts.timeout,
+                                 opts.idempotent, _Arity(func))
+    return table
+
+
+def error_for_exception(exc: BaseException, debug: bool) -> dict:
+    """The JSON-RPC error object an exception raised by user code becomes."""
+    if isinstance(exc, RPCError):
+        return exc.to_dict()
+    data: dict = {"type": type(exc).__name__, "message": str(exc)}
+    if debug:
+        data["traceback"] = "".join(traceback.format_exception(exc))
+    text = str(exc)
+    return {"code": protocol.APPLICATION_ERROR,
+            "message": f"{type(exc).__name__}: {text}" if text else type(exc).__name__, "data": data}
+
+
+class Dispatcher:
+    """Runs requests against one endpoint object: synchronous methods inline, async ones as coroutines."""
+
+    def __init__(self, target: Any, debug: bool = False) -> None:
+        self.target = target
+        self.debug = debug
+        self.methods = method_table(type(target))
+        self._bound = {name: getattr(target, m.attr) for name, m in self.methods.items()}
+
+    def lookup(self, name: str) -> Method | None:
+        return self.methods.get(name)
+
+    def prepare(self, req: protocol.Request) -> tuple[Callable, Method] | dict:
+        """The bound function for a request, or the error response to send instead."""
+        method = self.methods.get(req.method)
+        if method is None:
+            return protocol.error_response(req.id, protocol.METHOD_NOT_FOUND)
+        why = method.arity.check(req.params)
+        if why is not None:
+            return protocol.error_response(req.id, protocol.INVALID_PARAMS, data=why)
+        return self._bound[req.method], method
+
+    def run_sync(self, func: Callable, params: list | dict, rid: Any) -> dict:
+        try:
+            result = func(*params) if isinstance(params, list) else func(**params)
+        except Exception as exc:  # user code: any failure becomes an error response
+            return {"jsonrpc": "2.0", "error": error_for_exception(exc, self.debug), "id": rid}
+        return {"jsonrpc": "2.0", "result": result, "id": rid}
+
+    async def run_async(self, func: Callable, params: list | dict, rid: Any) -> dict:
+        try:
+            result = await (func(*params) if isinstance(params, list) else func(**params))
+        except Exception as exc:
+            return {"jsonrpc": "2.0", "error": error_for_exception(exc, self.debug), "id": rid}
+        return {"jsonrpc": "2.0", "result": result, "id": rid}
+
+    async def run(self, req: protocol.Request) -> dict:
+        """Run one request to its response dict, whatever kind of method it names."""
+        prepared = self.prepare(req)
+        if isinstance(prepared, dict):
+            return prepared
+        func, method = prepared
+        if method.is_async:
+            return await self.run_async(func, req.params, req.id)
+        return self.run_sync(func, req.params, req.id)
+
+
+def encode_response(response: dict, debug: bool = False) -> bytes:
+    """Encode a response; a result JSON cannot carry becomes an error instead of a lost answer."""
+    try:
+        return protocol.dumps(response)
+    except TypeError as exc:
+        return protocol.encode_error(response.get("id"), protocol.INTERNAL_ERROR,
+                                     "Result is not JSON serialisable", data=str(exc))

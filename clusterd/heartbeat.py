@@ -1,0 +1,110 @@
+"""The worker's heartbeat thread: proves to the master that the worker is alive, and the reverse.
+
+It runs beside the worker's main thread on its own socket, so a worker busy for minutes in a
+pure-Python call still beats. It reports the main thread as stalled only when that thread makes no
+progress at all: not idle in the event loop, burning no CPU and not moving through bytecode (a
+deadlock, a blocking call that never returns). A process stopped with SIGSTOP, or stuck in C code
+that holds the GIL, cannot beat at all; the master notices either way.
+"""
+
+from __future__ import annotations
+
+import os
+import selectors
+import sys
+import threading
+import time
+
+import zmq
+
+from . import protocol
+
+_IDLE_CODES = {getattr(selectors, name).select.__code__
+               for name in ("EpollSelector", "PollSelector", "SelectSelector") if hasattr(selectors, name)}
+
+
+class MainThreadWatch:
+    """Tells whether the main thread has made progress since the last look."""
+
+    def __init__(self) -> None:
+        self.ident = threading.main_thread().ident
+        try:
+            self._clock = time.pthread_getcpuclockid(self.ident)
+        except (AttributeError, OSError):
+            self._clock = None
+        self._last_cpu = self._cpu()
+        self._last_spot: tuple | None = None
+        self.stalled_since: float | None = None
+
+    def _cpu(self) -> float:
+        if self._clock is None:
+            return 0.0
+        try:
+            return time.clock_gettime(self._clock)
+        except OSError:
+            return 0.0
+
+    def stalled_for(self, now: float) -> float:
+        frame = sys._current_frames().get(self.ident)
+        cpu = self._cpu()
+        progressed = cpu - self._last_cpu > 0.001
+        self._last_cpu = cpu
+        if frame is None or frame.f_code in _IDLE_CODES:
+            progressed = True
+        else:
+            spot = (id(frame), frame.f_lasti)
+            if spot != self._last_spot:
+                progressed = True
+            self._last_spot = spot
+        del frame
+        if progressed:
+            self.stalled_since = None
+            return 0.0
+        if self.stalled_since is None:
+            self.stalled_since = now
+        return now - self.stalled_since
+
+
+def start(context: zmq.Context, endpoint: str, ident: bytes, interval: float, timeout: float,
+          configure=None) -> threading.Thread:
+    """Start beating to the master; exit the process when the master has been silent for timeout."""
+    thread = threading.Thread(target=_run, name="clusterd-heartbeat", daemon=True,
+                              args=(context, endpoint, ident, interval, timeout, configure))
+    thread.start()
+    return thread
+
+
+def _run(context: zmq.Context, endpoint: str, ident: bytes, interval: float, timeout: float,
+         configure) -> None:
+    sock = context.socket(zmq.DEALER)
+    sock.setsockopt(zmq.ROUTING_ID, b"hb:" + ident)
+    sock.setsockopt(zmq.LINGER, 0)
+    if configure is not None:
+        configure(sock)
+    sock.connect(endpoint)
+    watch = MainThreadWatch()
+    last_answer = time.monotonic()
+    poller = zmq.Poller()
+    poller.register(sock, zmq.POLLIN)
+    while True:
+        now = time.monotonic()
+        stalled = watch.stalled_for(now)
+        try:
+            sock.send_multipart([b"b", protocol.dumps({"stalled": round(stalled, 3)})], zmq.NOBLOCK)
+        except zmq.ZMQError:
+            pass
+        deadline = now + interval
+        while True:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                break
+            if poller.poll(left * 1000):
+                try:
+                    while True:
+                        sock.recv_multipart(zmq.NOBLOCK)
+                        last_answer = time.monotonic()
+                except zmq.Again:
+                    pass
+        if time.monotonic() - last_answer > timeout:
+            # The master is gone (or cut off): a worker must never outlive it.
+            os._exit(3)

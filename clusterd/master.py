@@ -1,0 +1,679 @@
+"""MasterEndpoint, and the master's event loop: sockets, routing of calls, admin methods.
+
+The per-call path is kept short: a client's request is decoded once (to learn its method and id),
+then its original bytes go to a worker with a routing token; the worker's answer bytes go back to
+the client untouched. No future, task or timer is created per forwarded call.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import fcntl
+import logging
+import os
+import signal
+import sys
+import time
+from collections import deque
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import psutil
+import zmq
+
+from . import log, protocol, systemd
+from .config import Config
+from .endpoint import Dispatcher, encode_response, method_table
+from .pool import Call, Worker, WorkerState
+from .protocol import NO_ID, RemoteError, RPCError
+from .supervisor import BootFailure, Supervisor
+from .zmqloop import SocketReader
+
+
+@dataclass(frozen=True)
+class WorkerInfo:
+    """What the master's hooks learn about a worker."""
+
+    slot: int
+    pid: int | None
+    generation: int
+    host: str | None = None
+    agent: str | None = None
+
+
+class WorkersProxy:
+    """`self.workers` on the master: call one, a given one, all, or share one execution."""
+
+    def __init__(self, router: "Router") -> None:
+        self._router = router
+        self._shared: dict[tuple[str, bytes], asyncio.Future] = {}
+
+    async def call(self, method: str, *params: Any) -> Any:
+        return await self._router.call_worker(method, list(params))
+
+    async def call_slot(self, slot: int, method: str, *params: Any) -> Any:
+        worker = self._router.supervisor.slots.get(slot)
+        target = worker.active if worker is not None else None
+        if target is None or target.state is not WorkerState.READY:
+            raise RPCError(protocol.NO_WORKER, f"No worker ready in slot {slot}")
+        return await self._router.call_worker(method, list(params), target)
+
+    async def broadcast(self, method: str, *params: Any) -> dict[int, Any]:
+        """Every ready worker: {slot: result, or the RPCError it raised}."""
+        targets = [s.active for s in self._router.supervisor.slots.values()
+                   if s.active is not None and s.active.state is WorkerState.READY]
+        results = await asyncio.gather(*(self._router.call_worker(method, list(params), w) for w in targets),
+                                       return_exceptions=True)
+        out: dict[int, Any] = {}
+        for worker, result in zip(targets, results):
+            if isinstance(result, BaseException) and not isinstance(result, RPCError):
+                result = RPCError(protocol.INTERNAL_ERROR, str(result))
+            out[worker.slot] = result
+        return out
+
+    async def call_shared(self, method: str, *params: Any) -> Any:
+        """Concurrent identical calls share one execution; a later call starts a fresh one."""
+        key = (method, protocol.dumps(list(params)))
+        fut = self._shared.get(key)
+        if fut is None:
+            fut = asyncio.ensure_future(self._router.call_worker(method, list(params)))
+            self._shared[key] = fut
+            fut.add_done_callback(lambda _f: self._shared.pop(key, None))
+        return await asyncio.shield(fut)
+
+
+class MasterEndpoint:
+    """Subclass this; mark the methods callers may reach with @rpc."""
+
+    workers: WorkersProxy
+    name: str
+    pid: int
+
+    async def start_services(self) -> None:
+        """Runs before the workers start."""
+
+    async def stop_services(self) -> None:
+        """Runs after every worker exited."""
+
+    async def on_worker_ready(self, worker: WorkerInfo) -> None:
+        """A worker reported ready (after its start_services)."""
+
+    async def on_worker_exit(self, worker: WorkerInfo, exit: dict) -> None:
+        """A worker exited; exit has code, signal, at and reason."""
+
+    def shared_block(self, name: str, size: int) -> memoryview:
+        """A block of shared memory every worker can attach to by name."""
+        return self._router.shared.block(name, size)
+
+
+class InstanceBusy(Exception):
+    """Another live master holds this instance name."""
+
+    def __init__(self, name: str, pid: int | None) -> None:
+        super().__init__(f"an instance named {name!r} is already running (pid {pid})")
+        self.pid = pid
+
+
+class RuntimeDir:
+    """The instance's directory: its lock, pid file and socket paths (DESIGN.md 8)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._lock_fd: int | None = None
+
+    def claim(self, name: str) -> None:
+        """Take the instance name, or raise InstanceBusy; a directory left by a dead master is taken over."""
+        self.path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        self.path.mkdir(mode=0o700, exist_ok=True)
+        os.chmod(self.path, 0o700)
+        fd = os.open(self.path / "lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            os.close(fd)
+            raise InstanceBusy(name, read_pid(self.path)) from None
+        self._lock_fd = fd
+        for stale in ("control.sock", "workers.sock"):
+            try:
+                (self.path / stale).unlink()
+            except FileNotFoundError:
+                pass
+        tmp = self.path / "master.pid.tmp"
+        tmp.write_text(f"{os.getpid()}\n")
+        tmp.replace(self.path / "master.pid")
+
+    def release(self) -> None:
+        for name in ("control.sock", "workers.sock", "master.pid"):
+            try:
+                (self.path / name).unlink()
+            except FileNotFoundError:
+                pass
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)
+            self._lock_fd = None
+
+
+def read_pid(path: Path) -> int | None:
+    try:
+        return int((path / "master.pid").read_text().strip())
+    except (OSError, ValueError):
+        return None
+
+
+class Router:
+    """The master's sockets and the routing of every call between clients, master and workers."""
+
+    ADMIN = ("clusterd.status", "clusterd.reload", "clusterd.reload_wait", "clusterd.scale", "clusterd.stop")
+
+    def __init__(self, config: Config, master_cls: type, worker_cls: type) -> None:
+        self.config = config
+        self.loop = asyncio.get_running_loop()
+        self.started_at = time.time()
+        self.state = "starting"
+        self.version: str | None = None
+        self.ctx = zmq.Context()
+        self.dir = RuntimeDir(config.instance_dir)
+        self.worker_endpoint = f"ipc://{config.instance_dir / 'workers.sock'}"
+        self.endpoint = master_cls()
+        self.endpoint.name = config.name
+        self.endpoint.pid = os.getpid()
+        self.endpoint._router = self
+        self.endpoint.workers = WorkersProxy(self)
+        self.dispatcher = Dispatcher(self.endpoint, config.debug)
+        self.worker_methods: dict[str, dict] = {name: m.describe() for name, m in method_table(worker_cls).items()}
+        self.supervisor = Supervisor(config, self)
+        self.queue: deque[Call] = deque()
+        self._queue_timer: asyncio.TimerHandle | None = None
+        self._sweep_handle: asyncio.TimerHandle | None = None
+        self._token = 0
+        self.stopped = asyncio.Event()
+        self.exit_code = 0
+        self._tasks: set[asyncio.Task] = set()
+        self.readers: dict[zmq.Socket, SocketReader] = {}
+        self.reloads = None  # set by serve(): the ReloadManager
+        self.notifier = None
+        self.shared = None
+        self._ps = psutil.Process()
+        self._ps.cpu_percent(None)
+        self._internal: dict[str, Callable] = {
+            "clusterd.workers.call": self._w_call, "clusterd.workers.call_slot": self._w_call_slot,
+            "clusterd.workers.broadcast": self._w_broadcast, "clusterd.workers.call_shared": self._w_call_shared,
+            "clusterd.shared_block": self._w_shared_block,
+        }
+
+    # ------------------------------------------------------------------ sockets
+    def open_sockets(self) -> None:
+        cfg = self.config
+        self.control = self._router_socket(client=True)
+        control_path = cfg.instance_dir / "control.sock"
+        self.control.bind(f"ipc://{control_path}")
+        os.chmod(control_path, 0o600)
+        self.public = None
+        if cfg.binds:
+            self.public = self._router_socket(client=True)
+            for addr in cfg.binds:
+                self.public.bind(addr)
+        self.wsock = self._router_socket(client=False)
+        self.wsock.bind(self.worker_endpoint)
+        os.chmod(cfg.instance_dir / "workers.sock", 0o600)
+        for addr in cfg.worker_binds:
+            self.wsock.bind(addr)
+        self.readers[self.control] = SocketReader(self.loop, self.control, self._control_handler())
+        if self.public is not None:
+            self.readers[self.public] = SocketReader(self.loop, self.public, self._public_handler())
+        self.wreader = self.readers[self.wsock] = SocketReader(self.loop, self.wsock, self._on_worker_message)
+
+    def _router_socket(self, client: bool) -> zmq.Socket:
+        sock = self.ctx.socket(zmq.ROUTER)
+        sock.setsockopt(zmq.LINGER, 0)
+        sock.setsockopt(zmq.SNDHWM, 0 if not client else 100000)
+        sock.setsockopt(zmq.RCVHWM, 0 if not client else 100000)
+        if client and self.config.max_message_size:
+            sock.setsockopt(zmq.MAXMSGSIZE, self.config.max_message_size)
+        return sock
+
+    def _control_handler(self) -> Callable[[list[bytes]], None]:
+        sock = self.control
+        return lambda frames: self.on_client_message(frames, sock, True)
+
+    def _public_handler(self) -> Callable[[list[bytes]], None]:
+        sock = self.public
+        return lambda frames: self.on_client_message(frames, sock, False)
+
+    def close_sockets(self) -> None:
+        for reader in self.readers.values():
+            reader.close()
+        for sock in list(self.readers):
+            sock.close(linger=200)
+        self.ctx.term()
+
+    def child_environ(self) -> dict:
+        return systemd.child_environ(os.environ)
+
+    # ------------------------------------------------------------------ client requests
+    def on_client_message(self, frames: list[bytes], sock: zmq.Socket, admin: bool) -> None:
+        payload = frames[-1]
+        envelope = frames[:-1]
+        try:
+            obj = protocol.loads(payload)
+        except ValueError:
+            return self._send(sock, envelope, protocol.encode_error(None, protocol.PARSE_ERROR))
+        if type(obj) is dict:
+            req = protocol.parse_request(obj)
+            if type(req) is dict:
+                return self._send(sock, envelope, protocol.dumps(req))
+            self.route(req, payload, sock, envelope, "admin" if admin else "client")
+        elif type(obj) is list:
+            self._spawn_task(self._batch(obj, sock, envelope, "admin" if admin else "client"))
+        else:
+            self._send(sock, envelope, protocol.encode_error(None, protocol.INVALID_REQUEST))
+
+    def route(self, req: protocol.Request, payload: bytes, sock: zmq.Socket, envelope: list[bytes],
+              source: str) -> None:
+        """Send one request where it belongs: the master itself, an admin method, or a worker."""
+        method = req.method
+        if method in self.dispatcher.methods or method.startswith("clusterd."):
+            self._spawn_task(self._answer_local(req, sock, envelope, source))
+            return
+        meta = self.worker_methods.get(method)
+        if meta is None:
+            if req.id is not NO_ID:
+                self._send(sock, envelope, protocol.encode_error(req.id, protocol.METHOD_NOT_FOUND))
+            return
+        if self.state == "stopping":
+            if req.id is not NO_ID:
+                self._send(sock, envelope, protocol.encode_error(req.id, protocol.SHUTTING_DOWN))
+            return
+        if req.id is NO_ID:
+            worker = self.supervisor.balancer.pick()
+            if worker is not None:
+                self.wsock.send_multipart([worker.ident, b"n", payload])
+                self.wreader.wake()
+            return
+        call = Call(payload, req.id, method, sock, envelope, None)
+        call.idempotent = meta.get("idempotent", False)
+        call.timeout = meta.get("timeout") or self.config.call_timeout
+        self.dispatch(call)
+
+    def dispatch(self, call: Call, exclude: Worker | None = None) -> None:
+        worker = self.supervisor.balancer.pick(exclude)
+        if worker is None:
+            self._enqueue(call)
+        else:
+            self.send_call(worker, call)
+
+    def send_call(self, worker: Worker, call: Call) -> None:
+        self._token += 1
+        token = self._token.to_bytes(8, "little")
+        call.token = token
+        call.worker = worker
+        worker.calls[token] = call
+        if call.timeout:
+            call.deadline = self.loop.time() + call.timeout
+            if self._sweep_handle is None:
+                self._sweep_handle = self.loop.call_later(min(0.1, call.timeout), self._sweep_deadlines)
+        self.wsock.send_multipart([worker.ident, b"c", token, call.payload])
+        self.wreader.wake()
+
+    def _send(self, sock: zmq.Socket, envelope: list[bytes], payload: bytes) -> None:
+        try:
+            sock.send_multipart(envelope + [payload], zmq.NOBLOCK)
+        except zmq.ZMQError:
+            pass  # the client is gone or not reading: the answer is dropped, nothing accumulates
+        self.readers[sock].wake()
+
+    def reply(self, call: Call, payload: bytes) -> None:
+        if call.future is None:
+            self._send(call.sock, call.envelope, payload)
+        elif not call.future.done():
+            call.future.set_result(payload)
+
+    def reply_error(self, call: Call, code: int, message: str | None = None) -> None:
+        self.reply(call, protocol.encode_error(call.rid, code, message))
+
+    # ------------------------------------------------------------------ waiting for a worker
+    def _enqueue(self, call: Call) -> None:
+        if self.state == "stopping":
+            return self.reply_error(call, protocol.SHUTTING_DOWN)
+        call.deadline = self.loop.time() + self.config.queue_timeout
+        self.queue.append(call)
+        if self._queue_timer is None:
+            self._queue_timer = self.loop.call_at(call.deadline, self._expire_queue)
+
+    def _expire_queue(self) -> None:
+        self._queue_timer = None
+        now = self.loop.time()
+        while self.queue and self.queue[0].deadline <= now:
+            self.reply_error(self.queue.popleft(), protocol.NO_WORKER)
+        if self.queue:
+            self._queue_timer = self.loop.call_at(self.queue[0].deadline, self._expire_queue)
+
+    def _flush_queue(self) -> None:
+        while self.queue:
+            worker = self.supervisor.balancer.pick()
+            if worker is None:
+                return
+            call = self.queue.popleft()
+            call.deadline = 0.0
+            self.send_call(worker, call)
+
+    # ------------------------------------------------------------------ call deadlines
+    def _sweep_deadlines(self) -> None:
+        """Answer calls past their deadline with -32003 and recycle the workers running them."""
+        self._sweep_handle = None
+        now = self.loop.time()
+        pending = False
+        for worker in list(self.supervisor.by_ident.values()):
+            expired = [c for c in worker.calls.values() if c.deadline and c.deadline <= now]
+            for call in expired:
+                del worker.calls[call.token]
+                self.reply_error(call, protocol.CALL_TIMEOUT,
+                                 f"Call timed out after {call.timeout:g}s")
+            if expired:
+                log.event("call-timeout", f"{worker.label()} ran past a call's deadline: recycling",
+                          level=logging.WARNING, slot=worker.slot, pid=worker.pid)
+                self._recycle_runaway(worker)
+            if any(c.deadline for c in worker.calls.values()):
+                pending = True
+        if pending:
+            self._sweep_handle = self.loop.call_later(0.05, self._sweep_deadlines)
+
+    def _recycle_runaway(self, worker: Worker) -> None:
+        """A worker that ran away is replaced; it is killed once nothing else it runs can finish."""
+        self.supervisor.balancer.remove(worker)
+        slot = self.supervisor.slots.get(worker.slot)
+        if slot is not None and slot.active is worker and slot.incoming is None:
+            self.supervisor.recycle(worker, "hung")
+        worker.retire_reason = worker.retire_reason or "hung"
+        if worker.state is WorkerState.READY:
+            worker.state = WorkerState.DRAINING
+        worker.stop_deadline = time.monotonic() + min(self.config.graceful_timeout, 5.0)
+        if not worker.calls:
+            self.supervisor.kill(worker, "hung")
+
+    # ------------------------------------------------------------------ worker socket
+    def _on_worker_message(self, frames: list[bytes]) -> None:
+        ident = frames[0]
+        kind = frames[1] if len(frames) > 1 else b""
+        if kind == b"r" or kind == b"e":
+            worker = self.supervisor.by_ident.get(ident)
+            if worker is None:
+                return
+            call = worker.calls.pop(frames[2], None)
+            if call is None:
+                return  # timed out or the caller is gone: dropped
+            worker.served += 1
+            if kind == b"e":
+                worker.failed += 1
+            if call.future is None:
+                self._send(call.sock, call.envelope, frames[3])
+            elif not call.future.done():
+                call.future.set_result(frames[3])
+            if worker.state is not WorkerState.READY:
+                if not worker.calls:
+                    if worker.retire_reason == "hung" and worker.state is WorkerState.DRAINING:
+                        self.supervisor.kill(worker, "hung")
+                    else:
+                        self.supervisor.on_idle(worker)
+            elif worker.max_requests and worker.served >= worker.max_requests:
+                self.supervisor.recycle(worker, "max-requests")
+        elif kind == b"q":
+            self._on_worker_request(ident, frames[2])
+        elif kind == b"b":
+            self.wsock.send_multipart([ident, b"b"])
+            self.wreader.wake()
+            self.supervisor.on_beat(ident[3:], _loads_dict(frames[2]) if len(frames) > 2 else {})
+        elif kind == b"h":
+            self.supervisor.on_hello(ident, _loads_dict(frames[2]))
+        elif kind == b"f":
+            self.supervisor.on_boot_failure(ident, _loads_dict(frames[2]))
+
+    def _on_worker_request(self, ident: bytes, payload: bytes) -> None:
+        envelope = [ident, b"a"]
+        try:
+            obj = protocol.loads(payload)
+        except ValueError:
+            return self._send(self.wsock, envelope, protocol.encode_error(None, protocol.PARSE_ERROR))
+        req = protocol.parse_request(obj)
+        if type(req) is dict:
+            return self._send(self.wsock, envelope, protocol.dumps(req))
+        self.route(req, payload, self.wsock, envelope, "worker")
+
+    def send_stop(self, worker: Worker) -> None:
+        if worker.process is None and worker.agent is not None:
+            self.forget_remote(worker, worker.retire_reason or "stop")
+            return
+        self.wsock.send_multipart([worker.ident, b"s"])
+        self.wreader.wake()
+
+    def forget_remote(self, worker: Worker, reason: str) -> None:
+        self.supervisor.worker_exited(worker, None)
+
+    def learn_methods(self, methods: dict) -> None:
+        self.worker_methods = methods
+
+    def on_worker_ready(self, worker: Worker) -> None:
+        self._flush_queue()
+        self._spawn_task(self._hook(self.endpoint.on_worker_ready, _info(worker)))
+        self.update_status_line()
+
+    def on_worker_gone(self, worker: Worker, exit_info: dict) -> None:
+        """Answer every call the worker held: -32002, or a retry elsewhere for idempotent ones."""
+        calls = list(worker.calls.values())
+        worker.calls.clear()
+        for call in calls:
+            if call.idempotent and self.state != "stopping":
+                call.deadline = 0.0
+                self.dispatch(call, exclude=worker)
+            else:
+                self.reply_error(call, protocol.WORKER_DIED)
+        if self.state != "stopping" or True:
+            self._spawn_task(self._hook(self.endpoint.on_worker_exit, _info(worker), exit_info))
+        self.update_status_line()
+
+    async def _hook(self, func: Callable, *args: Any) -> None:
+        try:
+            await func(*args)
+        except Exception:
+            log.logger.exception("a master hook raised")
+
+    # ------------------------------------------------------------------ local methods
+    async def _answer_local(self, req: protocol.Request, sock: zmq.Socket, envelope: list[bytes],
+                            source: str) -> None:
+        response = await self.run_local(req, source)
+        if response is not None:
+            self._send(sock, envelope, response)
+
+    async def run_local(self, req: protocol.Request, source: str) -> bytes | None:
+        """Run a master, admin or internal method; the encoded response, None for a notification."""
+        method = req.method
+        if method in self.dispatcher.methods:
+            response = await self.dispatcher.run(req)
+        else:
+            handler = None
+            if source == "admin" and method in self.ADMIN:
+                handler = getattr(self, "admin_" + method.split(".", 1)[1])
+            elif source == "worker":
+                handler = self._internal.get(method)
+                if handler is None and method == "clusterd.status":
+                    handler = self.admin_status
+            if handler is None:
+                response = protocol.error_response(req.id, protocol.METHOD_NOT_FOUND)
+            else:
+                try:
+                    params = req.params
+                    result = await (handler(*params) if isinstance(params, list) else handler(**params))
+                    response = protocol.result_response(req.id, result)
+                except RPCError as exc:
+                    response = protocol.error_response(req.id, exc.code, exc.message, exc.data)
+                except TypeError as exc:
+                    response = protocol.error_response(req.id, protocol.INVALID_PARAMS, data=str(exc))
+                except Exception as exc:
+                    log.logger.exception("internal method %s failed", method)
+                    response = protocol.error_response(req.id, protocol.INTERNAL_ERROR, data=str(exc))
+        if req.id is NO_ID:
+            return None
+        return encode_response(response, self.config.debug)
+
+    async def _batch(self, items: list, sock: zmq.Socket, envelope: list[bytes], source: str) -> None:
+        if not items:
+            return self._send(sock, envelope, protocol.encode_error(None, protocol.INVALID_REQUEST))
+        if len(items) > self.config.max_batch:
+            return self._send(sock, envelope, protocol.encode_error(
+                None, protocol.INVALID_REQUEST, f"Batch too large (at most {self.config.max_batch} requests)"))
+        answers = await asyncio.gather(*(self._batch_item(item, source) for item in items))
+        parts = [a for a in answers if a is not None]
+        if parts:
+            self._send(sock, envelope, b"[" + b",".join(parts) + b"]")
+
+    async def _batch_item(self, item: Any, source: str) -> bytes | None:
+        req = protocol.parse_request(item)
+        if type(req) is dict:
+            return protocol.dumps(req)
+        if req.method in self.dispatcher.methods or req.method.startswith("clusterd."):
+            return await self.run_local(req, source)
+        meta = self.worker_methods.get(req.method)
+        if meta is None:
+            return None if req.id is NO_ID else protocol.encode_error(req.id, protocol.METHOD_NOT_FOUND)
+        if self.state == "stopping":
+            return None if req.id is NO_ID else protocol.encode_error(req.id, protocol.SHUTTING_DOWN)
+        fut = self.loop.create_future()
+        call = Call(protocol.dumps(item), req.id, req.method, None, None, fut)
+        call.idempotent = meta.get("idempotent", False)
+        call.timeout = meta.get("timeout") or self.config.call_timeout
+        if req.id is NO_ID:
+            call.rid = None  # the worker answers it as a call; the answer is not passed on
+            call.payload = protocol.dumps({**item, "id": None})
+            self.dispatch(call)
+            return None
+        self.dispatch(call)
+        return await fut
+
+    async def call_worker(self, method: str, params: list | dict, worker: Worker | None = None) -> Any:
+        """A call from the master (or on behalf of a worker) to a worker; its result, or RemoteError."""
+        if self.state == "stopping" and worker is None:
+            raise RPCError(protocol.SHUTTING_DOWN)
+        fut = self.loop.create_future()
+        call = Call(protocol.dumps(protocol.make_request(method, params, 0)), 0, method, None, None, fut)
+        meta = self.worker_methods.get(method) or {}
+        call.idempotent = meta.get("idempotent", False) and worker is None
+        call.timeout = meta.get("timeout") or self.config.call_timeout
+        if worker is None:
+            self.dispatch(call)
+        else:
+            self.send_call(worker, call)
+        return protocol.response_outcome(protocol.loads(await fut))
+
+    # ------------------------------------------------------------------ internal methods for workers
+    async def _w_call(self, method: str, params: list | dict = ()) -> Any:
+        return await self.call_worker(method, params or [])
+
+    async def _w_call_slot(self, slot: int, method: str, params: list | dict = ()) -> Any:
+        return await self.endpoint.workers.call_slot(slot, method, *(params or []))
+
+    async def _w_call_shared(self, method: str, params: list = ()) -> Any:
+        return await self.endpoint.workers.call_shared(method, *(params or []))
+
+    async def _w_broadcast(self, method: str, params: list = ()) -> dict:
+        results = await self.endpoint.workers.broadcast(method, *(params or []))
+        return {slot: ({"error": r.to_dict()} if isinstance(r, RPCError) else {"result": r})
+                for slot, r in results.items()}
+
+    async def _w_shared_block(self, name: str, size: int) -> dict:
+        if self.shared is None:
+            raise RPCError(protocol.INTERNAL_ERROR, "shared memory is not available")
+        return self.shared.describe(name, size)
+
+    # ------------------------------------------------------------------ admin methods (control.sock)
+    async def admin_status(self) -> dict:
+        return self.status_document()
+
+    async def admin_scale(self, workers: int | str | None = None, delta: int | None = None) -> dict:
+        if delta is not None:
+            target = self.supervisor.wanted + int(delta)
+        else:
+            from .config import ConfigError, parse_workers
+            try:
+                target = parse_workers(workers if workers is not None else self.supervisor.wanted)
+            except ConfigError as exc:
+                raise RPCError(protocol.INVALID_PARAMS, str(exc)) from None
+        if target < 0:
+            raise RPCError(protocol.INVALID_PARAMS, "the number of workers cannot be negative")
+        if self.state == "stopping":
+            raise RPCError(protocol.SHUTTING_DOWN)
+        old = self.supervisor.wanted
+        self.supervisor.scale(target)
+        self.update_status_line()
+        return {"from": old, "to": target}
+
+    async def admin_stop(self, timeout: float | None = None) -> dict:
+        if timeout is not None:
+            self.config.graceful_timeout = float(timeout)
+        self.loop.call_soon(self.request_stop, True)
+        return {"stopping": True, "pid": os.getpid()}
+
+    async def admin_reload(self, wait: bool = True) -> dict:
+        if self.state == "stopping":
+            raise RPCError(protocol.SHUTTING_DOWN)
+        return await self.reloads.request(wait=wait)
+
+    async def admin_reload_wait(self, id: int, after: int = 0) -> dict:
+        return await self.reloads.progress(id, after)
+
+    # ------------------------------------------------------------------ lifecycle
+    def request_stop(self, graceful: bool = True) -> None:
+        if not self.stopped.is_set():
+            self._graceful = graceful
+            self.stopped.set()
+
+    def status_document(self) -> dict:
+        now = time.time()
+        try:
+            rss = self._ps.memory_info().rss
+            cpu = self._ps.cpu_percent(None)
+        except psutil.Error:
+            rss, cpu = None, None
+        doc = {
+            "name": self.config.name, "state": self.state,
+            "master": {"pid": os.getpid(), "started_at": self.started_at, "uptime_s": round(now - self.started_at, 3),
+                       "version": self.version, "rss_bytes": rss, "cpu_percent": cpu, "host": os.uname().nodename},
+            "workers": self.supervisor.workers_document(),
+            "config": self.config.document(),
+            "generation": self.supervisor.generation,
+            "queued": len(self.queue),
+        }
+        if self.reloads is not None:
+            doc["reload"] = self.reloads.summary()
+        return doc
+
+    def update_status_line(self) -> None:
+        if self.notifier is not None:
+            ready, wanted = self.supervisor.slot_summary()
+            self.notifier.status(f"{self.state}: {ready}/{wanted} workers ready, generation "
+                                 f"{self.supervisor.generation}")
+
+    def _spawn_task(self, coro) -> None:
+        task = self.loop.create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    def fail_pending(self) -> None:
+        while self.queue:
+            self.reply_error(self.queue.popleft(), protocol.SHUTTING_DOWN)
+
+
+def _loads_dict(payload: bytes) -> dict:
+    try:
+        obj = protocol.loads(payload)
+    except ValueError:
+        return {}
+    return obj if isinstance(obj, dict) else {}
+
+
+def _info(worker: Worker) -> WorkerInfo:
+    return WorkerInfo(worker.slot, worker.pid, worker.generation, worker.host, worker.agent)
+
+
+__all__ = ["MasterEndpoint", "WorkersProxy", "WorkerInfo", "Router", "RuntimeDir", "InstanceBusy",
+           "BootFailure", "RemoteError", "sys", "signal"]

@@ -1,0 +1,561 @@
+"""Worker lifecycle: spawning, restart with backoff, crash loops, heartbeats, recycling, scaling
+and the rolling reload.
+
+Like gunicorn's arbiter, it reconciles the wanted set of workers with the actual one; every change
+(restart, scale, recycle, reload) is "start a worker for a slot" or "retire a worker". It owns the
+worker table; the router (master.py) moves calls and tells it what arrives on the workers socket.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from collections import deque
+from typing import TYPE_CHECKING, Any
+
+import psutil
+
+from . import log, protocol
+from .config import Config
+from .pool import Balancer, Slot, Worker, WorkerState
+
+if TYPE_CHECKING:
+    from .master import Router
+
+STABLE_AFTER_S = 10.0      # a worker up this long resets its slot's backoff
+BACKOFF_FIRST_S = 0.1
+BACKOFF_MAX_S = 5.0
+WORKER_ENTRY = "from clusterd.worker import main; main()"
+
+
+class BootFailure(Exception):
+    """A worker could not become ready: carries its error and traceback for the user."""
+
+    def __init__(self, worker: Worker, error: str, traceback: str) -> None:
+        super().__init__(error)
+        self.worker = worker
+        self.error = error
+        self.traceback = traceback
+
+    def to_dict(self) -> dict:
+        return {"slot": self.worker.slot, "pid": self.worker.pid, "error": self.error,
+                "traceback": self.traceback}
+
+
+def _exit_info(returncode: int | None, reason: str) -> dict:
+    code = sig = None
+    if returncode is not None:
+        if returncode < 0:
+            sig = -returncode
+        else:
+            code = returncode
+    return {"code": code, "signal": sig, "at": time.time(), "reason": reason}
+
+
+class Supervisor:
+    def __init__(self, config: Config, router: "Router") -> None:
+        self.config = config
+        self.router = router
+        self.loop = asyncio.get_running_loop()
+        self.wanted = config.workers
+        self.generation = 1
+        self.slots: dict[int, Slot] = {}
+        self.by_ident: dict[bytes, Worker] = {}
+        self.balancer = Balancer(least_busy=config.balance != "round-robin")
+        self.failures: deque[float] = deque()
+        self.booting = True
+        self.stopping = False
+        self.fatal: asyncio.Future = self.loop.create_future()
+        self._boot_waiter: asyncio.Future | None = None
+        self._replacements: dict[int, asyncio.Future] = {}
+        self._exited = asyncio.Event()
+        self._serial = 0
+        self._tick_handle: asyncio.TimerHandle | None = None
+        self._ready_waiters: list[asyncio.Future] = []
+        self._exit_waiters: list[asyncio.Future] = []
+
+    # ------------------------------------------------------------------ start and spawn
+    async def start(self) -> None:
+        """Start every slot; raise BootFailure if any worker dies before it is ready (fail fast)."""
+        self._boot_waiter = self.loop.create_future()
+        for index in range(self.wanted):
+            self.slots[index] = slot = Slot(index)
+            slot.active = self._spawn(index)
+        self._schedule_tick()
+        if self.wanted:
+            await self._boot_waiter
+        self.booting = False
+
+    def _spawn(self, index: int) -> Worker:
+        self._serial += 1
+        ident = f"{index}.{self.generation}.{self._serial}".encode()
+        worker = Worker(slot=index, generation=self.generation, ident=ident)
+        if self.config.max_requests:
+            worker.max_requests = self.config.max_requests + random.randint(0, self.config.max_requests_jitter)
+        spec = {
+            "worker": self.config.worker, "endpoint": self.router.worker_endpoint, "ident": ident.decode(),
+            "slot": index, "generation": self.generation, "name": self.config.name,
+            "heartbeat_interval": self.config.heartbeat_interval,
+            "heartbeat_timeout": max(self.config.heartbeat_timeout, 2.0),
+            "debug": self.config.debug, "parent_pid": os.getpid(),
+        }
+        env = self.router.child_environ()
+        env["_CLUSTERD_SPEC"] = json.dumps(spec)
+        env["PYTHONUNBUFFERED"] = "1"
+        proc = subprocess.Popen(
+            [sys.executable, "-c", WORKER_ENTRY, f"clusterd-worker:{self.config.name}:{index}"],
+            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env,
+            close_fds=True)
+        worker.pid = proc.pid
+        worker.process = proc
+        self.by_ident[ident] = worker
+        self._watch(worker, proc)
+        log.event("worker-start", f"{worker.label()} starting", slot=index, pid=proc.pid,
+                  generation=self.generation)
+        return worker
+
+    def _watch(self, worker: Worker, proc: subprocess.Popen) -> None:
+        out = proc.stdout
+        os.set_blocking(out.fileno(), False)
+        worker._out_fd = out.fileno()
+        worker._out_buf = b""
+        self.loop.add_reader(out.fileno(), self._on_output, worker)
+        try:
+            pidfd = os.pidfd_open(proc.pid)
+        except (AttributeError, OSError):
+            pidfd = None
+        worker._pidfd = pidfd
+        if pidfd is not None:
+            self.loop.add_reader(pidfd, self._on_process_exit, worker)
+        else:  # no pidfd (old kernel): a thread waits instead
+            self.loop.run_in_executor(None, proc.wait).add_done_callback(
+                lambda _f: self._on_process_exit(worker))
+
+    def _on_output(self, worker: Worker) -> None:
+        try:
+            chunk = os.read(worker._out_fd, 65536)
+        except BlockingIOError:
+            return
+        except OSError:
+            chunk = b""
+        if not chunk:
+            self.loop.remove_reader(worker._out_fd)
+            self._emit_lines(worker, worker._out_buf, final=True)
+            worker._out_buf = b""
+            return
+        data = worker._out_buf + chunk
+        *lines, rest = data.split(b"\n")
+        worker._out_buf = rest
+        for line in lines:
+            self._emit_line(worker, line)
+
+    def _emit_lines(self, worker: Worker, data: bytes, final: bool = False) -> None:
+        for line in data.split(b"\n"):
+            if line:
+                self._emit_line(worker, line)
+
+    def _emit_line(self, worker: Worker, line: bytes) -> None:
+        text = line.decode("utf-8", "replace").rstrip("\r")
+        worker.output_tail.append(text)
+        log.logger.info(text, extra={"source": f"worker {worker.slot} pid {worker.pid}", "slot": worker.slot,
+                                     "pid": worker.pid, "event": "output"})
+
+    # ------------------------------------------------------------------ messages from workers
+    def on_hello(self, ident: bytes, info: dict) -> None:
+        worker = self.by_ident.get(ident)
+        if worker is None or worker.state is not WorkerState.STARTING:
+            return
+        worker.state = WorkerState.READY
+        worker.ready_at = time.time()
+        worker.methods = info.get("methods") or {}
+        if worker.generation == self.generation:
+            self.router.learn_methods(worker.methods)
+        slot = self.slots.get(worker.slot)
+        log.event("worker-ready", f"{worker.label()} ready", slot=worker.slot, pid=worker.pid,
+                  generation=worker.generation)
+        if slot is None or self.stopping:
+            self.retire(worker, "stop" if self.stopping else "scale")
+            return
+        if slot.incoming is worker:
+            old = slot.active
+            slot.incoming = None
+            slot.active = worker
+            if old is not None and old.state in (WorkerState.READY, WorkerState.STARTING):
+                self.retire(old, old.retire_reason or "reload")
+            fut = self._replacements.pop(worker.slot, None)
+            if fut is not None and not fut.done():
+                fut.set_result(None)
+        if slot.active is worker:
+            self.balancer.add(worker)
+        self.router.on_worker_ready(worker)
+        if self.booting and self._boot_waiter is not None and not self._boot_waiter.done():
+            if all(s.active is not None and s.active.state is WorkerState.READY for s in self.slots.values()):
+                self._boot_waiter.set_result(None)
+        self._wake_ready_waiters()
+
+    def on_boot_failure(self, ident: bytes, info: dict) -> None:
+        worker = self.by_ident.get(ident)
+        if worker is not None:
+            worker.boot_error = info
+
+    def on_beat(self, ident: bytes, info: dict) -> None:
+        worker = self.by_ident.get(ident)
+        if worker is not None:
+            worker.last_beat = time.monotonic()
+            stalled = info.get("stalled", 0.0) if isinstance(info, dict) else 0.0
+            worker.stalled = stalled if isinstance(stalled, (int, float)) else 0.0
+
+    def on_idle(self, worker: Worker) -> None:
+        """A retiring worker finished its last call: tell it to stop."""
+        if worker.state is WorkerState.DRAINING and not worker.calls:
+            self._send_stop(worker)
+
+    # ------------------------------------------------------------------ retiring and exits
+    def retire(self, worker: Worker, reason: str) -> None:
+        """Take a worker out of service: it finishes its calls, then stops (bounded by graceful timeout)."""
+        if worker.state in (WorkerState.STOPPING, WorkerState.EXITED):
+            return
+        worker.retire_reason = worker.retire_reason or reason
+        self.balancer.remove(worker)
+        if worker.state is WorkerState.STARTING:
+            self._send_stop(worker)
+            return
+        worker.state = WorkerState.DRAINING
+        worker.stop_deadline = time.monotonic() + self.config.graceful_timeout
+        log.event("worker-drain", f"{worker.label()} draining ({worker.retire_reason})", slot=worker.slot,
+                  pid=worker.pid, reason=worker.retire_reason)
+        if not worker.calls:
+            self._send_stop(worker)
+
+    def _send_stop(self, worker: Worker) -> None:
+        worker.state = WorkerState.STOPPING
+        if worker.stop_deadline is None:
+            worker.stop_deadline = time.monotonic() + self.config.graceful_timeout
+        self.router.send_stop(worker)
+
+    def kill(self, worker: Worker, reason: str) -> None:
+        """Kill a worker that cannot be stopped gracefully (hung, runaway, past its deadline)."""
+        if worker.retire_reason is None:
+            worker.retire_reason = reason
+        self.balancer.remove(worker)
+        if worker.state is not WorkerState.EXITED:
+            worker.state = WorkerState.STOPPING
+        if worker.process is not None and worker.process.returncode is None:
+            try:
+                worker.process.send_signal(signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        elif worker.process is None:
+            self.router.forget_remote(worker, reason)
+
+    def _on_process_exit(self, worker: Worker) -> None:
+        if getattr(worker, "_pidfd", None) is not None:
+            self.loop.remove_reader(worker._pidfd)
+            os.close(worker._pidfd)
+            worker._pidfd = None
+        returncode = worker.process.wait()
+        self._on_output(worker)  # read the last words (a traceback) before deciding
+        self.worker_exited(worker, returncode)
+
+    def worker_exited(self, worker: Worker, returncode: int | None) -> None:
+        if worker.state is WorkerState.EXITED:
+            return
+        was_ready = worker.ready_at is not None
+        worker.state = WorkerState.EXITED
+        self.balancer.remove(worker)
+        self.by_ident.pop(worker.ident, None)
+        reason = worker.retire_reason or "crashed"
+        info = _exit_info(returncode, reason)
+        slot = self.slots.get(worker.slot)
+        log.event("worker-exit", f"{worker.label()} exited (code {info['code']}, signal {info['signal']},"
+                  f" {reason})", level=logging.WARNING if reason in ("crashed", "hung") else logging.INFO,
+                  slot=worker.slot, pid=worker.pid, reason=reason, code=info["code"], signal=info["signal"])
+        self.router.on_worker_gone(worker, info)
+
+        if slot is not None:
+            if reason not in ("reload", "scale", "stop", "max-memory", "max-requests") or slot.active is worker:
+                slot.last_exit = info
+            elif slot.last_exit is None or slot.active is not worker:
+                slot.last_exit = info
+            slot.served_before += worker.served
+
+        if not was_ready and (self.booting or slot is not None and slot.incoming is worker):
+            failure = self._boot_failure(worker, returncode)
+            if self.booting and self._boot_waiter is not None and not self._boot_waiter.done():
+                self._boot_waiter.set_exception(failure)
+                return
+            if slot is not None and slot.incoming is worker:
+                slot.incoming = None
+                fut = self._replacements.pop(worker.slot, None)
+                if fut is not None and not fut.done():
+                    fut.set_exception(failure)
+                return
+
+        if slot is not None and slot.active is worker:
+            slot.active = None
+            if self.stopping or worker.slot >= self.wanted:
+                pass
+            elif reason in ("crashed", "hung"):
+                self._restart_after_failure(slot, worker)
+            else:
+                self._respawn(slot)
+        if slot is not None and worker.slot >= self.wanted and slot.active is None and slot.incoming is None:
+            self.slots.pop(worker.slot, None)
+        if not self.by_ident:
+            self._exited.set()
+        waiters, self._exit_waiters = self._exit_waiters, []
+        for fut in waiters:
+            if not fut.done():
+                fut.set_result(None)
+
+    def _boot_failure(self, worker: Worker, returncode: int | None) -> BootFailure:
+        err = worker.boot_error or {}
+        tb = err.get("traceback") or "\n".join(worker.output_tail)
+        error = err.get("error") or (f"worker exited with code {returncode}" if returncode is not None
+                                     and returncode >= 0 else f"worker killed by signal {-(returncode or 0)}")
+        return BootFailure(worker, error, tb)
+
+    def _restart_after_failure(self, slot: Slot, worker: Worker) -> None:
+        now = time.monotonic()
+        if worker.ready_at is not None and time.time() - worker.ready_at >= STABLE_AFTER_S:
+            slot.consecutive_failures = 0
+        slot.consecutive_failures += 1
+        self.failures.append(now)
+        while self.failures and now - self.failures[0] > self.config.crash_window:
+            self.failures.popleft()
+        limit = self.config.crash_limit * max(1, self.wanted)
+        if self.config.crash_limit and len(self.failures) >= limit:
+            if not self.fatal.done():
+                self.fatal.set_result(f"crash loop: {len(self.failures)} worker failures within "
+                                      f"{self.config.crash_window:g}s (limit {self.config.crash_limit} per worker)")
+            return
+        delay = 0.0 if slot.consecutive_failures <= 1 else min(
+            BACKOFF_MAX_S, BACKOFF_FIRST_S * 2 ** (slot.consecutive_failures - 2))
+        if delay <= 0:
+            self._respawn(slot)
+        else:
+            log.event("worker-backoff", f"slot {slot.index} keeps failing: restarting in {delay:.1f}s",
+                      slot=slot.index)
+            slot.restart_handle = self.loop.call_later(delay, self._respawn, slot)
+
+    def _respawn(self, slot: Slot) -> None:
+        slot.restart_handle = None
+        if self.stopping or slot.index >= self.wanted or slot.active is not None:
+            return
+        slot.restarts += 1
+        if slot.incoming is not None:  # a replacement was already on its way: it takes the slot
+            slot.active, slot.incoming = slot.incoming, None
+            fut = self._replacements.pop(slot.index, None)
+            if fut is not None and not fut.done():
+                fut.set_result(None)
+            return
+        slot.active = self._spawn(slot.index)
+
+    # ------------------------------------------------------------------ replacement, reload, scale
+    def replace(self, index: int, reason: str) -> asyncio.Future:
+        """Start a new worker for the slot; once it is ready the old one drains and stops.
+
+        The future fails with BootFailure when the new worker cannot become ready; the old worker
+        then keeps serving.
+        """
+        existing = self._replacements.get(index)
+        if existing is not None:
+            return existing
+        fut = self.loop.create_future()
+        slot = self.slots.get(index)
+        if slot is None or self.stopping:
+            fut.set_result(None)
+            return fut
+        if slot.active is not None:
+            slot.active.retire_reason = reason
+        if slot.active is None or slot.active.state is WorkerState.STARTING and slot.active.generation < self.generation:
+            # nothing serves this slot: start (or restart) it directly
+            if slot.active is not None:
+                self.kill(slot.active, reason)
+                slot.active = None
+            if slot.restart_handle is not None:
+                slot.restart_handle.cancel()
+                slot.restart_handle = None
+            slot.incoming = self._spawn(index)
+            slot.active = None
+            self._replacements[index] = fut
+            return fut
+        slot.incoming = self._spawn(index)
+        self._replacements[index] = fut
+        return fut
+
+    def recycle(self, worker: Worker, reason: str) -> None:
+        """Replace a serving worker gracefully (max-memory, max-requests, runaway call)."""
+        slot = self.slots.get(worker.slot)
+        if slot is None or slot.active is not worker or slot.incoming is not None or self.stopping:
+            return
+        log.event("worker-recycle", f"{worker.label()} recycled ({reason})", slot=worker.slot, pid=worker.pid,
+                  reason=reason)
+        fut = self.replace(worker.slot, reason)
+        fut.add_done_callback(lambda f: f.exception())  # a failed recycle keeps the old worker
+
+    def scale(self, wanted: int) -> None:
+        old = self.wanted
+        self.wanted = wanted
+        for index in range(old, wanted):
+            slot = self.slots.get(index)
+            if slot is None:
+                self.slots[index] = slot = Slot(index)
+            if slot.active is None and slot.incoming is None:
+                slot.active = self._spawn(index)
+        for index, slot in list(self.slots.items()):
+            if index < wanted:
+                continue
+            if slot.restart_handle is not None:
+                slot.restart_handle.cancel()
+                slot.restart_handle = None
+            for worker in (slot.incoming, slot.active):
+                if worker is not None:
+                    self.retire(worker, "scale")
+            if slot.active is None and slot.incoming is None:
+                self.slots.pop(index, None)
+        log.event("scale", f"scaled from {old} to {wanted} workers")
+
+    # ------------------------------------------------------------------ periodic health check
+    def _schedule_tick(self) -> None:
+        self._tick_handle = self.loop.call_later(self.config.heartbeat_interval, self._tick)
+
+    def _tick(self) -> None:
+        now = time.monotonic()
+        timeout = self.config.heartbeat_timeout
+        for worker in list(self.by_ident.values()):
+            if worker.state is WorkerState.EXITED:
+                continue
+            if worker.stop_deadline is not None and now > worker.stop_deadline:
+                log.event("worker-kill", f"{worker.label()} did not stop within the graceful timeout: killed",
+                          level=logging.WARNING, slot=worker.slot, pid=worker.pid)
+                self.kill(worker, worker.retire_reason or "stop")
+                worker.stop_deadline = None
+                continue
+            silent = now - worker.last_beat
+            if silent > timeout or worker.stalled > timeout:
+                if worker.retire_reason not in ("hung",):
+                    log.event("worker-hung", f"{worker.label()} stopped answering heartbeats: killed",
+                              level=logging.WARNING, slot=worker.slot, pid=worker.pid, reason="hung")
+                worker.retire_reason = "hung"
+                self.kill(worker, "hung")
+                continue
+            self._measure(worker)
+            if (self.config.max_memory and worker.rss_bytes and worker.rss_bytes > self.config.max_memory
+                    and worker.state is WorkerState.READY):
+                self.recycle(worker, "max-memory")
+        self._schedule_tick()
+
+    def _measure(self, worker: Worker) -> None:
+        if worker.process is None:
+            return
+        ps = getattr(worker, "_ps", None)
+        try:
+            if ps is None:
+                ps = worker._ps = psutil.Process(worker.pid)
+                ps.cpu_percent(None)
+            worker.rss_bytes = ps.memory_info().rss
+            worker.cpu_percent = ps.cpu_percent(None)
+        except psutil.Error:
+            pass
+
+    # ------------------------------------------------------------------ waiting for workers
+    async def wait_generation_gone(self, generation: int, timeout: float) -> None:
+        """Wait until no worker older than generation is left (the drains of a reload)."""
+        deadline = self.loop.time() + timeout
+        while any(w.generation < generation for w in self.by_ident.values()):
+            fut = self.loop.create_future()
+            self._exit_waiters.append(fut)
+            left = deadline - self.loop.time()
+            if left <= 0:
+                return
+            try:
+                await asyncio.wait_for(fut, left)
+            except asyncio.TimeoutError:
+                return
+
+    def wait_ready(self, timeout: float) -> asyncio.Future:
+        fut = self.loop.create_future()
+        self._ready_waiters.append(fut)
+        self.loop.call_later(timeout, lambda: fut.done() or fut.set_result(False))
+        return fut
+
+    def _wake_ready_waiters(self) -> None:
+        waiters, self._ready_waiters = self._ready_waiters, []
+        for fut in waiters:
+            if not fut.done():
+                fut.set_result(True)
+
+    # ------------------------------------------------------------------ stop
+    async def stop(self, graceful: bool = True) -> None:
+        """Stop every worker: gracefully (drain, stop_services) within the timeout, else kill."""
+        self.stopping = True
+        for slot in self.slots.values():
+            if slot.restart_handle is not None:
+                slot.restart_handle.cancel()
+                slot.restart_handle = None
+        for fut in self._replacements.values():
+            if not fut.done():
+                fut.set_result(None)
+        for worker in list(self.by_ident.values()):
+            if graceful:
+                self.retire(worker, "stop")
+            else:
+                self.kill(worker, "stop")
+        if self.by_ident:
+            try:
+                await asyncio.wait_for(self._exited.wait(), self.config.graceful_timeout + 5)
+            except asyncio.TimeoutError:
+                for worker in list(self.by_ident.values()):
+                    self.kill(worker, "stop")
+                try:
+                    await asyncio.wait_for(self._exited.wait(), 5)
+                except asyncio.TimeoutError:
+                    pass
+        if self._tick_handle is not None:
+            self._tick_handle.cancel()
+
+    def kill_all(self) -> None:
+        for worker in list(self.by_ident.values()):
+            if worker.process is not None and worker.process.returncode is None:
+                try:
+                    worker.process.kill()
+                except ProcessLookupError:
+                    pass
+
+    # ------------------------------------------------------------------ status
+    def workers_document(self) -> list[dict]:
+        now = time.time()
+        rows = []
+        for worker in sorted(self.by_ident.values(), key=lambda w: (w.slot, w.generation, w.started_at)):
+            slot = self.slots.get(worker.slot)
+            rows.append({
+                "slot": worker.slot, "pid": worker.pid, "state": worker.state.value,
+                "generation": worker.generation, "started_at": worker.started_at,
+                "uptime_s": round(now - worker.started_at, 3), "ready_at": worker.ready_at,
+                "restarts": slot.restarts if slot else 0, "rss_bytes": worker.rss_bytes,
+                "cpu_percent": worker.cpu_percent, "inflight": worker.inflight, "served": worker.served,
+                "failed": worker.failed, "last_exit": slot.last_exit if slot else None,
+                "max_requests": worker.max_requests or None, "host": worker.host, "agent": worker.agent,
+            })
+        return rows
+
+    def slot_summary(self) -> tuple[int, int]:
+        ready = sum(1 for s in self.slots.values() if s.active is not None and s.active.state is WorkerState.READY)
+        return ready, self.wanted
+
+
+def describe_failure(exc: BaseException) -> dict:
+    if isinstance(exc, BootFailure):
+        return exc.to_dict()
+    return {"error": f"{type(exc).__name__}: {exc}", "traceback": ""}
+
+
+__all__ = ["Supervisor", "BootFailure", "describe_failure", "protocol", "Any"]

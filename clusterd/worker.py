@@ -1,0 +1,279 @@
+"""WorkerEndpoint, and the entry point of a worker process.
+
+A worker is a fresh interpreter with one DEALER socket to the master's workers socket. Frames on
+that link (the master sees the DEALER's routing id first):
+
+    master -> worker   [b"c", token, request]   a call to answer with the same token
+                       [b"n", request]          a notification
+                       [b"a", response]         the answer to one of the worker's own requests
+                       [b"s"]                   stop gracefully
+    worker -> master   [b"r"|b"e", token, response]   answer (r: result, e: error)
+                       [b"q", request]          the worker's own request to the master
+                       [b"h", hello]            ready, with the worker's method table
+                       [b"f", failure]          could not start: the traceback
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ctypes
+import importlib
+import json
+import os
+import signal
+import sys
+import traceback
+from typing import Any
+
+import zmq
+
+from . import heartbeat, protocol
+from .endpoint import Dispatcher, encode_response
+from .protocol import NO_ID, RemoteError, RPCError
+from .zmqloop import SocketReader
+
+SPEC_ENV = "_CLUSTERD_SPEC"
+
+
+class MasterProxy:
+    """The worker's handle on its master: `await self.master.call("config")`."""
+
+    def __init__(self, link: "WorkerLink") -> None:
+        self._link = link
+
+    async def call(self, method: str, *params: Any, **named: Any) -> Any:
+        return await self._link.request(method, named if named else list(params))
+
+    def notify(self, method: str, *params: Any, **named: Any) -> None:
+        self._link.send_request(protocol.make_request(method, named if named else list(params)))
+
+    async def shared_block(self, name: str, size: int) -> memoryview:
+        """A block of shared memory owned by the master, attached here by name."""
+        from .shared import attach
+        info = await self.call("clusterd.shared_block", name, size)
+        return attach(info["shm_name"], info["size"])
+
+
+class WorkersProxyViaMaster:
+    """`self.workers` on a worker: every call goes through the master."""
+
+    def __init__(self, master: MasterProxy) -> None:
+        self._master = master
+
+    async def call(self, method: str, *params: Any) -> Any:
+        return await self._master.call("clusterd.workers.call", method, list(params))
+
+    async def call_slot(self, slot: int, method: str, *params: Any) -> Any:
+        return await self._master.call("clusterd.workers.call_slot", slot, method, list(params))
+
+    async def call_shared(self, method: str, *params: Any) -> Any:
+        return await self._master.call("clusterd.workers.call_shared", method, list(params))
+
+    async def broadcast(self, method: str, *params: Any) -> dict[int, Any]:
+        raw = await self._master.call("clusterd.workers.broadcast", method, list(params))
+        out: dict[int, Any] = {}
+        for slot, value in raw.items():
+            if isinstance(value, dict) and "error" in value:
+                out[int(slot)] = protocol.error_from(value["error"])
+            else:
+                out[int(slot)] = value.get("result") if isinstance(value, dict) else value
+        return out
+
+
+class WorkerEndpoint:
+    """Subclass this; mark the methods callers may reach with @rpc."""
+
+    slot: int
+    generation: int
+    pid: int
+    master: MasterProxy
+    workers: WorkersProxyViaMaster
+
+    async def start_services(self) -> None:
+        """Runs before the worker reports ready (open connections, load models, ...)."""
+
+    async def stop_services(self) -> None:
+        """Runs on graceful exit, bounded by --graceful-timeout."""
+
+
+class WorkerLink:
+    """The worker's side of its socket to the master: serves calls, sends its own requests."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, sock: zmq.Socket, debug: bool) -> None:
+        self.loop = loop
+        self.sock = sock
+        self.debug = debug
+        self.dispatcher: Dispatcher | None = None
+        self._next_id = 0
+        self._pending: dict[int, asyncio.Future] = {}
+        self._tasks: set[asyncio.Task] = set()
+        self.stop_requested = asyncio.Event()
+        self.reader = SocketReader(loop, sock, self._on_message)
+
+    # -- requests from this worker to the master
+    def send_request(self, msg: dict) -> None:
+        self.sock.send_multipart([b"q", protocol.dumps(msg)])
+        self.reader.wake()
+
+    async def request(self, method: str, params: list | dict) -> Any:
+        self._next_id += 1
+        rid = self._next_id
+        fut = self.loop.create_future()
+        self._pending[rid] = fut
+        try:
+            self.send_request(protocol.make_request(method, params, rid))
+            return protocol.response_outcome(await fut)
+        finally:
+            self._pending.pop(rid, None)
+
+    # -- messages from the master
+    def _on_message(self, frames: list[bytes]) -> None:
+        kind = frames[0]
+        if kind == b"c":
+            self._serve(frames[1], frames[2])
+        elif kind == b"a":
+            self._on_answer(frames[1])
+        elif kind == b"n":
+            self._serve(None, frames[1])
+        elif kind == b"s":
+            self.stop_requested.set()
+
+    def _on_answer(self, payload: bytes) -> None:
+        try:
+            msg = protocol.loads(payload)
+        except ValueError:
+            return
+        fut = self._pending.get(msg.get("id")) if isinstance(msg, dict) else None
+        if fut is not None and not fut.done():
+            fut.set_result(msg)
+
+    def _serve(self, token: bytes | None, payload: bytes) -> None:
+        try:
+            obj = protocol.loads(payload)
+        except ValueError:
+            return self._answer(token, protocol.error_response(None, protocol.PARSE_ERROR))
+        req = protocol.parse_request(obj)
+        if isinstance(req, dict):
+            return self._answer(token, req)
+        if self.dispatcher is None:
+            return self._answer(token, protocol.error_response(req.id, protocol.NO_WORKER))
+        prepared = self.dispatcher.prepare(req)
+        if isinstance(prepared, dict):
+            return self._answer(token, prepared)
+        func, method = prepared
+        if method.is_async:
+            task = self.loop.create_task(self._serve_async(token, func, req))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+        else:
+            self._answer(token, self.dispatcher.run_sync(func, req.params, req.id))
+
+    async def _serve_async(self, token: bytes | None, func, req: protocol.Request) -> None:
+        self._answer(token, await self.dispatcher.run_async(func, req.params, req.id))
+
+    def _answer(self, token: bytes | None, response: dict) -> None:
+        if token is None:
+            return  # a notification gets no answer
+        kind = b"e" if "error" in response else b"r"
+        self.sock.send_multipart([kind, token, encode_response(response, self.debug)])
+        self.reader.wake()
+
+    async def drain(self) -> None:
+        """Wait for the calls this worker is running to finish."""
+        while self._tasks:
+            await asyncio.gather(*list(self._tasks), return_exceptions=True)
+
+
+def import_class(path: str) -> type:
+    """Import `package.module:ClassName`."""
+    module_name, _, attr = path.partition(":")
+    module = importlib.import_module(module_name)
+    obj = module
+    for part in attr.split("."):
+        obj = getattr(obj, part)
+    return obj
+
+
+def _die_with_parent() -> None:
+    """Ask Linux to kill this process when its parent (the master) dies, even by SIGKILL."""
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(1, signal.SIGKILL, 0, 0, 0)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
+
+
+def main() -> None:
+    """Entry point of a worker process; the master passes its spec in the environment."""
+    spec = json.loads(os.environ.pop(SPEC_ENV))
+    if spec.get("die_with_parent", True):
+        _die_with_parent()
+        if os.getppid() != spec["parent_pid"]:
+            os._exit(3)  # the master died before we could ask to follow it
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the master, which stops us in order
+    sys.path.insert(0, os.getcwd())
+    try:
+        code = asyncio.run(_run(spec))
+    except KeyboardInterrupt:
+        code = 0
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
+
+
+async def _run(spec: dict) -> int:
+    loop = asyncio.get_running_loop()
+    context = zmq.Context.instance()
+    ident = spec["ident"].encode()
+    configure = None
+    if spec.get("curve"):
+        from .curve import client_configurer
+        configure = client_configurer(spec["curve"])
+    heartbeat.start(context, spec["endpoint"], ident, spec["heartbeat_interval"], spec["heartbeat_timeout"],
+                    configure)
+    sock = context.socket(zmq.DEALER)
+    sock.setsockopt(zmq.ROUTING_ID, ident)
+    sock.setsockopt(zmq.LINGER, 2000)
+    sock.setsockopt(zmq.SNDHWM, 0)
+    sock.setsockopt(zmq.RCVHWM, 0)
+    if configure is not None:
+        configure(sock)
+    sock.connect(spec["endpoint"])
+    link = WorkerLink(loop, sock, spec.get("debug", False))
+    loop.add_signal_handler(signal.SIGTERM, link.stop_requested.set)
+
+    try:
+        cls = import_class(spec["worker"])
+        endpoint = cls()
+        endpoint.slot = spec["slot"]
+        endpoint.generation = spec["generation"]
+        endpoint.pid = os.getpid()
+        endpoint.master = MasterProxy(link)
+        endpoint.workers = WorkersProxyViaMaster(endpoint.master)
+        await endpoint.start_services()
+        link.dispatcher = Dispatcher(endpoint, spec.get("debug", False))
+    except BaseException as exc:  # any failure to start is reported to the master, then we exit
+        text = "".join(traceback.format_exception(exc))
+        sys.stderr.write(text)
+        sock.send_multipart([b"f", protocol.dumps({"error": f"{type(exc).__name__}: {exc}", "traceback": text})])
+        sock.close(linger=2000)
+        return 1
+
+    methods = {name: m.describe() for name, m in link.dispatcher.methods.items()}
+    sock.send_multipart([b"h", protocol.dumps({"pid": os.getpid(), "slot": spec["slot"],
+                                               "generation": spec["generation"], "methods": methods})])
+    link.reader.wake()
+    await link.stop_requested.wait()
+    await link.drain()
+    try:
+        await endpoint.stop_services()
+    except Exception:
+        traceback.print_exc()
+    for fut in link._pending.values():
+        if not fut.done():
+            fut.set_exception(RemoteError(protocol.SHUTTING_DOWN))
+    sock.close(linger=1000)
+    return 0
+
+
+__all__ = ["WorkerEndpoint", "RPCError", "NO_ID"]
