@@ -332,7 +332,6 @@ def scale(workers: int, name: str | None) -> None:
 @click.option("--timeout", type=float, default=None, help="Graceful timeout for this stop (seconds).")
 def stop(name: str | None, timeout: float | None) -> None:
     """Stop a running instance gracefully and wait until it has exited."""
-    import psutil
     try:
         instance = find_instance(name)
     except NoInstance as exc:
@@ -343,13 +342,11 @@ def stop(name: str | None, timeout: float | None) -> None:
         except (RemoteError, TimeoutError) as exc:
             fail(f"stop failed: {exc}", EXIT_FAILURE)
     pid = result.get("pid") or instance.pid
-    if pid:
-        try:
-            psutil.Process(pid).wait((timeout or 30) + 15)
-        except psutil.NoSuchProcess:
-            pass
-        except psutil.TimeoutExpired:
+    deadline = time.monotonic() + (timeout if timeout is not None else 30) + 15
+    while pid and _running(pid):
+        if time.monotonic() > deadline:
             fail(f"{instance.name} (pid {pid}) is still stopping", EXIT_FAILURE)
+        time.sleep(0.05)
     click.echo(f"{instance.name} stopped")
 
 
@@ -388,6 +385,15 @@ def call(method: str, params: tuple[str, ...], name: str | None, address: str | 
         except TimeoutError as exc:
             fail(str(exc), EXIT_FAILURE)
     click.echo(protocol.dumps(result).decode())
+
+
+def _running(pid: int) -> bool:
+    """True while the process exists and is not a zombie waiting for its parent."""
+    import psutil
+    try:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
 
 
 def _json_value(text: str) -> Any:

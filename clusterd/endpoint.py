@@ -127,7 +127,9 @@ class Dispatcher:
         self.target = target
         self.debug = debug
         self.methods = method_table(type(target))
-        self._bound = {name: getattr(target, m.attr) for name, m in self.methods.items()}
+        # bind through the class, so an instance attribute of the same name (self.pid) cannot hide a method
+        self._bound = {name: inspect.getattr_static(type(target), m.attr).__get__(target, type(target))
+                       for name, m in self.methods.items()}
 
     def lookup(self, name: str) -> Method | None:
         return self.methods.get(name)

@@ -215,6 +215,7 @@ class Router:
             for addr in cfg.binds:
                 self.public.bind(addr)
         self.wsock = self._router_socket(client=False)
+        self.wsock.setsockopt(zmq.ROUTER_MANDATORY, 1)
         self.wsock.bind(self.worker_endpoint)
         os.chmod(cfg.instance_dir / "workers.sock", 0o600)
         for addr in cfg.worker_binds:
@@ -288,8 +289,7 @@ class Router:
         if req.id is NO_ID:
             worker = self.supervisor.balancer.pick()
             if worker is not None:
-                self.wsock.send_multipart([worker.ident, b"n", payload])
-                self.wreader.wake()
+                self._to_worker([worker.ident, b"n", payload])
             return
         call = Call(payload, req.id, method, sock, envelope, None)
         call.idempotent = meta.get("idempotent", False)
@@ -313,7 +313,20 @@ class Router:
             call.deadline = self.loop.time() + call.timeout
             if self._sweep_handle is None:
                 self._sweep_handle = self.loop.call_later(min(0.1, call.timeout), self._sweep_deadlines)
-        self.wsock.send_multipart([worker.ident, b"c", token, call.payload])
+        try:
+            self.wsock.send_multipart([worker.ident, b"c", token, call.payload])
+        except zmq.ZMQError:
+            # its connection is already gone (ROUTER_MANDATORY): the worker never got the call
+            del worker.calls[token]
+            self.supervisor.balancer.remove(worker)
+            self.dispatch(call, exclude=worker)
+        self.wreader.wake()
+
+    def _to_worker(self, frames: list[bytes]) -> None:
+        try:
+            self.wsock.send_multipart(frames)
+        except zmq.ZMQError:
+            pass  # that worker's connection is gone; its exit is handled on its own
         self.wreader.wake()
 
     def _send(self, sock: zmq.Socket, envelope: list[bytes], payload: bytes) -> None:
@@ -421,8 +434,7 @@ class Router:
         elif kind == b"q":
             self._on_worker_request(ident, frames[2])
         elif kind == b"b":
-            self.wsock.send_multipart([ident, b"b"])
-            self.wreader.wake()
+            self._to_worker([ident, b"b"])
             self.supervisor.on_beat(ident[3:], _loads_dict(frames[2]) if len(frames) > 2 else {})
         elif kind == b"h":
             self.supervisor.on_hello(ident, _loads_dict(frames[2]))
@@ -444,8 +456,7 @@ class Router:
         if worker.process is None and worker.agent is not None:
             self.forget_remote(worker, worker.retire_reason or "stop")
             return
-        self.wsock.send_multipart([worker.ident, b"s"])
-        self.wreader.wake()
+        self._to_worker([worker.ident, b"s"])
 
     def forget_remote(self, worker: Worker, reason: str) -> None:
         self.supervisor.worker_exited(worker, None)

@@ -280,10 +280,7 @@ class Supervisor:
         self.router.on_worker_gone(worker, info)
 
         if slot is not None:
-            if reason not in ("reload", "scale", "stop", "max-memory", "max-requests") or slot.active is worker:
-                slot.last_exit = info
-            elif slot.last_exit is None or slot.active is not worker:
-                slot.last_exit = info
+            slot.last_exit = info
             slot.served_before += worker.served
 
         if not was_ready and (self.booting or slot is not None and slot.incoming is worker):
@@ -545,6 +542,17 @@ class Supervisor:
                 "failed": worker.failed, "last_exit": slot.last_exit if slot else None,
                 "max_requests": worker.max_requests or None, "host": worker.host, "agent": worker.agent,
             })
+        for slot in self.slots.values():
+            if slot.active is None and slot.incoming is None and slot.index < self.wanted:
+                # between a crash and its restart (backoff): the slot is still shown, with its history
+                rows.append({
+                    "slot": slot.index, "pid": None, "state": "starting", "generation": self.generation,
+                    "started_at": None, "uptime_s": None, "ready_at": None, "restarts": slot.restarts,
+                    "rss_bytes": None, "cpu_percent": None, "inflight": 0, "served": 0, "failed": 0,
+                    "last_exit": slot.last_exit, "max_requests": None, "host": None, "agent": None,
+                    "restart_pending": slot.restart_handle is not None,
+                })
+        rows.sort(key=lambda r: r["slot"])
         return rows
 
     def slot_summary(self) -> tuple[int, int]:

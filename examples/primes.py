@@ -43,7 +43,7 @@ class Master(MasterEndpoint):
         """Primes below n, the range cut into one chunk per worker (they run in parallel)."""
         if not isinstance(n, int) or n < 0:
             raise RPCError(-32602, "n must be a non-negative integer")
-        ready = max(1, len(await self.workers.broadcast("pid")))
+        ready = max(1, len(await self.workers.broadcast("stats")))
         chunk = -(-n // ready)
         import asyncio
         parts = await asyncio.gather(*(self.workers.call("count_primes_between", lo, min(n, lo + chunk))
@@ -90,10 +90,6 @@ class Worker(WorkerEndpoint):
             if sieve[i]:
                 sieve[i * i::i] = bytes(len(sieve[i * i::i]))
         return [i for i in range(n) if sieve[i]]
-
-    @rpc
-    def pid(self) -> int:
-        return os.getpid()
 
     @rpc
     def stats(self) -> dict:
