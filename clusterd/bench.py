@@ -28,7 +28,9 @@ Result document (``run_bench()``, ``clusterd bench --json``); the keys are stabl
         "<system>": {"label": str,
                      "seq_p50_us": float, "seq_p99_us": float, "seq_mean_us": float,
                      "pipelined_calls_per_s": float,
-                     "multi_client_calls_per_s": float | null}   # null for process_pool
+                     "master_cpu_us_per_call": float | null,     # during the pipelined run
+                     "workers_cpu_us_per_call": float | null,    # all workers together
+                     "multi_client_calls_per_s": float | null}   # process_pool: these 3 null
       },
       "cpu": {"burn_n": int, "burn_ms": float, "calls": int, "workers": int,
               "time_1_worker_s": float, "time_n_workers_s": float, "speedup": float},
@@ -484,19 +486,41 @@ def _latency_figures(times_us: list[float]) -> dict[str, float]:
 
 
 def _measure_zmq_system(ctx: zmq.Context[zmq.Socket[bytes]], procs: _Procs, addr: str,
-                        plan: Plan, system: str) -> dict[str, Any]:
-    """Sequential, pipelined (one client) and multi-client figures of a service at ``addr``."""
+                        plan: Plan, system: str, master_pid: int,
+                        worker_pids: Sequence[int]) -> dict[str, Any]:
+    """Sequential, pipelined (one client) and multi-client figures of a service at ``addr``.
+
+    The CPU time per call of the master and of the workers is taken over the pipelined run:
+    unlike rates, it hardly depends on how the 2 cores are shared at that moment.
+    """
     sock = _dealer(ctx, addr)
     try:
         _pipelined(sock, plan.window, plan.warmup_s)
         figures: dict[str, Any] = {"label": SYSTEM_LABELS[system]}
         figures.update(_latency_figures(_sequential_us(sock, plan.seq_calls)))
+        master_cpu, workers_cpu = _CpuMeter([master_pid]), _CpuMeter(worker_pids)
         calls, elapsed = _pipelined(sock, plan.window, plan.duration_s)
         figures["pipelined_calls_per_s"] = round(calls / elapsed)
+        figures["master_cpu_us_per_call"] = master_cpu.us_per(calls)
+        figures["workers_cpu_us_per_call"] = workers_cpu.us_per(calls)
     finally:
         sock.close(0)
     figures["multi_client_calls_per_s"] = _multi_client(procs, addr, plan, system)
     return figures
+
+
+class _CpuMeter:
+    """CPU time (user + system) that some processes spend from now on."""
+
+    def __init__(self, pids: Sequence[int]) -> None:
+        self._procs = [psutil.Process(pid) for pid in pids]
+        self._start = self._total()
+
+    def _total(self) -> float:
+        return sum(t.user + t.system for t in (p.cpu_times() for p in self._procs))
+
+    def us_per(self, calls: int) -> float:
+        return round((self._total() - self._start) * 1e6 / calls, 1)
 
 
 def _multi_client(procs: _Procs, addr: str, plan: Plan, system: str) -> float:
@@ -522,35 +546,37 @@ def _multi_client(procs: _Procs, addr: str, plan: Plan, system: str) -> float:
 
 
 def _start_echo_workers(procs: _Procs, addr: str, workers: int, hello: bool,
-                        system: str) -> None:
-    readers = [procs.spawn_ref("echo-worker", addr, "hello" if hello else "plain",
-                               what=f"{system} worker {i}")[1] for i in range(workers)]
-    for reader in readers:
+                        system: str) -> list[int]:
+    started = [procs.spawn_ref("echo-worker", addr, "hello" if hello else "plain",
+                               what=f"{system} worker {i}") for i in range(workers)]
+    for _, reader in started:
         reader.readline(START_TIMEOUT_S)
+    return [proc.pid for proc, _ in started]
 
 
 def _measure_c_proxy(ctx: zmq.Context[zmq.Socket[bytes]], procs: _Procs,
                      plan: Plan) -> dict[str, Any]:
     front, back = f"tcp://127.0.0.1:{_free_port()}", f"ipc://{procs.tmp}/proxy-back.sock"
     with procs.scope():
-        _, reader = procs.spawn_ref("c-proxy", front, back, what="C proxy")
+        proxy, reader = procs.spawn_ref("c-proxy", front, back, what="C proxy")
         reader.readline(START_TIMEOUT_S)
-        _start_echo_workers(procs, back, plan.workers, hello=False, system="C proxy")
+        workers = _start_echo_workers(procs, back, plan.workers, hello=False, system="C proxy")
         # A DEALER deals only to the peers connected so far: let the workers' connections settle.
         time.sleep(0.2)
-        return _measure_zmq_system(ctx, procs, front, plan, "c_proxy")
+        return _measure_zmq_system(ctx, procs, front, plan, "c_proxy", proxy.pid, workers)
 
 
 def _measure_handwritten(ctx: zmq.Context[zmq.Socket[bytes]], procs: _Procs,
                          plan: Plan) -> dict[str, Any]:
     front, back = f"tcp://127.0.0.1:{_free_port()}", f"ipc://{procs.tmp}/handwritten-back.sock"
     with procs.scope():
-        _, reader = procs.spawn_ref("handwritten", front, back, str(plan.workers),
-                                    what="hand-written master")
-        _start_echo_workers(procs, back, plan.workers, hello=True, system="hand-written")
+        master, reader = procs.spawn_ref("handwritten", front, back, str(plan.workers),
+                                         what="hand-written master")
+        workers = _start_echo_workers(procs, back, plan.workers, hello=True,
+                                      system="hand-written")
         if reader.readline(START_TIMEOUT_S) != "ready":
             raise BenchError("hand-written master: workers did not register")
-        return _measure_zmq_system(ctx, procs, front, plan, "handwritten")
+        return _measure_zmq_system(ctx, procs, front, plan, "handwritten", master.pid, workers)
 
 
 def _pool_echo(x: Any) -> Any:
@@ -572,6 +598,8 @@ def _measure_process_pool(plan: Plan) -> dict[str, Any]:
         figures.update(_latency_figures(times))
         calls, elapsed = _pool_pipelined(pool, plan.window, plan.duration_s)
     figures["pipelined_calls_per_s"] = round(calls / elapsed)
+    figures["master_cpu_us_per_call"] = None
+    figures["workers_cpu_us_per_call"] = None
     figures["multi_client_calls_per_s"] = None
     return figures
 
@@ -746,11 +774,14 @@ def _measure_clusterd(ctx: zmq.Context[zmq.Socket[bytes]], procs: _Procs, plan: 
 
     progress(f"starting clusterd with {plan.workers} workers…")
     instance = _start_instance(procs, ctx, plan.workers)
-    master_pid = int(_status(ctx, instance)["master"]["pid"])
+    status = _status(ctx, instance)
+    master_pid = int(status["master"]["pid"])
+    worker_pids = [int(w["pid"]) for w in status["workers"]]
     time.sleep(settle_s)
     fresh_rss = _rss_mb(master_pid)
     progress("measuring clusterd…")
-    system = _measure_zmq_system(ctx, procs, instance.addr, plan, "clusterd")
+    system = _measure_zmq_system(ctx, procs, instance.addr, plan, "clusterd", master_pid,
+                                 worker_pids)
     time.sleep(settle_s)
     worker_pid = int(_status(ctx, instance)["workers"][0]["pid"])
     memory = {"master_rss_mb": _rss_mb(master_pid), "master_rss_fresh_mb": fresh_rss,
@@ -900,15 +931,17 @@ def format_table(result: dict[str, Any]) -> str:
         f"(libzmq {machine['libzmq']}); echo of {params['payload_bytes']} bytes, "
         f"window {params['window']}",
         "",
-        f"{'system':<22}{'seq p50 µs':>12}{'seq p99 µs':>12}{'calls/s, 1 client':>19}"
-        f"{'calls/s, ' + str(params['clients']) + ' clients':>20}",
+        f"{'':<22}{'sequential µs':^16}  {'pipelined calls/s':^22}  {'CPU µs per call':^18}",
+        f"{'system':<22}{'p50':>8}{'p99':>8}  {'1 client':>10}"
+        f"{str(params['clients']) + ' clients':>12}  {'master':>9}{'workers':>9}",
     ]
     for figures in result["systems"].values():
-        multi = figures["multi_client_calls_per_s"]
         lines.append(
-            f"{figures['label']:<22}{figures['seq_p50_us']:>12.0f}{figures['seq_p99_us']:>12.0f}"
-            f"{figures['pipelined_calls_per_s']:>19,.0f}"
-            f"{'—' if multi is None else format(multi, ',.0f'):>20}")
+            f"{figures['label']:<22}{figures['seq_p50_us']:>8.0f}{figures['seq_p99_us']:>8.0f}  "
+            f"{figures['pipelined_calls_per_s']:>10,.0f}"
+            f"{_maybe(figures['multi_client_calls_per_s'], ',.0f'):>12}  "
+            f"{_maybe(figures['master_cpu_us_per_call'], '.1f'):>9}"
+            f"{_maybe(figures['workers_cpu_us_per_call'], '.1f'):>9}")
     cpu, restart, memory = result["cpu"], result["restart"], result["memory"]
     lines += [
         "",
@@ -929,6 +962,10 @@ def format_table(result: dict[str, Any]) -> str:
     lines.append(f"\nall targets met: {'yes' if result['all_met'] else 'no'} "
                  f"(run took {result['elapsed_s']:.0f} s)")
     return "\n".join(lines)
+
+
+def _maybe(value: float | None, spec: str) -> str:
+    return "—" if value is None else format(value, spec)
 
 
 if __name__ == "__main__":

@@ -210,7 +210,10 @@ def main() -> None:
         _die_with_parent()
         if os.getppid() != spec["parent_pid"]:
             os._exit(3)  # the master died before we could ask to follow it
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the master, which stops us in order
+    # Signals sent to the whole process group (Ctrl-C, Ctrl-\, a terminal hang-up) are the master's to
+    # act on: it stops or reloads the workers in order.
+    for sig in (signal.SIGINT, signal.SIGHUP, signal.SIGQUIT, signal.SIGTTIN, signal.SIGTTOU):
+        signal.signal(sig, signal.SIG_IGN)
     sys.path.insert(0, os.getcwd())
     try:
         code = asyncio.run(_run(spec))
@@ -256,6 +259,7 @@ async def _run(spec: dict) -> int:
         text = "".join(traceback.format_exception(exc))
         sys.stderr.write(text)
         sock.send_multipart([b"f", protocol.dumps({"error": f"{type(exc).__name__}: {exc}", "traceback": text})])
+        link.reader.close()
         sock.close(linger=2000)
         return 1
 
@@ -272,6 +276,7 @@ async def _run(spec: dict) -> int:
     for fut in link._pending.values():
         if not fut.done():
             fut.set_exception(RemoteError(protocol.SHUTTING_DOWN))
+    link.reader.close()
     sock.close(linger=1000)
     return 0
 
