@@ -351,14 +351,36 @@ def _child_main(argv: list[str]) -> None:
         raise SystemExit(f"unknown bench role {role!r}")
 
 
-_BOOTSTRAP = (
-    "import importlib.util, sys\n"
+# Every child dies with the bench, even when the bench is SIGKILLed (a harness timeout): Linux
+# sends it a signal when its parent dies. argv: [-c, parent pid, signal number, ...].
+_GUARD = (
+    "import ctypes, os, sys\n"
+    "ctypes.CDLL(None).prctl(1, int(sys.argv[2]), 0, 0, 0)  # PR_SET_PDEATHSIG\n"
+    "if os.getppid() != int(sys.argv[1]):\n"
+    "    os._exit(1)\n"
+    "del sys.argv[1:3]\n"
+)
+
+# A reference process: this file loaded by path, so that no clusterd code is imported.
+_REFERENCE = _GUARD + (
+    "import importlib.util\n"
     f"spec = importlib.util.spec_from_file_location({CHILD_MODULE!r}, sys.argv[1])\n"
     "mod = importlib.util.module_from_spec(spec)\n"
     f"sys.modules[{CHILD_MODULE!r}] = mod\n"
     "spec.loader.exec_module(mod)\n"
     "mod._child_main(sys.argv[2:])\n"
 )
+
+# `python -m MODULE ARGS...`, guarded; SIGTERM on the bench's death makes it stop gracefully.
+_MODULE = _GUARD + (
+    "import runpy\n"
+    "del sys.argv[0]\n"
+    "runpy.run_module(sys.argv[0], run_name='__main__', alter_sys=True)\n"
+)
+
+
+def _guarded(code: str, death_signal: signal.Signals, *args: str) -> list[str]:
+    return [sys.executable, "-c", code, str(os.getpid()), str(int(death_signal)), *args]
 
 
 # --------------------------------------------------------------------------------------------
@@ -428,7 +450,7 @@ class _Procs:
 
     def spawn_ref(self, role: str, *args: str, what: str,
                   stdin: bool = False) -> tuple[subprocess.Popen[bytes], _LineReader]:
-        argv = [sys.executable, "-c", _BOOTSTRAP, __file__, role, *args]
+        argv = _guarded(_REFERENCE, signal.SIGKILL, __file__, role, *args)
         proc, reader, _ = self.spawn(argv, what, stdin=stdin)
         return proc, reader
 
@@ -654,9 +676,9 @@ def _start_instance(procs: _Procs, ctx: zmq.Context[zmq.Socket[bytes]], workers:
     package_parent = str(Path(__file__).resolve().parent.parent)
     env = dict(os.environ, CLUSTERD_RUNTIME_DIR=str(runtime))
     env["PYTHONPATH"] = os.pathsep.join(p for p in (package_parent, env.get("PYTHONPATH")) if p)
-    argv = [sys.executable, "-m", "clusterd", "run", "clusterd.bench_app:Master",
-            "clusterd.bench_app:Worker", "--workers", str(workers), "--name", name,
-            "--bind", addr]
+    argv = _guarded(_MODULE, signal.SIGTERM, "clusterd", "run", "clusterd.bench_app:Master",
+                    "clusterd.bench_app:Worker", "--workers", str(workers), "--name", name,
+                    "--bind", addr, "--graceful-timeout", "5")
     proc, _, log = procs.spawn(argv, f"clusterd {name}", graceful=True, env=env)
     instance = _Instance(name, addr, f"ipc://{runtime}/{name}/control.sock", proc, log)
     _wait_serving(ctx, instance, workers)

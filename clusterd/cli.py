@@ -14,7 +14,7 @@ from typing import Any
 import click
 
 from . import protocol
-from .config import Config, ConfigError, parse_size, parse_workers, runtime_root
+from .config import Config, ConfigError, check_address, parse_size, parse_workers, runtime_root
 from .control import ControlClient, NoInstance, find_instance, list_instances
 from .protocol import RemoteError
 
@@ -28,7 +28,12 @@ class UserError(click.ClickException):
 
 
 def fail(message: str, code: int = EXIT_USAGE) -> None:
-    click.echo(f"clusterd: {message}", err=True)
+    """One line on stderr (a JSON object once `run` logs as JSON), then exit with code."""
+    from . import log
+    if log.is_json():
+        log.event("error", message, level=40, code=code)
+    else:
+        click.echo(f"clusterd: {message}", err=True)
     sys.exit(code)
 
 
@@ -62,8 +67,22 @@ def _positive(ctx: Any, param: click.Parameter, value: Any) -> Any:
 
 
 # ---------------------------------------------------------------------------- configuration file
+def _addresses(ctx: Any, param: click.Parameter, value: Any) -> Any:
+    for addr in value or ():
+        try:
+            check_address(addr)
+        except ConfigError as exc:
+            raise click.BadParameter(str(exc)) from None
+    return value
+
+
 def _load_config_file(ctx: click.Context, param: click.Parameter, path: str | None) -> str | None:
-    """-c FILE: TOML keys become defaults under flags and CLUSTERD_* variables (click's own order)."""
+    """-c FILE: TOML keys become defaults under flags and CLUSTERD_* variables (click's own order).
+
+    Every key is checked here, as its option would check it, so that a bad file is reported with
+    the file and the key; keys may be spelt with dashes (as the flags) or underscores, at the top
+    level or in a [clusterd] table.
+    """
     if not path:
         return path
     try:
@@ -74,8 +93,11 @@ def _load_config_file(ctx: click.Context, param: click.Parameter, path: str | No
     except tomllib.TOMLDecodeError as exc:
         raise UserError(f"{path}: not valid TOML: {exc}") from None
     if isinstance(data.get("clusterd"), dict):
+        extra = sorted(k for k in data if k != "clusterd")
+        if extra:
+            raise UserError(f"{path}: unknown key {extra[0]!r} (options go in the [clusterd] table)")
         data = data["clusterd"]
-    params = {p.name: p for p in ctx.command.params if p.name not in ("config",)}
+    params = {p.name: p for p in ctx.command.params if p.name != "config"}
     defaults: dict[str, Any] = {}
     for key, value in data.items():
         name = key.replace("-", "_")
@@ -83,16 +105,36 @@ def _load_config_file(ctx: click.Context, param: click.Parameter, path: str | No
         target = params.get(name)
         if target is None:
             raise UserError(f"{path}: unknown key {key!r}")
-        if target.multiple and not isinstance(value, list):
+        if isinstance(target, click.Option) and target.multiple and not isinstance(value, list):
             value = [value]
-        try:
-            target.type_cast_value(ctx, value if not isinstance(value, (int, float)) or isinstance(value, bool)
-                                   else value)
-        except click.BadParameter as exc:
-            raise UserError(f"{path}: bad value for {key!r}: {exc.format_message()}") from None
+        why = _file_value_problem(target, value)
+        if why is None:
+            try:
+                target.process_value(ctx, value)  # the option's own type and checks
+            except click.BadParameter as exc:
+                why = exc.message
+        if why is not None:
+            raise UserError(f"{path}: bad value for {key!r}: {why}")
         defaults[name] = value
     ctx.default_map = {**(ctx.default_map or {}), **defaults}
     return path
+
+
+def _file_value_problem(target: click.Parameter, value: Any) -> str | None:
+    """What click would silently coerce but a TOML value should not be: 1.5 for a count, true for a number."""
+    is_flag = isinstance(target, click.Option) and target.is_flag
+    values = value if isinstance(value, list) else [value]
+    for v in values:
+        if isinstance(v, (dict, list)):
+            return f"expected a single value, got {v!r}"
+        if is_flag:
+            if not isinstance(v, bool):
+                return f"expected true or false, got {v!r}"
+        elif isinstance(v, bool):
+            return f"expected a value, not {str(v).lower()}"
+        elif isinstance(v, float) and isinstance(target.type, (click.types.IntParamType, WorkersType)):
+            return f"expected a whole number, got {v!r}"
+    return None
 
 
 def _env(name: str) -> str:
@@ -108,7 +150,7 @@ def run_options(func: Any) -> Any:
         click.option("--workers", type=WorkersType(), default="auto", show_default=True, envvar=_env("workers"),
                      help="Worker processes: 'auto' is one per usable CPU."),
         click.option("--name", envvar=_env("name"), help="Instance name (default: MASTER's top-level package)."),
-        click.option("--bind", "binds", multiple=True, envvar=_env("bind"),
+        click.option("--bind", "binds", multiple=True, envvar=_env("bind"), callback=_addresses,
                      help="Also serve clients on this ZeroMQ address, e.g. tcp://127.0.0.1:7000 (repeatable)."),
         click.option("--graceful-timeout", type=float, default=30.0, show_default=True, callback=_positive,
                      envvar=_env("graceful-timeout"), help="Seconds calls and stop_services get on stop/reload."),
@@ -143,6 +185,7 @@ def run_options(func: Any) -> Any:
         click.option("--debug", is_flag=True, default=False, envvar=_env("debug"),
                      help="Send tracebacks to callers; log at debug level."),
         click.option("--worker-bind", "worker_binds", multiple=True, envvar=_env("worker-bind"),
+                     callback=_addresses,
                      help="Accept workers from agents on this address (see --curve-dir)."),
         click.option("--curve-dir", type=click.Path(), default=None, envvar=_env("curve-dir"),
                      help="Directory of keys from `clusterd keygen`: encrypt and authenticate the worker link."),
@@ -453,11 +496,23 @@ def keygen(directory: str, force: bool) -> None:
         click.echo(str(path))
 
 
+def _value_origin(exc: click.UsageError) -> str:
+    """Where a bad value came from when it was not typed: the variable to fix."""
+    if not isinstance(exc, click.BadParameter) or exc.ctx is None or exc.param is None:
+        return ""
+    source = exc.ctx.get_parameter_source(exc.param.name)
+    if source is click.core.ParameterSource.ENVIRONMENT:
+        envvar = exc.param.envvar
+        return f" (from ${envvar})" if isinstance(envvar, str) else " (from the environment)"
+    return ""
+
+
 def main() -> None:
     try:
         rv = cli.main(standalone_mode=False, prog_name="clusterd")
     except click.UsageError as exc:
-        fail(exc.format_message().splitlines()[0] if exc.format_message() else str(exc), EXIT_USAGE)
+        message = exc.format_message().splitlines()[0] if exc.format_message() else str(exc)
+        fail(message + _value_origin(exc), EXIT_USAGE)
     except click.ClickException as exc:
         fail(exc.format_message(), exc.exit_code)
     except click.Abort:

@@ -26,6 +26,25 @@ def parse_size(text: str | int) -> int:
     return int(float(m.group(1)) * _UNITS[m.group(2).lower()])
 
 
+_SCHEMES = ("tcp", "ipc", "inproc", "ws", "wss", "pgm", "epgm", "udp", "vmci", "tipc")
+_TCP = re.compile(r"^(\*|\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9_.-]+):(\*|\d{1,5})$")
+
+
+def check_address(addr: str) -> str:
+    """A ZeroMQ endpoint to bind (`tcp://HOST:PORT`, `ipc:///path`, ...); ConfigError when it cannot be one.
+
+    Checked before anything starts, so that a typo is a usage error and not a failure at bind time.
+    """
+    scheme, sep, rest = str(addr).partition("://")
+    if not sep or scheme not in _SCHEMES or not rest:
+        raise ConfigError(f"not a ZeroMQ address: {addr!r} (use e.g. tcp://127.0.0.1:7000 or ipc:///path)")
+    if scheme == "tcp":
+        m = _TCP.match(rest)
+        if not m or (m.group(2) != "*" and not 0 < int(m.group(2)) < 65536):
+            raise ConfigError(f"not a tcp address: {addr!r} (use tcp://HOST:PORT, e.g. tcp://127.0.0.1:7000)")
+    return str(addr)
+
+
 def cpu_count() -> int:
     """CPUs this process may run on (its affinity), which is what `--workers auto` means."""
     try:

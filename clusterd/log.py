@@ -43,6 +43,11 @@ def setup(log_format: str = "text", debug: bool = False) -> None:
     logger.propagate = False
 
 
+def is_json() -> bool:
+    """Whether setup() chose one JSON object per line."""
+    return any(isinstance(h.formatter, JsonFormatter) for h in logger.handlers)
+
+
 def event(kind: str, message: str, level: int = logging.INFO, **fields) -> None:
     """Log one lifecycle event; the fields go into JSON lines as keys."""
     if logger.isEnabledFor(level):
