@@ -168,6 +168,7 @@ class ReloadManager:
         old_generation = sup.generation
         sup.generation += 1
         generation = sup.generation
+        sup.spawner.reset(generation)
         reload.add("start", generation=generation, slots=sorted(i for i in sup.slots if i < sup.wanted))
         log.event("reload-start", f"rolling reload to generation {generation} ({reload.trigger})",
                   generation=generation)
@@ -197,6 +198,7 @@ class ReloadManager:
             reload.add("draining")
             await sup.wait_generation_gone(generation, router.config.graceful_timeout + 5)
             reload.ok = True
+            sup.spawner.retire_generation(generation)
             reload.add("done", generation=generation)
             log.event("reload-done", f"rolling reload to generation {generation} done", generation=generation)
         finally:

@@ -13,9 +13,6 @@ import json
 import logging
 import os
 import random
-import signal
-import subprocess
-import sys
 import time
 from collections import deque
 from typing import TYPE_CHECKING, Any
@@ -25,14 +22,26 @@ import psutil
 from . import log, protocol
 from .config import Config
 from .pool import Balancer, Slot, Worker, WorkerState
+from .spawn import DirectSpawner, ZygoteSpawner
 
 if TYPE_CHECKING:
     from .master import Router
 
-STABLE_AFTER_S = 10.0      # a worker up this long resets its slot's backoff
+STABLE_AFTER_S = 1.0       # a worker ready this long resets its slot's backoff
 BACKOFF_FIRST_S = 0.1
 BACKOFF_MAX_S = 5.0
-WORKER_ENTRY = "from clusterd.worker import main; main()"
+
+
+def make_spawner(loop: asyncio.AbstractEventLoop, config: Config, router: "Router", on_line, on_exit):
+    """Fork from a zygote (fast restarts) unless CLUSTERD_NO_ZYGOTE is set; fresh interpreters then.
+    With --isolation thread, threads of this process (threads.py)."""
+    if config.isolation == "thread":
+        from .threads import ThreadSpawner
+        return ThreadSpawner(loop, on_line, on_exit, router.ctx, config)
+    if os.environ.get("CLUSTERD_NO_ZYGOTE"):
+        return DirectSpawner(loop, on_line, on_exit)
+    return ZygoteSpawner(loop, on_line, on_exit, config.worker, f"clusterd-worker:{config.name}",
+                         router.child_environ())
 
 
 class BootFailure(Exception):
@@ -79,6 +88,7 @@ class Supervisor:
         self._serial = 0
         self._tick_handle: asyncio.TimerHandle | None = None
         self._ready_waiters: list[asyncio.Future] = []
+        self.spawner = make_spawner(self.loop, config, router, self._on_line, self._on_exit)
         self._exit_waiters: list[asyncio.Future] = []
 
     # ------------------------------------------------------------------ start and spawn
@@ -109,57 +119,23 @@ class Supervisor:
         env = self.router.child_environ()
         env["_CLUSTERD_SPEC"] = json.dumps(spec)
         env["PYTHONUNBUFFERED"] = "1"
-        proc = subprocess.Popen(
-            [sys.executable, "-c", WORKER_ENTRY, f"clusterd-worker:{self.config.name}:{index}"],
-            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env,
-            close_fds=True)
-        worker.pid = proc.pid
-        worker.process = proc
+        worker.process = self.spawner.spawn(worker, env, f"clusterd-worker:{self.config.name}:{index}",
+                                            self.generation)
+        worker.pid = worker.process.pid
         self.by_ident[ident] = worker
-        self._watch(worker, proc)
-        log.event("worker-start", f"{worker.label()} starting", slot=index, pid=proc.pid,
+        log.event("worker-start", f"{worker.label()} starting", slot=index, pid=worker.pid,
                   generation=self.generation)
         return worker
 
-    def _watch(self, worker: Worker, proc: subprocess.Popen) -> None:
-        out = proc.stdout
-        os.set_blocking(out.fileno(), False)
-        worker._out_fd = out.fileno()
-        worker._out_buf = b""
-        self.loop.add_reader(out.fileno(), self._on_output, worker)
-        try:
-            pidfd = os.pidfd_open(proc.pid)
-        except (AttributeError, OSError):
-            pidfd = None
-        worker._pidfd = pidfd
-        if pidfd is not None:
-            self.loop.add_reader(pidfd, self._on_process_exit, worker)
-        else:  # no pidfd (old kernel): a thread waits instead
-            self.loop.run_in_executor(None, proc.wait).add_done_callback(
-                lambda _f: self._on_process_exit(worker))
+    def _on_line(self, worker: Worker, line: bytes) -> None:
+        if worker.pid is None and worker.process is not None:
+            worker.pid = worker.process.pid
+        self._emit_line(worker, line)
 
-    def _on_output(self, worker: Worker) -> None:
-        try:
-            chunk = os.read(worker._out_fd, 65536)
-        except BlockingIOError:
-            return
-        except OSError:
-            chunk = b""
-        if not chunk:
-            self.loop.remove_reader(worker._out_fd)
-            self._emit_lines(worker, worker._out_buf, final=True)
-            worker._out_buf = b""
-            return
-        data = worker._out_buf + chunk
-        *lines, rest = data.split(b"\n")
-        worker._out_buf = rest
-        for line in lines:
-            self._emit_line(worker, line)
-
-    def _emit_lines(self, worker: Worker, data: bytes, final: bool = False) -> None:
-        for line in data.split(b"\n"):
-            if line:
-                self._emit_line(worker, line)
+    def _on_exit(self, worker: Worker, returncode: int | None) -> None:
+        if worker.pid is None and worker.process is not None:
+            worker.pid = worker.process.pid
+        self.worker_exited(worker, returncode)
 
     def _emit_line(self, worker: Worker, line: bytes) -> None:
         text = line.decode("utf-8", "replace").rstrip("\r")
@@ -174,6 +150,7 @@ class Supervisor:
             return
         worker.state = WorkerState.READY
         worker.ready_at = time.time()
+        worker.pid = info.get("pid") or worker.pid
         worker.methods = info.get("methods") or {}
         if worker.generation == self.generation:
             self.router.learn_methods(worker.methods)
@@ -247,22 +224,10 @@ class Supervisor:
         self.balancer.remove(worker)
         if worker.state is not WorkerState.EXITED:
             worker.state = WorkerState.STOPPING
-        if worker.process is not None and worker.process.returncode is None:
-            try:
-                worker.process.send_signal(signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-        elif worker.process is None:
+        if worker.process is not None:
+            worker.process.kill()
+        else:
             self.router.forget_remote(worker, reason)
-
-    def _on_process_exit(self, worker: Worker) -> None:
-        if getattr(worker, "_pidfd", None) is not None:
-            self.loop.remove_reader(worker._pidfd)
-            os.close(worker._pidfd)
-            worker._pidfd = None
-        returncode = worker.process.wait()
-        self._on_output(worker)  # read the last words (a traceback) before deciding
-        self.worker_exited(worker, returncode)
 
     def worker_exited(self, worker: Worker, returncode: int | None) -> None:
         if worker.state is WorkerState.EXITED:
@@ -451,7 +416,11 @@ class Supervisor:
         self._schedule_tick()
 
     def _measure(self, worker: Worker) -> None:
-        if worker.process is None:
+        if worker.process is None or worker.process.pid is None:
+            return
+        worker.pid = worker.process.pid
+        if hasattr(worker.process, "measure"):  # a thread: its own CPU clock, no memory of its own
+            worker.rss_bytes, worker.cpu_percent = worker.process.measure()
             return
         ps = getattr(worker, "_ps", None)
         try:
@@ -518,20 +487,20 @@ class Supervisor:
                     pass
         if self._tick_handle is not None:
             self._tick_handle.cancel()
+        self.spawner.close()
 
     def kill_all(self) -> None:
         for worker in list(self.by_ident.values()):
-            if worker.process is not None and worker.process.returncode is None:
-                try:
-                    worker.process.kill()
-                except ProcessLookupError:
-                    pass
+            if worker.process is not None:
+                worker.process.kill()
 
     # ------------------------------------------------------------------ status
     def workers_document(self) -> list[dict]:
         now = time.time()
         rows = []
         for worker in sorted(self.by_ident.values(), key=lambda w: (w.slot, w.generation, w.started_at)):
+            if worker.pid is None and worker.process is not None:
+                worker.pid = worker.process.pid
             slot = self.slots.get(worker.slot)
             rows.append({
                 "slot": worker.slot, "pid": worker.pid, "state": worker.state.value,
@@ -541,6 +510,7 @@ class Supervisor:
                 "cpu_percent": worker.cpu_percent, "inflight": worker.inflight, "served": worker.served,
                 "failed": worker.failed, "last_exit": slot.last_exit if slot else None,
                 "max_requests": worker.max_requests or None, "host": worker.host, "agent": worker.agent,
+                "isolation": getattr(worker.process, "isolation", "process"),
             })
         for slot in self.slots.values():
             if slot.active is None and slot.incoming is None and slot.index < self.wanted:
@@ -550,7 +520,7 @@ class Supervisor:
                     "started_at": None, "uptime_s": None, "ready_at": None, "restarts": slot.restarts,
                     "rss_bytes": None, "cpu_percent": None, "inflight": 0, "served": 0, "failed": 0,
                     "last_exit": slot.last_exit, "max_requests": None, "host": None, "agent": None,
-                    "restart_pending": slot.restart_handle is not None,
+                    "restart_pending": slot.restart_handle is not None, "isolation": self.config.isolation,
                 })
         rows.sort(key=lambda r: r["slot"])
         return rows

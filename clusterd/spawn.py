@@ -1,0 +1,298 @@
+"""Starting worker processes and noticing their end, on events (pidfd, a pipe), never by polling.
+
+Two ways to start one: a fresh interpreter (`DirectSpawner`), or a fork of the generation's zygote
+(`ZygoteSpawner`, see zygote.py), which makes a replacement ready in milliseconds. Either way the
+supervisor gets a handle with `pid`, `returncode`, `send_signal()` and `kill()`, every line the worker
+prints, and one call when it has exited.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+from typing import Callable
+
+WORKER_ENTRY = "from clusterd.worker import main; main()"
+ZYGOTE_ENTRY = "from clusterd.zygote import main; main()"
+
+OnLine = Callable[[object, bytes], None]
+OnExit = Callable[[object, "int | None"], None]
+
+
+class OutputPipe:
+    """Reads a worker's stdout+stderr as lines, without blocking the loop."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, fd: int, worker: object, on_line: OnLine) -> None:
+        self.loop = loop
+        self.fd = fd
+        self.worker = worker
+        self.on_line = on_line
+        self.buf = b""
+        self.open = True
+        os.set_blocking(fd, False)
+        loop.add_reader(fd, self.read)
+
+    def read(self) -> None:
+        if not self.open:
+            return
+        try:
+            chunk = os.read(self.fd, 65536)
+        except BlockingIOError:
+            return
+        except OSError:
+            chunk = b""
+        if not chunk:
+            self.close()
+            return
+        *lines, self.buf = (self.buf + chunk).split(b"\n")
+        for line in lines:
+            self.on_line(self.worker, line)
+
+    def close(self) -> None:
+        if self.open:
+            self.open = False
+            self.loop.remove_reader(self.fd)
+            if self.buf:
+                self.on_line(self.worker, self.buf)
+                self.buf = b""
+            os.close(self.fd)
+
+
+class ProcessHandle:
+    """What the supervisor knows of a worker process, however it was started."""
+
+    def __init__(self) -> None:
+        self.pid: int | None = None
+        self.returncode: int | None = None
+        self._pending_signal: int | None = None
+
+    def send_signal(self, sig: int) -> None:
+        if self.returncode is not None:
+            return
+        if self.pid is None:
+            self._pending_signal = sig  # a zygote has not told us the pid yet
+            return
+        try:
+            os.kill(self.pid, sig)
+        except ProcessLookupError:
+            pass
+
+    def kill(self) -> None:
+        self.send_signal(signal.SIGKILL)
+
+    def _known(self, pid: int) -> None:
+        self.pid = pid
+        if self._pending_signal is not None:
+            sig, self._pending_signal = self._pending_signal, None
+            self.send_signal(sig)
+
+
+class DirectSpawner:
+    """A fresh interpreter per worker; its exit is seen through a pidfd."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, on_line: OnLine, on_exit: OnExit) -> None:
+        self.loop = loop
+        self.on_line = on_line
+        self.on_exit = on_exit
+
+    def spawn(self, worker: object, env: dict, label: str, generation: int = 0) -> ProcessHandle:
+        proc = subprocess.Popen([sys.executable, "-c", WORKER_ENTRY, label], stdin=subprocess.DEVNULL,
+                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env, close_fds=True)
+        handle = ProcessHandle()
+        handle._known(proc.pid)
+        out = OutputPipe(self.loop, os.dup(proc.stdout.fileno()), worker, self.on_line)
+        proc.stdout.close()
+
+        def exited() -> None:
+            if pidfd is not None:
+                self.loop.remove_reader(pidfd)
+                os.close(pidfd)
+            handle.returncode = proc.wait()
+            out.read()
+            out.close()
+            self.on_exit(worker, handle.returncode)
+
+        try:
+            pidfd = os.pidfd_open(proc.pid)
+            self.loop.add_reader(pidfd, exited)
+        except (AttributeError, OSError):  # no pidfd (old kernel): a thread waits instead
+            pidfd = None
+            self.loop.run_in_executor(None, proc.wait).add_done_callback(lambda _f: exited())
+        return handle
+
+    def retire_generation(self, generation: int) -> None:
+        pass
+
+    def reset(self, generation: int) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+class _Zygote:
+    def __init__(self, generation: int) -> None:
+        self.generation = generation
+        self.sock: socket.socket | None = None
+        self.proc: subprocess.Popen | None = None
+        self.state = "starting"            # starting -> ready | failed; retired
+        self.queue: list[tuple] = []       # spawns asked for before it was ready
+        self.waiting: dict[int, tuple] = {}  # spawn id -> (handle, worker, pipe)
+        self.children: dict[int, tuple] = {}  # pid -> (handle, worker, pipe)
+        self.buf = b""
+
+
+class ZygoteSpawner:
+    """Forks workers from a per-generation zygote; falls back to fresh interpreters if it fails."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, on_line: OnLine, on_exit: OnExit, worker_path: str,
+                 label: str, env: dict) -> None:
+        self.loop = loop
+        self.on_line = on_line
+        self.on_exit = on_exit
+        self.worker_path = worker_path
+        self.label = label
+        self.env = env
+        self.direct = DirectSpawner(loop, on_line, on_exit)
+        self.zygotes: dict[int, _Zygote] = {}
+        self._ids = 0
+
+    def spawn(self, worker: object, env: dict, label: str, generation: int = 0) -> ProcessHandle:
+        z = self.zygotes.get(generation)
+        if z is None:
+            z = self._start(generation)
+        if z.state == "failed":
+            return self.direct.spawn(worker, env, label, generation)
+        handle = ProcessHandle()
+        self._ids += 1
+        request = (self._ids, handle, worker, env, label)
+        if z.state == "ready":
+            self._request(z, *request)
+        else:
+            z.queue.append(request)
+        return handle
+
+    def _start(self, generation: int) -> _Zygote:
+        z = _Zygote(generation)
+        self.zygotes[generation] = z
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            z.proc = subprocess.Popen([sys.executable, "-c", ZYGOTE_ENTRY, f"{self.label}:zygote", self.worker_path,
+                                       str(theirs.fileno())],
+                                      stdin=subprocess.DEVNULL, env=self.env, close_fds=True,
+                                      pass_fds=(theirs.fileno(),))
+        except OSError:
+            z.state = "failed"
+            ours.close()
+            theirs.close()
+            return z
+        theirs.close()
+        ours.setblocking(False)
+        z.sock = ours
+        self.loop.add_reader(ours.fileno(), self._on_message, z)
+        return z
+
+    def _request(self, z: _Zygote, sid: int, handle: ProcessHandle, worker: object, env: dict, label: str) -> None:
+        r, w = os.pipe()
+        pipe = OutputPipe(self.loop, r, worker, self.on_line)
+        z.waiting[sid] = (handle, worker, pipe)
+        data = json.dumps({"spawn": sid, "env": env}).encode() + b"\n"
+        try:
+            z.sock.setblocking(True)
+            socket.send_fds(z.sock, [data], [w])
+        except OSError:
+            pass  # the zygote died: its EOF moves the spawn to a fresh interpreter
+        finally:
+            z.sock.setblocking(False)
+            os.close(w)
+
+    def _on_message(self, z: _Zygote) -> None:
+        try:
+            data = z.sock.recv(65536)
+        except BlockingIOError:
+            return
+        except OSError:
+            data = b""
+        if not data:
+            self._zygote_gone(z)
+            return
+        z.buf += data
+        while b"\n" in z.buf:
+            line, z.buf = z.buf.split(b"\n", 1)
+            msg = json.loads(line)
+            if "spawned" in msg:
+                entry = z.waiting.pop(msg["spawned"], None)
+                if entry is not None:
+                    z.children[msg["pid"]] = entry
+                    entry[0]._known(msg["pid"])
+            elif "exited" in msg:
+                entry = z.children.pop(msg["exited"], None)
+                if entry is not None:
+                    handle, worker, pipe = entry
+                    handle.returncode = msg["status"]
+                    pipe.read()
+                    pipe.close()
+                    self.on_exit(worker, handle.returncode)
+            elif msg.get("ready"):
+                z.state = "ready"
+                queue, z.queue = z.queue, []
+                for request in queue:
+                    self._request(z, *request)
+            elif "error" in msg:
+                z.state = "failed"
+
+    def _zygote_gone(self, z: _Zygote) -> None:
+        """The zygote exited: its children died with it (parent-death signal); spawns go direct."""
+        self.loop.remove_reader(z.sock.fileno())
+        z.sock.close()
+        if z.proc is not None:
+            z.proc.wait()
+        if z.state != "retired":
+            z.state = "failed"
+        for handle, worker, pipe in list(z.children.values()) + list(z.waiting.values()):
+            handle.returncode = handle.returncode if handle.returncode is not None else -signal.SIGKILL
+            pipe.close()
+            self.on_exit(worker, handle.returncode)
+        z.children.clear()
+        z.waiting.clear()
+        queue, z.queue = z.queue, []
+        for _sid, handle, worker, env, label in queue:
+            real = self.direct.spawn(worker, env, label, z.generation)
+            _adopt(handle, real)
+        if self.zygotes.get(z.generation) is z and z.state == "retired":
+            self.zygotes.pop(z.generation, None)
+
+    def retire_generation(self, generation: int) -> None:
+        """Older code is no longer wanted: its zygote exits once its last worker has."""
+        for gen in [g for g in self.zygotes if g < generation]:
+            self._retire(self.zygotes.pop(gen))
+
+    def reset(self, generation: int) -> None:
+        """The next spawn of this generation imports the code on disk now (a reload starts)."""
+        z = self.zygotes.pop(generation, None)
+        if z is not None:
+            self._retire(z)
+
+    def _retire(self, z: _Zygote) -> None:
+        if z.sock is not None and z.state in ("ready", "starting"):
+            z.state = "retired"
+            try:
+                z.sock.send(b'{"retire": true}\n')
+            except OSError:
+                pass
+
+    def close(self) -> None:
+        for z in self.zygotes.values():
+            if z.proc is not None and z.proc.poll() is None:
+                z.proc.kill()
+
+
+def _adopt(handle: ProcessHandle, real: ProcessHandle) -> None:
+    """A queued zygote spawn that went direct: the handle follows the real process."""
+    handle._known(real.pid)
+
