@@ -172,6 +172,9 @@ def run_options(func: Any) -> Any:
                      envvar=_env("max-requests-jitter")),
         click.option("--balance", type=click.Choice(["least-busy", "round-robin"]), default="least-busy",
                      show_default=True, envvar=_env("balance")),
+        click.option("--isolation", type=click.Choice(["process", "thread"]), default="process",
+                     show_default=True, envvar=_env("isolation"),
+                     help="Workers as processes, or as threads of the master (I/O-bound services; see README)."),
         click.option("--watch-version", type=click.Path(), default=None, envvar=_env("watch-version"),
                      help="Rolling reload when the version in this file changes."),
         click.option("--reload-on-change", is_flag=False, flag_value=".", default=None, metavar="[DIR]",
@@ -179,7 +182,10 @@ def run_options(func: Any) -> Any:
         click.option("--max-message-size", type=SizeType(), default="16M", show_default=True,
                      envvar=_env("max-message-size")),
         click.option("--max-batch", type=int, default=1000, show_default=True, callback=_positive,
-                     envvar=_env("max-batch")),
+                     envvar=_env("max-batch"), help="Most requests in one batch; a bigger batch gets -32600."),
+        click.option("--max-client-inflight", type=int, default=10000, show_default=True, callback=_positive,
+                     envvar=_env("max-client-inflight"),
+                     help="Most calls one client may have in flight; past it calls get -32005 at once (0: no limit)."),
         click.option("--log-format", type=click.Choice(["text", "json"]), default="text", show_default=True,
                      envvar=_env("log-format")),
         click.option("--debug", is_flag=True, default=False, envvar=_env("debug"),
@@ -246,6 +252,12 @@ def run(master: str | None, worker: str | None, config: str | None, **opts: Any)
             if not _is_loopback(addr):
                 fail(f"--worker-bind {addr} is not a loopback address: give --curve-dir (see clusterd keygen) "
                      "so that only holders of a worker key can join")
+    if opts.get("curve_dir") is not None:
+        from .curve import server_keys
+        try:
+            server_keys(opts["curve_dir"])
+        except ValueError as exc:
+            fail(f"--curve-dir: {exc}")
     if opts["watch_version"] and not Path(opts["watch_version"]).is_file():
         fail(f"--watch-version: no such file {opts['watch_version']}")
     if opts["reload_on_change"] and not Path(opts["reload_on_change"]).is_dir():
@@ -505,6 +517,44 @@ def _value_origin(exc: click.UsageError) -> str:
         envvar = exc.param.envvar
         return f" (from ${envvar})" if isinstance(envvar, str) else " (from the environment)"
     return ""
+
+
+@cli.command(name="worker")
+@click.argument("worker", envvar="CLUSTERD_WORKER")
+@click.option("--connect", required=True, envvar="CLUSTERD_CONNECT",
+              help="The master's --worker-bind address, e.g. tcp://master-host:7100.")
+@click.option("--workers", type=WorkersType(), default="auto", show_default=True, envvar="CLUSTERD_WORKERS")
+@click.option("--curve-dir", type=click.Path(), default=None, envvar="CLUSTERD_CURVE_DIR",
+              help="Directory holding worker.key_secret and master.key (from clusterd keygen).")
+@click.option("--heartbeat-timeout", type=float, default=10.0, show_default=True, callback=_positive,
+              envvar="CLUSTERD_HEARTBEAT_TIMEOUT")
+@click.option("--graceful-timeout", type=float, default=30.0, show_default=True, callback=_positive,
+              envvar="CLUSTERD_GRACEFUL_TIMEOUT")
+@click.option("--name", default=None, envvar="CLUSTERD_NAME", help="A label for logs and process titles.")
+@click.option("--log-format", type=click.Choice(["text", "json"]), default="text", envvar="CLUSTERD_LOG_FORMAT")
+def worker_agent(worker: str, connect: str, workers: int, curve_dir: str | None, heartbeat_timeout: float,
+                 graceful_timeout: float, name: str | None, log_format: str) -> None:
+    """Run WORKER processes on this host for the master at --connect (an agent)."""
+    if os.getcwd() not in sys.path:
+        sys.path.insert(0, os.getcwd())
+    import_endpoint(worker, "WorkerEndpoint", "WORKER")
+    if curve_dir is None and not _is_loopback(connect):
+        fail(f"--connect {connect} is not a loopback address: give --curve-dir so the link is encrypted")
+    if curve_dir is not None:
+        from .curve import client_configurer
+        try:
+            client_configurer({"dir": curve_dir})
+        except ValueError as exc:
+            fail(str(exc))
+    from . import log
+    from .agent import run as run_agent
+    log.setup(log_format)
+    name = name or worker.partition(":")[0].split(".")[0]
+    try:
+        code = run_agent(worker, connect, workers, curve_dir, heartbeat_timeout, graceful_timeout, name)
+    except KeyboardInterrupt:
+        code = EXIT_OK
+    sys.exit(code)
 
 
 def main() -> None:

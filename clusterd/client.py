@@ -88,19 +88,29 @@ class AsyncClient:
         await self._sock.send(protocol.dumps(protocol.make_request(method, _params(params, named))))
 
     async def _read(self) -> None:
-        while self._pending:
-            try:
-                reply = protocol.loads(await self._sock.recv())
-            except ValueError:
-                continue
-            if isinstance(reply, dict):
-                fut = self._pending.get(reply.get("id"))
-                if fut is not None and not fut.done():
-                    fut.set_result(reply)
+        try:
+            while self._pending:
+                try:
+                    reply = protocol.loads(await self._sock.recv())
+                except ValueError:
+                    continue
+                if isinstance(reply, dict):
+                    fut = self._pending.get(reply.get("id"))
+                    if fut is not None and not fut.done():
+                        fut.set_result(reply)
+        except zmq.ZMQError as exc:  # the socket was closed or broke: no answer can come any more
+            self._fail_pending(ConnectionError(f"connection to {self.address} lost: {exc}"))
+
+    def _fail_pending(self, exc: BaseException) -> None:
+        for fut in self._pending.values():
+            if not fut.done():
+                fut.set_exception(exc)
 
     async def close(self) -> None:
+        """Close the socket; calls still waiting get ConnectionError instead of waiting forever."""
         if self._reader is not None:
             self._reader.cancel()
+        self._fail_pending(ConnectionError("client closed"))
         self._sock.close(linger=0)
 
     async def __aenter__(self) -> "AsyncClient":

@@ -108,6 +108,7 @@ class Config:
     worker_binds: list[str] = field(default_factory=list)
     curve_dir: str | None = None
     runtime_dir: str = ""
+    isolation: str = "process"     # "thread": workers as threads of the master (threads.py)
 
     @property
     def instance_dir(self) -> Path:
@@ -131,5 +132,5 @@ class Config:
             "max_message_size": self.max_message_size, "max_batch": self.max_batch,
             "max_client_inflight": self.max_client_inflight, "log_format": self.log_format,
             "debug": self.debug, "worker_binds": self.worker_binds, "curve_dir": self.curve_dir,
-            "runtime_dir": self.runtime_dir, "isolation": "process",
+            "runtime_dir": self.runtime_dir, "isolation": self.isolation,
         }

@@ -22,7 +22,7 @@ class TextFormatter(logging.Formatter):
 
 
 class JsonFormatter(logging.Formatter):
-    FIELDS = ("event", "slot", "pid", "generation", "reason", "code", "signal", "source", "instance")
+    FIELDS = ("event", "slot", "pid", "generation", "reason", "code", "signal", "source", "instance", "traceback")
 
     def format(self, record: logging.LogRecord) -> str:
         obj = {"ts": round(record.created, 6), "level": record.levelname.lower(), "msg": record.getMessage()}

@@ -191,6 +191,10 @@ class Router:
         self.exit_code = 0
         self._tasks: set[asyncio.Task] = set()
         self.readers: dict[zmq.Socket, SocketReader] = {}
+        self._sockets: list[zmq.Socket] = []
+        # calls in flight per client, by client socket then ROUTER identity (--max-client-inflight)
+        self._client_calls: dict[zmq.Socket, dict[bytes, int]] = {}
+        self._inflight_limit = config.max_client_inflight or 1 << 62
         self.reloads = None  # set by serve(): the ReloadManager
         self.notifier = None
         self.shared = None
@@ -214,19 +218,31 @@ class Router:
             self.public = self._router_socket(client=True)
             for addr in cfg.binds:
                 self.public.bind(addr)
+        self._client_calls = {sock: {} for sock in (self.control, self.public) if sock is not None}
         self.wsock = self._router_socket(client=False)
         self.wsock.setsockopt(zmq.ROUTER_MANDATORY, 1)
         self.wsock.bind(self.worker_endpoint)
+        if cfg.isolation == "thread":
+            from .threads import THREAD_ENDPOINT
+            self.wsock.bind(THREAD_ENDPOINT)  # thread workers share self.ctx, as inproc requires
         os.chmod(cfg.instance_dir / "workers.sock", 0o600)
-        for addr in cfg.worker_binds:
-            self.wsock.bind(addr)
+        self.rsock = None
+        if cfg.worker_binds:
+            # workers from agents on other hosts: a socket of its own, CURVE-encrypted with --curve-dir
+            from .remote import AgentRegistry, open_remote_socket
+            self.rsock = open_remote_socket(self, cfg)
+            self.agents = AgentRegistry(self)
+            self.readers[self.rsock] = SocketReader(
+                self.loop, self.rsock, lambda frames: self._on_worker_message(frames, self.rsock))
         self.readers[self.control] = SocketReader(self.loop, self.control, self._control_handler())
         if self.public is not None:
             self.readers[self.public] = SocketReader(self.loop, self.public, self._public_handler())
-        self.wreader = self.readers[self.wsock] = SocketReader(self.loop, self.wsock, self._on_worker_message)
+        self.wreader = self.readers[self.wsock] = SocketReader(
+            self.loop, self.wsock, lambda frames: self._on_worker_message(frames, self.wsock))
 
     def _router_socket(self, client: bool) -> zmq.Socket:
         sock = self.ctx.socket(zmq.ROUTER)
+        self._sockets.append(sock)
         sock.setsockopt(zmq.LINGER, 0)
         sock.setsockopt(zmq.SNDHWM, 0 if not client else 100000)
         sock.setsockopt(zmq.RCVHWM, 0 if not client else 100000)
@@ -245,8 +261,13 @@ class Router:
     def close_sockets(self) -> None:
         for reader in self.readers.values():
             reader.close()
-        for sock in list(self.readers):
+        for sock in self._sockets:  # every socket made, even when a later bind failed
             sock.close(linger=200)
+        if getattr(self, "authenticator", None) is not None:
+            self.authenticator.stop()
+        threads_alive = getattr(self.supervisor.spawner, "alive", None)
+        if threads_alive is not None and threads_alive():
+            return  # an abandoned (hung) thread worker still holds sockets: term() would wait for ever
         self.ctx.term()
 
     def child_environ(self) -> dict:
@@ -266,7 +287,7 @@ class Router:
                 return self._send(sock, envelope, protocol.dumps(req))
             self.route(req, payload, sock, envelope, "admin" if admin else "client")
         elif type(obj) is list:
-            self._spawn_task(self._batch(obj, sock, envelope, "admin" if admin else "client"))
+            self._batch(obj, sock, envelope, "admin" if admin else "client")
         else:
             self._send(sock, envelope, protocol.encode_error(None, protocol.INVALID_REQUEST))
 
@@ -289,12 +310,31 @@ class Router:
         if req.id is NO_ID:
             worker = self.supervisor.balancer.pick()
             if worker is not None:
-                self._to_worker([worker.ident, b"n", payload])
+                self._to_worker([worker.ident, b"n", payload], worker.sock)
             return
+        counts = self._client_calls.get(sock)
+        if counts is not None:  # a client's call (not a worker's): bounded per client
+            held = counts.get(envelope[0], 0)
+            if held >= self._inflight_limit:
+                self._send(sock, envelope, protocol.encode_error(req.id, protocol.TOO_BUSY, self._busy_message()))
+                return
+            counts[envelope[0]] = held + 1
         call = Call(payload, req.id, method, sock, envelope, None)
         call.idempotent = meta.get("idempotent", False)
         call.timeout = meta.get("timeout") or self.config.call_timeout
         self.dispatch(call)
+
+    def _busy_message(self) -> str:
+        return f"Too many calls in flight from this client (at most {self.config.max_client_inflight})"
+
+    @staticmethod
+    def _release(counts: dict[bytes, int], ident: bytes, n: int = 1) -> None:
+        """Calls of a client were answered (or dropped): they no longer count against its limit."""
+        left = counts.get(ident, 0) - n
+        if left > 0:
+            counts[ident] = left
+        else:
+            counts.pop(ident, None)
 
     def dispatch(self, call: Call, exclude: Worker | None = None) -> None:
         worker = self.supervisor.balancer.pick(exclude)
@@ -314,20 +354,21 @@ class Router:
             if self._sweep_handle is None:
                 self._sweep_handle = self.loop.call_later(min(0.1, call.timeout), self._sweep_deadlines)
         try:
-            self.wsock.send_multipart([worker.ident, b"c", token, call.payload])
+            worker.sock.send_multipart([worker.ident, b"c", token, call.payload])
         except zmq.ZMQError:
             # its connection is already gone (ROUTER_MANDATORY): the worker never got the call
             del worker.calls[token]
             self.supervisor.balancer.remove(worker)
             self.dispatch(call, exclude=worker)
-        self.wreader.wake()
+        self.readers[worker.sock].wake()
 
-    def _to_worker(self, frames: list[bytes]) -> None:
+    def _to_worker(self, frames: list[bytes], sock: zmq.Socket | None = None) -> None:
+        sock = sock or self.wsock
         try:
-            self.wsock.send_multipart(frames)
+            sock.send_multipart(frames)
         except zmq.ZMQError:
             pass  # that worker's connection is gone; its exit is handled on its own
-        self.wreader.wake()
+        self.readers[sock].wake()
 
     def _send(self, sock: zmq.Socket, envelope: list[bytes], payload: bytes) -> None:
         try:
@@ -339,6 +380,9 @@ class Router:
     def reply(self, call: Call, payload: bytes) -> None:
         if call.future is None:
             self._send(call.sock, call.envelope, payload)
+            counts = self._client_calls.get(call.sock)
+            if counts is not None:
+                self._release(counts, call.envelope[0])
         elif not call.future.done():
             call.future.set_result(payload)
 
@@ -406,7 +450,7 @@ class Router:
             self.supervisor.kill(worker, "hung")
 
     # ------------------------------------------------------------------ worker socket
-    def _on_worker_message(self, frames: list[bytes]) -> None:
+    def _on_worker_message(self, frames: list[bytes], sock: zmq.Socket) -> None:
         ident = frames[0]
         kind = frames[1] if len(frames) > 1 else b""
         if kind == b"r" or kind == b"e":
@@ -421,6 +465,9 @@ class Router:
                 worker.failed += 1
             if call.future is None:
                 self._send(call.sock, call.envelope, frames[3])
+                counts = self._client_calls.get(call.sock)
+                if counts is not None:
+                    self._release(counts, call.envelope[0])
             elif not call.future.done():
                 call.future.set_result(frames[3])
             if worker.state is not WorkerState.READY:
@@ -432,34 +479,31 @@ class Router:
             elif worker.max_requests and worker.served >= worker.max_requests:
                 self.supervisor.recycle(worker, "max-requests")
         elif kind == b"q":
-            self._on_worker_request(ident, frames[2])
+            self._on_worker_request(ident, frames[2], sock)
         elif kind == b"b":
-            self._to_worker([ident, b"b"])
+            if ident[3:] in self.supervisor.by_ident:  # a worker of a master that died gets no answer: it exits
+                self._to_worker([ident, b"b"], sock)
             self.supervisor.on_beat(ident[3:], _loads_dict(frames[2]) if len(frames) > 2 else {})
         elif kind == b"h":
             self.supervisor.on_hello(ident, _loads_dict(frames[2]))
         elif kind == b"f":
             self.supervisor.on_boot_failure(ident, _loads_dict(frames[2]))
+        elif kind == b"A" and sock is self.rsock and len(frames) > 2:
+            self.agents.on_message(ident, _loads_dict(frames[2]))
 
-    def _on_worker_request(self, ident: bytes, payload: bytes) -> None:
+    def _on_worker_request(self, ident: bytes, payload: bytes, sock: zmq.Socket) -> None:
         envelope = [ident, b"a"]
         try:
             obj = protocol.loads(payload)
         except ValueError:
-            return self._send(self.wsock, envelope, protocol.encode_error(None, protocol.PARSE_ERROR))
+            return self._send(sock, envelope, protocol.encode_error(None, protocol.PARSE_ERROR))
         req = protocol.parse_request(obj)
         if type(req) is dict:
-            return self._send(self.wsock, envelope, protocol.dumps(req))
-        self.route(req, payload, self.wsock, envelope, "worker")
+            return self._send(sock, envelope, protocol.dumps(req))
+        self.route(req, payload, sock, envelope, "worker")
 
     def send_stop(self, worker: Worker) -> None:
-        if worker.process is None and worker.agent is not None:
-            self.forget_remote(worker, worker.retire_reason or "stop")
-            return
-        self._to_worker([worker.ident, b"s"])
-
-    def forget_remote(self, worker: Worker, reason: str) -> None:
-        self.supervisor.worker_exited(worker, None)
+        self._to_worker([worker.ident, b"s"], worker.sock)
 
     def learn_methods(self, methods: dict) -> None:
         self.worker_methods = methods
@@ -527,39 +571,80 @@ class Router:
             return None
         return encode_response(response, self.config.debug)
 
-    async def _batch(self, items: list, sock: zmq.Socket, envelope: list[bytes], source: str) -> None:
+    def _batch(self, items: list, sock: zmq.Socket, envelope: list[bytes], source: str) -> None:
+        """Answer a batch: one array of the answers, sent once the last call of the batch is answered.
+
+        Items answered at once (invalid, unknown method) cost no task; worker calls wait on their future.
+        """
         if not items:
             return self._send(sock, envelope, protocol.encode_error(None, protocol.INVALID_REQUEST))
         if len(items) > self.config.max_batch:
             return self._send(sock, envelope, protocol.encode_error(
                 None, protocol.INVALID_REQUEST, f"Batch too large (at most {self.config.max_batch} requests)"))
-        answers = await asyncio.gather(*(self._batch_item(item, source) for item in items))
+        counts = self._client_calls[sock]
+        ident = envelope[0]
+        held = counts.get(ident, 0)
+        if held + len(items) > self._inflight_limit:
+            return self._send_batch(sock, envelope, [self._busy_item(item) for item in items])
+        answers: list[bytes | None] = []
+        waiting: list = []
+        for item in items:
+            answer = self._batch_item(item, source)
+            if answer is None or type(answer) is bytes:
+                answers.append(answer)
+            else:
+                waiting.append(answer)
+        if not waiting:
+            return self._send_batch(sock, envelope, answers)
+        counts[ident] = held + len(items)
+        self._spawn_task(self._finish_batch(answers, waiting, sock, envelope, counts, ident, len(items)))
+
+    async def _finish_batch(self, answers: list, waiting: list, sock: zmq.Socket, envelope: list[bytes],
+                            counts: dict[bytes, int], ident: bytes, n: int) -> None:
+        try:
+            answers += await asyncio.gather(*waiting)
+        finally:
+            self._release(counts, ident, n)
+        self._send_batch(sock, envelope, answers)
+
+    def _send_batch(self, sock: zmq.Socket, envelope: list[bytes], answers: list[bytes | None]) -> None:
         parts = [a for a in answers if a is not None]
-        if parts:
+        if parts:  # a batch of notifications gets no answer at all
             self._send(sock, envelope, b"[" + b",".join(parts) + b"]")
 
-    async def _batch_item(self, item: Any, source: str) -> bytes | None:
+    def _busy_item(self, item: Any) -> bytes | None:
+        req = protocol.parse_request(item)
+        if type(req) is dict:
+            return protocol.dumps(req)
+        return None if req.id is NO_ID else protocol.encode_error(req.id, protocol.TOO_BUSY, self._busy_message())
+
+    def _batch_item(self, item: Any, source: str) -> Any:
+        """One item of a batch: its answer (bytes, or None for none), or an awaitable of it."""
         req = protocol.parse_request(item)
         if type(req) is dict:
             return protocol.dumps(req)
         if req.method in self.dispatcher.methods or req.method.startswith("clusterd."):
-            return await self.run_local(req, source)
+            return self.run_local(req, source)
         meta = self.worker_methods.get(req.method)
         if meta is None:
             return None if req.id is NO_ID else protocol.encode_error(req.id, protocol.METHOD_NOT_FOUND)
         if self.state == "stopping":
             return None if req.id is NO_ID else protocol.encode_error(req.id, protocol.SHUTTING_DOWN)
+        try:
+            payload = protocol.dumps(item if req.id is not NO_ID else {**item, "id": None})
+        except TypeError:  # nested too deeply to encode again
+            return None if req.id is NO_ID else protocol.encode_error(
+                req.id, protocol.INVALID_REQUEST, "Request nested too deeply")
         fut = self.loop.create_future()
-        call = Call(protocol.dumps(item), req.id, req.method, None, None, fut)
+        call = Call(payload, req.id, req.method, None, None, fut)
         call.idempotent = meta.get("idempotent", False)
         call.timeout = meta.get("timeout") or self.config.call_timeout
         if req.id is NO_ID:
             call.rid = None  # the worker answers it as a call; the answer is not passed on
-            call.payload = protocol.dumps({**item, "id": None})
             self.dispatch(call)
             return None
         self.dispatch(call)
-        return await fut
+        return fut
 
     async def call_worker(self, method: str, params: list | dict, worker: Worker | None = None) -> Any:
         """A call from the master (or on behalf of a worker) to a worker; its result, or RemoteError."""
@@ -653,9 +738,14 @@ class Router:
             "config": self.config.document(),
             "generation": self.supervisor.generation,
             "queued": len(self.queue),
+            "client_inflight": sum(sum(c.values()) for c in self._client_calls.values()),
         }
         if self.reloads is not None:
             doc["reload"] = self.reloads.summary()
+        if getattr(self, "rsock", None) is not None:
+            doc["agents"] = self.agents.document()
+        if self.config.isolation == "thread":
+            doc["threads"] = self.supervisor.spawner.document()
         return doc
 
     def update_status_line(self) -> None:

@@ -75,6 +75,7 @@ class Worker:
     host: str | None = None
     agent: str | None = None
     methods: dict | None = None
+    sock: Any = None               # the master's socket this worker is connected to
 
     @property
     def inflight(self) -> int:
@@ -96,6 +97,8 @@ class Slot:
     last_exit: dict | None = None
     restart_handle: asyncio.TimerHandle | None = None
     served_before: int = 0
+    agent: str | None = None           # the agent (another host) that runs this slot's workers
+    retired: bool = False              # scaled away: its workers finish and are not replaced
 
 
 class Balancer:

@@ -7,6 +7,7 @@ clients all share this module, so the wire format is decided in one place.
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass
 from typing import Any
 
@@ -43,8 +44,28 @@ _ABSENT = object()
 NO_ID = object()
 """Marks a message without an "id" member: a notification, which gets no answer."""
 
-loads = orjson.loads
 _OPTIONS = orjson.OPT_NON_STR_KEYS
+# orjson turns integers past 64 bits into floats: an id or a param of 2**70 would come back changed.
+# Such a long run of digits is rare, so only messages holding one take the slower exact path.
+_LONG_DIGITS = re.compile(rb"\d{19}")
+_LONG_DIGITS_STR = re.compile(r"\d{19}")
+
+
+def loads(data: bytes | bytearray | memoryview | str) -> Any:
+    """Decode one JSON document; ValueError when it is not valid JSON (NaN and Infinity are not)."""
+    obj = orjson.loads(data)
+    if isinstance(data, str):
+        if _LONG_DIGITS_STR.search(data) is None:
+            return obj
+    else:
+        data = bytes(data) if isinstance(data, memoryview) else data
+        if _LONG_DIGITS.search(data) is None:
+            return obj
+    return json.loads(data, parse_constant=_refuse_constant)
+
+
+def _refuse_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not valid JSON")
 
 
 def dumps(obj: Any) -> bytes:
@@ -52,7 +73,10 @@ def dumps(obj: Any) -> bytes:
     try:
         return orjson.dumps(obj, option=_OPTIONS)
     except TypeError:
-        return json.dumps(obj, separators=(",", ":"), default=_refuse).encode()
+        try:
+            return json.dumps(obj, separators=(",", ":"), default=_refuse).encode()
+        except RecursionError:  # nested deeper than the standard library goes: not encodable
+            raise TypeError("value nested too deeply to encode as JSON") from None
 
 
 def _refuse(value: Any) -> Any:

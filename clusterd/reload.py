@@ -169,13 +169,14 @@ class ReloadManager:
         sup.generation += 1
         generation = sup.generation
         sup.spawner.reset(generation)
-        reload.add("start", generation=generation, slots=sorted(i for i in sup.slots if i < sup.wanted))
+        reload.add("start", generation=generation, slots=sorted(i for i, s in sup.slots.items() if not s.retired))
         log.event("reload-start", f"rolling reload to generation {generation} ({reload.trigger})",
                   generation=generation)
         replaced = 0
         try:
             for index in sorted(sup.slots):
-                if index >= sup.wanted or router.state == "stopping":
+                slot = sup.slots.get(index)
+                if slot is None or slot.retired or router.state == "stopping":
                     continue
                 reload.add("slot-starting", slot=index)
                 try:

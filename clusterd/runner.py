@@ -60,8 +60,12 @@ async def _serve(loop: asyncio.AbstractEventLoop, router: Router, config: Config
     if boot.done() and boot.exception() is not None:
         failure = boot.exception()
         if isinstance(failure, BootFailure):
-            sys.stderr.write(f"clusterd: worker {failure.worker.slot} (pid {failure.worker.pid}) failed to start: "
-                             f"{failure.error}\n{failure.traceback.rstrip()}\n")
+            message = f"worker {failure.worker.slot} (pid {failure.worker.pid}) failed to start: {failure.error}"
+            if log.is_json():
+                log.event("boot-failed", message, level=logging.ERROR, slot=failure.worker.slot,
+                          pid=failure.worker.pid, traceback=failure.traceback)
+            else:
+                sys.stderr.write(f"clusterd: {message}\n{failure.traceback.rstrip()}\n")
         else:
             log.logger.error("start-up failed", exc_info=failure)
         await _shutdown(router, graceful=False)

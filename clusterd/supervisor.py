@@ -116,11 +116,18 @@ class Supervisor:
             "heartbeat_timeout": max(self.config.heartbeat_timeout, 2.0),
             "debug": self.config.debug, "parent_pid": os.getpid(),
         }
-        env = self.router.child_environ()
-        env["_CLUSTERD_SPEC"] = json.dumps(spec)
-        env["PYTHONUNBUFFERED"] = "1"
-        worker.process = self.spawner.spawn(worker, env, f"clusterd-worker:{self.config.name}:{index}",
-                                            self.generation)
+        slot = self.slots.get(index)
+        if slot is not None and slot.agent is not None:
+            # a slot of an agent on another host: the agent starts the process, on the code it has
+            worker.sock = self.router.rsock
+            worker.process = self.router.agents.spawn(slot.agent, worker, spec)
+        else:
+            worker.sock = self.router.wsock
+            env = self.router.child_environ()
+            env["_CLUSTERD_SPEC"] = json.dumps(spec)
+            env["PYTHONUNBUFFERED"] = "1"
+            worker.process = self.spawner.spawn(worker, env, f"clusterd-worker:{self.config.name}:{index}",
+                                                self.generation)
         worker.pid = worker.process.pid
         self.by_ident[ident] = worker
         log.event("worker-start", f"{worker.label()} starting", slot=index, pid=worker.pid,
@@ -227,7 +234,7 @@ class Supervisor:
         if worker.process is not None:
             worker.process.kill()
         else:
-            self.router.forget_remote(worker, reason)
+            self.worker_exited(worker, None)
 
     def worker_exited(self, worker: Worker, returncode: int | None) -> None:
         if worker.state is WorkerState.EXITED:
@@ -262,13 +269,13 @@ class Supervisor:
 
         if slot is not None and slot.active is worker:
             slot.active = None
-            if self.stopping or worker.slot >= self.wanted:
+            if self.stopping or slot.retired:
                 pass
             elif reason in ("crashed", "hung"):
                 self._restart_after_failure(slot, worker)
             else:
                 self._respawn(slot)
-        if slot is not None and worker.slot >= self.wanted and slot.active is None and slot.incoming is None:
+        if slot is not None and slot.retired and slot.active is None and slot.incoming is None:
             self.slots.pop(worker.slot, None)
         if not self.by_ident:
             self._exited.set()
@@ -292,7 +299,7 @@ class Supervisor:
         self.failures.append(now)
         while self.failures and now - self.failures[0] > self.config.crash_window:
             self.failures.popleft()
-        limit = self.config.crash_limit * max(1, self.wanted)
+        limit = self.config.crash_limit * max(1, len(self.slots))
         if self.config.crash_limit and len(self.failures) >= limit:
             if not self.fatal.done():
                 self.fatal.set_result(f"crash loop: {len(self.failures)} worker failures within "
@@ -309,7 +316,7 @@ class Supervisor:
 
     def _respawn(self, slot: Slot) -> None:
         slot.restart_handle = None
-        if self.stopping or slot.index >= self.wanted or slot.active is not None:
+        if self.stopping or slot.retired or slot.active is not None:
             return
         slot.restarts += 1
         if slot.incoming is not None:  # a replacement was already on its way: it takes the slot
@@ -363,27 +370,42 @@ class Supervisor:
         fut = self.replace(worker.slot, reason)
         fut.add_done_callback(lambda f: f.exception())  # a failed recycle keeps the old worker
 
+    def local_slots(self) -> list[int]:
+        return sorted(i for i, s in self.slots.items() if s.agent is None and not s.retired)
+
     def scale(self, wanted: int) -> None:
-        old = self.wanted
+        """Reach `wanted` local workers: new slots take the lowest free numbers, the highest retire first."""
+        local = self.local_slots()
+        old = len(local)
         self.wanted = wanted
-        for index in range(old, wanted):
-            slot = self.slots.get(index)
-            if slot is None:
-                self.slots[index] = slot = Slot(index)
-            if slot.active is None and slot.incoming is None:
-                slot.active = self._spawn(index)
-        for index, slot in list(self.slots.items()):
-            if index < wanted:
-                continue
-            if slot.restart_handle is not None:
-                slot.restart_handle.cancel()
-                slot.restart_handle = None
-            for worker in (slot.incoming, slot.active):
-                if worker is not None:
-                    self.retire(worker, "scale")
-            if slot.active is None and slot.incoming is None:
-                self.slots.pop(index, None)
+        index = 0
+        while len(local) < wanted:
+            while index in self.slots:
+                index += 1
+            self.slots[index] = slot = Slot(index)
+            slot.active = self._spawn(index)
+            local.append(index)
+        for index in sorted(local, reverse=True)[:max(0, len(local) - wanted)]:
+            self.retire_slot(index, "scale")
         log.event("scale", f"scaled from {old} to {wanted} workers")
+
+    def retire_slot(self, index: int, reason: str) -> None:
+        """Take a slot away: its workers finish what they hold and are not replaced."""
+        slot = self.slots.get(index)
+        if slot is None:
+            return
+        slot.retired = True
+        if slot.restart_handle is not None:
+            slot.restart_handle.cancel()
+            slot.restart_handle = None
+        fut = self._replacements.pop(index, None)
+        if fut is not None and not fut.done():
+            fut.set_result(None)
+        for worker in (slot.incoming, slot.active):
+            if worker is not None:
+                self.retire(worker, reason)
+        if slot.active is None and slot.incoming is None:
+            self.slots.pop(index, None)
 
     # ------------------------------------------------------------------ periodic health check
     def _schedule_tick(self) -> None:
@@ -392,6 +414,8 @@ class Supervisor:
     def _tick(self) -> None:
         now = time.monotonic()
         timeout = self.config.heartbeat_timeout
+        if getattr(self.router, "rsock", None) is not None:
+            self.router.agents.tick(now, timeout)
         for worker in list(self.by_ident.values()):
             if worker.state is WorkerState.EXITED:
                 continue
@@ -416,8 +440,8 @@ class Supervisor:
         self._schedule_tick()
 
     def _measure(self, worker: Worker) -> None:
-        if worker.process is None or worker.process.pid is None:
-            return
+        if worker.agent is not None or worker.process is None or worker.process.pid is None:
+            return  # an agent's worker: its agent reports the memory with its beats
         worker.pid = worker.process.pid
         if hasattr(worker.process, "measure"):  # a thread: its own CPU clock, no memory of its own
             worker.rss_bytes, worker.cpu_percent = worker.process.measure()
@@ -513,7 +537,7 @@ class Supervisor:
                 "isolation": getattr(worker.process, "isolation", "process"),
             })
         for slot in self.slots.values():
-            if slot.active is None and slot.incoming is None and slot.index < self.wanted:
+            if slot.active is None and slot.incoming is None and not slot.retired:
                 # between a crash and its restart (backoff): the slot is still shown, with its history
                 rows.append({
                     "slot": slot.index, "pid": None, "state": "starting", "generation": self.generation,
@@ -527,7 +551,7 @@ class Supervisor:
 
     def slot_summary(self) -> tuple[int, int]:
         ready = sum(1 for s in self.slots.values() if s.active is not None and s.active.state is WorkerState.READY)
-        return ready, self.wanted
+        return ready, len([s for s in self.slots.values() if not s.retired])
 
 
 def describe_failure(exc: BaseException) -> dict:

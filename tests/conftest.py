@@ -228,7 +228,7 @@ def _kill_leftover_workers(inst: Instance) -> None:
 
 
 # ---------------------------------------------------------------------------- shared instances
-from contextlib import contextmanager  # noqa: E402
+from contextlib import contextmanager
 
 
 def instance_env(runtime_dir: Path, extra: dict | None = None) -> dict:

@@ -175,8 +175,11 @@ def test_reload_through_control_sock_replaces_workers(rr):
     before = pids_by_slot(rr)
     result = c.result("clusterd.reload", timeout=30)
     assert result, result
-    after = wait_for(lambda: (lambda p: p if len(p) == 2 and not set(p.values()) & set(before.values()) else None)(
-        pids_by_slot(rr)), message="new workers")
+    def replaced():
+        now = pids_by_slot(rr)
+        return now if len(now) == 2 and not set(now.values()) & set(before.values()) else None
+
+    after = wait_for(replaced, message="every worker replaced")
     assert sorted(after) == sorted(before)
     assert rr.status()["generation"] >= 2
     assert c.result("add", 1, 1) == 2

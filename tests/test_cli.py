@@ -29,7 +29,7 @@ def inst(port):
 
 def clusterd(*args: str, env: dict | None = None, cwd=ROOT, timeout: float = 30) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "clusterd", *args], cwd=cwd, env=env, text=True,
-                          capture_output=True, timeout=timeout)
+                          capture_output=True, timeout=timeout, check=False)
 
 
 def assert_usage_error(proc: subprocess.CompletedProcess, *needles: str) -> str:
@@ -157,9 +157,9 @@ def test_status_picks_the_only_instance_and_names_a_missing_one(inst):
 def test_worker_output_carries_slot_and_pid(inst):
     for w in inst.status()["workers"]:
         slot, pid = w["slot"], w["pid"]
-        text = wait_for(lambda: (lambda t: t if f"stderr of slot {slot} pid {pid}" in t
-                                 and f"logged by slot {slot} pid {pid}" in t else None)(inst.stderr()),
-                        message="worker output in the log")
+        wanted = (f"stderr of slot {slot} pid {pid}", f"logged by slot {slot} pid {pid}")
+        wait_for(lambda wanted=wanted: all(t in inst.stderr() for t in wanted), message="worker output in the log")
+        text = inst.stderr()
         line = next(line for line in text.splitlines() if f"hello from slot {slot} pid {pid}" in line)
         assert f"worker {slot}" in line.split("hello")[0] and str(pid) in line.split("hello")[0], line
 
@@ -219,7 +219,7 @@ def test_unknown_command_is_a_usage_error(tmp_path):
 def test_second_run_with_the_same_name_is_refused(inst):
     proc = subprocess.run([sys.executable, "-m", "clusterd", "run", "tests.apps.basic:Master",
                            "tests.apps.basic:Worker", "--workers", "1", "--name", "cli"],
-                          cwd=ROOT, env=inst.env, text=True, capture_output=True, timeout=20)
+                          cwd=ROOT, env=inst.env, text=True, capture_output=True, timeout=20, check=False)
     assert_usage_error(proc, "cli", str(inst.proc.pid))
     assert inst.status()["master"]["pid"] == inst.proc.pid
 
@@ -295,9 +295,25 @@ def test_bind_address_in_use_fails_instead_of_hanging(tmp_path):
                                  "--bind", f"tcp://127.0.0.1:{port}"], cwd=ROOT, env=instance_env(tmp_path),
                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
         try:
-            _, err = proc.communicate(timeout=10)
+            _, err = proc.communicate(timeout=5)
         except subprocess.TimeoutExpired:
             os.killpg(proc.pid, signal.SIGKILL)
             proc.communicate()
             pytest.fail("clusterd run hung after its --bind failed")
     assert proc.returncode in (1, 2) and str(port) in err and "Traceback" not in err, err
+
+
+def test_default_name_is_the_top_level_package_and_several_instances_need_a_name(cluster):
+    first = cluster("tests.apps.basic:Master", "tests.apps.basic:Worker", "--workers", "1", name="tests")
+    # without --name, `run` takes "tests" from tests.apps.basic:Master: already taken
+    proc = subprocess.run([sys.executable, "-m", "clusterd", "run", "tests.apps.basic:Master",
+                           "tests.apps.basic:Worker", "--workers", "1"], cwd=ROOT, env=first.env, text=True,
+                          capture_output=True, timeout=20, check=False)
+    assert_usage_error(proc, "'tests'", str(first.proc.pid))
+    cluster("tests.apps.basic:Master", "tests.apps.basic:Worker", "--workers", "1", name="other")
+    assert_usage_error(first.cli("status"), "several instances", "tests", "other")
+    assert_usage_error(first.cli("call", "add", "1", "2"), "--name")
+    proc = first.cli("call", "add", "1", "2", "--name", "other")
+    assert proc.returncode == 0 and json.loads(proc.stdout) == 3
+    names = [line.split()[0] for line in first.cli("ls").stdout.splitlines()[1:]]
+    assert names == ["other", "tests"]

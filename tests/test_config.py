@@ -17,7 +17,7 @@ from tests.conftest import ROOT, Instance, instance_env, wait_for
 def run_with(tmp_path, *args: str, env: dict | None = None, timeout: float = 20) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "clusterd", "run", "tests.apps.basic:Master",
                            "tests.apps.basic:Worker", *args], cwd=ROOT, env=instance_env(tmp_path, env),
-                          text=True, capture_output=True, timeout=timeout)
+                          text=True, capture_output=True, timeout=timeout, check=False)
 
 
 def assert_usage_error(proc: subprocess.CompletedProcess, *needles: str) -> str:
@@ -78,8 +78,7 @@ def test_file_in_a_clusterd_table_with_name_and_binds(tmp_path, started):
     conf = tmp_path / "clusterd.toml"
     conf.write_text(f'[clusterd]\nworkers = 1\nname = "fromfile"\nbind = ["tcp://127.0.0.1:{port}"]\n'
                     'debug = true\n')
-    inst = started("-c", str(conf), env={"CLUSTERD_CONFIG": ""}, name="fromfile")
-    # the fixture passes --name too; the file's name is what CLUSTERD_NAME-less `clusterd status` finds
+    inst = started("-c", str(conf), name="fromfile")
     config = inst.status()["config"]
     assert config["binds"] == [f"tcp://127.0.0.1:{port}"] and config["debug"] is True
     c = inst.client(f"tcp://127.0.0.1:{port}")
@@ -94,10 +93,14 @@ def test_config_file_from_the_environment(tmp_path, started):
     assert inst.status()["config"]["heartbeat_timeout_s"] == 4
 
 
-def test_name_from_environment(tmp_path):
-    # `run` must take CLUSTERD_NAME; checked through the refusal of a name already taken, without starting
-    proc = run_with(tmp_path, "--workers", "x", env={"CLUSTERD_NAME": "envname"})
-    assert_usage_error(proc, "--workers")
+def test_name_from_environment_and_from_file(tmp_path, started):
+    # a second `run` under a taken name is refused: that shows which name it took, without starting it
+    first = started("--workers", "1", name="taken")
+    proc = run_with(tmp_path, "--workers", "1", env={"CLUSTERD_NAME": "taken"})
+    assert_usage_error(proc, "'taken'", str(first.proc.pid))
+    conf = tmp_path / "named.toml"
+    conf.write_text('name = "taken"\nworkers = 1\n')
+    assert_usage_error(run_with(tmp_path, "-c", str(conf)), "'taken'", str(first.proc.pid))
 
 
 @pytest.mark.parametrize("content,key", [
@@ -227,12 +230,10 @@ def test_json_logs_stay_json_when_a_usage_error_happens_after_setup(tmp_path, st
     assert any(str(first.proc.pid) in r["msg"] for r in records), records
 
 
-@pytest.mark.xfail(reason="runner.py writes a failed worker's traceback to stderr as raw text, "
-                          "breaking --log-format json (one JSON object per line)", strict=False)
 def test_json_logs_stay_json_when_a_worker_fails_to_start(tmp_path):
     proc = subprocess.run([sys.executable, "-m", "clusterd", "run", "tests.apps.failing:Master",
                            "tests.apps.failing:Worker", "--workers", "1", "--log-format", "json", "--name", "fail"],
-                          cwd=ROOT, env=instance_env(tmp_path), text=True, capture_output=True, timeout=30)
+                          cwd=ROOT, env=instance_env(tmp_path), text=True, capture_output=True, timeout=30, check=False)
     assert proc.returncode == 1
     records = json_lines(proc.stderr)
     assert any("worker cannot start on purpose" in (r["msg"] + r.get("exc", "")) for r in records)

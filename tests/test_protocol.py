@@ -173,7 +173,7 @@ def test_batch_of_only_notifications_gets_no_answer(client):
 
 
 # ---------------------------------------------------------------------------- ids, params, errors
-@pytest.mark.parametrize("rid", ["abc", "", 7, 0, -3, 2.5, None, 2 ** 53])
+@pytest.mark.parametrize("rid", ["abc", "", 7, 0, -3, 2.5, None, 2 ** 53, 2 ** 64 - 1, 2 ** 70, -(2 ** 70)])
 def test_id_of_each_type_comes_back_unchanged(client, rid):
     reply = client.request({"jsonrpc": "2.0", "method": "add", "params": [2, 3], "id": rid})
     assert reply == {"jsonrpc": "2.0", "result": 5, "id": rid}
@@ -222,6 +222,13 @@ def test_invalid_utf8_is_a_parse_error(client):
 def test_wrong_params_are_invalid_params_not_application_errors(client, method, params, why):
     reply = client.request({"jsonrpc": "2.0", "method": method, "params": params, "id": why})
     error_of(reply, -32602, rid=why)
+
+
+def test_integers_past_64_bits_stay_exact(client):
+    big = 2 ** 70 + 1
+    assert client.result("add", big, 1) == big + 1
+    assert client.result("master_add", big, -big) == 0
+    assert client.result("echo", {"n": big}) == {"n": big}
 
 
 def test_varargs_method_takes_any_number_of_params(client):
@@ -342,6 +349,16 @@ def test_parse_request_accepts_every_valid_shape():
     assert protocol.parse_request({"jsonrpc": "2.0", "method": "m", "id": None}).id is None
     req = protocol.parse_request({"jsonrpc": "2.0", "method": "m", "params": {"a": 1}, "id": "x"})
     assert (req.method, req.params, req.id) == ("m", {"a": 1}, "x")
+
+
+def test_loads_is_exact_and_strict():
+    assert protocol.loads(b'{"id": 1180591620717411303425}')["id"] == 2 ** 70 + 1
+    assert protocol.loads('[18446744073709551616, "12345678901234567890"]') == [2 ** 64, "12345678901234567890"]
+    for bad in (b"[NaN]", b"[Infinity]", b"{", b"", b"\xff"):
+        with pytest.raises(ValueError):
+            protocol.loads(bad)
+    with pytest.raises(ValueError):
+        protocol.loads(b"[NaN, 12345678901234567890123]")
 
 
 def test_notification_error_responses_carry_null_id():

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import threading
@@ -10,9 +9,7 @@ import time
 from pathlib import Path
 
 import pytest
-import zmq
 
-from clusterd import protocol
 from tests.conftest import Rpc, wait_for
 
 APP = '''

@@ -8,7 +8,6 @@ import threading
 import time
 
 import psutil
-import pytest
 
 from tests.conftest import wait_for
 

@@ -1,0 +1,182 @@
+"""`clusterd worker WORKER --connect tcp://MASTER:PORT`: a worker agent on another host.
+
+The agent joins the master and runs the processes of the slots the master gives it: it starts them
+(forked from a zygote, like local workers), passes signals on, and reports every exit at once. The
+master applies the same policy to them as to its own workers (restart, backoff, heartbeats, recycling,
+rolling reload); the workers connect to the master themselves. When the master goes away the workers
+follow (their heartbeat), and the agent says hello again until a master answers: ZeroMQ reconnects.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import signal
+import socket
+import time
+
+import psutil
+import zmq
+
+from . import log, protocol
+from .spawn import DirectSpawner, ZygoteSpawner
+from .systemd import child_environ
+from .zmqloop import SocketReader
+
+
+class Agent:
+    def __init__(self, worker_path: str, connect: str, workers: int, curve_dir: str | None,
+                 heartbeat_timeout: float, graceful_timeout: float, name: str) -> None:
+        self.worker_path = worker_path
+        self.connect = connect
+        self.workers = workers
+        self.curve_dir = os.path.abspath(curve_dir) if curve_dir else None
+        self.heartbeat_timeout = heartbeat_timeout
+        self.interval = max(0.05, min(1.0, heartbeat_timeout / 4))
+        self.graceful_timeout = graceful_timeout
+        self.name = name
+        self.host = socket.gethostname()
+        self.loop = asyncio.get_running_loop()
+        self.children: dict[str, object] = {}
+        self.welcomed = False
+        self.last_answer = time.monotonic()
+        self.stopping = asyncio.Event()
+        self._all_gone = asyncio.Event()
+        self._ps: dict[str, psutil.Process] = {}
+
+    async def run(self) -> int:
+        self.ctx = zmq.Context()
+        self.sock = self.ctx.socket(zmq.DEALER)
+        self.sock.setsockopt(zmq.ROUTING_ID, f"agent:{self.host}:{os.getpid()}".encode())
+        self.sock.setsockopt(zmq.LINGER, 1000)
+        if self.curve_dir:
+            from .curve import client_configurer
+            client_configurer({"dir": self.curve_dir})(self.sock)
+        self.sock.connect(self.connect)
+        self.reader = SocketReader(self.loop, self.sock, self._on_message)
+        env = child_environ()
+        if os.environ.get("CLUSTERD_NO_ZYGOTE"):
+            self.spawner = DirectSpawner(self.loop, self._on_line, self._on_exit)
+        else:
+            self.spawner = ZygoteSpawner(self.loop, self._on_line, self._on_exit, self.worker_path,
+                                         f"clusterd-worker:{self.name}", env)
+        self.env = env
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            self.loop.add_signal_handler(sig, self.stopping.set)
+        log.event("agent-start", f"agent for {self.worker_path} connecting to {self.connect} "
+                  f"({self.workers} workers)")
+        beat = self.loop.create_task(self._beat())
+        await self.stopping.wait()
+        beat.cancel()
+        await self._leave()
+        self.reader.close()
+        self.sock.close(linger=500)
+        self.spawner.close()
+        self.ctx.term()
+        log.event("agent-exit", "agent stopped")
+        return 0
+
+    # -- talking to the master
+    def _send(self, msg: dict) -> None:
+        try:
+            self.sock.send_multipart([b"A", protocol.dumps(msg)], zmq.NOBLOCK)
+        except zmq.ZMQError:
+            pass
+        self.reader.wake()
+
+    async def _beat(self) -> None:
+        while True:
+            if not self.welcomed:
+                self._send({"hello": {"host": self.host, "pid": os.getpid(), "workers": self.workers}})
+            else:
+                self._send({"beat": {"rss": self._rss()}})
+            await asyncio.sleep(self.interval)
+            if self.welcomed and time.monotonic() - self.last_answer > self.heartbeat_timeout:
+                log.event("master-lost", "the master stopped answering: waiting for it to come back",
+                          level=logging.WARNING)
+                self.welcomed = False
+
+    def _rss(self) -> dict[str, int]:
+        out = {}
+        for ident, handle in self.children.items():
+            pid = getattr(handle, "pid", None)
+            if pid is None:
+                continue
+            try:
+                ps = self._ps.get(ident) or self._ps.setdefault(ident, psutil.Process(pid))
+                out[ident] = ps.memory_info().rss
+            except psutil.Error:
+                pass
+        return out
+
+    def _on_message(self, frames: list[bytes]) -> None:
+        if len(frames) < 2 or frames[0] != b"A":
+            return
+        try:
+            msg = json.loads(frames[1])
+        except ValueError:
+            return
+        self.last_answer = time.monotonic()
+        if "welcome" in msg:
+            # a new session with a master: workers from an earlier one belong to nobody now
+            for handle in list(self.children.values()):
+                handle.kill()
+            self.welcomed = True
+            log.event("agent-welcome", f"joined the master: slots {msg['welcome'].get('slots')}")
+        elif msg.get("unknown"):
+            self.welcomed = False
+        elif "spawn" in msg:
+            self._spawn(msg["spawn"])
+        elif "signal" in msg:
+            handle = self.children.get(msg["signal"])
+            if handle is not None:
+                handle.send_signal(int(msg.get("sig", signal.SIGTERM)))
+
+    def _spawn(self, spec: dict) -> None:
+        if self.stopping.is_set():
+            return
+        spec = dict(spec, endpoint=self.connect, parent_pid=os.getpid(), host=self.host)
+        if self.curve_dir:
+            spec["curve"] = {"dir": self.curve_dir}
+        env = dict(self.env, _CLUSTERD_SPEC=json.dumps(spec), PYTHONUNBUFFERED="1")
+        ident = spec["ident"]
+        handle = self.spawner.spawn(ident, env, f"clusterd-worker:{self.name}:{spec['slot']}", spec["generation"])
+        self.children[ident] = handle
+
+    def _on_line(self, ident: str, line: bytes) -> None:
+        handle = self.children.get(ident)
+        pid = getattr(handle, "pid", None)
+        log.logger.info(line.decode("utf-8", "replace").rstrip("\r"),
+                        extra={"source": f"worker {ident} pid {pid}", "pid": pid, "event": "output"})
+
+    def _on_exit(self, ident: str, returncode: int | None) -> None:
+        self.children.pop(ident, None)
+        self._ps.pop(ident, None)
+        self._send({"exited": ident, "status": returncode})
+        if not self.children:
+            self._all_gone.set()
+
+    async def _leave(self) -> None:
+        """Graceful stop: the master retires our workers (they finish their calls), then we exit."""
+        if self.children:
+            self._send({"leaving": True})
+            self._all_gone.clear()
+            try:
+                await asyncio.wait_for(self._all_gone.wait(), self.graceful_timeout + 5)
+            except asyncio.TimeoutError:
+                for handle in list(self.children.values()):
+                    handle.kill()
+                try:
+                    await asyncio.wait_for(self._all_gone.wait(), 5)
+                except asyncio.TimeoutError:
+                    pass
+
+
+def run(worker_path: str, connect: str, workers: int, curve_dir: str | None, heartbeat_timeout: float,
+        graceful_timeout: float, name: str) -> int:
+    async def main() -> int:
+        agent = Agent(worker_path, connect, workers, curve_dir, heartbeat_timeout, graceful_timeout, name)
+        return await agent.run()
+    return asyncio.run(main())

@@ -1,0 +1,203 @@
+"""The master's side of worker agents on other hosts (`clusterd worker --connect ...`).
+
+An agent registers with the master and asks for N workers; the master gives it slots (unique across
+the cluster) and then runs those slots exactly like local ones — restart with backoff, heartbeats,
+recycling, rolling reload — asking the agent to start or signal the processes. The workers connect to
+the master themselves. Agent messages travel on the remote workers socket as [b"A", json]:
+
+    agent -> master   {"hello": {"host", "pid", "workers"}}   register (again, after a master restart)
+                      {"beat": {"rss": {ident: bytes}}}        alive, with its workers' memory
+                      {"exited": ident, "status": rc}           one of its workers ended
+                      {"leaving": true}                         graceful stop: retire my workers
+    master -> agent   {"welcome": {"slots": [...]}}             {"unknown": true}  (please say hello)
+                      {"spawn": spec}                           {"signal": ident, "sig": n}
+                      {"ack": true}                             (answer to a beat)
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import time
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+import zmq
+
+from . import log, protocol
+from .pool import Slot, Worker, WorkerState
+
+if TYPE_CHECKING:
+    from .config import Config
+    from .master import Router
+
+
+def open_remote_socket(router: "Router", cfg: "Config") -> zmq.Socket:
+    """The ROUTER that agents and their workers connect to; CURVE server when keys are given."""
+    sock = router.ctx.socket(zmq.ROUTER)
+    router._sockets.append(sock)
+    sock.setsockopt(zmq.LINGER, 0)
+    sock.setsockopt(zmq.ROUTER_MANDATORY, 1)
+    sock.setsockopt(zmq.SNDHWM, 0)
+    sock.setsockopt(zmq.RCVHWM, 0)
+    if cfg.curve_dir:
+        from .curve import configure_server, server_keys, start_authenticator
+        keys = server_keys(cfg.curve_dir)
+        router.authenticator = start_authenticator(router.ctx, keys)
+        configure_server(sock, keys)
+    for addr in cfg.worker_binds:
+        sock.bind(addr)
+    return sock
+
+
+class RemoteHandle:
+    """A worker process run by an agent: signals travel to the agent."""
+
+    def __init__(self, registry: "AgentRegistry", agent: "Agent", worker: Worker) -> None:
+        self.registry = registry
+        self.agent = agent
+        self.worker = worker
+        self.pid: int | None = None
+        self.returncode: int | None = None
+
+    def send_signal(self, sig: int) -> None:
+        if self.returncode is None:
+            self.registry.signal(self.agent, self.worker, sig)
+
+    def kill(self) -> None:
+        self.send_signal(signal.SIGKILL)
+
+
+@dataclass(eq=False)
+class Agent:
+    ident: bytes
+    host: str
+    pid: int | None
+    wanted: int
+    last_beat: float = field(default_factory=time.monotonic)
+    slots: list[int] = field(default_factory=list)
+    gone: bool = False
+
+    @property
+    def name(self) -> str:
+        return f"{self.host}:{self.pid}"
+
+
+class AgentRegistry:
+    def __init__(self, router: "Router") -> None:
+        self.router = router
+        self.agents: dict[bytes, Agent] = {}
+
+    # -- messages
+    def on_message(self, ident: bytes, msg: dict) -> None:
+        agent = self.agents.get(ident)
+        if "hello" in msg:
+            self._hello(ident, msg["hello"] if isinstance(msg["hello"], dict) else {})
+            return
+        if agent is None or agent.gone:
+            self._send(ident, {"unknown": True})
+            return
+        agent.last_beat = time.monotonic()
+        sup = self.router.supervisor
+        if "beat" in msg:
+            rss = (msg["beat"] or {}).get("rss") or {}
+            for wid, value in rss.items():
+                worker = sup.by_ident.get(wid.encode())
+                if worker is not None and isinstance(value, int):
+                    worker.rss_bytes = value
+            self._send(ident, {"ack": True})
+        elif "exited" in msg:
+            worker = sup.by_ident.get(str(msg["exited"]).encode())
+            if worker is not None:
+                status = msg.get("status")
+                worker.process.returncode = status if isinstance(status, int) else None
+                sup.worker_exited(worker, worker.process.returncode)
+        elif msg.get("leaving"):
+            log.event("agent-leaving", f"agent {agent.name} is stopping: its workers finish their calls")
+            for index in list(agent.slots):
+                sup.retire_slot(index, "stop")
+
+    def _hello(self, ident: bytes, info: dict) -> None:
+        old = self.agents.get(ident)
+        if old is not None and not old.gone:
+            self._drop(old, "re-registered")
+        sup = self.router.supervisor
+        if self.router.state == "stopping":
+            return
+        try:
+            wanted = max(0, int(info.get("workers", 1)))
+        except (TypeError, ValueError):
+            wanted = 1
+        agent = Agent(ident, str(info.get("host") or "?"), info.get("pid"), wanted)
+        self.agents[ident] = agent
+        index = 0
+        for _ in range(wanted):
+            while index in sup.slots:
+                index += 1
+            sup.slots[index] = Slot(index, agent=agent.name)
+            agent.slots.append(index)
+        self._send(ident, {"welcome": {"slots": agent.slots, "generation": sup.generation}})
+        log.event("agent-join", f"agent {agent.name} joined with {wanted} workers (slots {agent.slots})")
+        for index in agent.slots:
+            sup.slots[index].active = sup._spawn(index)
+
+    # -- what the supervisor asks
+    def spawn(self, agent_name: str, worker: Worker, spec: dict) -> RemoteHandle:
+        agent = self._by_name(agent_name)
+        handle = RemoteHandle(self, agent, worker)
+        worker.agent = agent_name
+        worker.host = agent.host if agent else None
+        if agent is None or agent.gone:
+            self.router.loop.call_soon(self.router.supervisor.worker_exited, worker, None)
+            return handle
+        spec = {k: v for k, v in spec.items() if k not in ("endpoint", "parent_pid")}
+        self._send(agent.ident, {"spawn": spec})
+        return handle
+
+    def signal(self, agent: Agent, worker: Worker, sig: int) -> None:
+        if agent.gone:
+            self.router.supervisor.worker_exited(worker, -sig)
+            return
+        self._send(agent.ident, {"signal": worker.ident.decode(), "sig": int(sig)})
+
+    def tick(self, now: float, timeout: float) -> None:
+        """An agent silent for the heartbeat timeout is gone, and so are its workers."""
+        for agent in list(self.agents.values()):
+            if not agent.gone and now - agent.last_beat > timeout:
+                self._drop(agent, "stopped answering")
+
+    def _drop(self, agent: Agent, why: str) -> None:
+        agent.gone = True
+        self.agents.pop(agent.ident, None)
+        sup = self.router.supervisor
+        log.event("agent-lost", f"agent {agent.name} {why}: its {len(agent.slots)} slots leave the pool",
+                  level=logging.WARNING)
+        for index in agent.slots:
+            slot = sup.slots.get(index)
+            if slot is None:
+                continue
+            slot.retired = True
+            if slot.restart_handle is not None:
+                slot.restart_handle.cancel()
+            for worker in [w for w in sup.by_ident.values() if w.slot == index]:
+                if worker.state is not WorkerState.EXITED:
+                    worker.retire_reason = worker.retire_reason or "crashed"
+                    sup.worker_exited(worker, None)
+            sup.slots.pop(index, None)
+
+    def _by_name(self, name: str) -> Agent | None:
+        for agent in self.agents.values():
+            if agent.name == name:
+                return agent
+        return None
+
+    def _send(self, ident: bytes, msg: dict) -> None:
+        try:
+            self.router.rsock.send_multipart([ident, b"A", protocol.dumps(msg)])
+        except zmq.ZMQError:
+            pass
+        self.router.readers[self.router.rsock].wake()
+
+    def document(self) -> list[dict]:
+        return [{"agent": a.name, "host": a.host, "pid": a.pid, "slots": a.slots,
+                 "last_beat_s": round(time.monotonic() - a.last_beat, 3)} for a in self.agents.values()]
