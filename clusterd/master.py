@@ -28,7 +28,7 @@ from .endpoint import Dispatcher, encode_response, method_table
 from .pool import Call, Worker, WorkerState
 from .protocol import NO_ID, RemoteError, RPCError
 from .supervisor import BootFailure, Supervisor
-from .zmqloop import SocketReader
+from .zmqloop import NOBLOCK, SocketReader, send_frames
 
 
 @dataclass(frozen=True)
@@ -354,7 +354,7 @@ class Router:
             if self._sweep_handle is None:
                 self._sweep_handle = self.loop.call_later(min(0.1, call.timeout), self._sweep_deadlines)
         try:
-            worker.sock.send_multipart([worker.ident, b"c", token, call.payload])
+            send_frames(worker.sock, [worker.ident, b"c" + token, call.payload])
         except zmq.ZMQError:
             # its connection is already gone (ROUTER_MANDATORY): the worker never got the call
             del worker.calls[token]
@@ -365,14 +365,14 @@ class Router:
     def _to_worker(self, frames: list[bytes], sock: zmq.Socket | None = None) -> None:
         sock = sock or self.wsock
         try:
-            sock.send_multipart(frames)
+            send_frames(sock, frames)
         except zmq.ZMQError:
             pass  # that worker's connection is gone; its exit is handled on its own
         self.readers[sock].wake()
 
     def _send(self, sock: zmq.Socket, envelope: list[bytes], payload: bytes) -> None:
         try:
-            sock.send_multipart(envelope + [payload], zmq.NOBLOCK)
+            send_frames(sock, envelope + [payload], NOBLOCK)
         except zmq.ZMQError:
             pass  # the client is gone or not reading: the answer is dropped, nothing accumulates
         self.readers[sock].wake()
@@ -452,24 +452,25 @@ class Router:
     # ------------------------------------------------------------------ worker socket
     def _on_worker_message(self, frames: list[bytes], sock: zmq.Socket) -> None:
         ident = frames[0]
-        kind = frames[1] if len(frames) > 1 else b""
-        if kind == b"r" or kind == b"e":
+        head = frames[1] if len(frames) > 2 else b""
+        kind = head[:1]
+        if kind == b"r" or kind == b"e":  # an answer: [b"r" + token, response]
             worker = self.supervisor.by_ident.get(ident)
             if worker is None:
                 return
-            call = worker.calls.pop(frames[2], None)
+            call = worker.calls.pop(head[1:], None)
             if call is None:
                 return  # timed out or the caller is gone: dropped
             worker.served += 1
             if kind == b"e":
                 worker.failed += 1
             if call.future is None:
-                self._send(call.sock, call.envelope, frames[3])
+                self._send(call.sock, call.envelope, frames[2])
                 counts = self._client_calls.get(call.sock)
                 if counts is not None:
                     self._release(counts, call.envelope[0])
             elif not call.future.done():
-                call.future.set_result(frames[3])
+                call.future.set_result(frames[2])
             if worker.state is not WorkerState.READY:
                 if not worker.calls:
                     if worker.retire_reason == "hung" and worker.state is WorkerState.DRAINING:

@@ -3,11 +3,11 @@
 A worker is a fresh interpreter with one DEALER socket to the master's workers socket. Frames on
 that link (the master sees the DEALER's routing id first):
 
-    master -> worker   [b"c", token, request]   a call to answer with the same token
+    master -> worker   [b"c" + token, request]  a call to answer with the same token
                        [b"n", request]          a notification
                        [b"a", response]         the answer to one of the worker's own requests
                        [b"s"]                   stop gracefully
-    worker -> master   [b"r"|b"e", token, response]   answer (r: result, e: error)
+    worker -> master   [b"r"|b"e" + token, response]   answer (r: result, e: error)
                        [b"q", request]          the worker's own request to the master
                        [b"h", hello]            ready, with the worker's method table
                        [b"f", failure]          could not start: the traceback
@@ -22,6 +22,7 @@ import json
 import os
 import signal
 import sys
+import threading
 import traceback
 from typing import Any
 
@@ -30,7 +31,7 @@ import zmq
 from . import heartbeat, protocol
 from .endpoint import Dispatcher, encode_response
 from .protocol import NO_ID, RemoteError, RPCError
-from .zmqloop import SocketReader
+from .zmqloop import SocketReader, send_frames
 
 SPEC_ENV = "_CLUSTERD_SPEC"
 
@@ -128,9 +129,10 @@ class WorkerLink:
 
     # -- messages from the master
     def _on_message(self, frames: list[bytes]) -> None:
-        kind = frames[0]
+        head = frames[0]
+        kind = head[:1]
         if kind == b"c":
-            self._serve(frames[1], frames[2])
+            self._serve(head[1:], frames[1])
         elif kind == b"a":
             self._on_answer(frames[1])
         elif kind == b"n":
@@ -174,8 +176,8 @@ class WorkerLink:
     def _answer(self, token: bytes | None, response: dict) -> None:
         if token is None:
             return  # a notification gets no answer
-        kind = b"e" if "error" in response else b"r"
-        self.sock.send_multipart([kind, token, encode_response(response, self.debug)])
+        head = (b"e" if "error" in response else b"r") + token
+        send_frames(self.sock, [head, encode_response(response, self.debug)])
         self.reader.wake()
 
     async def drain(self) -> None:
@@ -224,17 +226,42 @@ def main() -> None:
     os._exit(code)
 
 
-async def _run(spec: dict) -> int:
+async def _run(spec: dict, embedded: Any = None) -> int:
+    """Serve until told to stop; the exit status.
+
+    `embedded` is the master's ThreadWorker handle when this worker is a thread of the master
+    (--isolation thread): the master's ZeroMQ context (inproc needs it), no signal handlers, a
+    heartbeat that watches this thread and never exits the process, and the start-up failure
+    handed over instead of printed.
+    """
     loop = asyncio.get_running_loop()
-    context = zmq.Context.instance()
+    context = zmq.Context.instance() if embedded is None else embedded.context
+    if embedded is not None:
+        embedded.loop = loop
+        embedded.task = asyncio.current_task()
+        if embedded.killed:
+            return -signal.SIGKILL
     ident = spec["ident"].encode()
     configure = None
     if spec.get("curve"):
         from .curve import client_configurer
         configure = client_configurer(spec["curve"])
-    heartbeat.start(context, spec["endpoint"], ident, spec["heartbeat_interval"], spec["heartbeat_timeout"],
-                    configure)
+    if embedded is None:
+        heartbeat.start(context, spec["endpoint"], ident, spec["heartbeat_interval"], spec["heartbeat_timeout"],
+                        configure)
+    else:
+        heartbeat.start(context, spec["endpoint"], ident, spec["heartbeat_interval"], spec["heartbeat_timeout"],
+                        watch=threading.get_ident(), stop=embedded.beat_stop)
     sock = context.socket(zmq.DEALER)
+    try:
+        return await _serve(loop, spec, sock, configure, embedded)
+    finally:
+        sock.close(linger=1000)  # idempotent; a cancelled (killed) thread worker must still close it
+
+
+async def _serve(loop: asyncio.AbstractEventLoop, spec: dict, sock: zmq.Socket, configure: Any,
+                 embedded: Any) -> int:
+    ident = spec["ident"].encode()
     sock.setsockopt(zmq.ROUTING_ID, ident)
     sock.setsockopt(zmq.LINGER, 2000)
     sock.setsockopt(zmq.SNDHWM, 0)
@@ -243,7 +270,10 @@ async def _run(spec: dict) -> int:
         configure(sock)
     sock.connect(spec["endpoint"])
     link = WorkerLink(loop, sock, spec.get("debug", False))
-    loop.add_signal_handler(signal.SIGTERM, link.stop_requested.set)
+    if embedded is None:
+        loop.add_signal_handler(signal.SIGTERM, link.stop_requested.set)
+    else:
+        embedded.link = link
 
     try:
         cls = import_class(spec["worker"])
@@ -257,8 +287,12 @@ async def _run(spec: dict) -> int:
         link.dispatcher = Dispatcher(endpoint, spec.get("debug", False))
     except BaseException as exc:  # any failure to start is reported to the master, then we exit
         text = "".join(traceback.format_exception(exc))
-        sys.stderr.write(text)
-        sock.send_multipart([b"f", protocol.dumps({"error": f"{type(exc).__name__}: {exc}", "traceback": text})])
+        failure = {"error": f"{type(exc).__name__}: {exc}", "traceback": text}
+        if embedded is None:
+            sys.stderr.write(text)
+        else:
+            embedded.failure = failure
+        sock.send_multipart([b"f", protocol.dumps(failure)])
         link.reader.close()
         sock.close(linger=2000)
         return 1

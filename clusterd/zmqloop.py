@@ -12,8 +12,35 @@ import asyncio
 from typing import Callable
 
 import zmq
+from zmq.backend import Socket as _Backend
 
 BATCH = 512
+
+# pyzmq's send_multipart/recv_multipart combine flags as enum.IntFlag objects, which costs more than
+# the send itself for small messages; these go straight to the socket with plain integers.
+SNDMORE = int(zmq.SNDMORE)
+NOBLOCK = int(zmq.NOBLOCK)
+_RCVMORE = int(zmq.RCVMORE)
+_send = _Backend.send
+_recv = _Backend.recv
+_get = _Backend.get
+
+
+def send_frames(sock: zmq.Socket, frames: list[bytes], flags: int = 0) -> None:
+    """send_multipart without the enum overhead (flags: 0 or NOBLOCK)."""
+    more = SNDMORE | flags
+    last = len(frames) - 1
+    for i in range(last):
+        _send(sock, frames[i], more)
+    _send(sock, frames[last], flags)
+
+
+def recv_frames(sock: zmq.Socket) -> list[bytes]:
+    """recv_multipart(NOBLOCK) without the enum overhead; raises zmq.Again when nothing is queued."""
+    parts = [_recv(sock, NOBLOCK)]
+    while _get(sock, _RCVMORE):
+        parts.append(_recv(sock, NOBLOCK))
+    return parts
 
 
 class SocketReader:
@@ -36,11 +63,11 @@ class SocketReader:
         self._scheduled = False
         if self.closed:
             return
-        recv = self.sock.recv_multipart
+        sock = self.sock
         handler = self.handler
         for _ in range(BATCH):
             try:
-                frames = recv(zmq.NOBLOCK)
+                frames = recv_frames(sock)
             except zmq.Again:
                 return
             except zmq.ZMQError:
