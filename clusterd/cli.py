@@ -324,7 +324,8 @@ def status(name: str | None, as_json: bool, watch: bool) -> None:
             doc = _admin(name, "clusterd.status")
             text = protocol.dumps(doc).decode() if as_json else render_table(doc)
             click.echo("\x1b[H\x1b[2J" + text, nl=True)
-            time.sleep(1.0)
+            sys.stdout.flush()
+            time.sleep(1.0)  # a screen refresh for a person, like top
     except KeyboardInterrupt:
         pass
 

@@ -260,3 +260,22 @@ def test_status_document_and_table(cluster):
     assert doc["config"]["workers"] == 2 and doc["config"]["graceful_timeout_s"] == 30
     table = inst.cli("status", "--name", inst.name).stdout
     assert "SLOT" in table and "MiB" in table and "ready" in table
+
+
+def test_status_watch_redraws_until_ctrl_c(cluster):
+    import subprocess
+    import sys
+    inst = cluster(*BASIC, "--workers", "1")
+    proc = subprocess.Popen([sys.executable, "-m", "clusterd", "status", "--watch", "--name", inst.name],
+                            env=inst.env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        out = b""
+        deadline = time.monotonic() + 15
+        while out.count(b"SLOT") < 2 and time.monotonic() < deadline:
+            out += os.read(proc.stdout.fileno(), 65536)
+        assert out.count(b"SLOT") >= 2  # redrawn (in place on a terminal), at least twice
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(10) == 0
+    finally:
+        proc.kill()
+        proc.wait()
