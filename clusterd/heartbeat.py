@@ -26,8 +26,8 @@ _IDLE_CODES = {getattr(selectors, name).select.__code__
 class MainThreadWatch:
     """Tells whether the main thread has made progress since the last look."""
 
-    def __init__(self) -> None:
-        self.ident = threading.main_thread().ident
+    def __init__(self, ident: int | None = None) -> None:
+        self.ident = ident if ident is not None else threading.main_thread().ident
         try:
             self._clock = time.pthread_getcpuclockid(self.ident)
         except (AttributeError, OSError):
@@ -66,27 +66,42 @@ class MainThreadWatch:
 
 
 def start(context: zmq.Context, endpoint: str, ident: bytes, interval: float, timeout: float,
-          configure=None) -> threading.Thread:
-    """Start beating to the master; exit the process when the master has been silent for timeout."""
+          configure=None, watch: int | None = None, stop: threading.Event | None = None) -> threading.Thread:
+    """Start beating to the master; exit the process when the master has been silent for timeout.
+
+    A thread worker (--isolation thread) passes the thread to watch and a `stop` event: it shares its
+    process with the master, so it never exits the process, and the beats end when `stop` is set.
+    """
     thread = threading.Thread(target=_run, name="clusterd-heartbeat", daemon=True,
-                              args=(context, endpoint, ident, interval, timeout, configure))
+                              args=(context, endpoint, ident, interval, timeout, configure, watch, stop))
     thread.start()
     return thread
 
 
 def _run(context: zmq.Context, endpoint: str, ident: bytes, interval: float, timeout: float,
-         configure) -> None:
+         configure, watch_ident: int | None = None, stop: threading.Event | None = None) -> None:
     sock = context.socket(zmq.DEALER)
+    try:
+        _beat(sock, endpoint, ident, interval, timeout, configure, watch_ident, stop)
+    except zmq.ContextTerminated:
+        pass  # a thread worker's master is closing the shared context: nothing left to beat to
+    finally:
+        sock.close(linger=0)  # a shared context (thread workers) can only terminate once it is closed
+
+
+def _beat(sock: zmq.Socket, endpoint: str, ident: bytes, interval: float, timeout: float, configure,
+          watch_ident: int | None, stop: threading.Event | None) -> None:
     sock.setsockopt(zmq.ROUTING_ID, b"hb:" + ident)
     sock.setsockopt(zmq.LINGER, 0)
     if configure is not None:
         configure(sock)
     sock.connect(endpoint)
-    watch = MainThreadWatch()
+    watch = MainThreadWatch(watch_ident)
+    step = interval if stop is None else min(interval, 0.1)
     last_answer = time.monotonic()
     poller = zmq.Poller()
     poller.register(sock, zmq.POLLIN)
-    while True:
+    while stop is None or not stop.is_set():
         now = time.monotonic()
         stalled = watch.stalled_for(now)
         try:
@@ -98,13 +113,15 @@ def _run(context: zmq.Context, endpoint: str, ident: bytes, interval: float, tim
             left = deadline - time.monotonic()
             if left <= 0:
                 break
-            if poller.poll(left * 1000):
+            if stop is not None and stop.is_set():
+                return
+            if poller.poll(min(left, step) * 1000):
                 try:
                     while True:
                         sock.recv_multipart(zmq.NOBLOCK)
                         last_answer = time.monotonic()
                 except zmq.Again:
                     pass
-        if time.monotonic() - last_answer > timeout:
+        if stop is None and time.monotonic() - last_answer > timeout:
             # The master is gone (or cut off): a worker must never outlive it.
             os._exit(3)
