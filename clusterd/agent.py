@@ -144,6 +144,8 @@ class Agent:
         ident = spec["ident"]
         handle = self.spawner.spawn(ident, env, f"clusterd-worker:{self.name}:{spec['slot']}", spec["generation"])
         self.children[ident] = handle
+        # a reload brought newer code: zygotes older than the one before it are no longer needed
+        self.spawner.retire_generation(spec["generation"] - 1)
 
     def _on_line(self, ident: str, line: bytes) -> None:
         handle = self.children.get(ident)
