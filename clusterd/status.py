@@ -63,21 +63,31 @@ def render_table(doc: dict, colour: bool | None = None) -> str:
     m = doc["master"]
     workers = doc.get("workers", [])
     ready = sum(1 for w in workers if w["state"] == "ready")
-    wanted = doc.get("config", {}).get("workers", len(workers))
+    config = doc.get("config", {})
+    wanted = len([w for w in workers if w["state"] != "draining"]) or config.get("workers", 0)
     head = (f"{doc['name']}  {_colour(doc['state'], doc['state'], colour)}  master pid {m['pid']}  "
             f"up {human_duration(m.get('uptime_s'))}  version {m.get('version') or '-'}  "
             f"workers {ready}/{wanted} ready  generation {doc.get('generation', '-')}  "
             f"master {human_bytes(m.get('rss_bytes'))}")
+    if config.get("isolation") == "thread":
+        head += "  isolation thread"
+    remote = any(w.get("agent") for w in workers)
     headers = ["SLOT", "PID", "STATE", "GEN", "UPTIME", "RESTARTS", "MEMORY", "CPU", "INFLIGHT", "SERVED",
-               "FAILED", "LAST EXIT"]
+               "FAILED", "LAST EXIT"] + (["HOST"] if remote else [])
     rows = []
     for w in workers:
         cpu = w.get("cpu_percent")
-        rows.append([str(w["slot"]), str(w["pid"]), w["state"], str(w.get("generation", "-")),
-                     human_duration(w.get("uptime_s")), str(w.get("restarts", 0)), human_bytes(w.get("rss_bytes")),
-                     "-" if cpu is None else f"{cpu:.0f}%", str(w.get("inflight", 0)), str(w.get("served", 0)),
-                     str(w.get("failed", 0)), _last_exit(w.get("last_exit"))])
+        row = [str(w["slot"]), "-" if w["pid"] is None else str(w["pid"]), w["state"], str(w.get("generation", "-")),
+               human_duration(w.get("uptime_s")), str(w.get("restarts", 0)), human_bytes(w.get("rss_bytes")),
+               "-" if cpu is None else f"{cpu:.0f}%", str(w.get("inflight", 0)), str(w.get("served", 0)),
+               str(w.get("failed", 0)), _last_exit(w.get("last_exit"))]
+        if remote:
+            row.append(w.get("host") or "(local)")
+        rows.append(row)
     table = _table(headers, rows, [w["state"] for w in workers], colour, 2)
+    abandoned = (doc.get("threads") or {}).get("abandoned")
+    if abandoned:
+        table += f"\n\nabandoned hung threads: {len(abandoned)}"
     return head + "\n\n" + table
 
 
