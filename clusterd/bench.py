@@ -13,7 +13,10 @@ systems measured in the same run, on the same client code and the same ~50-byte 
 
 Client side: a DEALER sends single-part JSON-RPC requests and reads single-part replies.
 "Sequential" is one call at a time; "pipelined" keeps ``window`` calls in flight from one client;
-"multi-client" runs ``clients`` such client processes at once and adds their rates.
+"multi-client" runs ``clients`` such client processes at once and adds their rates. All systems
+are started first and measured in turn, ``rounds`` times: a burst of outside load then slows one
+round of every system instead of all of one system. A pipelined rate is the best round's; the
+latency percentiles pool every round's calls.
 
 Result document (``run_bench()``, ``clusterd bench --json``); the keys are stable::
 
@@ -22,20 +25,22 @@ Result document (``run_bench()``, ``clusterd bench --json``); the keys are stabl
       "quick": bool, "elapsed_s": float,
       "machine": {"cpus": int, "python": str, "platform": str, "pyzmq": str, "libzmq": str},
       "params": {"workers": int, "payload_bytes": int, "window": int, "clients": int,
-                 "seq_calls": int, "duration_s": float, "burn_ms": float, "burn_calls": int,
+                 "rounds": int, "seq_calls": int, "duration_s": float,   # per system, in all
+                 "multi_duration_s": float, "burn_ms": float, "burn_calls": int,
                  "restart_repeats": int},
       "systems": {                       # one entry per system above
         "<system>": {"label": str,
                      "seq_p50_us": float, "seq_p99_us": float, "seq_mean_us": float,
-                     "pipelined_calls_per_s": float,
-                     "master_cpu_us_per_call": float | null,     # during the pipelined run
+                     "pipelined_calls_per_s": float,             # the best round's
+                     "pipelined_rounds_calls_per_s": [float],    # every round's
+                     "master_cpu_us_per_call": float | null,     # during the pipelined runs
                      "workers_cpu_us_per_call": float | null,    # all workers together
                      "multi_client_calls_per_s": float | null}   # process_pool: these 3 null
       },
       "cpu": {"burn_n": int, "burn_ms": float, "calls": int, "workers": int,
               "time_1_worker_s": float, "time_n_workers_s": float, "speedup": float},
       "restart": {"samples_ms": [float], "median_ms": float, "max_ms": float},
-      "memory": {"master_rss_mb": float,        # idle, after the load phases
+      "memory": {"master_rss_mb": float,        # idle, after the load
                  "master_rss_fresh_mb": float,  # idle, right after start-up
                  "worker_rss_mb": float},
       "targets": {                       # the goals of issue 6
@@ -47,14 +52,17 @@ Result document (``run_bench()``, ``clusterd bench --json``); the keys are stabl
     }
 
 "forwarded" is clusterd's single-client pipelined rate. MB are 10**6 bytes. ``cpu``: ``calls``
-concurrent ``burn`` calls of ``burn_ms`` each on ``--workers 1`` versus ``--workers N`` (best of a
-few runs). ``restart``: SIGKILL a ready worker, time until ``clusterd.status`` on the control
-socket shows a new pid in its slot, ``ready``; on an instance with one slot per kill, since a
-slot that fails again within a few seconds is restarted with backoff.
+concurrent ``burn`` calls of ``burn_ms`` each on ``--workers 1`` versus ``--workers N`` (in
+turn, best of a few runs). ``restart``: SIGKILL a ready worker, time until ``clusterd.status`` on
+the control socket shows a new pid in its slot, ``ready``; one kill per slot, on an instance with
+``restart_repeats`` workers (``--quick``: the N-worker one), since a slot that fails again within
+seconds is restarted with backoff.
 
-Every process the bench starts runs in its own process group and is killed when the bench ends,
-whatever happens. The reference processes load this file by path, so they never import the
-clusterd core; this module must therefore import nothing from ``clusterd`` at module level.
+``progress`` gets a short line ("round 1/3: clusterd…") at each step. Every process the bench
+starts runs in its own process group and is killed when the bench ends, whatever happens (and
+when the bench itself is killed: the children ask Linux for a signal on their parent's death).
+The reference processes load this file by path, so they never import the clusterd core; this
+module must therefore import nothing from ``clusterd`` at module level.
 """
 
 from __future__ import annotations
@@ -62,7 +70,6 @@ from __future__ import annotations
 import collections
 import concurrent.futures
 import contextlib
-import importlib.util
 import json
 import math
 import multiprocessing
@@ -93,6 +100,7 @@ PAYLOAD = "x" * 50
 WINDOW = 128
 CLIENTS = 3
 START_TIMEOUT_S = 20.0
+STOP_TIMEOUT_S = 2.0  # for a throwaway instance to stop on SIGTERM, before SIGKILL
 CHILD_MODULE = "_clusterd_bench_child"
 
 SYSTEM_LABELS = {
@@ -113,12 +121,15 @@ class Plan:
 
     quick: bool
     workers: int
-    seq_calls: int
-    duration_s: float
+    rounds: int             # of the sequential + pipelined measurements, interleaved
+    seq_calls: int          # per round
+    duration_s: float       # of a pipelined run, per round
+    multi_duration_s: float
     warmup_s: float
     burn_ms: float
     burn_calls: int
     burn_repeats: int
+    burn_warmup_s: float
     restart_repeats: int
     restart_gap_s: float
     window: int = WINDOW
@@ -127,17 +138,20 @@ class Plan:
     @classmethod
     def make(cls, *, quick: bool, workers: int) -> Plan:
         if quick:
-            return cls(quick=True, workers=workers, seq_calls=300, duration_s=0.4, warmup_s=0.1,
-                       burn_ms=25.0, burn_calls=2 * workers, burn_repeats=2,
-                       restart_repeats=3, restart_gap_s=0.2)
-        return cls(quick=False, workers=workers, seq_calls=3000, duration_s=3.0, warmup_s=0.5,
-                   burn_ms=50.0, burn_calls=8 * workers, burn_repeats=2, restart_repeats=7,
-                   restart_gap_s=0.5)
+            return cls(quick=True, workers=workers, rounds=1, seq_calls=300, duration_s=0.4,
+                       multi_duration_s=0.4, warmup_s=0.1, burn_ms=25.0,
+                       burn_calls=2 * workers, burn_repeats=2, burn_warmup_s=0.2,
+                       restart_repeats=2, restart_gap_s=0.2)
+        return cls(quick=False, workers=workers, rounds=3, seq_calls=1000, duration_s=1.0,
+                   multi_duration_s=3.0, warmup_s=0.5, burn_ms=50.0, burn_calls=8 * workers,
+                   burn_repeats=3, burn_warmup_s=0.5, restart_repeats=7, restart_gap_s=0.5)
 
     def as_dict(self) -> dict[str, Any]:
         return {"workers": self.workers, "payload_bytes": len(PAYLOAD), "window": self.window,
-                "clients": self.clients, "seq_calls": self.seq_calls,
-                "duration_s": self.duration_s, "burn_ms": self.burn_ms,
+                "clients": self.clients, "rounds": self.rounds,
+                "seq_calls": self.seq_calls * self.rounds,
+                "duration_s": self.duration_s * self.rounds,
+                "multi_duration_s": self.multi_duration_s, "burn_ms": self.burn_ms,
                 "burn_calls": self.burn_calls, "restart_repeats": self.restart_repeats}
 
 
@@ -157,27 +171,32 @@ def _reply_id(raw: bytes) -> Any:
     return reply["id"]
 
 
+REPLY_TIMEOUT_S = 10.0
+
+
 def _dealer(ctx: zmq.Context[zmq.Socket[bytes]], addr: str) -> zmq.Socket[bytes]:
     sock = ctx.socket(zmq.DEALER)
     sock.setsockopt(zmq.LINGER, 0)
+    # A blocking recv with a timeout costs the client less than a poll before each recv.
+    sock.setsockopt(zmq.RCVTIMEO, int(REPLY_TIMEOUT_S * 1000))
     sock.connect(addr)
     return sock
 
 
-def _recv(sock: zmq.Socket[bytes], timeout_s: float = 10.0) -> bytes:
-    if not sock.poll(int(timeout_s * 1000)):
-        raise BenchError(f"no reply within {timeout_s:g} s")
-    return sock.recv()
+def _recv(sock: zmq.Socket[bytes]) -> bytes:
+    try:
+        return sock.recv()
+    except zmq.Again:
+        raise BenchError(f"no reply within {REPLY_TIMEOUT_S:g} s") from None
 
 
-def _call(sock: zmq.Socket[bytes], method: str, params: Sequence[Any] | None = None,
-          timeout_s: float = 10.0) -> Any:
+def _call(sock: zmq.Socket[bytes], method: str, params: Sequence[Any] | None = None) -> Any:
     """One call on a socket with nothing else in flight; returns the result."""
     msg: dict[str, Any] = {"jsonrpc": "2.0", "id": 1, "method": method}
     if params is not None:
         msg["params"] = list(params)
     sock.send(orjson.dumps(msg))
-    reply = orjson.loads(_recv(sock, timeout_s))
+    reply = orjson.loads(_recv(sock))
     if "result" not in reply:
         raise BenchError(f"{method} failed: {reply.get('error')!r}")
     return reply["result"]
@@ -436,23 +455,25 @@ class _Procs:
     counter: int = 0
 
     def spawn(self, argv: list[str], what: str, *, graceful: bool = False,
-              env: dict[str, str] | None = None,
-              stdin: bool = False) -> tuple[subprocess.Popen[bytes], _LineReader, Path]:
+              env: dict[str, str] | None = None, stdin: bool = False,
+              capture: bool = False) -> tuple[subprocess.Popen[bytes], Path]:
+        """Start a child in its own process group; its stderr (and stdout, unless captured to
+        be read through a _LineReader) goes to the returned log file."""
         self.counter += 1
         log = self.tmp / f"{self.counter:02d}-{what.replace(' ', '-')}.log"
         with open(log, "wb") as err:
             proc = subprocess.Popen(
                 argv, stdin=subprocess.PIPE if stdin else subprocess.DEVNULL,
-                stdout=subprocess.PIPE, stderr=err, cwd=self.tmp, env=env,
+                stdout=subprocess.PIPE if capture else err, stderr=err, cwd=self.tmp, env=env,
                 start_new_session=True)
         self.procs.append((proc, graceful))
-        return proc, _LineReader(proc, what, log), log
+        return proc, log
 
     def spawn_ref(self, role: str, *args: str, what: str,
                   stdin: bool = False) -> tuple[subprocess.Popen[bytes], _LineReader]:
         argv = _guarded(_REFERENCE, signal.SIGKILL, __file__, role, *args)
-        proc, reader, _ = self.spawn(argv, what, stdin=stdin)
-        return proc, reader
+        proc, log = self.spawn(argv, what, stdin=stdin, capture=True)
+        return proc, _LineReader(proc, what, log)
 
     @contextlib.contextmanager
     def scope(self) -> Iterator[None]:
@@ -475,7 +496,7 @@ class _Procs:
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(proc.pid, signal.SIGTERM)
             with contextlib.suppress(subprocess.TimeoutExpired):
-                proc.wait(5)
+                proc.wait(STOP_TIMEOUT_S)
         # The group may outlive its leader (a worker of a master that exited): kill it anyway.
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(proc.pid, signal.SIGKILL)
@@ -492,7 +513,46 @@ class _Procs:
 
 
 # --------------------------------------------------------------------------------------------
-# Measurements
+# Measurements: every system is started first, then measured in interleaved rounds, so that a
+# burst of outside load slows one round of each system rather than one system.
+
+
+@dataclass
+class _Service:
+    """A running service the bench calls over ZeroMQ: a reference, or clusterd."""
+
+    system: str
+    addr: str
+    master_pid: int
+    worker_pids: list[int]
+
+
+@dataclass
+class _Tally:
+    """What the rounds measured of one system."""
+
+    seq_us: list[float] = field(default_factory=list)
+    rates: list[float] = field(default_factory=list)
+    calls: int = 0
+    master_cpu_s: float = 0.0
+    workers_cpu_s: float = 0.0
+
+    def figures(self, system: str, cpu_known: bool) -> dict[str, Any]:
+        times = sorted(self.seq_us)
+
+        def per_call(cpu_s: float) -> float | None:
+            return round(cpu_s * 1e6 / self.calls, 1) if cpu_known else None
+
+        return {"label": SYSTEM_LABELS[system],
+                "seq_p50_us": round(_percentile(times, 0.50), 1),
+                "seq_p99_us": round(_percentile(times, 0.99), 1),
+                "seq_mean_us": round(statistics.fmean(times), 1),
+                # The best round: load from outside the bench only ever slows a round down.
+                "pipelined_calls_per_s": round(max(self.rates)),
+                "pipelined_rounds_calls_per_s": [round(rate) for rate in self.rates],
+                "master_cpu_us_per_call": per_call(self.master_cpu_s),
+                "workers_cpu_us_per_call": per_call(self.workers_cpu_s),
+                "multi_client_calls_per_s": None}
 
 
 def _percentile(sorted_values: Sequence[float], q: float) -> float:
@@ -500,39 +560,11 @@ def _percentile(sorted_values: Sequence[float], q: float) -> float:
     return sorted_values[rank - 1]
 
 
-def _latency_figures(times_us: list[float]) -> dict[str, float]:
-    times_us = sorted(times_us)
-    return {"seq_p50_us": round(_percentile(times_us, 0.50), 1),
-            "seq_p99_us": round(_percentile(times_us, 0.99), 1),
-            "seq_mean_us": round(statistics.fmean(times_us), 1)}
-
-
-def _measure_zmq_system(ctx: zmq.Context[zmq.Socket[bytes]], procs: _Procs, addr: str,
-                        plan: Plan, system: str, master_pid: int,
-                        worker_pids: Sequence[int]) -> dict[str, Any]:
-    """Sequential, pipelined (one client) and multi-client figures of a service at ``addr``.
-
-    The CPU time per call of the master and of the workers is taken over the pipelined run:
-    unlike rates, it hardly depends on how the 2 cores are shared at that moment.
-    """
-    sock = _dealer(ctx, addr)
-    try:
-        _pipelined(sock, plan.window, plan.warmup_s)
-        figures: dict[str, Any] = {"label": SYSTEM_LABELS[system]}
-        figures.update(_latency_figures(_sequential_us(sock, plan.seq_calls)))
-        master_cpu, workers_cpu = _CpuMeter([master_pid]), _CpuMeter(worker_pids)
-        calls, elapsed = _pipelined(sock, plan.window, plan.duration_s)
-        figures["pipelined_calls_per_s"] = round(calls / elapsed)
-        figures["master_cpu_us_per_call"] = master_cpu.us_per(calls)
-        figures["workers_cpu_us_per_call"] = workers_cpu.us_per(calls)
-    finally:
-        sock.close(0)
-    figures["multi_client_calls_per_s"] = _multi_client(procs, addr, plan, system)
-    return figures
-
-
 class _CpuMeter:
-    """CPU time (user + system) that some processes spend from now on."""
+    """CPU time (user + system) that some processes spend from now on.
+
+    CPU time per call depends less than a rate on how the cores are shared meanwhile.
+    """
 
     def __init__(self, pids: Sequence[int]) -> None:
         self._procs = [psutil.Process(pid) for pid in pids]
@@ -541,89 +573,33 @@ class _CpuMeter:
     def _total(self) -> float:
         return sum(t.user + t.system for t in (p.cpu_times() for p in self._procs))
 
-    def us_per(self, calls: int) -> float:
-        return round((self._total() - self._start) * 1e6 / calls, 1)
+    def spent_s(self) -> float:
+        return self._total() - self._start
 
 
-def _multi_client(procs: _Procs, addr: str, plan: Plan, system: str) -> float:
-    clients = []
-    for i in range(plan.clients):
-        proc, reader = procs.spawn_ref("client", addr, str(plan.window), str(plan.duration_s),
-                                       str(plan.warmup_s), what=f"{system} client {i}",
-                                       stdin=True)
-        clients.append((proc, reader))
-    for _, reader in clients:
-        if reader.readline(START_TIMEOUT_S) != "ready":
-            raise BenchError(f"{system}: a client process did not get ready")
-    for proc, _ in clients:
-        assert proc.stdin is not None
-        proc.stdin.write(b"go\n")
-        proc.stdin.flush()
-    rate = 0.0
-    for proc, reader in clients:
-        report = json.loads(reader.readline(plan.duration_s + 30))
-        rate += report["calls"] / report["elapsed_s"]
-        procs.kill(proc)
-    return round(rate)
-
-
-def _start_echo_workers(procs: _Procs, addr: str, workers: int, hello: bool,
-                        system: str) -> list[int]:
-    started = [procs.spawn_ref("echo-worker", addr, "hello" if hello else "plain",
-                               what=f"{system} worker {i}") for i in range(workers)]
-    for _, reader in started:
-        reader.readline(START_TIMEOUT_S)
-    return [proc.pid for proc, _ in started]
-
-
-def _measure_c_proxy(ctx: zmq.Context[zmq.Socket[bytes]], procs: _Procs,
-                     plan: Plan) -> dict[str, Any]:
-    front, back = f"tcp://127.0.0.1:{_free_port()}", f"ipc://{procs.tmp}/proxy-back.sock"
-    with procs.scope():
-        proxy, reader = procs.spawn_ref("c-proxy", front, back, what="C proxy")
-        reader.readline(START_TIMEOUT_S)
-        workers = _start_echo_workers(procs, back, plan.workers, hello=False, system="C proxy")
-        # A DEALER deals only to the peers connected so far: let the workers' connections settle.
-        time.sleep(0.2)
-        return _measure_zmq_system(ctx, procs, front, plan, "c_proxy", proxy.pid, workers)
-
-
-def _measure_handwritten(ctx: zmq.Context[zmq.Socket[bytes]], procs: _Procs,
-                         plan: Plan) -> dict[str, Any]:
-    front, back = f"tcp://127.0.0.1:{_free_port()}", f"ipc://{procs.tmp}/handwritten-back.sock"
-    with procs.scope():
-        master, reader = procs.spawn_ref("handwritten", front, back, str(plan.workers),
-                                         what="hand-written master")
-        workers = _start_echo_workers(procs, back, plan.workers, hello=True,
-                                      system="hand-written")
-        if reader.readline(START_TIMEOUT_S) != "ready":
-            raise BenchError("hand-written master: workers did not register")
-        return _measure_zmq_system(ctx, procs, front, plan, "handwritten", master.pid, workers)
+def _zmq_round(sock: zmq.Socket[bytes], service: _Service, plan: Plan, tally: _Tally) -> None:
+    tally.seq_us += _sequential_us(sock, plan.seq_calls)
+    master, workers = _CpuMeter([service.master_pid]), _CpuMeter(service.worker_pids)
+    calls, elapsed = _pipelined(sock, plan.window, plan.duration_s)
+    tally.master_cpu_s += master.spent_s()
+    tally.workers_cpu_s += workers.spent_s()
+    tally.calls += calls
+    tally.rates.append(calls / elapsed)
 
 
 def _pool_echo(x: Any) -> Any:
     return x
 
 
-def _measure_process_pool(plan: Plan) -> dict[str, Any]:
-    # Spawned, not forked: the bench process holds ZeroMQ contexts and their threads.
-    mp = multiprocessing.get_context("spawn")
-    with concurrent.futures.ProcessPoolExecutor(plan.workers, mp_context=mp) as pool:
-        _pool_pipelined(pool, plan.window, plan.warmup_s)
-        clock = time.perf_counter_ns
-        times: list[float] = []
-        for _ in range(plan.seq_calls):
-            t0 = clock()
-            pool.submit(_pool_echo, PAYLOAD).result()
-            times.append((clock() - t0) / 1000)
-        figures: dict[str, Any] = {"label": SYSTEM_LABELS["process_pool"]}
-        figures.update(_latency_figures(times))
-        calls, elapsed = _pool_pipelined(pool, plan.window, plan.duration_s)
-    figures["pipelined_calls_per_s"] = round(calls / elapsed)
-    figures["master_cpu_us_per_call"] = None
-    figures["workers_cpu_us_per_call"] = None
-    figures["multi_client_calls_per_s"] = None
-    return figures
+def _pool_round(pool: concurrent.futures.ProcessPoolExecutor, plan: Plan, tally: _Tally) -> None:
+    clock = time.perf_counter_ns
+    for _ in range(plan.seq_calls):
+        t0 = clock()
+        pool.submit(_pool_echo, PAYLOAD).result()
+        tally.seq_us.append((clock() - t0) / 1000)
+    calls, elapsed = _pool_pipelined(pool, plan.window, plan.duration_s)
+    tally.calls += calls
+    tally.rates.append(calls / elapsed)
 
 
 def _pool_pipelined(pool: concurrent.futures.ProcessPoolExecutor, window: int,
@@ -644,6 +620,86 @@ def _pool_pipelined(pool: concurrent.futures.ProcessPoolExecutor, window: int,
     for fut in in_flight:
         fut.result()
     return done, elapsed
+
+
+def _measure_rounds(ctx: zmq.Context[zmq.Socket[bytes]], procs: _Procs,
+                    services: dict[str, _Service], plan: Plan,
+                    report: Progress) -> dict[str, dict[str, Any]]:
+    """Sequential and pipelined figures of every system, then the multi-client rates."""
+    tallies = {system: _Tally() for system in SYSTEM_LABELS}
+    # Spawned, not forked: the bench process holds ZeroMQ contexts and their threads.
+    spawn = multiprocessing.get_context("spawn")
+    with contextlib.ExitStack() as stack:
+        pool = stack.enter_context(
+            concurrent.futures.ProcessPoolExecutor(plan.workers, mp_context=spawn))
+        socks: dict[str, zmq.Socket[bytes]] = {}
+        report("warming up…")
+        for system, service in services.items():
+            socks[system] = _dealer(ctx, service.addr)
+            stack.callback(socks[system].close, 0)
+            _pipelined(socks[system], plan.window, plan.warmup_s)
+        _pool_pipelined(pool, plan.window, plan.warmup_s)
+        for round_no in range(1, plan.rounds + 1):
+            for system, tally in tallies.items():
+                report(f"round {round_no}/{plan.rounds}: {SYSTEM_LABELS[system]}…")
+                if system == "process_pool":
+                    _pool_round(pool, plan, tally)
+                else:
+                    _zmq_round(socks[system], services[system], plan, tally)
+    figures = {system: tally.figures(system, cpu_known=system in services)
+               for system, tally in tallies.items()}
+    for system, service in services.items():
+        report(f"{SYSTEM_LABELS[system]}: {plan.clients} clients at once…")
+        figures[system]["multi_client_calls_per_s"] = _multi_client(procs, service.addr, plan,
+                                                                    system)
+    return figures
+
+
+def _multi_client(procs: _Procs, addr: str, plan: Plan, system: str) -> float:
+    """The summed rate of ``plan.clients`` client processes, pipelining at the same time."""
+    with procs.scope():
+        clients = [procs.spawn_ref("client", addr, str(plan.window), str(plan.multi_duration_s),
+                                   str(plan.warmup_s), what=f"{system} client {i}", stdin=True)
+                   for i in range(plan.clients)]
+        for _, reader in clients:
+            if reader.readline(START_TIMEOUT_S) != "ready":
+                raise BenchError(f"{system}: a client process did not get ready")
+        for proc, _ in clients:
+            assert proc.stdin is not None
+            proc.stdin.write(b"go\n")
+            proc.stdin.flush()
+        rate = 0.0
+        for _, reader in clients:
+            done = json.loads(reader.readline(plan.multi_duration_s + 30))
+            rate += done["calls"] / done["elapsed_s"]
+    return round(rate)
+
+
+def _start_echo_workers(procs: _Procs, addr: str, workers: int, hello: bool,
+                        system: str) -> list[int]:
+    started = [procs.spawn_ref("echo-worker", addr, "hello" if hello else "plain",
+                               what=f"{system} worker {i}") for i in range(workers)]
+    for _, reader in started:
+        reader.readline(START_TIMEOUT_S)
+    return [proc.pid for proc, _ in started]
+
+
+def _start_c_proxy(procs: _Procs, plan: Plan) -> _Service:
+    front, back = f"tcp://127.0.0.1:{_free_port()}", f"ipc://{procs.tmp}/proxy-back.sock"
+    proxy, reader = procs.spawn_ref("c-proxy", front, back, what="C proxy")
+    reader.readline(START_TIMEOUT_S)
+    workers = _start_echo_workers(procs, back, plan.workers, hello=False, system="C proxy")
+    return _Service("c_proxy", front, proxy.pid, workers)
+
+
+def _start_handwritten(procs: _Procs, plan: Plan) -> _Service:
+    front, back = f"tcp://127.0.0.1:{_free_port()}", f"ipc://{procs.tmp}/handwritten-back.sock"
+    master, reader = procs.spawn_ref("handwritten", front, back, str(plan.workers),
+                                     what="hand-written master")
+    workers = _start_echo_workers(procs, back, plan.workers, hello=True, system="hand-written")
+    if reader.readline(START_TIMEOUT_S) != "ready":
+        raise BenchError("hand-written master: its workers did not register")
+    return _Service("handwritten", front, master.pid, workers)
 
 
 def _free_port() -> int:
@@ -678,8 +734,8 @@ def _start_instance(procs: _Procs, ctx: zmq.Context[zmq.Socket[bytes]], workers:
     env["PYTHONPATH"] = os.pathsep.join(p for p in (package_parent, env.get("PYTHONPATH")) if p)
     argv = _guarded(_MODULE, signal.SIGTERM, "clusterd", "run", "clusterd.bench_app:Master",
                     "clusterd.bench_app:Worker", "--workers", str(workers), "--name", name,
-                    "--bind", addr, "--graceful-timeout", "5")
-    proc, _, log = procs.spawn(argv, f"clusterd {name}", graceful=True, env=env)
+                    "--bind", addr, "--graceful-timeout", str(STOP_TIMEOUT_S))
+    proc, log = procs.spawn(argv, f"clusterd {name}", graceful=True, env=env)
     instance = _Instance(name, addr, f"ipc://{runtime}/{name}/control.sock", proc, log)
     _wait_serving(ctx, instance, workers)
     return instance
@@ -709,7 +765,7 @@ def _wait_serving(ctx: zmq.Context[zmq.Socket[bytes]], instance: _Instance,
         sock.close(0)
     while True:
         status = _status(ctx, instance)
-        if sum(w["state"] == "ready" for w in status["workers"]) >= workers:
+        if len(_ready_workers(status)) >= workers:
             return
         if time.monotonic() > deadline:
             raise BenchError(f"clusterd: {workers} workers not ready within "
@@ -734,10 +790,14 @@ def _calibrate_burn(burn_ms: float) -> tuple[int, float]:
     """The ``n`` for which ``burn(n)`` takes about ``burn_ms`` here, and its measured time."""
     from clusterd.bench_app import burn
 
-    probe = 200_000
-    best = min(_timed(burn, probe) for _ in range(3))
-    n = max(1000, int(probe * burn_ms / 1000 / best))
-    return n, round(min(_timed(burn, n) for _ in range(2)) * 1000, 1)
+    n, goal_s = 200_000, burn_ms / 1000
+    took = min(_timed(burn, n) for _ in range(2))
+    for _ in range(3):  # a probe slowed by outside load gives too small an n: check, rescale
+        if abs(took - goal_s) < 0.1 * goal_s:
+            break
+        n = max(1000, int(n * goal_s / took))
+        took = min(_timed(burn, n) for _ in range(2))
+    return n, round(took * 1000, 1)
 
 
 def _timed(fn: Callable[[int], object], arg: int) -> float:
@@ -755,7 +815,7 @@ def _burn_time(ctx: zmq.Context[zmq.Socket[bytes]], instance: _Instance, n: int,
         for i in range(calls):
             sock.send(_request(i, "burn", (n,)))
         for _ in range(calls):
-            _reply_id(_recv(sock, 60))
+            _reply_id(_recv(sock))
         return time.perf_counter() - t0
     finally:
         sock.close(0)
@@ -766,14 +826,14 @@ def _restart_ms(ctx: zmq.Context[zmq.Socket[bytes]], instance: _Instance, slot: 
     sock = _dealer(ctx, instance.control)
     try:
         old = _slot_worker(_call(sock, "clusterd.status"), slot)
-        if old is None or old["state"] != "ready":
+        if old is None:
             raise BenchError(f"clusterd: slot {slot} has no ready worker")
         t0 = time.perf_counter()
         os.kill(old["pid"], signal.SIGKILL)
         deadline = t0 + START_TIMEOUT_S
         while time.perf_counter() < deadline:
             new = _slot_worker(_call(sock, "clusterd.status"), slot)
-            if new is not None and new["pid"] != old["pid"] and new["state"] == "ready":
+            if new is not None and new["pid"] != old["pid"]:
                 return (time.perf_counter() - t0) * 1000
             time.sleep(0.002)
         raise BenchError(f"clusterd: slot {slot} not serving again within {START_TIMEOUT_S:g} s"
@@ -782,66 +842,53 @@ def _restart_ms(ctx: zmq.Context[zmq.Socket[bytes]], instance: _Instance, slot: 
         sock.close(0)
 
 
+def _ready_workers(status: dict[str, Any]) -> list[dict[str, Any]]:
+    return [w for w in status["workers"] if w["state"] == "ready" and w.get("pid")]
+
+
 def _slot_worker(status: dict[str, Any], slot: int) -> dict[str, Any] | None:
-    """The serving (or starting) worker of a slot; a draining old one does not count."""
-    found = [w for w in status["workers"] if w["slot"] == slot]
-    found.sort(key=lambda w: w["state"] != "ready")
-    return found[0] if found else None
+    """The ready worker of a slot, if any."""
+    return next((w for w in _ready_workers(status) if w["slot"] == slot), None)
 
 
-def _measure_clusterd(ctx: zmq.Context[zmq.Socket[bytes]], procs: _Procs, plan: Plan,
-                      progress: Progress) -> dict[str, Any]:
-    burn_n, burn_ms = _calibrate_burn(plan.burn_ms)
-    settle_s = 0.3 if plan.quick else 1.0
-
-    progress(f"starting clusterd with {plan.workers} workers…")
-    instance = _start_instance(procs, ctx, plan.workers)
+def _service_of(ctx: zmq.Context[zmq.Socket[bytes]], instance: _Instance) -> _Service:
     status = _status(ctx, instance)
-    master_pid = int(status["master"]["pid"])
-    worker_pids = [int(w["pid"]) for w in status["workers"]]
-    time.sleep(settle_s)
-    fresh_rss = _rss_mb(master_pid)
-    progress("measuring clusterd…")
-    system = _measure_zmq_system(ctx, procs, instance.addr, plan, "clusterd", master_pid,
-                                 worker_pids)
-    time.sleep(settle_s)
-    worker_pid = int(_status(ctx, instance)["workers"][0]["pid"])
-    memory = {"master_rss_mb": _rss_mb(master_pid), "master_rss_fresh_mb": fresh_rss,
-              "worker_rss_mb": _rss_mb(worker_pid)}
-    progress("measuring CPU-bound speedup…")
-    time_n = _best_burn_time(ctx, instance, burn_n, plan)
-    procs.kill(instance.proc)
+    return _Service("clusterd", instance.addr, int(status["master"]["pid"]),
+                    [int(w["pid"]) for w in _ready_workers(status)])
 
-    progress("starting clusterd with 1 worker…")
-    single = _start_instance(procs, ctx, 1, suffix="-1")
-    progress("measuring CPU-bound time on 1 worker…")
-    time_1 = _best_burn_time(ctx, single, burn_n, plan)
-    procs.kill(single.proc)
-    cpu = {"burn_n": burn_n, "burn_ms": burn_ms, "calls": plan.burn_calls,
-           "workers": plan.workers, "time_1_worker_s": round(time_1, 3),
-           "time_n_workers_s": round(time_n, 3), "speedup": round(time_1 / time_n, 2)}
 
-    # One slot per kill: a slot that fails again soon is restarted with backoff (crash-loop
-    # protection), which is not what this figure is about.
-    progress(f"starting clusterd with {plan.restart_repeats} workers…")
-    many = _start_instance(procs, ctx, plan.restart_repeats, suffix="-r")
+def _measure_speedup(ctx: zmq.Context[zmq.Socket[bytes]], many: _Instance, single: _Instance,
+                     plan: Plan) -> dict[str, Any]:
+    """``plan.burn_calls`` concurrent burn calls on N workers, then on 1, in turn; best of each."""
+    burn_n, burn_ms = _calibrate_burn(plan.burn_ms)
+    for instance, workers in ((many, plan.workers), (single, 1)):
+        warm_until = time.monotonic() + plan.burn_warmup_s
+        while time.monotonic() < warm_until:
+            _burn_time(ctx, instance, burn_n, workers)
+    times_n, times_1 = [], []
+    for _ in range(plan.burn_repeats):
+        times_n.append(_burn_time(ctx, many, burn_n, plan.burn_calls))
+        times_1.append(_burn_time(ctx, single, burn_n, plan.burn_calls))
+    time_n, time_1 = min(times_n), min(times_1)
+    return {"burn_n": burn_n, "burn_ms": burn_ms, "calls": plan.burn_calls,
+            "workers": plan.workers, "time_1_worker_s": round(time_1, 3),
+            "time_n_workers_s": round(time_n, 3), "speedup": round(time_1 / time_n, 2)}
+
+
+def _measure_restarts(ctx: zmq.Context[zmq.Socket[bytes]], instance: _Instance, plan: Plan,
+                      report: Progress) -> dict[str, Any]:
+    """Kill the worker of slots 0, 1, ... once each; see _restart_ms.
+
+    One kill per slot: a slot that fails again within seconds is restarted with backoff
+    (crash-loop protection), which is not what this figure is about.
+    """
     samples = []
     for slot in range(plan.restart_repeats):
-        progress(f"measuring worker restart {slot + 1}/{plan.restart_repeats}…")
+        report(f"worker restart {slot + 1}/{plan.restart_repeats}…")
         time.sleep(plan.restart_gap_s)
-        samples.append(round(_restart_ms(ctx, many, slot), 1))
-    procs.kill(many.proc)
-    restart = {"samples_ms": samples, "median_ms": round(statistics.median(samples), 1),
-               "max_ms": max(samples)}
-    return {"system": system, "memory": memory, "cpu": cpu, "restart": restart}
-
-
-def _best_burn_time(ctx: zmq.Context[zmq.Socket[bytes]], instance: _Instance, burn_n: int,
-                    plan: Plan) -> float:
-    """The best of a few timings: other load on the machine only ever makes them slower."""
-    _burn_time(ctx, instance, burn_n // 10, plan.workers)  # warm-up
-    return min(_burn_time(ctx, instance, burn_n, plan.burn_calls)
-               for _ in range(plan.burn_repeats))
+        samples.append(round(_restart_ms(ctx, instance, slot), 1))
+    return {"samples_ms": samples, "median_ms": round(statistics.median(samples), 1),
+            "max_ms": max(samples)}
 
 
 # --------------------------------------------------------------------------------------------
@@ -877,24 +924,45 @@ def _targets(systems: dict[str, dict[str, Any]], cpu: dict[str, Any], restart: d
 
 def run_bench(*, quick: bool = False, workers: int = 2,
               progress: Progress | None = None) -> dict[str, Any]:
-    """Run every measurement and return the result document described in the module docstring."""
+    """Run every measurement and return the result document described in the module docstring.
+
+    Raises BenchError when a measurement cannot be made (clusterd does not start, a call fails).
+    """
     if workers < 1:
         raise ValueError("workers must be at least 1")
     report: Progress = progress or (lambda _msg: None)
     plan = Plan.make(quick=quick, workers=workers)
+    settle_s = 0.3 if quick else 1.0
     started = time.perf_counter()
-    systems: dict[str, dict[str, Any]] = {}
     with _bench_session() as (ctx, procs):
-        report("measuring ProcessPoolExecutor…")
-        systems["process_pool"] = _measure_process_pool(plan)
-        report("measuring C proxy…")
-        systems["c_proxy"] = _measure_c_proxy(ctx, procs, plan)
-        report("measuring hand-written master…")
-        systems["handwritten"] = _measure_handwritten(ctx, procs, plan)
-        measured = _measure_clusterd(ctx, procs, plan, report)
-    systems["clusterd"] = measured["system"]
-    targets = _targets(systems, measured["cpu"], measured["restart"], measured["memory"],
-                       workers)
+        report("starting the reference systems…")
+        services = {"c_proxy": _start_c_proxy(procs, plan),
+                    "handwritten": _start_handwritten(procs, plan)}
+        report(f"starting clusterd with {workers} workers…")
+        main = _start_instance(procs, ctx, workers)
+        report("starting clusterd with 1 worker…")
+        single = _start_instance(procs, ctx, 1, suffix="-1")
+        services["clusterd"] = clusterd = _service_of(ctx, main)
+        time.sleep(settle_s)
+        fresh_rss = _rss_mb(clusterd.master_pid)
+
+        systems = _measure_rounds(ctx, procs, services, plan, report)
+        time.sleep(settle_s)
+        memory = {"master_rss_mb": _rss_mb(clusterd.master_pid),
+                  "master_rss_fresh_mb": fresh_rss,
+                  "worker_rss_mb": _rss_mb(_service_of(ctx, main).worker_pids[0])}
+        report("CPU-bound speedup…")
+        cpu = _measure_speedup(ctx, main, single, plan)
+        restart: dict[str, Any] | None = None
+        if plan.restart_repeats <= workers:
+            restart = _measure_restarts(ctx, main, plan, report)
+        procs.kill_all()
+        if restart is None:
+            report(f"starting clusterd with {plan.restart_repeats} workers…")
+            restart = _measure_restarts(
+                ctx, _start_instance(procs, ctx, plan.restart_repeats, suffix="-r"), plan,
+                report)
+    targets = _targets(systems, cpu, restart, memory, workers)
     return {
         "version": RESULT_VERSION,
         "quick": quick,
@@ -902,27 +970,12 @@ def run_bench(*, quick: bool = False, workers: int = 2,
         "machine": _machine(),
         "params": plan.as_dict(),
         "systems": {key: systems[key] for key in SYSTEM_LABELS},
-        "cpu": measured["cpu"],
-        "restart": measured["restart"],
-        "memory": measured["memory"],
+        "cpu": cpu,
+        "restart": restart,
+        "memory": memory,
         "targets": targets,
         "all_met": all(t["met"] for t in targets.values()),
     }
-
-
-def run_references(*, quick: bool = False, workers: int = 2,
-                   progress: Progress | None = None) -> dict[str, dict[str, Any]]:
-    """Only the reference systems (no clusterd needed): ``{system: figures}``."""
-    report: Progress = progress or (lambda _msg: None)
-    plan = Plan.make(quick=quick, workers=workers)
-    with _bench_session() as (ctx, procs):
-        report("measuring ProcessPoolExecutor…")
-        pool = _measure_process_pool(plan)
-        report("measuring C proxy…")
-        proxy = _measure_c_proxy(ctx, procs, plan)
-        report("measuring hand-written master…")
-        handwritten = _measure_handwritten(ctx, procs, plan)
-    return {"process_pool": pool, "c_proxy": proxy, "handwritten": handwritten}
 
 
 @contextlib.contextmanager

@@ -31,3 +31,11 @@ def burn(n: int) -> int:
     for i in range(n):
         total += i * i
     return total
+
+
+class ChaosWorker(Worker):
+    """The bench's worker plus an idempotent call, for `clusterd bench --chaos`."""
+
+    @rpc(idempotent=True)
+    def idem_echo(self, x: Any) -> Any:
+        return x

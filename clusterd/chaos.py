@@ -241,3 +241,55 @@ def format_tallies(t: dict) -> str:
 
 
 __all__ = ["run_chaos", "format_tallies", "DEFAULT_MIX", "EXPECTED_ERRORS"]
+
+
+BENCH_MIX: tuple[tuple[str, list, bool], ...] = (
+    ("echo", ["x" * 50], False),
+    ("burn", [20000], False),
+    ("idem_echo", ["x" * 50], True),
+)
+
+
+def run_chaos_bench(seconds: float, workers: int = 3, progress: Any = None) -> dict:
+    """`clusterd bench --chaos SECONDS`: a throwaway instance of the bench app under random kills."""
+    import os
+    import shutil
+    import signal
+    import subprocess
+    import sys
+    import tempfile
+
+    tmp = tempfile.mkdtemp(prefix="cd-chaos-", dir="/tmp")
+    name = f"chaos-{os.getpid()}"
+    env = dict(os.environ, CLUSTERD_RUNTIME_DIR=tmp)
+    env.pop("NOTIFY_SOCKET", None)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "clusterd", "run", "clusterd.bench_app:Master", "clusterd.bench_app:ChaosWorker",
+         "--workers", str(workers), "--name", name, "--crash-limit", "100000", "--queue-timeout", "10"],
+        env=env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        start_new_session=True)
+    control = f"ipc://{tmp}/{name}/control.sock"
+    try:
+        if progress:
+            progress(f"starting {workers} workers…")
+        caller = _Caller(zmq.Context.instance(), control)
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                if caller.call("clusterd.status", timeout=1.0)["state"] == "running":
+                    break
+            except Exception:  # still starting
+                pass
+            if proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError("the chaos instance did not start")
+            time.sleep(0.05)
+        if progress:
+            progress(f"calling for {seconds:g}s while killing workers at random…")
+        return run_chaos(control, seconds, mix=BENCH_MIX)
+    finally:
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        proc.wait()
+        shutil.rmtree(tmp, ignore_errors=True)

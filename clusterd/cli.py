@@ -520,6 +520,40 @@ def _value_origin(exc: click.UsageError) -> str:
     return ""
 
 
+@cli.command()
+@click.option("--quick", is_flag=True, help="Short measurements (about 10 s), as the test suite runs it.")
+@click.option("--json", "as_json", is_flag=True, help="Print the result document instead of the table.")
+@click.option("--workers", type=click.IntRange(min=1), default=2, show_default=True,
+              help="Workers of the measured instance; the speedup compares it with 1.")
+@click.option("--chaos", type=float, default=None, metavar="SECONDS",
+              help="Instead: clients call while workers are SIGKILLed at random; print the tallies.")
+def bench(quick: bool, as_json: bool, workers: int, chaos: float | None) -> None:
+    """Measure clusterd against a C zmq.proxy, a hand-written master and ProcessPoolExecutor."""
+    from .bench import BenchError, format_table, run_bench
+
+    live = sys.stderr.isatty()
+
+    def progress(message: str) -> None:
+        click.echo(f"\r\x1b[K{message}" if live else message, err=True, nl=not live)
+
+    if chaos is not None:
+        from .chaos import run_chaos_bench
+        result = run_chaos_bench(chaos, workers=max(workers, 2), progress=progress)
+        if live:
+            click.echo("\r\x1b[K", err=True, nl=False)
+        from .chaos import format_tallies
+        click.echo(protocol.dumps(result).decode() if as_json else format_tallies(result))
+        sys.exit(EXIT_OK if result.get("passed") else EXIT_FAILURE)
+    try:
+        result = run_bench(quick=quick, workers=workers, progress=progress)
+    except BenchError as exc:
+        fail(f"bench failed: {exc}", EXIT_FAILURE)
+    finally:
+        if live:
+            click.echo("\r\x1b[K", err=True, nl=False)
+    click.echo(protocol.dumps(result).decode() if as_json else format_table(result))
+
+
 @cli.command(name="worker")
 @click.argument("worker", envvar="CLUSTERD_WORKER")
 @click.option("--connect", required=True, envvar="CLUSTERD_CONNECT",

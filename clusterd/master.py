@@ -181,6 +181,7 @@ class Router:
         self.endpoint._router = self
         self.endpoint.workers = WorkersProxy(self)
         self.dispatcher = Dispatcher(self.endpoint, config.debug)
+        self._exact = _ExactMethods(self.dispatcher.methods)
         self.worker_methods: dict[str, dict] = {name: m.describe() for name, m in method_table(worker_cls).items()}
         self.supervisor = Supervisor(config, self)
         self.queue: deque[Call] = deque()
@@ -278,7 +279,9 @@ class Router:
         payload = frames[-1]
         envelope = frames[:-1]
         try:
-            obj = protocol.loads(payload)
+            obj = protocol.fast_loads(payload)
+            if type(obj) is not dict or type(obj.get("id")) is float or obj.get("method") in self._exact:
+                obj = protocol.loads(payload)  # a batch, a big-integer id, or params the master itself reads
         except ValueError:
             return self._send(sock, envelope, protocol.encode_error(None, protocol.PARSE_ERROR))
         if type(obj) is dict:
@@ -763,6 +766,16 @@ class Router:
     def fail_pending(self) -> None:
         while self.queue:
             self.reply_error(self.queue.popleft(), protocol.SHUTTING_DOWN)
+
+
+class _ExactMethods:
+    """Methods the master runs itself (its own, admin, internal): their params are decoded exactly."""
+
+    def __init__(self, methods: dict) -> None:
+        self.methods = methods
+
+    def __contains__(self, name: object) -> bool:
+        return isinstance(name, str) and (name in self.methods or name.startswith("clusterd."))
 
 
 def _loads_dict(payload: bytes) -> dict:

@@ -51,6 +51,10 @@ _LONG_DIGITS = re.compile(rb"\d{19}")
 _LONG_DIGITS_STR = re.compile(r"\d{19}")
 
 
+fast_loads = orjson.loads
+"""For routing only: integers past 64 bits come back as floats (the master re-reads those exactly)."""
+
+
 def loads(data: bytes | bytearray | memoryview | str) -> Any:
     """Decode one JSON document; ValueError when it is not valid JSON (NaN and Infinity are not)."""
     obj = orjson.loads(data)

@@ -21,6 +21,8 @@ BATCH = 512
 SNDMORE = int(zmq.SNDMORE)
 NOBLOCK = int(zmq.NOBLOCK)
 _RCVMORE = int(zmq.RCVMORE)
+_EVENTS = int(zmq.EVENTS)
+_POLLIN = int(zmq.POLLIN)
 _send = _Backend.send
 _recv = _Backend.recv
 _get = _Backend.get
@@ -77,12 +79,20 @@ class SocketReader:
             handler(frames)
             if self.closed:
                 return
-        self.wake()  # more may be queued: continue on the next loop turn, after other events
+        if not self._scheduled:  # more may be queued: continue on the next loop turn, after other events
+            self._scheduled = True
+            self.loop.call_soon(self._drain)
 
     def wake(self) -> None:
         if not self._scheduled and not self.closed:
             self._scheduled = True
-            self.loop.call_soon(self._drain)
+            self.loop.call_soon(self._check)
+
+    def _check(self) -> None:
+        """After a send: asking ZMQ_EVENTS re-arms ZMQ_FD; drain only if a message slipped in."""
+        self._scheduled = False
+        if not self.closed and _get(self.sock, _EVENTS) & _POLLIN:
+            self._drain()
 
     def close(self) -> None:
         if not self.closed:

@@ -19,19 +19,6 @@ TARGETS = ("forwarded_vs_handwritten", "forwarded_vs_c_proxy", "forwarded_vs_pro
            "seq_p50_vs_c_proxy", "speedup", "restart_median_ms", "master_rss_mb")
 
 
-def _has_bench_command() -> bool:
-    try:
-        shown = subprocess.run([sys.executable, "-m", "clusterd", "--help"], cwd=ROOT,
-                               capture_output=True, text=True, timeout=30)
-    except subprocess.TimeoutExpired:
-        return False
-    return shown.returncode == 0 and "bench" in shown.stdout
-
-
-pytestmark = pytest.mark.skipif(not _has_bench_command(),
-                                reason="the CLI has no `bench` command yet")
-
-
 @pytest.fixture(scope="module")
 def result() -> dict[str, Any]:
     done = subprocess.run(BENCH, cwd=ROOT, capture_output=True, text=True, timeout=110)
@@ -52,8 +39,12 @@ def test_bench_reports_every_system(result: dict[str, Any]) -> None:
         for key in SYSTEM_FIGURES:
             assert _positive(figures[key]), (name, key, figures[key])
         assert figures["seq_p50_us"] <= figures["seq_p99_us"]
+        rounds = figures["pipelined_rounds_calls_per_s"]
+        assert rounds and all(_positive(rate) for rate in rounds), name
     for name in ("c_proxy", "handwritten", "clusterd"):
-        assert _positive(result["systems"][name]["multi_client_calls_per_s"]), name
+        for key in ("multi_client_calls_per_s", "master_cpu_us_per_call",
+                    "workers_cpu_us_per_call"):
+            assert _positive(result["systems"][name][key]), (name, key)
 
 
 @pytest.mark.timeout(120)
@@ -88,3 +79,14 @@ def test_bench_table_shows_every_system_and_target(result: dict[str, Any]) -> No
         assert figures["label"] in table
     for target in result["targets"].values():
         assert target["label"] in table
+
+
+@pytest.mark.timeout(60)
+def test_bench_chaos_reports_tallies_and_passes() -> None:
+    done = subprocess.run([sys.executable, "-m", "clusterd", "bench", "--chaos", "3", "--json"], cwd=ROOT,
+                          capture_output=True, text=True, timeout=55)
+    assert done.returncode == 0, done.stderr
+    tallies = json.loads(done.stdout)
+    assert tallies["passed"] is True
+    assert tallies["kills"] >= 1 and tallies["unanswered"] == 0
+    assert tallies["idempotent_failed"] == 0
