@@ -37,6 +37,14 @@ def send_frames(sock: zmq.Socket, frames: list[bytes], flags: int = 0) -> None:
     _send(sock, frames[last], flags)
 
 
+def recv_routed(sock: zmq.Socket) -> list[bytes]:
+    """recv_frames for a ROUTER: its first frame (the sender's identity) always has a successor."""
+    parts = [_recv(sock, NOBLOCK), _recv(sock, NOBLOCK)]
+    while _get(sock, _RCVMORE):
+        parts.append(_recv(sock, NOBLOCK))
+    return parts
+
+
 def recv_frames(sock: zmq.Socket) -> list[bytes]:
     """recv_multipart(NOBLOCK) without the enum overhead; raises zmq.Again when nothing is queued."""
     parts = [_recv(sock, NOBLOCK)]
@@ -48,7 +56,7 @@ def recv_frames(sock: zmq.Socket) -> list[bytes]:
 class SocketReader:
     """Calls handler(frames) for each message arriving on sock."""
 
-    __slots__ = ("loop", "sock", "handler", "_fd", "_scheduled", "closed")
+    __slots__ = ("loop", "sock", "handler", "_fd", "_scheduled", "closed", "_recv")
 
     def __init__(self, loop: asyncio.AbstractEventLoop, sock: zmq.Socket,
                  handler: Callable[[list[bytes]], None]) -> None:
@@ -56,6 +64,7 @@ class SocketReader:
         self.sock = sock
         self.handler = handler
         self._fd = sock.getsockopt(zmq.FD)
+        self._recv = recv_routed if sock.socket_type == zmq.ROUTER else recv_frames
         self._scheduled = False
         self.closed = False
         loop.add_reader(self._fd, self._drain)
@@ -67,9 +76,10 @@ class SocketReader:
             return
         sock = self.sock
         handler = self.handler
+        recv = self._recv
         for _ in range(BATCH):
             try:
-                frames = recv_frames(sock)
+                frames = recv(sock)
             except zmq.Again:
                 return
             except zmq.ZMQError:
