@@ -357,7 +357,7 @@ class Router:
             if self._sweep_handle is None:
                 self._sweep_handle = self.loop.call_later(min(0.1, call.timeout), self._sweep_deadlines)
         try:
-            send_frames(worker.sock, [worker.ident, b"c" + token, call.payload])
+            send_frames(worker.sock, [worker.ident, b"c" + token + call.payload])
         except zmq.ZMQError:
             # its connection is already gone (ROUTER_MANDATORY): the worker never got the call
             del worker.calls[token]
@@ -455,25 +455,25 @@ class Router:
     # ------------------------------------------------------------------ worker socket
     def _on_worker_message(self, frames: list[bytes], sock: zmq.Socket) -> None:
         ident = frames[0]
-        head = frames[1] if len(frames) > 2 else b""
+        head = frames[1] if len(frames) > 1 else b""
         kind = head[:1]
-        if kind == b"r" or kind == b"e":  # an answer: [b"r" + token, response]
+        if (kind == b"r" or kind == b"e") and len(frames) == 2:  # an answer: [b"r" + token + response]
             worker = self.supervisor.by_ident.get(ident)
             if worker is None:
                 return
-            call = worker.calls.pop(head[1:], None)
+            call = worker.calls.pop(head[1:9], None)
             if call is None:
                 return  # timed out or the caller is gone: dropped
             worker.served += 1
             if kind == b"e":
                 worker.failed += 1
             if call.future is None:
-                self._send(call.sock, call.envelope, frames[2])
+                self._send(call.sock, call.envelope, head[9:])
                 counts = self._client_calls.get(call.sock)
                 if counts is not None:
                     self._release(counts, call.envelope[0])
             elif not call.future.done():
-                call.future.set_result(frames[2])
+                call.future.set_result(head[9:])
             if worker.state is not WorkerState.READY:
                 if not worker.calls:
                     if worker.retire_reason == "hung" and worker.state is WorkerState.DRAINING:
@@ -482,12 +482,14 @@ class Router:
                         self.supervisor.on_idle(worker)
             elif worker.max_requests and worker.served >= worker.max_requests:
                 self.supervisor.recycle(worker, "max-requests")
+        elif len(frames) != 3:
+            return  # not a message of ours
         elif kind == b"q":
             self._on_worker_request(ident, frames[2], sock)
         elif kind == b"b":
             if ident[3:] in self.supervisor.by_ident:  # a worker of a master that died gets no answer: it exits
                 self._to_worker([ident, b"b"], sock)
-            self.supervisor.on_beat(ident[3:], _loads_dict(frames[2]) if len(frames) > 2 else {})
+            self.supervisor.on_beat(ident[3:], _loads_dict(frames[2]))
         elif kind == b"h":
             self.supervisor.on_hello(ident, _loads_dict(frames[2]))
         elif kind == b"f":

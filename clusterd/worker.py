@@ -3,11 +3,12 @@
 A worker is a fresh interpreter with one DEALER socket to the master's workers socket. Frames on
 that link (the master sees the DEALER's routing id first):
 
-    master -> worker   [b"c" + token, request]  a call to answer with the same token
+    master -> worker   [b"c" + token + request] a call (one frame; the token is 8 bytes) to answer
+                                                with the same token
                        [b"n", request]          a notification
                        [b"a", response]         the answer to one of the worker's own requests
                        [b"s"]                   stop gracefully
-    worker -> master   [b"r"|b"e" + token, response]   answer (r: result, e: error)
+    worker -> master   [b"r"|b"e" + token + response]  answer in one frame (r: result, e: error)
                        [b"q", request]          the worker's own request to the master
                        [b"h", hello]            ready, with the worker's method table
                        [b"f", failure]          could not start: the traceback
@@ -132,7 +133,7 @@ class WorkerLink:
         head = frames[0]
         kind = head[:1]
         if kind == b"c":
-            self._serve(head[1:], frames[1])
+            self._serve(head[1:9], head[9:])
         elif kind == b"a":
             self._on_answer(frames[1])
         elif kind == b"n":
@@ -177,7 +178,7 @@ class WorkerLink:
         if token is None:
             return  # a notification gets no answer
         head = (b"e" if "error" in response else b"r") + token
-        send_frames(self.sock, [head, encode_response(response, self.debug)])
+        send_frames(self.sock, [head + encode_response(response, self.debug)])
         self.reader.wake()
 
     async def drain(self) -> None:
