@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING
 import zmq
 
 from . import log, protocol
-from .pool import Slot, Worker, WorkerState
+from .pool import Slot, Worker
 
 if TYPE_CHECKING:
     from .config import Config
@@ -173,16 +173,10 @@ class AgentRegistry:
         log.event("agent-lost", f"agent {agent.name} {why}: its {len(agent.slots)} slots leave the pool",
                   level=logging.WARNING)
         for index in agent.slots:
-            slot = sup.slots.get(index)
-            if slot is None:
-                continue
-            slot.retired = True
-            if slot.restart_handle is not None:
-                slot.restart_handle.cancel()
+            sup.retire_slot(index, "crashed")
+            # nobody is left to stop them: they are gone now, and so are the calls they held
             for worker in [w for w in sup.by_ident.values() if w.slot == index]:
-                if worker.state is not WorkerState.EXITED:
-                    worker.retire_reason = worker.retire_reason or "crashed"
-                    sup.worker_exited(worker, None)
+                sup.worker_exited(worker, None)
             sup.slots.pop(index, None)
 
     def _by_name(self, name: str) -> Agent | None:
