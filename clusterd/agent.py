@@ -167,12 +167,12 @@ class Agent:
             self._all_gone.clear()
             try:
                 await asyncio.wait_for(self._all_gone.wait(), self.graceful_timeout + 5)
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 for handle in list(self.children.values()):
                     handle.kill()
                 try:
                     await asyncio.wait_for(self._all_gone.wait(), 5)
-                except asyncio.TimeoutError:
+                except TimeoutError:
                     pass
 
 

@@ -19,7 +19,8 @@ import signal
 import threading
 import time
 from collections import Counter
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import zmq
 

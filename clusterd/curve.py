@@ -7,7 +7,7 @@ directory loader would also accept master.key, which a worker must not be able t
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import zmq
 import zmq.utils.z85

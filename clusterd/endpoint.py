@@ -8,8 +8,9 @@ from __future__ import annotations
 
 import inspect
 import traceback
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 from . import protocol
 from .protocol import RPCError

@@ -11,13 +11,12 @@ import asyncio
 import fcntl
 import logging
 import os
-import signal
-import sys
 import time
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import psutil
 import zmq
@@ -27,7 +26,7 @@ from .config import Config
 from .endpoint import Dispatcher, encode_response, method_table
 from .pool import Call, Worker, WorkerState
 from .protocol import NO_ID, RemoteError, RPCError
-from .supervisor import BootFailure, Supervisor
+from .supervisor import Supervisor
 from .zmqloop import NOBLOCK, SocketReader, send_frames
 
 
@@ -529,8 +528,7 @@ class Router:
                 self.dispatch(call, exclude=worker)
             else:
                 self.reply_error(call, protocol.WORKER_DIED)
-        if self.state != "stopping" or True:
-            self._spawn_task(self._hook(self.endpoint.on_worker_exit, _info(worker), exit_info))
+        self._spawn_task(self._hook(self.endpoint.on_worker_exit, _info(worker), exit_info))
         self.update_status_line()
 
     async def _hook(self, func: Callable, *args: Any) -> None:
@@ -792,5 +790,4 @@ def _info(worker: Worker) -> WorkerInfo:
     return WorkerInfo(worker.slot, worker.pid, worker.generation, worker.host, worker.agent)
 
 
-__all__ = ["MasterEndpoint", "WorkersProxy", "WorkerInfo", "Router", "RuntimeDir", "InstanceBusy",
-           "BootFailure", "RemoteError", "sys", "signal"]
+__all__ = ["MasterEndpoint", "WorkersProxy", "WorkerInfo", "Router", "RuntimeDir", "InstanceBusy", "RemoteError"]

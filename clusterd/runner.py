@@ -118,7 +118,7 @@ async def _shutdown(router: Router, graceful: bool) -> None:
     await sup.stop(graceful=graceful)
     try:
         await asyncio.wait_for(router.endpoint.stop_services(), max(1.0, config.graceful_timeout))
-    except asyncio.TimeoutError:
+    except TimeoutError:
         log.event("master-stop", "the master's stop_services did not finish within the graceful timeout",
                   level=logging.WARNING)
     except Exception:

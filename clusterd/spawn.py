@@ -15,7 +15,7 @@ import signal
 import socket
 import subprocess
 import sys
-from typing import Callable
+from collections.abc import Callable
 
 WORKER_ENTRY = "from clusterd.worker import main; main()"
 ZYGOTE_ENTRY = "from clusterd.zygote import main; main()"

@@ -15,11 +15,11 @@ import os
 import random
 import time
 from collections import deque
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import psutil
 
-from . import log, protocol
+from . import log
 from .config import Config
 from .pool import Balancer, Slot, Worker, WorkerState
 from .spawn import DirectSpawner, ZygoteSpawner
@@ -344,7 +344,8 @@ class Supervisor:
             return fut
         if slot.active is not None:
             slot.active.retire_reason = reason
-        if slot.active is None or slot.active.state is WorkerState.STARTING and slot.active.generation < self.generation:
+        old = slot.active
+        if old is None or old.state is WorkerState.STARTING and old.generation < self.generation:
             # nothing serves this slot: start (or restart) it directly
             if slot.active is not None:
                 self.kill(slot.active, reason)
@@ -468,7 +469,7 @@ class Supervisor:
                 return
             try:
                 await asyncio.wait_for(fut, left)
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 return
 
     def wait_ready(self, timeout: float) -> asyncio.Future:
@@ -502,12 +503,12 @@ class Supervisor:
         if self.by_ident:
             try:
                 await asyncio.wait_for(self._exited.wait(), self.config.graceful_timeout + 5)
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 for worker in list(self.by_ident.values()):
                     self.kill(worker, "stop")
                 try:
                     await asyncio.wait_for(self._exited.wait(), 5)
-                except asyncio.TimeoutError:
+                except TimeoutError:
                     pass
         if self._tick_handle is not None:
             self._tick_handle.cancel()
@@ -560,4 +561,4 @@ def describe_failure(exc: BaseException) -> dict:
     return {"error": f"{type(exc).__name__}: {exc}", "traceback": ""}
 
 
-__all__ = ["Supervisor", "BootFailure", "describe_failure", "protocol", "Any"]
+__all__ = ["Supervisor", "BootFailure", "describe_failure"]

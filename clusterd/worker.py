@@ -31,7 +31,7 @@ import zmq
 
 from . import heartbeat, protocol
 from .endpoint import Dispatcher, encode_response
-from .protocol import NO_ID, RemoteError, RPCError
+from .protocol import RemoteError, RPCError
 from .zmqloop import SocketReader, send_frames
 
 SPEC_ENV = "_CLUSTERD_SPEC"
@@ -316,4 +316,4 @@ async def _serve(loop: asyncio.AbstractEventLoop, spec: dict, sock: zmq.Socket, 
     return 0
 
 
-__all__ = ["WorkerEndpoint", "RPCError", "NO_ID"]
+__all__ = ["WorkerEndpoint", "RPCError"]

@@ -9,7 +9,7 @@ meanwhile, so whoever sends on a socket calls wake() on its reader, which schedu
 from __future__ import annotations
 
 import asyncio
-from typing import Callable
+from collections.abc import Callable
 
 import zmq
 from zmq.backend import Socket as _Backend

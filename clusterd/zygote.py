@@ -5,8 +5,8 @@ It never creates a ZeroMQ context or socket, so its children start as clean as f
 One zygote serves one generation of code: a rolling reload starts a new one, which imports the new
 code. It is the parent of its workers: it reaps them and reports each exit status to the master.
 
-Protocol on the Unix socket it inherits (its fd number is the last argument; JSON lines; a spawn request carries one file
-descriptor, the write end of the worker's output pipe, as SCM_RIGHTS):
+Protocol on the Unix socket it inherits (its fd number is the last argument; JSON lines; a spawn
+request carries one file descriptor, the write end of the worker's output pipe, as SCM_RIGHTS):
     master -> zygote   {"spawn": id, "env": {...}}        fork a worker with this environment
                        {"retire": true}                    exit once the last child is gone
     zygote -> master   {"ready": true} | {"error": "...", "traceback": "..."}   after importing
@@ -23,6 +23,7 @@ import signal
 import socket
 import sys
 import traceback
+
 
 def _send(sock: socket.socket, obj: dict) -> None:
     sock.sendall(json.dumps(obj).encode() + b"\n")
@@ -43,6 +44,7 @@ def main() -> None:
         from . import worker
         worker.import_class(worker_path)
         import asyncio  # noqa: F401  (imported once here rather than in every worker)
+
         import zmq  # noqa: F401
     except BaseException as exc:  # the new code does not import: the master falls back and reports it
         _send(sock, {"error": f"{type(exc).__name__}: {exc}", "traceback": "".join(traceback.format_exception(exc))})

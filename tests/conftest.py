@@ -10,8 +10,10 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Callable
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import pytest
 import zmq
@@ -228,7 +230,6 @@ def _kill_leftover_workers(inst: Instance) -> None:
 
 
 # ---------------------------------------------------------------------------- shared instances
-from contextlib import contextmanager
 
 
 def instance_env(runtime_dir: Path, extra: dict | None = None) -> dict:

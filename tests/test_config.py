@@ -151,7 +151,8 @@ def test_flag_fixes_a_bad_environment_value_it_overrides(tmp_path, started):
 
 
 # ---------------------------------------------------------------------------- parsing helpers
-@pytest.mark.parametrize("text,size", [("512M", 512 * 1024 ** 2), ("2G", 2 * 1024 ** 3), ("1.5GiB", int(1.5 * 1024 ** 3)),
+@pytest.mark.parametrize("text,size", [("512M", 512 * 1024 ** 2), ("2G", 2 * 1024 ** 3),
+                                       ("1.5GiB", int(1.5 * 1024 ** 3)),
                                        ("1048576", 1048576), ("64k", 65536), ("10MB", 10 * 1024 ** 2)])
 def test_parse_size(text, size):
     assert parse_size(text) == size

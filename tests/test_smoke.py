@@ -1,4 +1,3 @@
-from tests.conftest import wait_for
 
 
 def test_forwarded_call_reaches_a_worker(cluster):
