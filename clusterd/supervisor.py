@@ -255,19 +255,17 @@ class Supervisor:
             slot.last_exit = info
             slot.served_before += worker.served
 
-        if not was_ready and (self.booting or slot is not None and slot.incoming is worker):
-            failure = self._boot_failure(worker, returncode)
-            if self.booting and self._boot_waiter is not None and not self._boot_waiter.done():
-                self._boot_waiter.set_exception(failure)
-                return
-            if slot is not None and slot.incoming is worker:
-                slot.incoming = None
-                fut = self._replacements.pop(worker.slot, None)
-                if fut is not None and not fut.done():
-                    fut.set_exception(failure)
-                return
-
-        if slot is not None and slot.active is worker:
+        if not was_ready and self.booting and self._boot_waiter is not None and not self._boot_waiter.done():
+            self._boot_waiter.set_exception(self._boot_failure(worker, returncode))  # fail fast
+        elif not was_ready and slot is not None and slot.incoming is worker:
+            # a replacement (reload, recycle) that could not start: whoever serves the slot goes on
+            slot.incoming = None
+            fut = self._replacements.pop(worker.slot, None)
+            if fut is not None and not fut.done():
+                fut.set_exception(self._boot_failure(worker, returncode))
+            if slot.active is None and not (self.stopping or slot.retired):
+                self._restart_after_failure(slot, worker)  # nobody serves it: keep trying, with backoff
+        elif slot is not None and slot.active is worker:
             slot.active = None
             if self.stopping or slot.retired:
                 pass
@@ -318,13 +316,9 @@ class Supervisor:
         slot.restart_handle = None
         if self.stopping or slot.retired or slot.active is not None:
             return
+        if slot.incoming is not None:
+            return  # a replacement is already starting: it takes the slot once ready
         slot.restarts += 1
-        if slot.incoming is not None:  # a replacement was already on its way: it takes the slot
-            slot.active, slot.incoming = slot.incoming, None
-            fut = self._replacements.pop(slot.index, None)
-            if fut is not None and not fut.done():
-                fut.set_result(None)
-            return
         slot.active = self._spawn(slot.index)
 
     # ------------------------------------------------------------------ replacement, reload, scale

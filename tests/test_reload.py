@@ -192,3 +192,16 @@ def test_reload_on_change_reloads_after_a_source_edit(cluster, tmp_path):
     write_app(tmp_path, "dev-2")
     c = inst.client()
     wait_for(lambda: c.result("version") == "dev-2", timeout=15, message="reload on change")
+
+
+def test_after_a_refused_deploy_a_crashed_worker_comes_back_on_the_running_code(cluster, tmp_path):
+    write_app(tmp_path, "1.0")
+    inst = cluster("app.rpc:Master", "app.rpc:Worker", "--workers", "2", cwd=tmp_path)
+    pids = [w["pid"] for w in inst.wait_ready(2)]
+    write_app(tmp_path, "2.0", broken=True)
+    assert inst.cli("reload", "--name", inst.name).returncode != 0
+    os.kill(pids[0], signal.SIGKILL)
+    wait_for(lambda: (lambda ws: len(ws) == 2 and pids[0] not in [w["pid"] for w in ws])(inst.ready_workers()),
+             timeout=10, message="crashed worker replaced")
+    c = inst.client()
+    assert {c.result("version") for _ in range(10)} == {"1.0"}  # the zygote still holds the running code
