@@ -40,6 +40,21 @@ def wait_for(predicate: Callable[[], Any], timeout: float = 15.0, interval: floa
     raise AssertionError(f"timed out after {timeout}s waiting for {message} (last error: {last_exc!r})")
 
 
+def call_in_thread(client: "Rpc", method: str, *params: Any, timeout: float = 30.0):
+    """Start a call in a thread; returns (thread, box) with box["reply"] or box["error"] once it ends."""
+    import threading
+    box: dict = {}
+
+    def run() -> None:
+        try:
+            box["reply"] = client.call(method, *params, timeout=timeout)
+        except Exception as exc:  # noqa: BLE001 - reported to the test
+            box["error"] = exc
+    t = threading.Thread(target=run)
+    t.start()
+    return t, box
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

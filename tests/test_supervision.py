@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import os
 import signal
-import threading
 import time
 
 import psutil
 
-from tests.conftest import wait_for
+from tests.conftest import call_in_thread, wait_for
 
 BASIC = ("tests.apps.basic:Master", "tests.apps.basic:Worker")
 
@@ -19,19 +18,6 @@ def worker_in_slot(inst, slot: int, state: str = "ready") -> dict | None:
         if w["slot"] == slot and w["state"] == state:
             return w
     return None
-
-
-def call_in_thread(client, method, *params, timeout=30.0):
-    box: dict = {}
-
-    def run():
-        try:
-            box["reply"] = client.call(method, *params, timeout=timeout)
-        except Exception as exc:  # noqa: BLE001 - reported to the test
-            box["error"] = exc
-    t = threading.Thread(target=run)
-    t.start()
-    return t, box
 
 
 def test_killed_worker_is_replaced_in_its_slot(cluster):

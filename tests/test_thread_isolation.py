@@ -4,12 +4,11 @@ threads of the master; a thread whose loop died is restarted, a hung one is aban
 from __future__ import annotations
 
 import signal
-import threading
 
 import pytest
 
 from clusterd import protocol
-from tests.conftest import Rpc, running_instance, wait_for
+from tests.conftest import Rpc, call_in_thread, running_instance, wait_for
 
 APP = ("tests.apps.threaded:Master", "tests.apps.threaded:Worker")
 
@@ -34,19 +33,6 @@ def worker_in_slot(inst, slot: int, state: str = "ready") -> dict | None:
         if w["slot"] == slot and w["state"] == state:
             return w
     return None
-
-
-def in_background(client: Rpc, method: str, *params) -> tuple[threading.Thread, dict]:
-    box: dict = {}
-
-    def run():
-        try:
-            box["reply"] = client.call(method, *params, timeout=30)
-        except Exception as exc:  # noqa: BLE001 - reported to the test
-            box["error"] = exc
-    t = threading.Thread(target=run)
-    t.start()
-    return t, box
 
 
 # ---------------------------------------------------------------------------- the same API
@@ -126,7 +112,7 @@ def test_a_hung_thread_is_abandoned_and_replaced(cluster):
     inst = cluster(*APP, "--workers", "1", "--isolation", "thread", "--heartbeat-timeout", "1")
     inst.wait_ready(1)
     c = inst.client()
-    t, box = in_background(c, "hang")
+    t, box = call_in_thread(c, "hang")
     def abandoned():
         doc = inst.status()
         return doc if doc["threads"]["abandoned"] else None
