@@ -44,7 +44,8 @@ def _alive(path: Path) -> bool:
     return False
 
 
-def _pid(path: Path) -> int | None:
+def read_pid(path: Path) -> int | None:
+    """The pid in an instance directory's master.pid, if readable."""
     try:
         return int((path / "master.pid").read_text().strip())
     except (OSError, ValueError):
@@ -57,7 +58,7 @@ def list_instances(root: Path | None = None) -> list[Instance]:
         entries = sorted(p for p in root.iterdir() if p.is_dir())
     except OSError:
         return []
-    return [Instance(p.name, p, _pid(p)) for p in entries if _alive(p)]
+    return [Instance(p.name, p, read_pid(p)) for p in entries if _alive(p)]
 
 
 def find_instance(name: str | None = None) -> Instance:
@@ -67,7 +68,7 @@ def find_instance(name: str | None = None) -> Instance:
         path = root / name
         if not _alive(path):
             raise NoInstance(f"no instance named {name!r} is running (looked in {root})")
-        return Instance(name, path, _pid(path))
+        return Instance(name, path, read_pid(path))
     running = list_instances(root)
     if not running:
         raise NoInstance(f"no clusterd instance is running (looked in {root})")

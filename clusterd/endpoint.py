@@ -132,9 +132,6 @@ class Dispatcher:
         self._bound = {name: inspect.getattr_static(type(target), m.attr).__get__(target, type(target))
                        for name, m in self.methods.items()}
 
-    def lookup(self, name: str) -> Method | None:
-        return self.methods.get(name)
-
     def prepare(self, req: protocol.Request) -> tuple[Callable, Method] | dict:
         """The bound function for a request, or the error response to send instead."""
         method = self.methods.get(req.method)

@@ -23,6 +23,7 @@ import zmq
 
 from . import log, protocol, systemd
 from .config import Config
+from .control import read_pid
 from .endpoint import Dispatcher, encode_response, method_table
 from .pool import Call, Worker, WorkerState
 from .protocol import NO_ID, RemoteError, RPCError
@@ -153,13 +154,6 @@ class RuntimeDir:
             self._lock_fd = None
 
 
-def read_pid(path: Path) -> int | None:
-    try:
-        return int((path / "master.pid").read_text().strip())
-    except (OSError, ValueError):
-        return None
-
-
 class Router:
     """The master's sockets and the routing of every call between clients, master and workers."""
 
@@ -180,7 +174,7 @@ class Router:
         self.endpoint._router = self
         self.endpoint.workers = WorkersProxy(self)
         self.dispatcher = Dispatcher(self.endpoint, config.debug)
-        self._exact = _ExactMethods(self.dispatcher.methods)
+        self._local = _LocalMethods(self.dispatcher.methods)
         self.worker_methods: dict[str, dict] = {name: m.describe() for name, m in method_table(worker_cls).items()}
         self.supervisor = Supervisor(config, self)
         self.queue: deque[Call] = deque()
@@ -188,7 +182,6 @@ class Router:
         self._sweep_handle: asyncio.TimerHandle | None = None
         self._token = 0
         self.stopped = asyncio.Event()
-        self.exit_code = 0
         self._tasks: set[asyncio.Task] = set()
         self.readers: dict[zmq.Socket, SocketReader] = {}
         self._sockets: list[zmq.Socket] = []
@@ -279,7 +272,7 @@ class Router:
         envelope = frames[:-1]
         try:
             obj = protocol.fast_loads(payload)
-            if type(obj) is not dict or type(obj.get("id")) is float or obj.get("method") in self._exact:
+            if type(obj) is not dict or type(obj.get("id")) is float or obj.get("method") in self._local:
                 obj = protocol.loads(payload)  # a batch, a big-integer id, or params the master itself reads
         except ValueError:
             return self._send(sock, envelope, protocol.encode_error(None, protocol.PARSE_ERROR))
@@ -297,7 +290,7 @@ class Router:
               source: str) -> None:
         """Send one request where it belongs: the master itself, an admin method, or a worker."""
         method = req.method
-        if method in self.dispatcher.methods or method.startswith("clusterd."):
+        if method in self._local:
             self._spawn_task(self._answer_local(req, sock, envelope, source))
             return
         meta = self.worker_methods.get(method)
@@ -321,7 +314,7 @@ class Router:
                 self._send(sock, envelope, protocol.encode_error(req.id, protocol.TOO_BUSY, self._busy_message()))
                 return
             counts[envelope[0]] = held + 1
-        call = Call(payload, req.id, method, sock, envelope, None)
+        call = Call(payload, req.id, sock, envelope, None)
         call.idempotent = meta.get("idempotent", False)
         call.timeout = meta.get("timeout") or self.config.call_timeout
         self.dispatch(call)
@@ -627,7 +620,7 @@ class Router:
         req = protocol.parse_request(item)
         if type(req) is dict:
             return protocol.dumps(req)
-        if req.method in self.dispatcher.methods or req.method.startswith("clusterd."):
+        if req.method in self._local:
             return self.run_local(req, source)
         meta = self.worker_methods.get(req.method)
         if meta is None:
@@ -640,7 +633,7 @@ class Router:
             return None if req.id is NO_ID else protocol.encode_error(
                 req.id, protocol.INVALID_REQUEST, "Request nested too deeply")
         fut = self.loop.create_future()
-        call = Call(payload, req.id, req.method, None, None, fut)
+        call = Call(payload, req.id, None, None, fut)
         call.idempotent = meta.get("idempotent", False)
         call.timeout = meta.get("timeout") or self.config.call_timeout
         if req.id is NO_ID:
@@ -655,7 +648,7 @@ class Router:
         if self.state == "stopping" and worker is None:
             raise RPCError(protocol.SHUTTING_DOWN)
         fut = self.loop.create_future()
-        call = Call(protocol.dumps(protocol.make_request(method, params, 0)), 0, method, None, None, fut)
+        call = Call(protocol.dumps(protocol.make_request(method, params, 0)), 0, None, None, fut)
         meta = self.worker_methods.get(method) or {}
         call.idempotent = meta.get("idempotent", False) and worker is None
         call.timeout = meta.get("timeout") or self.config.call_timeout
@@ -768,8 +761,10 @@ class Router:
             self.reply_error(self.queue.popleft(), protocol.SHUTTING_DOWN)
 
 
-class _ExactMethods:
-    """Methods the master runs itself (its own, admin, internal): their params are decoded exactly."""
+class _LocalMethods:
+    """Names the master answers itself (its own methods, admin and internal ones), not a worker.
+
+    Their params are decoded exactly: only forwarded calls are routed on orjson's fast decoding."""
 
     def __init__(self, methods: dict) -> None:
         self.methods = methods

@@ -30,15 +30,14 @@ class Call:
     with `envelope`; a call the master made itself resolves `future` instead.
     """
 
-    __slots__ = ("token", "payload", "rid", "method", "sock", "envelope", "future", "worker", "deadline",
+    __slots__ = ("token", "payload", "rid", "sock", "envelope", "future", "worker", "deadline",
                  "idempotent", "timeout")
 
-    def __init__(self, payload: bytes, rid: Any, method: str, sock: zmq.Socket | None,
+    def __init__(self, payload: bytes, rid: Any, sock: zmq.Socket | None,
                  envelope: list[bytes] | None, future: asyncio.Future | None) -> None:
         self.token = b""
         self.payload = payload
         self.rid = rid
-        self.method = method
         self.sock = sock
         self.envelope = envelope
         self.future = future
@@ -96,7 +95,6 @@ class Slot:
     consecutive_failures: int = 0
     last_exit: dict | None = None
     restart_handle: asyncio.TimerHandle | None = None
-    served_before: int = 0
     agent: str | None = None           # the agent (another host) that runs this slot's workers
     retired: bool = False              # scaled away: its workers finish and are not replaced
 

@@ -87,7 +87,6 @@ class Supervisor:
         self._exited = asyncio.Event()
         self._serial = 0
         self._tick_handle: asyncio.TimerHandle | None = None
-        self._ready_waiters: list[asyncio.Future] = []
         self.spawner = make_spawner(self.loop, config, router, self._on_line, self._on_exit)
         self._exit_waiters: list[asyncio.Future] = []
 
@@ -182,7 +181,6 @@ class Supervisor:
         if self.booting and self._boot_waiter is not None and not self._boot_waiter.done():
             if all(s.active is not None and s.active.state is WorkerState.READY for s in self.slots.values()):
                 self._boot_waiter.set_result(None)
-        self._wake_ready_waiters()
 
     def on_boot_failure(self, ident: bytes, info: dict) -> None:
         worker = self.by_ident.get(ident)
@@ -253,7 +251,6 @@ class Supervisor:
 
         if slot is not None:
             slot.last_exit = info
-            slot.served_before += worker.served
 
         if not was_ready and self.booting and self._boot_waiter is not None and not self._boot_waiter.done():
             self._boot_waiter.set_exception(self._boot_failure(worker, returncode))  # fail fast
@@ -466,17 +463,6 @@ class Supervisor:
             except TimeoutError:
                 return
 
-    def wait_ready(self, timeout: float) -> asyncio.Future:
-        fut = self.loop.create_future()
-        self._ready_waiters.append(fut)
-        self.loop.call_later(timeout, lambda: fut.done() or fut.set_result(False))
-        return fut
-
-    def _wake_ready_waiters(self) -> None:
-        waiters, self._ready_waiters = self._ready_waiters, []
-        for fut in waiters:
-            if not fut.done():
-                fut.set_result(True)
 
     # ------------------------------------------------------------------ stop
     async def stop(self, graceful: bool = True) -> None:
@@ -507,11 +493,6 @@ class Supervisor:
         if self._tick_handle is not None:
             self._tick_handle.cancel()
         self.spawner.close()
-
-    def kill_all(self) -> None:
-        for worker in list(self.by_ident.values()):
-            if worker.process is not None:
-                worker.process.kill()
 
     # ------------------------------------------------------------------ status
     def workers_document(self) -> list[dict]:
@@ -549,10 +530,4 @@ class Supervisor:
         return ready, len([s for s in self.slots.values() if not s.retired])
 
 
-def describe_failure(exc: BaseException) -> dict:
-    if isinstance(exc, BootFailure):
-        return exc.to_dict()
-    return {"error": f"{type(exc).__name__}: {exc}", "traceback": ""}
-
-
-__all__ = ["Supervisor", "BootFailure", "describe_failure"]
+__all__ = ["Supervisor", "BootFailure"]

@@ -192,6 +192,14 @@ class Instance:
 
 
 @pytest.fixture
+def c(inst):
+    """A raw DEALER client on control.sock of the module's shared `inst` instance."""
+    client = Rpc(inst.control)
+    yield client
+    client.close()
+
+
+@pytest.fixture
 def runtime_dir(tmp_path_factory) -> Path:
     # ipc paths are limited to ~107 bytes: keep the runtime dir short
     import tempfile

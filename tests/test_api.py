@@ -26,13 +26,6 @@ def rr():
         yield inst
 
 
-@pytest.fixture
-def c(inst):
-    client = Rpc(inst.control)
-    yield client
-    client.close()
-
-
 def pids_by_slot(inst) -> dict[int, int]:
     return {w["slot"]: w["pid"] for w in inst.ready_workers()}
 

@@ -245,22 +245,15 @@ def _gone(pid: int) -> bool:
         return True
 
 
-def test_sigterm_stops_cleanly_and_leaves_no_process(cluster):
-    inst = cluster("tests.apps.basic:Master", "tests.apps.basic:Worker", "--workers", "2", name="term")
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
+def test_signal_stops_cleanly_and_leaves_no_process(cluster, sig):
+    inst = cluster("tests.apps.basic:Master", "tests.apps.basic:Worker", "--workers", "2", name="stop")
     pids = [w["pid"] for w in inst.wait_ready(2)]
-    inst.signal(signal.SIGTERM)
+    inst.signal(sig)
     assert inst.wait_exit(20) == 0, inst.stderr()
     wait_for(lambda: all(_gone(p) for p in pids), timeout=5, message="every worker gone")
     assert "Traceback" not in inst.stderr()
     assert not (inst.dir / "control.sock").exists() and not (inst.dir / "master.pid").exists()
-
-
-def test_sigint_stops_cleanly(cluster):
-    inst = cluster("tests.apps.basic:Master", "tests.apps.basic:Worker", "--workers", "1", name="int")
-    pids = [w["pid"] for w in inst.wait_ready(1)]
-    inst.signal(signal.SIGINT)
-    assert inst.wait_exit(20) == 0, inst.stderr()
-    wait_for(lambda: all(_gone(p) for p in pids), timeout=5, message="every worker gone")
 
 
 def test_cli_stop_stops_the_instance(cluster):

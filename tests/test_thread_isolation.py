@@ -8,7 +8,7 @@ import signal
 import pytest
 
 from clusterd import protocol
-from tests.conftest import Rpc, call_in_thread, running_instance, wait_for
+from tests.conftest import call_in_thread, running_instance, wait_for
 
 APP = ("tests.apps.threaded:Master", "tests.apps.threaded:Worker")
 
@@ -19,13 +19,6 @@ def inst():
                           name="thr") as inst:
         inst.wait_ready(2)
         yield inst
-
-
-@pytest.fixture
-def c(inst):
-    client = Rpc(inst.control)
-    yield client
-    client.close()
 
 
 def worker_in_slot(inst, slot: int, state: str = "ready") -> dict | None:
