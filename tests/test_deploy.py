@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import functools
 import json
-import os
 import re
 import shlex
 import shutil
@@ -25,7 +24,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.conftest import ROOT, Instance, _kill_leftover_workers, instance_env, wait_for
+from tests.conftest import ROOT, Instance, _kill_leftover_workers, instance_env
 
 DEPLOY = ROOT / "deploy"
 DOCKERFILE = DEPLOY / "Dockerfile"
