@@ -24,11 +24,11 @@ import zmq
 from . import log, protocol, systemd
 from .config import Config
 from .control import read_pid
-from .endpoint import Dispatcher, encode_response, method_table
+from .endpoint import Dispatcher, encode_response, method_table, start_task
 from .pool import Call, Worker, WorkerState
 from .protocol import NO_ID, RemoteError, RPCError
 from .supervisor import Supervisor
-from .zmqloop import NOBLOCK, SocketReader, send_frames
+from .zmqloop import NOBLOCK, Outbox, SocketReader, send_frames
 
 
 @dataclass(frozen=True)
@@ -49,27 +49,30 @@ class WorkersProxy:
         self._router = router
         self._shared: dict[tuple[str, bytes], asyncio.Future] = {}
 
+    # Each call is one future (resolved with the worker's answer bytes) and one frame: no task.
     async def call(self, method: str, *params: Any) -> Any:
-        return await self._router.call_worker(method, list(params))
+        return outcome(await self._router.start_worker_call(method, list(params)))
 
     async def call_slot(self, slot: int, method: str, *params: Any) -> Any:
         worker = self._router.supervisor.slots.get(slot)
         target = worker.active if worker is not None else None
         if target is None or target.state is not WorkerState.READY:
             raise RPCError(protocol.NO_WORKER, f"No worker ready in slot {slot}")
-        return await self._router.call_worker(method, list(params), target)
+        return outcome(await self._router.start_worker_call(method, list(params), target))
 
     async def broadcast(self, method: str, *params: Any) -> dict[int, Any]:
         """Every ready worker: {slot: result, or the RPCError it raised}."""
         targets = [s.active for s in self._router.supervisor.slots.values()
                    if s.active is not None and s.active.state is WorkerState.READY]
-        results = await asyncio.gather(*(self._router.call_worker(method, list(params), w) for w in targets),
-                                       return_exceptions=True)
+        answers = await asyncio.gather(*(self._router.start_worker_call(method, list(params), w) for w in targets))
         out: dict[int, Any] = {}
-        for worker, result in zip(targets, results):
-            if isinstance(result, BaseException) and not isinstance(result, RPCError):
-                result = RPCError(protocol.INTERNAL_ERROR, str(result))
-            out[worker.slot] = result
+        for worker, raw in zip(targets, answers):
+            try:
+                out[worker.slot] = outcome(raw)
+            except RPCError as exc:
+                out[worker.slot] = exc
+            except Exception as exc:  # an answer that is not JSON-RPC
+                out[worker.slot] = RPCError(protocol.INTERNAL_ERROR, str(exc))
         return out
 
     async def call_shared(self, method: str, *params: Any) -> Any:
@@ -77,10 +80,15 @@ class WorkersProxy:
         key = (method, protocol.dumps(list(params)))
         fut = self._shared.get(key)
         if fut is None:
-            fut = asyncio.ensure_future(self._router.call_worker(method, list(params)))
+            fut = self._router.start_worker_call(method, list(params))
             self._shared[key] = fut
             fut.add_done_callback(lambda _f: self._shared.pop(key, None))
-        return await asyncio.shield(fut)
+        return outcome(await asyncio.shield(fut))
+
+
+def outcome(raw: bytes) -> Any:
+    """The result of a worker's answer bytes, or its error raised as RemoteError."""
+    return protocol.response_outcome(protocol.loads(raw))
 
 
 class MasterEndpoint:
@@ -184,6 +192,7 @@ class Router:
         self.stopped = asyncio.Event()
         self._tasks: set[asyncio.Task] = set()
         self.readers: dict[zmq.Socket, SocketReader] = {}
+        self.outboxes: dict[zmq.Socket, Outbox] = {}   # the worker sockets' (frames batched per worker)
         self._sockets: list[zmq.Socket] = []
         # calls in flight per client, by client socket then ROUTER identity (--max-client-inflight)
         self._client_calls: dict[zmq.Socket, dict[bytes, int]] = {}
@@ -225,13 +234,17 @@ class Router:
             from .remote import AgentRegistry, open_remote_socket
             self.rsock = open_remote_socket(self, cfg)
             self.agents = AgentRegistry(self)
-            self.readers[self.rsock] = SocketReader(
-                self.loop, self.rsock, lambda frames: self._on_worker_message(frames, self.rsock))
+            self._worker_reader(self.rsock)
         self.readers[self.control] = SocketReader(self.loop, self.control, self._control_handler())
         if self.public is not None:
             self.readers[self.public] = SocketReader(self.loop, self.public, self._public_handler())
-        self.wreader = self.readers[self.wsock] = SocketReader(
-            self.loop, self.wsock, lambda frames: self._on_worker_message(frames, self.wsock))
+        self.wreader = self._worker_reader(self.wsock)
+
+    def _worker_reader(self, sock: zmq.Socket) -> SocketReader:
+        outbox = self.outboxes[sock] = Outbox(self.loop, sock, self._undeliverable)
+        reader = self.readers[sock] = SocketReader(
+            self.loop, sock, lambda frames: self._on_worker_message(frames, sock), outbox)
+        return reader
 
     def _router_socket(self, client: bool) -> zmq.Socket:
         sock = self.ctx.socket(zmq.ROUTER)
@@ -291,7 +304,8 @@ class Router:
         """Send one request where it belongs: the master itself, an admin method, or a worker."""
         method = req.method
         if method in self._local:
-            self._spawn_task(self._answer_local(req, sock, envelope, source))
+            if not self._run_inline(req, sock, envelope):
+                self._spawn_task(self._answer_local(req, sock, envelope, source))
             return
         meta = self.worker_methods.get(method)
         if meta is None:
@@ -305,7 +319,7 @@ class Router:
         if req.id is NO_ID:
             worker = self.supervisor.balancer.pick()
             if worker is not None:
-                self._to_worker([worker.ident, b"n", payload], worker.sock)
+                self.outboxes[worker.sock].add(worker.ident, b"n" + payload)
             return
         counts = self._client_calls.get(sock)
         if counts is not None:  # a client's call (not a worker's): bounded per client
@@ -348,17 +362,21 @@ class Router:
             call.deadline = self.loop.time() + call.timeout
             if self._sweep_handle is None:
                 self._sweep_handle = self.loop.call_later(min(0.1, call.timeout), self._sweep_deadlines)
-        try:
-            send_frames(worker.sock, [worker.ident, b"c" + token + call.payload])
-        except zmq.ZMQError:
-            # its connection is already gone (ROUTER_MANDATORY): the worker never got the call
-            del worker.calls[token]
-            self.supervisor.balancer.remove(worker)
-            self.dispatch(call, exclude=worker)
-        self.readers[worker.sock].wake()
+        self.outboxes[worker.sock].add(worker.ident, b"c" + token + call.payload)
 
-    def _to_worker(self, frames: list[bytes], sock: zmq.Socket | None = None) -> None:
-        sock = sock or self.wsock
+    def _undeliverable(self, ident: bytes, frames: list[bytes]) -> None:
+        """A worker's connection is gone (ROUTER_MANDATORY): the calls it never got go elsewhere."""
+        worker = self.supervisor.by_ident.get(ident)
+        if worker is None:
+            return  # gone already: on_worker_gone answered its calls
+        self.supervisor.balancer.remove(worker)
+        for frame in frames:
+            if frame[:1] == b"c":
+                call = worker.calls.pop(frame[1:9], None)
+                if call is not None:
+                    self.dispatch(call, exclude=worker)
+
+    def _to_worker(self, frames: list[bytes], sock: zmq.Socket) -> None:
         try:
             send_frames(sock, frames)
         except zmq.ZMQError:
@@ -366,6 +384,10 @@ class Router:
         self.readers[sock].wake()
 
     def _send(self, sock: zmq.Socket, envelope: list[bytes], payload: bytes) -> None:
+        outbox = self.outboxes.get(sock)
+        if outbox is not None:  # an answer to a worker's own request: one frame, batched
+            outbox.add(envelope[0], b"a" + payload)
+            return
         try:
             send_frames(sock, envelope + [payload], NOBLOCK)
         except zmq.ZMQError:
@@ -446,51 +468,62 @@ class Router:
 
     # ------------------------------------------------------------------ worker socket
     def _on_worker_message(self, frames: list[bytes], sock: zmq.Socket) -> None:
+        """[ident, item, item, ...]: each item one frame naming its kind in its first byte
+        (b"r"/b"e" + token + answer, b"q" + request); or [ident, kind, json] (beats, hello, ...)."""
         ident = frames[0]
-        head = frames[1] if len(frames) > 1 else b""
-        kind = head[:1]
-        if (kind == b"r" or kind == b"e") and len(frames) == 2:  # an answer: [b"r" + token + response]
-            worker = self.supervisor.by_ident.get(ident)
-            if worker is None:
-                return
-            call = worker.calls.pop(head[1:9], None)
-            if call is None:
-                return  # timed out or the caller is gone: dropped
-            worker.served += 1
-            if kind == b"e":
-                worker.failed += 1
-            if call.future is None:
-                self._send(call.sock, call.envelope, head[9:])
-                counts = self._client_calls.get(call.sock)
-                if counts is not None:
-                    self._release(counts, call.envelope[0])
-            elif not call.future.done():
-                call.future.set_result(head[9:])
-            if worker.state is not WorkerState.READY:
-                if not worker.calls:
-                    if worker.retire_reason == "hung" and worker.state is WorkerState.DRAINING:
-                        self.supervisor.kill(worker, "hung")
-                    else:
-                        self.supervisor.on_idle(worker)
-            elif worker.max_requests and worker.served >= worker.max_requests:
-                self.supervisor.recycle(worker, "max-requests")
-        elif len(frames) != 3:
-            return  # not a message of ours
-        elif kind == b"q":
-            self._on_worker_request(ident, frames[2], sock)
+        if len(frames) == 3 and len(frames[1]) == 1:
+            return self._on_worker_notice(ident, frames[1], frames[2], sock)
+        for i in range(1, len(frames)):
+            item = frames[i]
+            kind = item[:1]
+            if kind == b"r" or kind == b"e":
+                self._on_answer(ident, item, kind == b"e")
+            elif kind == b"q":
+                self._on_worker_request(ident, item[1:], sock)
+
+    def _on_answer(self, ident: bytes, item: bytes, failed: bool) -> None:
+        """A worker's answer: [b"r" | b"e"] + token + response."""
+        worker = self.supervisor.by_ident.get(ident)
+        if worker is None:
+            return
+        call = worker.calls.pop(item[1:9], None)
+        if call is None:
+            return  # timed out or the caller is gone: dropped
+        worker.served += 1
+        if failed:
+            worker.failed += 1
+        if call.future is None:
+            self._send(call.sock, call.envelope, item[9:])
+            counts = self._client_calls.get(call.sock)
+            if counts is not None:
+                self._release(counts, call.envelope[0])
+        elif not call.future.done():
+            call.future.set_result(item[9:])
+        if worker.state is not WorkerState.READY:
+            if not worker.calls:
+                if worker.retire_reason == "hung" and worker.state is WorkerState.DRAINING:
+                    self.supervisor.kill(worker, "hung")
+                else:
+                    self.supervisor.on_idle(worker)
+        elif worker.max_requests and worker.served >= worker.max_requests:
+            self.supervisor.recycle(worker, "max-requests")
+
+    def _on_worker_notice(self, ident: bytes, kind: bytes, body: bytes, sock: zmq.Socket) -> None:
+        if kind == b"q":
+            self._on_worker_request(ident, body, sock)
         elif kind == b"b":
             if ident[3:] in self.supervisor.by_ident:  # a worker of a master that died gets no answer: it exits
                 self._to_worker([ident, b"b"], sock)
-            self.supervisor.on_beat(ident[3:], _loads_dict(frames[2]))
+            self.supervisor.on_beat(ident[3:], _loads_dict(body))
         elif kind == b"h":
-            self.supervisor.on_hello(ident, _loads_dict(frames[2]))
+            self.supervisor.on_hello(ident, _loads_dict(body))
         elif kind == b"f":
-            self.supervisor.on_boot_failure(ident, _loads_dict(frames[2]))
-        elif kind == b"A" and sock is self.rsock and len(frames) > 2:
-            self.agents.on_message(ident, _loads_dict(frames[2]))
+            self.supervisor.on_boot_failure(ident, _loads_dict(body))
+        elif kind == b"A" and sock is self.rsock:
+            self.agents.on_message(ident, _loads_dict(body))
 
     def _on_worker_request(self, ident: bytes, payload: bytes, sock: zmq.Socket) -> None:
-        envelope = [ident, b"a"]
+        envelope = [ident]  # answered by _send as one b"a" item in the worker's outbox
         try:
             obj = protocol.loads(payload)
         except ValueError:
@@ -501,7 +534,7 @@ class Router:
         self.route(req, payload, sock, envelope, "worker")
 
     def send_stop(self, worker: Worker) -> None:
-        self._to_worker([worker.ident, b"s"], worker.sock)
+        self.outboxes[worker.sock].add(worker.ident, b"s")  # after every call sent before it
 
     def learn_methods(self, methods: dict) -> None:
         self.worker_methods = methods
@@ -531,6 +564,20 @@ class Router:
             log.logger.exception("a master hook raised")
 
     # ------------------------------------------------------------------ local methods
+    def _run_inline(self, req: protocol.Request, sock: zmq.Socket, envelope: list[bytes]) -> bool:
+        """Run a plain-def master method right here (no task); False when it is not one."""
+        method = self.dispatcher.methods.get(req.method)
+        if method is None or method.is_async:
+            return False
+        prepared = self.dispatcher.prepare(req)
+        if type(prepared) is dict:
+            response = prepared
+        else:
+            response = self.dispatcher.run_sync(prepared[0], req.params, req.id)
+        if req.id is not NO_ID:
+            self._send(sock, envelope, encode_response(response, self.config.debug))
+        return True
+
     async def _answer_local(self, req: protocol.Request, sock: zmq.Socket, envelope: list[bytes],
                             source: str) -> None:
         response = await self.run_local(req, source)
@@ -643,20 +690,27 @@ class Router:
         self.dispatch(call)
         return fut
 
-    async def call_worker(self, method: str, params: list | dict, worker: Worker | None = None) -> Any:
-        """A call from the master (or on behalf of a worker) to a worker; its result, or RemoteError."""
+    def start_worker_call(self, method: str, params: list | dict, worker: Worker | None = None) -> asyncio.Future:
+        """Send a call from the master (or on behalf of a worker) to a worker: a future of its answer bytes."""
         if self.state == "stopping" and worker is None:
             raise RPCError(protocol.SHUTTING_DOWN)
         fut = self.loop.create_future()
         call = Call(protocol.dumps(protocol.make_request(method, params, 0)), 0, None, None, fut)
-        meta = self.worker_methods.get(method) or {}
-        call.idempotent = meta.get("idempotent", False) and worker is None
-        call.timeout = meta.get("timeout") or self.config.call_timeout
+        meta = self.worker_methods.get(method)
+        if meta is not None:
+            call.idempotent = meta.get("idempotent", False) and worker is None
+            call.timeout = meta.get("timeout") or self.config.call_timeout
+        else:
+            call.timeout = self.config.call_timeout
         if worker is None:
             self.dispatch(call)
         else:
             self.send_call(worker, call)
-        return protocol.response_outcome(protocol.loads(await fut))
+        return fut
+
+    async def call_worker(self, method: str, params: list | dict, worker: Worker | None = None) -> Any:
+        """A call from the master (or on behalf of a worker) to a worker; its result, or RemoteError."""
+        return outcome(await self.start_worker_call(method, params, worker))
 
     # ------------------------------------------------------------------ internal methods for workers
     async def _w_call(self, method: str, params: list | dict = ()) -> Any:
@@ -752,9 +806,10 @@ class Router:
                                  f"{self.supervisor.generation}")
 
     def _spawn_task(self, coro) -> None:
-        task = self.loop.create_task(coro)
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        task = start_task(self.loop, coro)
+        if not task.done():
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
 
     def fail_pending(self) -> None:
         while self.queue:

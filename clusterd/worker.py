@@ -1,16 +1,19 @@
 """WorkerEndpoint, and the entry point of a worker process.
 
-A worker is a fresh interpreter with one DEALER socket to the master's workers socket. Frames on
-that link (the master sees the DEALER's routing id first):
+A worker is a fresh interpreter with one DEALER socket to the master's workers socket. A message
+on that link (the master sees the DEALER's routing id first) carries one or more items, one frame
+each, whose first byte names their kind; each side gathers the items of a loop turn into one
+message (zmqloop.Outbox):
 
-    master -> worker   [b"c" + token + request] a call (one frame; the token is 8 bytes) to answer
-                                                with the same token
-                       [b"n", request]          a notification
-                       [b"a", response]         the answer to one of the worker's own requests
-                       [b"s"]                   stop gracefully
-    worker -> master   [b"r"|b"e" + token + response]  answer in one frame (r: result, e: error)
-                       [b"q", request]          the worker's own request to the master
-                       [b"h", hello]            ready, with the worker's method table
+    master -> worker   b"c" + token + request   a call (the token is 8 bytes) to answer with the
+                                                same token
+                       b"n" + request           a notification
+                       b"a" + response          the answer to one of the worker's own requests
+                       b"s"                     stop gracefully
+    worker -> master   b"r"|b"e" + token + response  an answer (r: result, e: error)
+                       b"q" + request           the worker's own request to the master
+    and, alone in a message of two frames:
+    worker -> master   [b"h", hello]            ready, with the worker's method table
                        [b"f", failure]          could not start: the traceback
 """
 
@@ -30,9 +33,9 @@ from typing import Any
 import zmq
 
 from . import heartbeat, protocol
-from .endpoint import Dispatcher, encode_response
+from .endpoint import Dispatcher, encode_response, start_task
 from .protocol import RemoteError, RPCError
-from .zmqloop import SocketReader, send_frames
+from .zmqloop import Outbox, SocketReader
 
 SPEC_ENV = "_CLUSTERD_SPEC"
 
@@ -110,45 +113,54 @@ class WorkerLink:
         self._pending: dict[int, asyncio.Future] = {}
         self._tasks: set[asyncio.Task] = set()
         self.stop_requested = asyncio.Event()
-        self.reader = SocketReader(loop, sock, self._on_message)
+        self.outbox = Outbox(loop, sock)
+        self.reader = SocketReader(loop, sock, self._on_message, self.outbox)
 
     # -- requests from this worker to the master
     def send_request(self, msg: dict) -> None:
-        self.sock.send_multipart([b"q", protocol.dumps(msg)])
-        self.reader.wake()
+        self.outbox.add(None, b"q" + protocol.dumps(msg))
 
     async def request(self, method: str, params: list | dict) -> Any:
+        """One future and one frame; the answer resolves the future with the result or RemoteError."""
         self._next_id += 1
         rid = self._next_id
         fut = self.loop.create_future()
         self._pending[rid] = fut
+        self.outbox.add(None, b"q" + protocol.dumps(protocol.make_request(method, params, rid)))
         try:
-            self.send_request(protocol.make_request(method, params, rid))
-            return protocol.response_outcome(await fut)
+            return await fut
         finally:
-            self._pending.pop(rid, None)
+            self._pending.pop(rid, None)  # answered ones are gone already; this is for a cancelled call
 
     # -- messages from the master
     def _on_message(self, frames: list[bytes]) -> None:
-        head = frames[0]
-        kind = head[:1]
-        if kind == b"c":
-            self._serve(head[1:9], head[9:])
-        elif kind == b"a":
-            self._on_answer(frames[1])
-        elif kind == b"n":
-            self._serve(None, frames[1])
-        elif kind == b"s":
-            self.stop_requested.set()
+        for item in frames:
+            kind = item[:1]
+            if kind == b"c":
+                self._serve(item[1:9], item[9:])
+            elif kind == b"a":
+                self._on_answer(item[1:])
+            elif kind == b"n":
+                self._serve(None, item[1:])
+            elif kind == b"s":
+                self.stop_requested.set()
 
     def _on_answer(self, payload: bytes) -> None:
         try:
             msg = protocol.loads(payload)
         except ValueError:
             return
-        fut = self._pending.get(msg.get("id")) if isinstance(msg, dict) else None
-        if fut is not None and not fut.done():
-            fut.set_result(msg)
+        fut = self._pending.pop(msg.get("id"), None) if type(msg) is dict else None
+        if fut is None or fut.done():
+            return
+        error = msg.get("error")
+        if error is None:
+            fut.set_result(msg.get("result"))
+        else:
+            try:
+                protocol.response_outcome(msg)
+            except RemoteError as exc:
+                fut.set_exception(exc)
 
     def _serve(self, token: bytes | None, payload: bytes) -> None:
         try:
@@ -165,9 +177,10 @@ class WorkerLink:
             return self._answer(token, prepared)
         func, method = prepared
         if method.is_async:
-            task = self.loop.create_task(self._serve_async(token, func, req))
-            self._tasks.add(task)
-            task.add_done_callback(self._tasks.discard)
+            task = start_task(self.loop, self._serve_async(token, func, req))
+            if not task.done():
+                self._tasks.add(task)
+                task.add_done_callback(self._tasks.discard)
         else:
             self._answer(token, self.dispatcher.run_sync(func, req.params, req.id))
 
@@ -178,8 +191,7 @@ class WorkerLink:
         if token is None:
             return  # a notification gets no answer
         head = (b"e" if "error" in response else b"r") + token
-        send_frames(self.sock, [head + encode_response(response, self.debug)])
-        self.reader.wake()
+        self.outbox.add(None, head + encode_response(response, self.debug))
 
     async def drain(self) -> None:
         """Wait for the calls this worker is running to finish."""
@@ -293,12 +305,14 @@ async def _serve(loop: asyncio.AbstractEventLoop, spec: dict, sock: zmq.Socket, 
             sys.stderr.write(text)
         else:
             embedded.failure = failure
+        link.outbox.flush()
         sock.send_multipart([b"f", protocol.dumps(failure)])
         link.reader.close()
         sock.close(linger=2000)
         return 1
 
     methods = {name: m.describe() for name, m in link.dispatcher.methods.items()}
+    link.outbox.flush()
     sock.send_multipart([b"h", protocol.dumps({"pid": os.getpid(), "slot": spec["slot"],
                                                "generation": spec["generation"], "methods": methods})])
     link.reader.wake()
@@ -311,6 +325,7 @@ async def _serve(loop: asyncio.AbstractEventLoop, spec: dict, sock: zmq.Socket, 
     for fut in link._pending.values():
         if not fut.done():
             fut.set_exception(RemoteError(protocol.SHUTTING_DOWN))
+    link.outbox.flush()  # answers still gathered for this loop turn
     link.reader.close()
     sock.close(linger=1000)
     return 0

@@ -4,12 +4,19 @@ The loop watches the socket's ZMQ_FD; when it signals, every queued message is d
 ZMQ_FD is edge-triggered: a send on a socket can swallow the notice of a message that arrived
 meanwhile, so whoever sends on a socket calls wake() on its reader, which schedules one more drain
 (at most one per loop turn).
+
+A send is the dearest step of a small message: its last frame wakes ZeroMQ's I/O thread (a system
+call and, on a busy machine, a context switch). An Outbox therefore gathers the frames meant for
+one peer and sends them as one multipart message: at the end of the drain that produced them, or
+on the next loop turn when they were produced elsewhere (a task). The receiver reads each frame of
+such a message as one item (worker link frames name their own kind in their first byte).
 """
 
 from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable
+from typing import Any
 
 import zmq
 from zmq.backend import Socket as _Backend
@@ -53,16 +60,69 @@ def recv_frames(sock: zmq.Socket) -> list[bytes]:
     return parts
 
 
-class SocketReader:
-    """Calls handler(frames) for each message arriving on sock."""
+class Outbox:
+    """Frames waiting to leave on one socket, grouped by peer: one multipart message per peer.
 
-    __slots__ = ("loop", "sock", "handler", "_fd", "_scheduled", "closed", "_recv")
+    For a ROUTER, peer is the routing id (sent first); for a DEALER, peer is None. on_failure(peer,
+    frames) is told when a peer's message cannot be sent (ROUTER_MANDATORY: that peer is gone).
+    """
+
+    __slots__ = ("loop", "sock", "pending", "holding", "_scheduled", "on_failure", "after_send")
 
     def __init__(self, loop: asyncio.AbstractEventLoop, sock: zmq.Socket,
-                 handler: Callable[[list[bytes]], None]) -> None:
+                 on_failure: Callable[[Any, list[bytes]], None] | None = None) -> None:
+        self.loop = loop
+        self.sock = sock
+        self.pending: dict[Any, list[bytes]] = {}
+        self.holding = False     # a drain is running: it flushes when it ends
+        self._scheduled = False
+        self.on_failure = on_failure
+        self.after_send: Callable[[], None] | None = None  # the socket's reader.wake
+
+    def add(self, peer: Any, frame: bytes) -> None:
+        frames = self.pending.get(peer)
+        if frames is None:
+            self.pending[peer] = [frame]
+            if not self.holding and not self._scheduled:
+                self._scheduled = True
+                self.loop.call_soon(self.flush)
+        else:
+            frames.append(frame)
+
+    def flush(self) -> None:
+        self._scheduled = False
+        if not self.pending:
+            return
+        pending = self.pending
+        self.pending = {}
+        sock = self.sock
+        for peer, frames in pending.items():
+            try:
+                if peer is None:
+                    send_frames(sock, frames)
+                else:
+                    _send(sock, peer, SNDMORE)
+                    send_frames(sock, frames)
+            except zmq.ZMQError:
+                if self.on_failure is not None:
+                    self.on_failure(peer, frames)
+        if self.after_send is not None:
+            self.after_send()
+
+
+class SocketReader:
+    """Calls handler(frames) for each message arriving on sock; flushes outbox after each drain."""
+
+    __slots__ = ("loop", "sock", "handler", "_fd", "_scheduled", "closed", "_recv", "outbox")
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, sock: zmq.Socket,
+                 handler: Callable[[list[bytes]], None], outbox: Outbox | None = None) -> None:
         self.loop = loop
         self.sock = sock
         self.handler = handler
+        self.outbox = outbox
+        if outbox is not None:
+            outbox.after_send = self.wake
         self._fd = sock.getsockopt(zmq.FD)
         self._recv = recv_routed if sock.socket_type == zmq.ROUTER else recv_frames
         self._scheduled = False
@@ -74,6 +134,18 @@ class SocketReader:
         self._scheduled = False
         if self.closed:
             return
+        outbox = self.outbox
+        if outbox is None:
+            self._drain_some()
+            return
+        outbox.holding = True
+        try:
+            self._drain_some()
+        finally:
+            outbox.holding = False
+            outbox.flush()
+
+    def _drain_some(self) -> None:
         sock = self.sock
         handler = self.handler
         recv = self._recv
