@@ -531,7 +531,8 @@ class Router:
         req = protocol.parse_request(obj)
         if type(req) is dict:
             return self._send(sock, envelope, protocol.dumps(req))
-        self.route(req, payload, sock, envelope, "worker")
+        if not self._run_inline(req, sock, envelope):
+            self.route(req, payload, sock, envelope, "worker")
 
     def send_stop(self, worker: Worker) -> None:
         self.outboxes[worker.sock].add(worker.ident, b"s")  # after every call sent before it

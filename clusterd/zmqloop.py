@@ -67,7 +67,7 @@ class Outbox:
     frames) is told when a peer's message cannot be sent (ROUTER_MANDATORY: that peer is gone).
     """
 
-    __slots__ = ("loop", "sock", "pending", "holding", "_scheduled", "on_failure", "after_send")
+    __slots__ = ("loop", "sock", "pending", "holding", "_scheduled", "on_failure", "after_send", "_ready")
 
     def __init__(self, loop: asyncio.AbstractEventLoop, sock: zmq.Socket,
                  on_failure: Callable[[Any, list[bytes]], None] | None = None) -> None:
@@ -77,13 +77,19 @@ class Outbox:
         self.holding = False     # a drain is running: it flushes when it ends
         self._scheduled = False
         self.on_failure = on_failure
-        self.after_send: Callable[[], None] | None = None  # the socket's reader.wake
+        self.after_send: Callable[[], None] | None = None  # the socket's reader.rearm
+        # the callbacks the loop runs before it polls again (asyncio's own loop); when none is
+        # waiting, nobody else can add a frame this turn and a frame leaves at once
+        self._ready = getattr(loop, "_ready", (None,))
 
     def add(self, peer: Any, frame: bytes) -> None:
         frames = self.pending.get(peer)
         if frames is None:
             self.pending[peer] = [frame]
             if not self.holding and not self._scheduled:
+                if not self._ready:
+                    self.flush()  # nothing else runs before the loop polls: no frame to wait for
+                    return
                 self._scheduled = True
                 self.loop.call_soon(self.flush)
         else:
@@ -122,7 +128,7 @@ class SocketReader:
         self.handler = handler
         self.outbox = outbox
         if outbox is not None:
-            outbox.after_send = self.wake
+            outbox.after_send = self.rearm
         self._fd = sock.getsockopt(zmq.FD)
         self._recv = recv_routed if sock.socket_type == zmq.ROUTER else recv_frames
         self._scheduled = False
@@ -150,7 +156,10 @@ class SocketReader:
         handler = self.handler
         recv = self._recv
         for _ in range(BATCH):
+            # asking ZMQ_EVENTS first costs less than the zmq.Again a recv on an empty socket raises
             try:
+                if not _get(sock, _EVENTS) & _POLLIN:
+                    return
                 frames = recv(sock)
             except zmq.Again:
                 return
@@ -169,6 +178,12 @@ class SocketReader:
         if not self._scheduled and not self.closed:
             self._scheduled = True
             self.loop.call_soon(self._check)
+
+    def rearm(self) -> None:
+        """Right after a send: ask ZMQ_EVENTS now (re-arms ZMQ_FD), drain soon if a message is waiting."""
+        if not self._scheduled and not self.closed and _get(self.sock, _EVENTS) & _POLLIN:
+            self._scheduled = True
+            self.loop.call_soon(self._drain)
 
     def _check(self) -> None:
         """After a send: asking ZMQ_EVENTS re-arms ZMQ_FD; drain only if a message slipped in."""
