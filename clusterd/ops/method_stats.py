@@ -39,8 +39,9 @@ MAX_METHODS = 256
 
 
 def _bounds() -> tuple[float, ...]:
-    """Upper bounds in seconds from 50 µs to 60 s, about 1.25 apart (relative error of a quantile
-    under 25 %), on round numbers so that the 1-2.5-5 Prometheus buckets are exactly among them."""
+    """Upper bounds in seconds from 50 µs to 60 s, 1.2 to 4/3 apart (so an estimated quantile is
+    within a third of the true one), on round numbers so that the 1-2.5-5 Prometheus buckets are
+    exactly among them."""
     mantissas = (1.0, 1.25, 1.5, 2.0, 2.5, 3.0, 4.0, 5.0, 6.0, 8.0)
     out = []
     for exponent in range(-5, 2):
