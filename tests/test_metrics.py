@@ -37,13 +37,13 @@ DOC = {
 
 
 def scrape(doc: dict, stats: MethodStats | None = None) -> dict[tuple[str, tuple], float]:
-    text = Exporter(lambda: doc, stats or MethodStats(), "0.1.0").render().decode()
+    text = Exporter(lambda: doc, stats or MethodStats(), "0.1.0").render()[0].decode()
     return {(s.name, tuple(sorted(s.labels.items()))): s.value
             for family in text_string_to_metric_families(text) for s in family.samples}
 
 
 def families(doc: dict, stats: MethodStats | None = None) -> dict:
-    text = Exporter(lambda: doc, stats or MethodStats(), "0.1.0").render().decode()
+    text = Exporter(lambda: doc, stats or MethodStats(), "0.1.0").render()[0].decode()
     return {f.name: f for f in text_string_to_metric_families(text)}
 
 
@@ -162,7 +162,7 @@ def test_names_follow_prometheus_conventions():
 @pytest.mark.skipif(shutil.which("promtool") is None,
                     reason="promtool is not installed (Debian: apt-get install prometheus)")
 def test_promtool_check_metrics_is_clean():
-    text = Exporter(lambda: DOC, sample_stats(), "0.1.0").render()
+    text, _type = Exporter(lambda: DOC, sample_stats(), "0.1.0").render()
     result = subprocess.run(["promtool", "check", "metrics"], input=text, capture_output=True, timeout=30)
     assert result.returncode == 0, result.stdout + result.stderr
     assert result.stdout.strip() == b"" and result.stderr.strip() == b""
@@ -196,3 +196,14 @@ def test_loop_lag_meter_measures_a_blocked_loop():
             meter.stop()
 
     assert asyncio.run(main()) >= 0.08
+
+
+def test_openmetrics_when_the_scraper_asks_for_it():
+    from prometheus_client.openmetrics.parser import text_string_to_metric_families as parse_openmetrics
+    body, content_type = Exporter(lambda: DOC, sample_stats(), "0.1.0").render(
+        "application/openmetrics-text;version=1.0.0,text/plain;version=0.0.4;q=0.5")
+    assert content_type.startswith("application/openmetrics-text")
+    fams = {f.name: f for f in parse_openmetrics(body.decode())}
+    assert {s.value for s in fams["clusterd_calls"].samples if s.labels["method"] == "fib"} == {2, 1}
+    plain, content_type = Exporter(lambda: DOC, sample_stats(), "0.1.0").render("")
+    assert content_type.startswith("text/plain; version=0.0.4")

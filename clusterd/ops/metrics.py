@@ -25,7 +25,8 @@ import resource
 from collections.abc import Callable, Iterator
 from typing import Any
 
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+from prometheus_client import CollectorRegistry
+from prometheus_client.exposition import choose_encoder
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.utils import floatToGoString
 
@@ -184,16 +185,17 @@ class ClusterCollector:
 
 
 class Exporter:
-    """A private registry holding one ClusterCollector; `render()` is the body of GET /metrics."""
-
-    content_type = CONTENT_TYPE_LATEST
+    """A private registry holding one ClusterCollector; `render()` answers GET /metrics."""
 
     def __init__(self, status: Callable[[], dict], stats: MethodStats, clusterd_version: str) -> None:
         self.registry = CollectorRegistry(auto_describe=False)
         self.registry.register(ClusterCollector(status, stats, clusterd_version))
 
-    def render(self) -> bytes:
-        return generate_latest(self.registry)
+    def render(self, accept: str = "") -> tuple[bytes, str]:
+        """The body and its content type for a request's Accept header: Prometheus text 0.0.4 unless
+        the scraper asks for OpenMetrics (prometheus_client negotiates)."""
+        encoder, content_type = choose_encoder(accept)
+        return encoder(self.registry), content_type
 
 
 def fd_usage() -> tuple[int | None, int | None]:

@@ -87,8 +87,8 @@ class OpsServer:
             return await self._respond(writer, 405, b"only GET\n", {"Allow": "GET, HEAD"})
         head_only = method == b"HEAD"
         if target == b"/metrics":
-            return await self._respond(writer, 200, self.exporter.render(),
-                                       {"Content-Type": self.exporter.content_type}, head_only)
+            body, content_type = self.exporter.render(_header(head, b"accept"))
+            return await self._respond(writer, 200, body, {"Content-Type": content_type}, head_only)
         if self.feed is not None:
             if target == b"/dashboard":
                 return await self._respond(writer, 200, page(), {"Content-Type": "text/html; charset=utf-8",
@@ -141,6 +141,15 @@ class OpsServer:
         finally:
             feed.readers -= 1
             self._streams -= 1
+
+
+def _header(head: bytes, name: bytes) -> str:
+    """The value of one request header (name in lower case), "" when absent."""
+    for line in head.split(b"\r\n")[1:]:
+        key, sep, value = line.partition(b":")
+        if sep and key.strip().lower() == name:
+            return value.strip().decode("latin-1")
+    return ""
 
 
 def parse_bind(value: str) -> tuple[str, int]:
