@@ -20,6 +20,7 @@ A field that is absent leaves its family without samples (never a made-up zero).
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import resource
 from collections.abc import Callable, Iterator
@@ -212,8 +213,9 @@ class LoopLagMeter:
     """Measures how late a timer on the event loop fires: the loop's health as a client feels it
     (a blocking handler or a flood shows up here before anywhere else)."""
 
-    def __init__(self, interval: float = 1.0) -> None:
+    def __init__(self, interval: float = 1.0, on_tick: Callable[[], None] | None = None) -> None:
         self.interval = interval
+        self.on_tick = on_tick
         self.latest = 0.0
         self.worst = 0.0
         self._handle: asyncio.TimerHandle | None = None
@@ -229,6 +231,11 @@ class LoopLagMeter:
         self.worst = max(self.worst, self.latest)
         self._due = now + self.interval
         self._handle = loop.call_at(self._due, self._fire, loop)
+        if self.on_tick is not None:
+            try:
+                self.on_tick()
+            except Exception:  # a periodic task must outlive a bad tick
+                logging.getLogger("clusterd").exception("periodic tick failed")
 
     def take(self) -> float:
         """The latest lag, rounded for the status document."""
