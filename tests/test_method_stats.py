@@ -88,7 +88,8 @@ def test_delta_not_committed_is_sent_again():
 @pytest.mark.parametrize("bad", [None, [], {"v": 99, "c": [["a", "zmq", "ok", 1]]}, {"v": 1, "c": "x"},
                                  {"v": 1, "c": [["a", "zmq", "ok", -3], ["a", 1, "ok", 1], ["a"]]},
                                  {"v": 1, "h": {"a": [0.1, NBUCKETS, 1]}}, {"v": 1, "h": {"a": ["x", 0, 1]}},
-                                 {"v": 1, "h": {"a": [0.1, 0]}}, {"v": 1, "h": {"a": [0.1, 0, -1]}}])
+                                 {"v": 1, "h": {"a": [0.1, 0]}}, {"v": 1, "h": {"a": [0.1, 0, -1]}},
+                                 {"v": 1, "h": {"a": [float("nan"), 0, 1]}}])
 def test_malformed_deltas_change_nothing_and_never_raise(bad):
     stats = MethodStats()
     stats.merge(bad)

@@ -13,6 +13,10 @@ Messages (the `data:` of each is one JSON object):
     tick    {"point": [t, calls/s, errors/s, p50_ms, p99_ms], "status": {...}}
     event   one lifecycle event: {"seq", "at", "kind", "msg", "slot", "pid", "reason", ...}
 where status is {"name", "state", "generation", "master": {...}, "workers": [...], "methods": {...}}.
+
+The charts use uPlot 1.6.32 (MIT, github.com/leeoniya/uPlot), vendored in static/ from `npm pack
+uplot` (tarball sha256 4b8a8191...b5133d): 51 KB, no dependencies, time axes, log scales and live
+legends that a hand-drawn canvas would have to grow. Upgrade by replacing the two files.
 """
 
 from __future__ import annotations

@@ -105,7 +105,7 @@ class MethodStats:
                     pairs = [(int(flat[k]), int(flat[k + 1])) for k in range(1, len(flat), 2)]
                 except (TypeError, ValueError):
                     continue
-                if any(not 0 <= i < NBUCKETS or n < 0 for i, n in pairs):
+                if not math.isfinite(total) or any(not 0 <= i < NBUCKETS or n < 0 for i, n in pairs):
                     continue
                 name, counts = (method, self.hist[method]) if method in self.hist else self._admit(method)
                 for i, n in pairs:
