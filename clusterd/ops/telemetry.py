@@ -3,6 +3,26 @@
 The router records calls and counts refusals through it, the heartbeat handler merges workers'
 deltas into it, the status document takes its fields from it, and it runs the `--metrics-bind`
 server. Everything else in ops/ stays behind it, so the master's side of the seam is a few calls.
+
+Wiring (master):
+- create after log.setup(): Telemetry(router.status_document, clusterd.__version__, config.metrics_bind,
+  config.dashboard); `await start()` in serve() (OSError: cannot bind, exit 2), `await close()` at stop.
+- status_document(): master.update(master_fields()) plus master.cpu_seconds (psutil cpu_times),
+  "methods": methods(), "counters": counters_document(), and workers[].cpu_seconds, calls_inflight,
+  master.clients (see metrics.INPUT_FIELDS).
+- on each answer: record(method, door, OK, seconds) for a result; record_error(method, door,
+  response_bytes, seconds) for a worker's b"e" answer; record_code(...) for the master's own errors.
+  Calls need `method`, `door` and a start time (loop.time()); a batch is one call named "(batch)".
+  door: "zmq" for a client socket, "worker" for a worker's b"q" request, "master" for the master's
+  own WorkersProxy calls. A worker forwarding an HTTP/WS call to the master marks it, and the master
+  does not record it (the worker already did, door "http"/"ws").
+- count("refused", code) where the master answers -32001/-32004/-32005 itself; count("rejected",
+  "too-large"|"malformed"); count("restarts", reason) where a slot is restarted; count("reloads",
+  "ok"|"failed") when a reload ends.
+- heartbeat handler: merge(beat.get("stats")).
+Wiring (worker): one MethodStats; its HTTP/WS door records each call; the heartbeat thread holds a
+DeltaTracker and adds "stats": tracker.delta() to the beat (when not None), tracker.commit() after
+a successful send.
 """
 
 from __future__ import annotations
