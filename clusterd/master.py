@@ -370,6 +370,13 @@ class Router:
             self.dispatch(call, exclude=worker)
         self.readers[worker.sock].wake()
 
+    def flush_worker_messages(self) -> None:
+        """Handle every message workers already sent: before judging them by what has not arrived."""
+        for sock in (getattr(self, "wsock", None), getattr(self, "rsock", None)):
+            reader = self.readers.get(sock) if sock is not None else None
+            if reader is not None:
+                reader.flush()
+
     def _to_worker(self, frames: list[bytes], sock: zmq.Socket | None = None) -> None:
         sock = sock or self.wsock
         try:
@@ -427,6 +434,7 @@ class Router:
     def _sweep_deadlines(self) -> None:
         """Answer calls past their deadline with -32003 and recycle the workers running them."""
         self._sweep_handle = None
+        self.flush_worker_messages()  # an answer already sent is delivered, not timed out
         now = self.loop.time()
         pending = False
         for worker in list(self.supervisor.by_ident.values()):

@@ -263,7 +263,7 @@ async def _run(spec: dict, embedded: Any = None) -> int:
         configure = client_configurer(spec["curve"])
     if embedded is None:
         heartbeat.start(context, spec["endpoint"], ident, spec["heartbeat_interval"], spec["heartbeat_timeout"],
-                        configure)
+                        configure, master_pid=spec.get("master_pid"))
     else:
         heartbeat.start(context, spec["endpoint"], ident, spec["heartbeat_interval"], spec["heartbeat_timeout"],
                         watch=threading.get_ident(), stop=embedded.beat_stop)

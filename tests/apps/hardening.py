@@ -67,6 +67,11 @@ class Worker(WorkerEndpoint):
     async def master_call(self, method: str) -> object:
         return await self.master.call(method)
 
+    @rpc
+    async def slow(self, seconds: float) -> int:
+        await asyncio.sleep(seconds)
+        return os.getpid()
+
     @rpc(idempotent=True)
     async def record(self, path: str, seconds: float) -> int:
         """Sleeps, then appends this worker's pid to path: how many times a call ran is on disk."""
