@@ -4,13 +4,19 @@ and a --bind DEALER; after each hostile call the same worker still serves and th
 
 from __future__ import annotations
 
+import asyncio
+import json
 import math
 import re
 import sys
 
 import pytest
+import zmq
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
-from clusterd import protocol
+from clusterd import exactjson, protocol
+from clusterd.zmqloop import SocketReader
 
 from .conftest import ROOT, Rpc, free_port, running_instance, wait_for
 
@@ -135,3 +141,53 @@ def test_readme_service_example_runs_as_printed(cluster, tmp_path):
     assert c.result("pids") == {str(w["slot"]): w["pid"] for w in workers}
     assert c.call("fib", -1)["error"]["code"] == protocol.INVALID_PARAMS
     assert inst.status()["client_inflight"] == 0
+
+
+# ---------------------------------------------------------------------------- the pieces, alone
+json_values = st.recursive(
+    st.none() | st.booleans() | st.floats(allow_nan=False, allow_infinity=False) | st.text()
+    | st.integers() | st.integers(min_value=2 ** 64, max_value=10 ** 400) | st.integers(max_value=-(2 ** 63) - 1),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=5), inner, max_size=4),
+    max_leaves=30)
+
+
+@settings(max_examples=300, deadline=None)
+@given(value=json_values)
+def test_exact_json_round_trips_what_the_standard_library_does(value):
+    text = json.dumps(value)
+    assert exactjson._loads_flat(text) == json.loads(text)
+    assert protocol.loads(protocol.dumps(value)) == value
+    assert protocol.loads(exactjson.dumps(value)) == value
+
+
+def test_exact_json_has_no_depth_limit_of_its_own_below_orjsons():
+    deep = "[" * exactjson.MAX_DEPTH + "123456789012345678901" + "]" * exactjson.MAX_DEPTH
+    assert exactjson.dumps(protocol.loads(deep)) == deep.encode()
+    with pytest.raises(ValueError):
+        protocol.loads("[" + deep + "]")  # past orjson's depth too: refused by both, as bad input
+
+
+def test_a_reader_survives_a_handler_that_raises():
+    async def run() -> list:
+        ctx = zmq.Context.instance()
+        pull, push = ctx.socket(zmq.PULL), ctx.socket(zmq.PUSH)
+        pull.bind("inproc://hardening-reader")
+        push.connect("inproc://hardening-reader")
+        seen: list = []
+        done = asyncio.get_running_loop().create_future()
+
+        def handler(frames):
+            seen.append(frames[0])
+            if frames[0] == b"last":
+                done.set_result(None)
+            raise RecursionError("a handler fault")
+
+        reader = SocketReader(asyncio.get_running_loop(), pull, handler)
+        for payload in (b"one", b"two", b"last"):
+            push.send(payload)
+        await asyncio.wait_for(done, 5)
+        reader.close()
+        pull.close(0)
+        push.close(0)
+        return seen
+    assert asyncio.run(run()) == [b"one", b"two", b"last"]
