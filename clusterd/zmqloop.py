@@ -69,7 +69,7 @@ class SocketReader:
         self.sock = sock
         self.handler = handler
         self._fd = sock.getsockopt(zmq.FD)
-        self._recv = recv_routed if sock.socket_type == zmq.ROUTER else recv_frames
+        self._recv = recv_routed if sock.type == zmq.ROUTER else recv_frames
         self._scheduled = False
         self.closed = False
         self._faults = RateLimited()
