@@ -200,6 +200,7 @@ class Router:
         self.reloads = None  # set by serve(): the ReloadManager
         self.notifier = None
         self.shared = None
+        self._faults = log.RateLimited()
         self._ps = psutil.Process()
         self._ps.cpu_percent(None)
         self._internal: dict[str, Callable] = {
@@ -284,20 +285,28 @@ class Router:
         payload = frames[-1]
         envelope = frames[:-1]
         try:
-            obj = protocol.fast_loads(payload)
-            if type(obj) is not dict or type(obj.get("id")) is float or obj.get("method") in self._local:
-                obj = protocol.loads(payload)  # a batch, a big-integer id, or params the master itself reads
-        except ValueError:
-            return self._send(sock, envelope, protocol.encode_error(None, protocol.PARSE_ERROR))
-        if type(obj) is dict:
-            req = protocol.parse_request(obj)
-            if type(req) is dict:
-                return self._send(sock, envelope, protocol.dumps(req))
-            self.route(req, payload, sock, envelope, "admin" if admin else "client")
-        elif type(obj) is list:
-            self._batch(obj, sock, envelope, "admin" if admin else "client")
-        else:
-            self._send(sock, envelope, protocol.encode_error(None, protocol.INVALID_REQUEST))
+            try:
+                obj = protocol.fast_loads(payload)
+            except ValueError:
+                obj = protocol.loads(payload)  # numbers past a double's range: only the exact parse reads them
+            else:
+                if type(obj) is not dict or type(obj.get("id")) is float or obj.get("method") in self._local:
+                    obj = protocol.loads(payload)  # a batch, a big-integer id, or params the master itself reads
+        except ValueError as exc:
+            return self._send(sock, envelope, protocol.dumps(protocol.parse_error(exc)))
+        try:
+            if type(obj) is dict:
+                req = protocol.parse_request(obj)
+                if type(req) is dict:
+                    return self._send(sock, envelope, protocol.dumps(req))
+                self.route(req, payload, sock, envelope, "admin" if admin else "client")
+            elif type(obj) is list:
+                self._batch(obj, sock, envelope, "admin" if admin else "client")
+            else:
+                self._send(sock, envelope, protocol.encode_error(None, protocol.INVALID_REQUEST))
+        except Exception:  # a fault of ours: the client still gets an answer, the socket is still read
+            self._faults.exception("handling a client's message failed")
+            self._send(sock, envelope, protocol.encode_error(None, protocol.INTERNAL_ERROR))
 
     def route(self, req: protocol.Request, payload: bytes, sock: zmq.Socket, envelope: list[bytes],
               source: str) -> None:
@@ -306,6 +315,10 @@ class Router:
         if method in self._local:
             if not self._run_inline(req, sock, envelope):
                 self._spawn_task(self._answer_local(req, sock, envelope, source))
+            return
+        if source == "worker":  # a worker's self.master.call is never forwarded back to a worker (DESIGN.md 2)
+            if req.id is not NO_ID:
+                self._send(sock, envelope, protocol.dumps(_master_lacks(req)))
             return
         meta = self.worker_methods.get(method)
         if meta is None:
@@ -376,6 +389,13 @@ class Router:
                 if call is not None:
                     self.dispatch(call, exclude=worker)
 
+    def flush_worker_messages(self) -> None:
+        """Handle every message workers already sent: before judging them by what has not arrived."""
+        for sock in (getattr(self, "wsock", None), getattr(self, "rsock", None)):
+            reader = self.readers.get(sock) if sock is not None else None
+            if reader is not None:
+                reader.flush()
+
     def _to_worker(self, frames: list[bytes], sock: zmq.Socket) -> None:
         try:
             send_frames(sock, frames)
@@ -436,6 +456,7 @@ class Router:
     def _sweep_deadlines(self) -> None:
         """Answer calls past their deadline with -32003 and recycle the workers running them."""
         self._sweep_handle = None
+        self.flush_worker_messages()  # an answer already sent is delivered, not timed out
         now = self.loop.time()
         pending = False
         for worker in list(self.supervisor.by_ident.values()):
@@ -526,13 +547,18 @@ class Router:
         envelope = [ident]  # answered by _send as one b"a" item in the worker's outbox
         try:
             obj = protocol.loads(payload)
-        except ValueError:
-            return self._send(sock, envelope, protocol.encode_error(None, protocol.PARSE_ERROR))
+        except ValueError as exc:
+            return self._send(sock, envelope, protocol.dumps(protocol.parse_error(exc)))
         req = protocol.parse_request(obj)
         if type(req) is dict:
             return self._send(sock, envelope, protocol.dumps(req))
-        if not self._run_inline(req, sock, envelope):
-            self.route(req, payload, sock, envelope, "worker")
+        try:
+            if not self._run_inline(req, sock, envelope):
+                self.route(req, payload, sock, envelope, "worker")
+        except Exception:
+            self._faults.exception("handling a worker's request failed")
+            if req.id is not NO_ID:
+                self._send(sock, envelope, protocol.encode_error(req.id, protocol.INTERNAL_ERROR))
 
     def send_stop(self, worker: Worker) -> None:
         self.outboxes[worker.sock].add(worker.ident, b"s")  # after every call sent before it
@@ -581,7 +607,11 @@ class Router:
 
     async def _answer_local(self, req: protocol.Request, sock: zmq.Socket, envelope: list[bytes],
                             source: str) -> None:
-        response = await self.run_local(req, source)
+        try:
+            response = await self.run_local(req, source)
+        except Exception:  # a fault of ours (user code is answered -32000 by the dispatcher)
+            self._faults.exception(f"answering {req.method!r} failed")
+            response = None if req.id is NO_ID else protocol.encode_error(req.id, protocol.INTERNAL_ERROR)
         if response is not None:
             self._send(sock, envelope, response)
 
@@ -599,7 +629,8 @@ class Router:
                 if handler is None and method == "clusterd.status":
                     handler = self.admin_status
             if handler is None:
-                response = protocol.error_response(req.id, protocol.METHOD_NOT_FOUND)
+                response = _master_lacks(req) if source == "worker" else protocol.error_response(
+                    req.id, protocol.METHOD_NOT_FOUND)
             else:
                 try:
                     params = req.params
@@ -827,6 +858,11 @@ class _LocalMethods:
 
     def __contains__(self, name: object) -> bool:
         return isinstance(name, str) and (name in self.methods or name.startswith("clusterd."))
+
+
+def _master_lacks(req: protocol.Request) -> dict:
+    return protocol.error_response(req.id, protocol.METHOD_NOT_FOUND,
+                                   f"Method not found: the master has no method {req.method!r}")
 
 
 def _loads_dict(payload: bytes) -> dict:

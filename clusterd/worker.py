@@ -32,7 +32,7 @@ from typing import Any
 
 import zmq
 
-from . import heartbeat, protocol
+from . import heartbeat, log, protocol
 from .endpoint import Dispatcher, encode_response, start_task
 from .protocol import RemoteError, RPCError
 from .zmqloop import Outbox, SocketReader
@@ -113,6 +113,7 @@ class WorkerLink:
         self._pending: dict[int, asyncio.Future] = {}
         self._tasks: set[asyncio.Task] = set()
         self.stop_requested = asyncio.Event()
+        self._faults = log.RateLimited()
         self.outbox = Outbox(loop, sock)
         self.reader = SocketReader(loop, sock, self._on_message, self.outbox)
 
@@ -137,11 +138,11 @@ class WorkerLink:
         for item in frames:
             kind = item[:1]
             if kind == b"c":
-                self._serve(item[1:9], item[9:])
+                self._serve_safely(item[1:9], item[9:])
             elif kind == b"a":
                 self._on_answer(item[1:])
             elif kind == b"n":
-                self._serve(None, item[1:])
+                self._serve_safely(None, item[1:])
             elif kind == b"s":
                 self.stop_requested.set()
 
@@ -162,11 +163,21 @@ class WorkerLink:
             except RemoteError as exc:
                 fut.set_exception(exc)
 
+    def _serve_safely(self, token: bytes | None, payload: bytes) -> None:
+        try:
+            self._serve(token, payload)
+        except Exception:  # a fault of ours, not of user code (that is answered -32000): still answered
+            self._fault(token, None)
+
+    def _fault(self, token: bytes | None, rid: Any) -> None:
+        self._faults.exception("serving a call failed")
+        self._answer(token, protocol.error_response(rid, protocol.INTERNAL_ERROR))
+
     def _serve(self, token: bytes | None, payload: bytes) -> None:
         try:
             obj = protocol.loads(payload)
-        except ValueError:
-            return self._answer(token, protocol.error_response(None, protocol.PARSE_ERROR))
+        except ValueError as exc:
+            return self._answer(token, protocol.parse_error(exc))
         req = protocol.parse_request(obj)
         if isinstance(req, dict):
             return self._answer(token, req)
@@ -185,7 +196,10 @@ class WorkerLink:
             self._answer(token, self.dispatcher.run_sync(func, req.params, req.id))
 
     async def _serve_async(self, token: bytes | None, func, req: protocol.Request) -> None:
-        self._answer(token, await self.dispatcher.run_async(func, req.params, req.id))
+        try:
+            self._answer(token, await self.dispatcher.run_async(func, req.params, req.id))
+        except Exception:
+            self._fault(token, req.id)
 
     def _answer(self, token: bytes | None, response: dict) -> None:
         if token is None:
@@ -261,7 +275,7 @@ async def _run(spec: dict, embedded: Any = None) -> int:
         configure = client_configurer(spec["curve"])
     if embedded is None:
         heartbeat.start(context, spec["endpoint"], ident, spec["heartbeat_interval"], spec["heartbeat_timeout"],
-                        configure)
+                        configure, master_pid=spec.get("master_pid"))
     else:
         heartbeat.start(context, spec["endpoint"], ident, spec["heartbeat_interval"], spec["heartbeat_timeout"],
                         watch=threading.get_ident(), stop=embedded.beat_stop)

@@ -21,6 +21,8 @@ from typing import Any
 import zmq
 from zmq.backend import Socket as _Backend
 
+from .log import RateLimited
+
 BATCH = 512
 
 # pyzmq's send_multipart/recv_multipart combine flags as enum.IntFlag objects, which costs more than
@@ -117,9 +119,13 @@ class Outbox:
 
 
 class SocketReader:
-    """Calls handler(frames) for each message arriving on sock; flushes outbox after each drain."""
+    """Calls handler(frames) for each message arriving on sock; sends its outbox after each drain.
 
-    __slots__ = ("loop", "sock", "handler", "_fd", "_scheduled", "closed", "_recv", "outbox")
+    Nothing a handler raises stops the reader: the handler answers what it can, the reader logs the
+    rest (rate-limited) and reads on."""
+
+    __slots__ = ("loop", "sock", "handler", "_fd", "_scheduled", "closed", "_recv", "_faults", "_draining",
+                 "outbox")
 
     def __init__(self, loop: asyncio.AbstractEventLoop, sock: zmq.Socket,
                  handler: Callable[[list[bytes]], None], outbox: Outbox | None = None) -> None:
@@ -130,28 +136,31 @@ class SocketReader:
         if outbox is not None:
             outbox.after_send = self.rearm
         self._fd = sock.getsockopt(zmq.FD)
-        self._recv = recv_routed if sock.socket_type == zmq.ROUTER else recv_frames
+        self._recv = recv_routed if sock.type == zmq.ROUTER else recv_frames
         self._scheduled = False
         self.closed = False
+        self._faults = RateLimited()
+        self._draining = False
         loop.add_reader(self._fd, self._drain)
         self.wake()
 
     def _drain(self) -> None:
         self._scheduled = False
-        if self.closed:
+        if self.closed or self._draining:
             return
+        self._draining = True
         outbox = self.outbox
-        if outbox is None:
-            self._drain_some()
-            return
-        outbox.holding = True
+        if outbox is not None:
+            outbox.holding = True
         try:
-            self._drain_some()
+            self._drain_batch()
         finally:
-            outbox.holding = False
-            outbox.flush()
+            self._draining = False
+            if outbox is not None:
+                outbox.holding = False
+                outbox.flush()
 
-    def _drain_some(self) -> None:
+    def _drain_batch(self) -> None:
         sock = self.sock
         handler = self.handler
         recv = self._recv
@@ -167,12 +176,32 @@ class SocketReader:
                 if self.closed:
                     return
                 raise
-            handler(frames)
+            try:
+                handler(frames)
+            except Exception:
+                self._faults.exception("a message handler failed; the socket is still read")
             if self.closed:
                 return
         if not self._scheduled:  # more may be queued: continue on the next loop turn, after other events
             self._scheduled = True
             self.loop.call_soon(self._drain)
+
+    def flush(self) -> None:
+        """Handle every message already queued, now: before judging what has not arrived."""
+        if self.closed or self._draining:
+            return
+        self._draining = True
+        outbox = self.outbox
+        if outbox is not None:
+            outbox.holding = True
+        try:
+            while not self.closed and _get(self.sock, _EVENTS) & _POLLIN:
+                self._drain_batch()
+        finally:
+            self._draining = False
+            if outbox is not None:
+                outbox.holding = False
+                outbox.flush()
 
     def wake(self) -> None:
         if not self._scheduled and not self.closed:
