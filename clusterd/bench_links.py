@@ -295,7 +295,7 @@ class _Instance:
         env["PYTHONPATH"] = os.pathsep.join([str(tree), str(appdir)])
         argv = _guarded(_MODULE, signal.SIGTERM, "clusterd", "run", f"{APP_MODULE}:Master",
                         f"{APP_MODULE}:Worker", "--workers", "1", "--name", self.name,
-                        "--call-timeout", "120", "--graceful-timeout", "2")
+                        "--graceful-timeout", "2")
         self.proc, self.log = session.spawn(argv, f"clusterd-{system}", env=env)
         self.sock = session.ctx.socket(zmq.DEALER)
         self.sock.setsockopt(zmq.LINGER, 0)
@@ -450,9 +450,9 @@ def format_links_table(doc: dict[str, Any]) -> str:
         row = f"{PATH_LABELS[path] + ', ' + n + ' in flight':<30}"
         for name in names:
             fig = doc["systems"][name]["paths"][key]
-            row += f"{fig['calls_per_s']:>15,.0f} ({fig['master_cpu_us_per_call']:>6.1f})  "
+            row += f"  {fig['calls_per_s']:>15,.0f} ({fig['master_cpu_us_per_call']:>6.1f})"
         if "ratios" in doc:
-            row += f"{doc['ratios'][key]:>7.2f}x"
+            row += f"{doc['ratios'][key]:>8.2f}x"
         lines.append(row)
     lines += ["", f"{'target':<48}{'value':>8}  {'goal':<8}met"]
     for t in doc["targets"].values():

@@ -527,7 +527,15 @@ def _value_origin(exc: click.UsageError) -> str:
               help="Workers of the measured instance; the speedup compares it with 1.")
 @click.option("--chaos", type=float, default=None, metavar="SECONDS",
               help="Instead: clients call while workers are SIGKILLed at random; print the tallies.")
-def bench(quick: bool, as_json: bool, workers: int, chaos: float | None) -> None:
+@click.option("--links", is_flag=True,
+              help="Instead: the master and a worker calling each other (1 and 64 in flight), beside a "
+                   "hand-made DEALER link.")
+@click.option("--baseline", type=click.Path(exists=True, file_okay=False, path_type=Path), default=None,
+              help="With --links: another clusterd source tree (say a worktree of an older commit), "
+                   "measured in the same rounds.")
+@click.option("--rounds", type=click.IntRange(min=1), default=None, help="With --links: rounds (default 5).")
+def bench(quick: bool, as_json: bool, workers: int, chaos: float | None, links: bool, baseline: Path | None,
+          rounds: int | None) -> None:
     """Measure clusterd against a C zmq.proxy, a hand-written master and ProcessPoolExecutor."""
     from .bench import BenchError, format_table, run_bench
 
@@ -535,6 +543,18 @@ def bench(quick: bool, as_json: bool, workers: int, chaos: float | None) -> None
 
     def progress(message: str) -> None:
         click.echo(f"\r\x1b[K{message}" if live else message, err=True, nl=not live)
+
+    if links:
+        from .bench_links import LinksBenchError, format_links_table, run_links_bench
+        try:
+            doc = run_links_bench(quick=quick, baseline=baseline, rounds=rounds, progress=progress)
+        except LinksBenchError as exc:
+            fail(f"bench failed: {exc}", EXIT_FAILURE)
+        finally:
+            if live:
+                click.echo("\r\x1b[K", err=True, nl=False)
+        click.echo(protocol.dumps(doc).decode() if as_json else format_links_table(doc))
+        return
 
     if chaos is not None:
         from .chaos import run_chaos_bench

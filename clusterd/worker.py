@@ -28,6 +28,7 @@ import signal
 import sys
 import threading
 import traceback
+from collections.abc import Coroutine
 from typing import Any
 
 import zmq
@@ -46,8 +47,9 @@ class MasterProxy:
     def __init__(self, link: "WorkerLink") -> None:
         self._link = link
 
-    async def call(self, method: str, *params: Any, **named: Any) -> Any:
-        return await self._link.request(method, named if named else list(params))
+    def call(self, method: str, *params: Any, **named: Any) -> Coroutine[Any, Any, Any]:
+        """A coroutine (await it, or make it a task) of the master's answer: one future, one frame."""
+        return self._link.request(method, named if named else list(params))
 
     def notify(self, method: str, *params: Any, **named: Any) -> None:
         self._link.send_request(protocol.make_request(method, named if named else list(params)))

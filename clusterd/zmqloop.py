@@ -164,10 +164,11 @@ class SocketReader:
         sock = self.sock
         handler = self.handler
         recv = self._recv
-        for _ in range(BATCH):
-            # asking ZMQ_EVENTS first costs less than the zmq.Again a recv on an empty socket raises
+        for i in range(BATCH):
+            # the socket's signal promises a message (usually): the first recv just tries; after it,
+            # asking ZMQ_EVENTS costs less than the zmq.Again a recv on an empty socket raises
             try:
-                if not _get(sock, _EVENTS) & _POLLIN:
+                if i and not _get(sock, _EVENTS) & _POLLIN:
                     return
                 frames = recv(sock)
             except zmq.Again:
