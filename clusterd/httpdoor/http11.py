@@ -200,6 +200,9 @@ class HttpConnection(asyncio.Protocol):
             return
         finally:
             door._call_finished()
+        if keep_alive and door.draining:
+            keep_alive = False
+            self.closing = True
         if answer is None:
             self._answer(seq, responses.no_content(keep_alive, door.cors_headers))
         else:

@@ -82,6 +82,7 @@ class WebSocketSession(WSListener):
             self.close_when_idle()
 
     def on_ws_disconnected(self, transport: WSTransport) -> None:
+        self.transport = None
         self.door._sessions.discard(self)
         self.door._connection_gone()
 
@@ -143,6 +144,8 @@ class WebSocketSession(WSListener):
             transport.underlying_transport.resume_reading()
         if self._closing and self.in_flight == 0:
             self._close_going_away()
+        elif transport.is_disconnected:
+            self.transport = None
 
     def close_when_idle(self) -> None:
         """Drain: answer every call already read, then close with 1001 (going away)."""
