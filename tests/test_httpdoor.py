@@ -21,7 +21,7 @@ from websockets.exceptions import ConnectionClosed, InvalidStatus
 from websockets.sync.client import connect as ws_connect
 from websockets.sync.client import unix_connect as ws_unix_connect
 
-from clusterd.httpdoor import HttpDoor, Probes
+from clusterd.httpdoor import BindError, HttpDoor, Probes, open_listener, parse_bind
 from tests.conftest import wait_for
 
 pytestmark = pytest.mark.timeout(30)
@@ -56,11 +56,22 @@ class FakeWorker:
             return None
         return {"jsonrpc": "2.0", "result": result, "id": request["id"]}
 
-    async def dispatch(self, payload: bytes) -> bytes | None:
+    def dispatch(self, payload: bytes) -> Any:
+        """Like a worker: a sync method (echo) or an error is answered at once, the rest later."""
         try:
             message = json.loads(payload)
         except ValueError:
             return b'{"jsonrpc":"2.0","error":{"code":-32700,"message":"Parse error"},"id":null}'
+        if isinstance(message, dict) and message.get("method") == "echo":
+            self.calls += 1
+            if "id" not in message:
+                return None
+            return json.dumps({"jsonrpc": "2.0", "result": message.get("params", []), "id": message["id"]}).encode()
+        if isinstance(message, dict) and message.get("method") == "fail_now":
+            raise RuntimeError("dispatcher bug")
+        return self.dispatch_later(message)
+
+    async def dispatch_later(self, message: Any) -> bytes | None:
         if isinstance(message, list):
             answers = [a for a in await asyncio.gather(*(self.one(m) for m in message)) if a is not None]
             return json.dumps(answers).encode() if answers else None
@@ -153,7 +164,8 @@ def test_json_rpc_errors_travel_in_a_200_body(door: RunningDoor) -> None:
 
 
 def test_notification_and_all_notification_batch_answer_204_without_body(door: RunningDoor) -> None:
-    for body in ({"jsonrpc": "2.0", "method": "echo", "params": [1]},
+    for body in ({"jsonrpc": "2.0", "method": "echo", "params": [1]},       # answered at once
+                 {"jsonrpc": "2.0", "method": "release", "params": ["x"]},  # answered later
                  [{"jsonrpc": "2.0", "method": "echo"}, {"jsonrpc": "2.0", "method": "echo"}]):
         resp = post(door.port, body)
         assert resp.status == 204
@@ -211,9 +223,10 @@ def test_malformed_request_gets_400_and_close(door: RunningDoor) -> None:
             data = s.recv(4096)
 
 
-def test_dispatch_exception_gets_500_and_the_connection_keeps_serving(door: RunningDoor) -> None:
+@pytest.mark.parametrize("method", ["fail", "fail_now"])
+def test_dispatch_exception_gets_500_and_the_connection_keeps_serving(door: RunningDoor, method: str) -> None:
     conn = http.client.HTTPConnection("127.0.0.1", door.port, timeout=10)
-    failed = post(door.port, call("fail", []), conn=conn)
+    failed = post(door.port, call(method, []), conn=conn)
     assert failed.status == 500
     failed.read()
     assert post(door.port, call("echo", [1]), conn=conn).status == 200
@@ -330,6 +343,11 @@ def test_websocket_text_frames_both_ways(door: RunningDoor, path: str) -> None:
             assert isinstance(answer, str) and json.loads(answer) == {"jsonrpc": "2.0", "result": [i], "id": i}
         ws.send(json.dumps([call("echo", [1], 1), call("echo", [2], 2)]))
         assert len(json.loads(ws.recv(5))) == 2
+        for method in ("fail", "fail_now"):  # a dispatcher bug: an internal error, the connection serves on
+            ws.send(json.dumps(call(method, [], 9)))
+            assert json.loads(ws.recv(5))["error"]["code"] == -32603
+        ws.send(json.dumps(call("echo", ["still"], 10)))
+        assert json.loads(ws.recv(5))["result"] == ["still"]
 
 
 def test_websocket_calls_in_flight_are_answered_as_they_finish(door: RunningDoor) -> None:
@@ -348,6 +366,7 @@ def test_websocket_calls_in_flight_are_answered_as_they_finish(door: RunningDoor
 def test_websocket_notifications_get_no_frame(door: RunningDoor) -> None:
     with ws_connect(f"ws://127.0.0.1:{door.port}/ws") as ws:
         ws.send(json.dumps({"jsonrpc": "2.0", "method": "echo"}))
+        ws.send(json.dumps({"jsonrpc": "2.0", "method": "release", "params": ["x"]}))
         ws.send(json.dumps(call("echo", ["after"], 2)))
         assert json.loads(ws.recv(5))["id"] == 2
 
@@ -455,3 +474,54 @@ def test_node_fetch(door: RunningDoor) -> None:
         pytest.skip("this node has no fetch")
     assert out.returncode == 0, out.stderr
     assert json.loads(out.stdout) == {"status": 200, "body": {"jsonrpc": "2.0", "result": ["node"], "id": 5}}
+
+
+# ------------------------------------------------------------------ listeners: the master/worker seam
+
+def test_parse_bind_forms() -> None:
+    assert parse_bind("127.0.0.1:8080") == (socket.AF_INET, ("127.0.0.1", 8080))
+    assert parse_bind(":8080") == (socket.AF_INET, ("0.0.0.0", 8080))
+    assert parse_bind("[::1]:9") == (socket.AF_INET6, ("::1", 9))
+    assert parse_bind("unix:/run/x.sock") == (socket.AF_UNIX, "/run/x.sock")
+    for bad in ("8080", "host:", "host:http", "::1:80", "unix:", "h:70000"):
+        with pytest.raises(BindError):
+            parse_bind(bad)
+
+
+def test_open_listener_refuses_a_port_in_use_with_one_line() -> None:
+    taken = open_listener("127.0.0.1:0")
+    try:
+        with pytest.raises(BindError, match="cannot listen on 127.0.0.1:.*in use"):
+            open_listener(f"127.0.0.1:{taken.getsockname()[1]}")
+    finally:
+        taken.close()
+
+
+def test_open_listener_replaces_a_stale_unix_socket_but_not_a_live_one(tmp_path: Any) -> None:
+    path = str(tmp_path / "s.sock")
+    first = open_listener(f"unix:{path}")
+    with pytest.raises(BindError):
+        open_listener(f"unix:{path}")          # someone listens there
+    first.close()                              # the file stays, nobody listens: stale
+    second = open_listener(f"unix:{path}")
+    second.close()
+    (tmp_path / "plain").write_text("x")
+    with pytest.raises(BindError):
+        open_listener(f"unix:{tmp_path / 'plain'}")
+
+
+def test_workers_sharing_an_inherited_socket_keep_serving_when_one_dies() -> None:
+    """The design in miniature: this process plays the master (owns the socket), two children serve it."""
+    from clusterd.httpdoor.bench_refs import ServerGroup
+    group = ServerGroup("door", 2)
+    try:
+        def fresh_call(i: int) -> int:
+            resp = post(group.port, call("echo", [i], i))
+            assert json.loads(resp.read())["result"] == [i]
+            return resp.status
+        assert all(fresh_call(i) == 200 for i in range(10))
+        group.children[0].kill()
+        group.children[0].wait()
+        assert all(fresh_call(i) == 200 for i in range(20))  # every new connection reaches the survivor
+    finally:
+        group.stop()

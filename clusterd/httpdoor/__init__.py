@@ -8,6 +8,8 @@
 Standalone: imports nothing else of clusterd.
 """
 
+from .listeners import BindError, adopt, open_listener, parse_bind
 from .server import DEFAULT_MAX_MESSAGE_SIZE, Dispatch, HttpDoor, Page, Probes
 
-__all__ = ["DEFAULT_MAX_MESSAGE_SIZE", "Dispatch", "HttpDoor", "Page", "Probes"]
+__all__ = ["BindError", "DEFAULT_MAX_MESSAGE_SIZE", "Dispatch", "HttpDoor", "Page", "Probes", "adopt", "open_listener",
+           "parse_bind"]

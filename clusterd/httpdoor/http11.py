@@ -11,6 +11,7 @@ import asyncio
 import hmac
 import inspect
 import logging
+from collections.abc import Awaitable
 from enum import Enum
 from typing import TYPE_CHECKING, Any
 
@@ -176,10 +177,7 @@ class HttpConnection(asyncio.Protocol):
         if route is Route.RPC:
             payload = self.body[0] if len(self.body) == 1 else b"".join(self.body)
             self.body = []
-            self.door._call_started()
-            task = self.door.loop.create_task(self._serve_rpc(seq, payload, keep_alive))
-            self.door._tasks.add(task)
-            task.add_done_callback(self.door._tasks.discard)
+            self._start_rpc(seq, payload, keep_alive)
             if self.next_seq - self.next_write >= MAX_PIPELINED and not self.paused:
                 self.paused = True
                 self.transport.pause_reading()  # type: ignore[union-attr]
@@ -190,16 +188,37 @@ class HttpConnection(asyncio.Protocol):
                          + self.refusal_body)
 
     # routes
-    async def _serve_rpc(self, seq: int, payload: bytes, keep_alive: bool) -> None:
+    def _start_rpc(self, seq: int, payload: bytes, keep_alive: bool) -> None:
         door = self.door
+        door._call_started()
         try:
-            answer = await door.dispatch(payload)
+            answer = door.dispatch(payload)
+        except Exception:
+            log.exception("dispatch failed on an HTTP request")
+            door._call_finished()
+            self._answer(seq, responses.response(500, b"internal error\n", keep_alive=keep_alive))
+            return
+        if answer is None or isinstance(answer, bytes):
+            door._call_finished()
+            self._answer_rpc(seq, answer, keep_alive)
+            return
+        task = door.loop.create_task(self._finish_rpc(seq, answer, keep_alive))
+        door._tasks.add(task)
+        task.add_done_callback(door._tasks.discard)
+
+    async def _finish_rpc(self, seq: int, pending: Awaitable[bytes | None], keep_alive: bool) -> None:
+        try:
+            answer = await pending
         except Exception:
             log.exception("dispatch failed on an HTTP request")
             self._answer(seq, responses.response(500, b"internal error\n", keep_alive=keep_alive))
             return
         finally:
-            door._call_finished()
+            self.door._call_finished()
+        self._answer_rpc(seq, answer, keep_alive)
+
+    def _answer_rpc(self, seq: int, answer: bytes | None, keep_alive: bool) -> None:
+        door = self.door
         if keep_alive and door.draining:
             keep_alive = False
             self.closing = True

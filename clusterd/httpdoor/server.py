@@ -4,7 +4,7 @@ The master creates the listening sockets and keeps them open across every worker
 worker passes its inherited copy to ``HttpDoor.serve`` and the kernel spreads connections among the
 workers. The door knows nothing of JSON-RPC beyond content types: ``dispatch(payload)`` gets the
 request bytes and returns the response bytes, or None when there is nothing to answer
-(notifications), which HTTP turns into 204.
+(notifications), which HTTP turns into 204, or an awaitable of one of those.
 """
 
 from __future__ import annotations
@@ -18,7 +18,10 @@ from typing import Any, NamedTuple
 from .http11 import HttpConnection
 from .responses import JSON, TEXT
 
-Dispatch = Callable[[bytes], Awaitable["bytes | None"]]
+# The answer, or None for nothing to answer, or an awaitable of either (run in its own task). Answer
+# at once when you can (sync methods, errors found before any await): it saves a task per call, and
+# keeps asyncio.timeout()/TaskGroup usable in what runs in the task.
+Dispatch = Callable[[bytes], "bytes | None | Awaitable[bytes | None]"]
 DEFAULT_MAX_MESSAGE_SIZE = 1024 * 1024
 
 

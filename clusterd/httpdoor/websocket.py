@@ -4,7 +4,8 @@ picows (Cython) parses and writes frames several times faster than the pure-Pyth
 bench_refs.py). Its own server only answers plain HTTP with ``Connection: close``, so the HTTP side
 (httptools) owns the socket and hands it to picows at the Upgrade; picows then sends the 101 itself
 from the replayed request head. Every text (or binary) message is one dispatch task; answers are
-sent as they finish, in any order.
+sent as they finish, in any order. A dispatcher that answers at once (bytes or None) costs no task;
+an awaitable answer runs in its own task.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import socket
+from collections.abc import Awaitable
 from typing import TYPE_CHECKING, Any
 
 from picows import WSCloseCode, WSFrame, WSListener, WSMsgType, WSTransport
@@ -26,6 +28,7 @@ _picows_log = logging.getLogger("clusterd.httpdoor.picows")
 _picows_log.setLevel(logging.WARNING)
 
 HANDSHAKE_TIMEOUT_S = 5.0
+INTERNAL_ERROR = b'{"jsonrpc":"2.0","error":{"code":-32603,"message":"Internal error"},"id":null}'
 MAX_IN_FLIGHT = 1024  # per connection: past this the connection stops reading until answers go out
 
 
@@ -116,36 +119,48 @@ class WebSocketSession(WSListener):
 
     # calls
     def _call(self, payload: bytes) -> None:
+        door = self.door
+        door._call_started()
+        try:
+            answer = door.dispatch(payload)
+        except Exception:
+            log.exception("dispatch failed on a WebSocket message")
+            answer = INTERNAL_ERROR
+        if answer is None or isinstance(answer, bytes):
+            door._call_finished()
+            self._send(answer)
+            return
         self.in_flight += 1
-        self.door._call_started()
-        task = self.door.loop.create_task(self._serve(payload))
-        self.door._tasks.add(task)
-        task.add_done_callback(self.door._tasks.discard)
+        task = door.loop.create_task(self._finish(answer))
+        door._tasks.add(task)
+        task.add_done_callback(door._tasks.discard)
         if self.in_flight >= MAX_IN_FLIGHT and not self._paused and self.transport is not None:
             self._paused = True
             self.transport.underlying_transport.pause_reading()
 
-    async def _serve(self, payload: bytes) -> None:
+    async def _finish(self, pending: Awaitable[bytes | None]) -> None:
         try:
-            answer = await self.door.dispatch(payload)
+            answer = await pending
         except Exception:
             log.exception("dispatch failed on a WebSocket message")
-            answer = b'{"jsonrpc":"2.0","error":{"code":-32603,"message":"Internal error"},"id":null}'
+            answer = INTERNAL_ERROR
         finally:
             self.in_flight -= 1
             self.door._call_finished()
+        self._send(answer)
         transport = self.transport
         if transport is None:
             return
-        if answer is not None:
-            transport.send(WSMsgType.TEXT, answer)
         if self._paused and self.in_flight < MAX_IN_FLIGHT // 2:
             self._paused = False
             transport.underlying_transport.resume_reading()
         if self._closing and self.in_flight == 0:
             self._close_going_away()
-        elif transport.is_disconnected:
-            self.transport = None
+
+    def _send(self, answer: bytes | None) -> None:
+        transport = self.transport
+        if answer is not None and transport is not None:
+            transport.send(WSMsgType.TEXT, answer)
 
     def close_when_idle(self) -> None:
         """Drain: answer every call already read, then close with 1001 (going away)."""
