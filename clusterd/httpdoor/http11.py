@@ -18,7 +18,6 @@ from typing import TYPE_CHECKING, Any
 import httptools
 
 from . import responses
-from .responses import JSON, TEXT
 
 if TYPE_CHECKING:
     from .server import HttpDoor
