@@ -242,6 +242,24 @@ def test_keep_alive_serves_many_requests_on_one_connection(door: RunningDoor) ->
         assert conn.sock is not None and conn.sock.getsockname() == local
 
 
+def test_idle_keep_alive_connections_and_half_sent_requests_are_closed(make_door: Any) -> None:
+    door = make_door(idle_timeout=0.2)
+    conn = http.client.HTTPConnection("127.0.0.1", door.port, timeout=10)
+    assert post(door.port, call("echo", [1]), conn=conn).status == 200
+    assert conn.sock.recv(1) == b""                      # closed by the server once idle
+    with socket.create_connection(("127.0.0.1", door.port), timeout=10) as s:
+        s.sendall(b"POST / HTTP/1.1\r\nContent-Length: 10\r\n\r\n{")   # and never the rest
+        assert s.recv(100) == b""
+    with socket.create_connection(("127.0.0.1", door.port), timeout=10) as s:   # a call in flight is not idle
+        body = json.dumps(call("hold", ["long"], 1)).encode()
+        s.sendall(b"POST / HTTP/1.1\r\nContent-Length: %d\r\n\r\n" % len(body) + body)
+        wait_for(lambda: door.worker.calls == 2, message="the held call dispatched")
+        with socket.create_connection(("127.0.0.1", door.port), timeout=10) as later:
+            assert later.recv(1) == b""  # a sweep closed this younger idle connection, and passed the busy one
+        door.release("long")
+        assert s.recv(100).startswith(b"HTTP/1.1 200")
+
+
 def test_http_1_0_without_keep_alive_is_closed_after_the_answer(door: RunningDoor) -> None:
     body = json.dumps(call("echo", [1])).encode()
     with socket.create_connection(("127.0.0.1", door.port), timeout=10) as s:

@@ -59,6 +59,7 @@ class HttpConnection(asyncio.Protocol):
         self.in_message = False
         self.closing = False       # no more requests are read; close when all answers are out
         self.paused = False
+        self.last_active = door.loop.time()
         self._start_message()
 
     # asyncio.Protocol
@@ -75,6 +76,7 @@ class HttpConnection(asyncio.Protocol):
             self.door._connection_gone()
 
     def data_received(self, data: bytes) -> None:
+        self.last_active = self.door.loop.time()
         if self.closing and not self.in_message:
             return
         try:
@@ -347,6 +349,11 @@ class HttpConnection(asyncio.Protocol):
         """Drain: a connection between requests closes now; a busy one after its last answer."""
         self.closing = True
         self._close_if_done()
+
+    def close_if_idle_since(self, horizon: float) -> None:
+        """Close if nothing is in flight and nothing arrived since ``horizon`` (loop time)."""
+        if self.last_active < horizon and self.next_write == self.next_seq:
+            self._close_now()
 
     def abort(self) -> None:
         if self.transport is not None:

@@ -23,6 +23,10 @@ from .responses import JSON, TEXT
 # keeps asyncio.timeout()/TaskGroup usable in what runs in the task.
 Dispatch = Callable[[bytes], "bytes | None | Awaitable[bytes | None]"]
 DEFAULT_MAX_MESSAGE_SIZE = 1024 * 1024
+# An HTTP connection with no call in flight and no byte received for this long is closed (a request
+# half sent counts as idle: slow clients cannot hold connections forever). Longer than the 60 s idle
+# timeout of common load balancers, so they, not we, close their pooled connections.
+DEFAULT_IDLE_TIMEOUT = 75.0
 
 
 class Page(NamedTuple):
@@ -82,8 +86,9 @@ class HttpDoor:
 
     def __init__(self, dispatch: Dispatch, *, probes: Probes | None = None,
                  max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE, token: str | None = None,
-                 cors_origin: str | None = None) -> None:
+                 cors_origin: str | None = None, idle_timeout: float = DEFAULT_IDLE_TIMEOUT) -> None:
         self.dispatch = dispatch
+        self.idle_timeout = idle_timeout
         self.max_message_size = max_message_size
         self.token = token
         self.bearer = b"Bearer " + token.encode() if token is not None else None
@@ -107,10 +112,16 @@ class HttpDoor:
         self._tasks: set[asyncio.Task[Any]] = set()
         self._in_flight = 0
         self._idle: asyncio.Event | None = None
+        self._sweeper: asyncio.TimerHandle | None = None
 
     async def serve(self, sock: socket.socket) -> None:
-        """Start accepting on ``sock`` (listening already; TCP or unix). Returns once accepting."""
+        """Start accepting on ``sock`` (listening already; TCP or unix). Returns once accepting.
+
+        The door owns ``sock`` from now on and closes it on drain or close: pass a worker's own
+        inherited copy, never the master's."""
         self.loop = asyncio.get_running_loop()
+        if self._sweeper is None:
+            self._sweeper = self.loop.call_later(self.idle_timeout / 2, self._close_idle)
         if sock.family == socket.AF_UNIX:
             server = await self.loop.create_unix_server(lambda: HttpConnection(self), sock=sock)
         else:
@@ -152,12 +163,24 @@ class HttpDoor:
     def close(self) -> None:
         """Stop at once: stop accepting, cut every connection."""
         self.draining = True
+        if self._sweeper is not None:
+            self._sweeper.cancel()
         for server in self._servers:
             server.close()
         for conn in list(self._connections):
             conn.abort()
         for session in list(self._sessions):
             session.abort()
+
+    def _close_idle(self) -> None:
+        """Every idle_timeout / 2: close the HTTP connections idle for longer than idle_timeout."""
+        horizon = self.loop.time() - self.idle_timeout
+        for conn in list(self._connections):
+            try:
+                conn.close_if_idle_since(horizon)
+            except Exception:  # one broken connection must not stop the sweep
+                conn.abort()
+        self._sweeper = self.loop.call_later(self.idle_timeout / 2, self._close_idle)
 
     # bookkeeping called by connections
     def _call_started(self) -> None:
