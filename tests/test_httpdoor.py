@@ -223,6 +223,15 @@ def test_malformed_request_gets_400_and_close(door: RunningDoor) -> None:
             data = s.recv(4096)
 
 
+def test_endless_request_head_gets_431_and_close(door: RunningDoor) -> None:
+    with socket.create_connection(("127.0.0.1", door.port), timeout=10) as s:
+        s.sendall(b"POST / HTTP/1.1\r\nX-Big: ")
+        for _ in range(17):                # just past the 64 KiB limit, then wait: no unread bytes, no reset
+            s.sendall(b"a" * 4096)
+        data = s.recv(4096)
+    assert data.startswith(b"HTTP/1.1 431")
+
+
 @pytest.mark.parametrize("method", ["fail", "fail_now"])
 def test_dispatch_exception_gets_500_and_the_connection_keeps_serving(door: RunningDoor, method: str) -> None:
     conn = http.client.HTTPConnection("127.0.0.1", door.port, timeout=10)

@@ -27,6 +27,7 @@ log = logging.getLogger(__name__)
 RPC_PATHS = (b"/", b"/rpc")
 WS_PATHS = (b"/", b"/ws")
 JSON_TYPES = (b"application/json", b"application/json-rpc", b"application/jsonrequest")
+MAX_HEAD_BYTES = 64 * 1024  # request line and headers; httptools itself sets no limit
 MAX_PIPELINED = 64  # requests in flight on one connection before it stops reading
 # An oversized body is read and dropped (so the client sees the 413, not a reset) up to this much.
 DISCARD_LIMIT = 16 * 1024 * 1024
@@ -57,6 +58,8 @@ class HttpConnection(asyncio.Protocol):
         self.next_write = 0        # sequence number whose answer goes out next
         self.held: dict[int, bytes] = {}
         self.in_message = False
+        self.in_head = False       # between the first byte of a request and the end of its headers
+        self.head_bytes = 0        # bytes received while in a head, after the chunk it began in
         self.closing = False       # no more requests are read; close when all answers are out
         self.paused = False
         self.last_active = door.loop.time()
@@ -86,6 +89,12 @@ class HttpConnection(asyncio.Protocol):
         except httptools.HttpParserError:
             self.in_message = False
             self._answer_now(responses.response(400, b"bad request\n", keep_alive=False), close=True)
+            return
+        if self.in_head:
+            self.head_bytes += len(data)
+            if self.head_bytes > MAX_HEAD_BYTES:
+                self.in_message = False
+                self._answer_now(responses.response(431, b"request head too large\n", keep_alive=False), close=True)
 
     # httptools callbacks
     def _start_message(self) -> None:
@@ -100,6 +109,8 @@ class HttpConnection(asyncio.Protocol):
 
     def on_message_begin(self) -> None:
         self.in_message = True
+        self.in_head = True
+        self.head_bytes = 0
         self._start_message()
         if self.closing:
             self.route = Route.IGNORED
@@ -111,6 +122,7 @@ class HttpConnection(asyncio.Protocol):
         self.headers[name.lower()] = value
 
     def on_headers_complete(self) -> None:
+        self.in_head = False
         if self.route is Route.IGNORED:
             return
         door = self.door
