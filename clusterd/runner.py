@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import signal
 import sys
 import time
@@ -19,6 +20,7 @@ from .supervisor import BootFailure
 from .systemd import Notifier
 
 EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, 1, 2
+EXIT_INTERRUPTED = 130  # a Ctrl-C the blocked loop could not take: 128 + SIGINT, as shells report it
 
 
 async def serve(config: Config, master_cls: type, worker_cls: type) -> int:
@@ -207,8 +209,8 @@ class _Interrupts:
 
     A plain signal handler, not the loop's: it runs in the main thread even while user code blocks
     the loop (a time.sleep in start_services). If the loop has not taken the previous Ctrl-C within
-    a second, the next one raises KeyboardInterrupt right there: the master exits, its workers die
-    with it (parent-death signal)."""
+    a second, the next one exits right there with status 130, after removing the instance's files:
+    its workers and zygotes die with it (parent-death signal)."""
 
     def __init__(self, loop: asyncio.AbstractEventLoop, router: Router) -> None:
         self.loop = loop
@@ -218,7 +220,11 @@ class _Interrupts:
     def __call__(self, signum: int, frame: object) -> None:
         now = time.monotonic()
         if self.pending_since is not None and now - self.pending_since > 1.0:
-            raise KeyboardInterrupt
+            sys.stderr.write(f"clusterd: {self.router.config.name}: the master's event loop is blocked (by user "
+                             "code?) and did not take the previous Ctrl-C: exiting at once\n")
+            sys.stderr.flush()
+            self.router.dir.release()
+            os._exit(EXIT_INTERRUPTED)
         if self.pending_since is None:
             self.pending_since = now
         self.loop.call_soon_threadsafe(self._in_loop)
