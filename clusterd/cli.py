@@ -495,7 +495,7 @@ def systemd_unit(master: str, worker: str, args: tuple[str, ...], name: str | No
         run.make_context("clusterd run", [master, worker, "--name", name, *args])  # `run` must accept them
     except click.UsageError as exc:
         message = exc.format_message().splitlines()[0] if exc.format_message() else str(exc)
-        fail(f"not an option of clusterd run: {message}")
+        fail(f"clusterd run would refuse these options: {message}")
     executable, prefix = _own_command()
     try:
         click.echo(render_unit(master, worker, name=name, workdir=os.getcwd(), executable=executable,
