@@ -35,6 +35,7 @@ async def serve(config: Config, master_cls: type, worker_cls: type) -> int:
             router.shared.close()
         router.close_sockets()
         router.dir.release()
+        signal.signal(signal.SIGINT, signal.default_int_handler)  # ours needs the loop, which ends here
 
 
 async def _serve(loop: asyncio.AbstractEventLoop, router: Router, config: Config, master_cls: type) -> int:
@@ -227,7 +228,10 @@ class _Interrupts:
             os._exit(EXIT_INTERRUPTED)
         if self.pending_since is None:
             self.pending_since = now
-        self.loop.call_soon_threadsafe(self._in_loop)
+        try:
+            self.loop.call_soon_threadsafe(self._in_loop)
+        except RuntimeError:  # the loop has already closed: the master is on its way out
+            raise KeyboardInterrupt from None
 
     def _in_loop(self) -> None:
         self.pending_since = None

@@ -176,3 +176,21 @@ def test_instances_sharing_a_deleted_runtime_dir_never_cross(cluster):
         assert [p.name for p in a.runtime_dir.iterdir() if p.name.startswith(".")] == []  # A's private dir gone
     finally:
         a_client.close()
+
+
+@pytest.mark.timeout(60)
+def test_a_worker_of_another_master_gets_nothing(cluster):
+    inst = cluster(*BASIC, "--workers", "1")
+    pids = [w["pid"] for w in inst.wait_ready(1)]
+    stranger = zmq.Context.instance().socket(zmq.DEALER)
+    stranger.setsockopt(zmq.LINGER, 0)
+    stranger.setsockopt(zmq.ROUTING_ID, b"0123abcd.0.1.1")  # another master's token
+    stranger.connect(f"ipc://{inst.dir / 'workers.sock'}")
+    try:
+        stranger.send_multipart([b"h", b'{"pid": 1, "slot": 0, "generation": 1, "methods": {}}'])
+        stranger.send_multipart([b"q", b'{"jsonrpc": "2.0", "method": "config", "id": 1}'])
+        assert inst.client().result("add", 1, 1) == 2
+        assert not stranger.poll(500), "the master answered a worker it did not start"
+        assert [w["pid"] for w in inst.status()["workers"]] == pids
+    finally:
+        stranger.close()
