@@ -50,6 +50,9 @@ def check_safe(path: Path, *, root_may_own: bool) -> None:
     if st.st_uid not in owners:
         raise RuntimeDirError(f"runtime directory {path} is owned by uid {st.st_uid}, not by you (uid {uid}): "
                               f"have it removed, {FIX}")
+    if st.st_mode & (stat.S_IWGRP | stat.S_IWOTH) and st.st_mode & stat.S_ISVTX:
+        raise RuntimeDirError(f"runtime directory {path} is a shared directory (mode {stat.S_IMODE(st.st_mode):o}): "
+                              "set CLUSTERD_RUNTIME_DIR to a private directory of yours inside it")
     if st.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
         raise RuntimeDirError(f"runtime directory {path} is writable by group or others "
                               f"(mode {stat.S_IMODE(st.st_mode):o}): run `chmod 700 {path}`, {FIX}")
