@@ -8,9 +8,11 @@ the client untouched. No future, task or timer is created per forwarded call.
 from __future__ import annotations
 
 import asyncio
-import fcntl
 import logging
 import os
+import secrets
+import shutil
+import tempfile
 import time
 from collections import deque
 from collections.abc import Callable
@@ -23,10 +25,10 @@ import zmq
 
 from . import log, protocol, systemd
 from .config import Config
-from .control import read_pid
 from .endpoint import Dispatcher, encode_response, method_table
 from .pool import Call, Worker, WorkerState
 from .protocol import NO_ID, RemoteError, RPCError
+from .runtime_dir import InstanceBusy, RuntimeDir, RuntimeDirError
 from .supervisor import Supervisor
 from .zmqloop import NOBLOCK, SocketReader, send_frames
 
@@ -107,53 +109,6 @@ class MasterEndpoint:
         return self._router.shared.block(name, size)
 
 
-class InstanceBusy(Exception):
-    """Another live master holds this instance name."""
-
-    def __init__(self, name: str, pid: int | None) -> None:
-        super().__init__(f"an instance named {name!r} is already running (pid {pid})")
-        self.pid = pid
-
-
-class RuntimeDir:
-    """The instance's directory: its lock, pid file and socket paths (DESIGN.md 8)."""
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        self._lock_fd: int | None = None
-
-    def claim(self, name: str) -> None:
-        """Take the instance name, or raise InstanceBusy; a directory left by a dead master is taken over."""
-        self.path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-        self.path.mkdir(mode=0o700, exist_ok=True)
-        os.chmod(self.path, 0o700)
-        fd = os.open(self.path / "lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
-            os.close(fd)
-            raise InstanceBusy(name, read_pid(self.path)) from None
-        self._lock_fd = fd
-        for stale in ("control.sock", "workers.sock"):
-            try:
-                (self.path / stale).unlink()
-            except FileNotFoundError:
-                pass
-        tmp = self.path / "master.pid.tmp"
-        tmp.write_text(f"{os.getpid()}\n")
-        tmp.replace(self.path / "master.pid")
-
-    def release(self) -> None:
-        for name in ("control.sock", "workers.sock", "master.pid"):
-            try:
-                (self.path / name).unlink()
-            except FileNotFoundError:
-                pass
-        if self._lock_fd is not None:
-            os.close(self._lock_fd)
-            self._lock_fd = None
-
-
 class Router:
     """The master's sockets and the routing of every call between clients, master and workers."""
 
@@ -168,6 +123,12 @@ class Router:
         self.ctx = zmq.Context()
         self.dir = RuntimeDir(config.instance_dir)
         self.worker_endpoint = f"ipc://{config.instance_dir / 'workers.sock'}"
+        # in every worker identity: a worker of another master (a shared or recreated runtime dir) is refused
+        self.token = secrets.token_hex(4)
+        self._dir_taken_by: int | None = None  # another instance took our name: our worker socket moved
+        self._private_dir: Path | None = None
+        self._dir_problem: str | None = None
+        self._dir_timer: asyncio.TimerHandle | None = None
         self.endpoint = master_cls()
         self.endpoint.name = config.name
         self.endpoint.pid = os.getpid()
@@ -182,6 +143,7 @@ class Router:
         self._sweep_handle: asyncio.TimerHandle | None = None
         self._token = 0
         self.stopped = asyncio.Event()
+        self.hurried = asyncio.Event()  # stop at once: what a graceful stop still waits for is cut short
         self._tasks: set[asyncio.Task] = set()
         self.readers: dict[zmq.Socket, SocketReader] = {}
         self._sockets: list[zmq.Socket] = []
@@ -204,9 +166,7 @@ class Router:
     def open_sockets(self) -> None:
         cfg = self.config
         self.control = self._router_socket(client=True)
-        control_path = cfg.instance_dir / "control.sock"
-        self.control.bind(f"ipc://{control_path}")
-        os.chmod(control_path, 0o600)
+        self._bind_ipc(self.control, "control.sock")
         self.public = None
         if cfg.binds:
             self.public = self._router_socket(client=True)
@@ -215,11 +175,11 @@ class Router:
         self._client_calls = {sock: {} for sock in (self.control, self.public) if sock is not None}
         self.wsock = self._router_socket(client=False)
         self.wsock.setsockopt(zmq.ROUTER_MANDATORY, 1)
-        self.wsock.bind(self.worker_endpoint)
+        self._bind_ipc(self.wsock, "workers.sock")
         if cfg.isolation == "thread":
             from .threads import THREAD_ENDPOINT
             self.wsock.bind(THREAD_ENDPOINT)  # thread workers share self.ctx, as inproc requires
-        os.chmod(cfg.instance_dir / "workers.sock", 0o600)
+        self._dir_timer = self.loop.call_later(cfg.heartbeat_interval, self._watch_runtime_dir)
         self.rsock = None
         if cfg.worker_binds:
             # workers from agents on other hosts: a socket of its own, CURVE-encrypted with --curve-dir
@@ -233,6 +193,73 @@ class Router:
             self.readers[self.public] = SocketReader(self.loop, self.public, self._public_handler())
         self.wreader = self.readers[self.wsock] = SocketReader(
             self.loop, self.wsock, lambda frames: self._on_worker_message(frames, self.wsock))
+
+    def _bind_ipc(self, sock: zmq.Socket, name: str) -> None:
+        """Bind sock to <instance dir>/name, 0600, and remember that file as ours."""
+        path = self.dir.path / name
+        sock.bind(f"ipc://{path}")
+        os.chmod(path, 0o600)
+        self.dir.own(name)
+
+    # ------------------------------------------------------------------ the runtime directory
+    def _watch_runtime_dir(self) -> None:
+        self._dir_timer = self.loop.call_later(self.config.heartbeat_interval, self._watch_runtime_dir)
+        try:
+            self.keep_runtime_dir()
+        except Exception:  # a check must never stop the periodic task
+            log.logger.exception("checking the runtime directory failed")
+
+    def keep_runtime_dir(self) -> None:
+        """Put back what vanished of our runtime directory (a tmp cleaner, an rm -r): SECURITY.md.
+
+        Deleted files are made again and the sockets bound again at their paths. If another instance
+        took the name meanwhile, its files are left alone: our workers get a private socket, so that
+        new ones join us and not it, and we keep serving our binds until told to stop by a signal.
+        """
+        if self._dir_taken_by is not None:
+            return
+        lost = self.dir.lost()
+        if not lost:
+            return
+        name = self.config.name
+        if "" in lost or "lock" in lost:
+            try:
+                self.dir.claim(name)
+            except InstanceBusy as exc:
+                self._dir_taken_by = exc.pid or 0
+                self._move_worker_socket()
+                log.event("runtime-dir-taken", f"{name}: runtime directory {self.dir.path} was deleted and is now "
+                          f"held by another instance (pid {exc.pid}); this master (pid {os.getpid()}) keeps "
+                          f"serving its binds, its workers now use {self.worker_endpoint}; `clusterd "
+                          f"stop/status --name {name}` reach the other instance: stop this one with "
+                          f"`kill -TERM {os.getpid()}`", level=logging.WARNING)
+                return
+            except (RuntimeDirError, OSError) as exc:
+                problem = f"{name}: runtime directory {self.dir.path} vanished and cannot be made again: {exc}"
+                if problem != self._dir_problem:
+                    log.event("runtime-dir-lost", problem, level=logging.WARNING)
+                self._dir_problem = problem
+                return
+            self._dir_problem = None
+            lost = ["control.sock", "workers.sock"]
+            log.event("runtime-dir-recreated", f"{name}: runtime directory {self.dir.path} was deleted: made "
+                      "again, with master.pid and both sockets", level=logging.WARNING)
+        for item in lost:
+            if item == "master.pid":
+                self.dir.write_pid()
+            elif item == "control.sock":
+                self._bind_ipc(self.control, item)
+            elif item == "workers.sock" and self._private_dir is None:
+                self._bind_ipc(self.wsock, item)
+
+    def _move_worker_socket(self) -> None:
+        """Bind the workers socket in a private directory of ours, beside the one we lost."""
+        self._private_dir = Path(tempfile.mkdtemp(prefix=f".{self.config.name}-{self.token}-",
+                                                  dir=self.dir.path.parent))
+        path = self._private_dir / "workers.sock"
+        self.wsock.bind(f"ipc://{path}")
+        os.chmod(path, 0o600)
+        self.worker_endpoint = f"ipc://{path}"
 
     def _router_socket(self, client: bool) -> zmq.Socket:
         sock = self.ctx.socket(zmq.ROUTER)
@@ -253,6 +280,10 @@ class Router:
         return lambda frames: self.on_client_message(frames, sock, False)
 
     def close_sockets(self) -> None:
+        if self._dir_timer is not None:
+            self._dir_timer.cancel()
+        if self._private_dir is not None:
+            shutil.rmtree(self._private_dir, ignore_errors=True)
         for reader in self.readers.values():
             reader.close()
         for sock in self._sockets:  # every socket made, even when a later bind failed
@@ -497,12 +528,18 @@ class Router:
                 self.supervisor.recycle(worker, "max-requests")
         elif len(frames) != 3:
             return  # not a message of ours
-        elif kind == b"q":
-            self._on_worker_request(ident, frames[2], sock)
         elif kind == b"b":
             if ident[3:] in self.supervisor.by_ident:  # a worker of a master that died gets no answer: it exits
                 self._to_worker([ident, b"b"], sock)
             self.supervisor.on_beat(ident[3:], _loads_dict(frames[2]))
+        elif ident not in self.supervisor.by_ident and kind != b"A":
+            if kind == b"h":
+                log.event("foreign-worker", f"a worker this master did not start ({ident!r}) joined its workers "
+                          "socket: ignored (does another instance share this runtime directory?)",
+                          level=logging.WARNING)
+            return  # a worker of another master: it gets nothing from us, and exits for lack of beats
+        elif kind == b"q":
+            self._on_worker_request(ident, frames[2], sock)
         elif kind == b"h":
             self.supervisor.on_hello(ident, _loads_dict(frames[2]))
         elif kind == b"f":
@@ -747,9 +784,12 @@ class Router:
 
     # ------------------------------------------------------------------ lifecycle
     def request_stop(self, graceful: bool = True) -> None:
+        """Stop; a fast stop asked for during a graceful one cuts it short (a second Ctrl-C, SIGQUIT)."""
         if not self.stopped.is_set():
             self._graceful = graceful
             self.stopped.set()
+        elif not graceful:
+            self.hurried.set()
 
     def status_document(self) -> dict:
         now = time.time()

@@ -104,8 +104,9 @@ class Supervisor:
         self.booting = False
 
     def _spawn(self, index: int) -> Worker:
+        self.router.keep_runtime_dir()  # a new worker must find our socket, not another instance's
         self._serial += 1
-        ident = f"{index}.{self.generation}.{self._serial}".encode()
+        ident = f"{self.router.token}.{index}.{self.generation}.{self._serial}".encode()
         worker = Worker(slot=index, generation=self.generation, ident=ident)
         if self.config.max_requests:
             worker.max_requests = self.config.max_requests + random.randint(0, self.config.max_requests_jitter)
