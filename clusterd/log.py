@@ -52,3 +52,16 @@ def event(kind: str, message: str, level: int = logging.INFO, **fields) -> None:
     """Log one lifecycle event; the fields go into JSON lines as keys."""
     if logger.isEnabledFor(level):
         logger.log(level, message, extra={"event": kind, **fields})
+
+
+def survive(what: str, func, *args) -> bool:
+    """Run one turn of a periodic task; an exception is logged, never raised, so the task goes on.
+
+    Returns whether the turn completed. Used by every call_later loop of the master (the health check,
+    call deadlines, restarts): a task that stops rescheduling itself blinds the master for good."""
+    try:
+        func(*args)
+        return True
+    except Exception:
+        logger.exception("%s failed; it runs again at its next turn", what)
+        return False

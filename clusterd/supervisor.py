@@ -316,7 +316,12 @@ class Supervisor:
         if slot.incoming is not None:
             return  # a replacement is already starting: it takes the slot once ready
         slot.restarts += 1
-        slot.active = self._spawn(slot.index)
+        try:
+            slot.active = self._spawn(slot.index)
+        except Exception:  # e.g. no file descriptor left for its pipes: try again, never give the slot up
+            log.logger.exception("could not start a worker for slot %s; retrying in %.0fs", slot.index,
+                                 BACKOFF_MAX_S)
+            slot.restart_handle = self.loop.call_later(BACKOFF_MAX_S, self._respawn, slot)
 
     # ------------------------------------------------------------------ replacement, reload, scale
     def replace(self, index: int, reason: str) -> asyncio.Future:
@@ -404,6 +409,13 @@ class Supervisor:
         self._tick_handle = self.loop.call_later(self.config.heartbeat_interval, self._tick)
 
     def _tick(self) -> None:
+        """The health check; it reschedules itself whatever one turn meets (EMFILE, a psutil error)."""
+        try:
+            log.survive("the periodic health check", self._check_workers)
+        finally:
+            self._schedule_tick()
+
+    def _check_workers(self) -> None:
         now = time.monotonic()
         timeout = self.config.heartbeat_timeout
         if getattr(self.router, "rsock", None) is not None:
@@ -429,7 +441,6 @@ class Supervisor:
             if (self.config.max_memory and worker.rss_bytes and worker.rss_bytes > self.config.max_memory
                     and worker.state is WorkerState.READY):
                 self.recycle(worker, "max-memory")
-        self._schedule_tick()
 
     def _measure(self, worker: Worker) -> None:
         if worker.agent is not None or worker.process is None or worker.process.pid is None:
