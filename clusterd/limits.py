@@ -11,10 +11,14 @@ arrives (a socket monitor), and the cap being reached is logged once per episode
 
 from __future__ import annotations
 
+import asyncio
+import fcntl
 import logging
+import os
 import resource
 import socket
 import struct
+import termios
 from collections.abc import Callable
 
 import zmq
@@ -77,6 +81,8 @@ class ClientGate:
         self.refusing: set[str] = set()
         self.refused = 0
         self._accept_failed_logged = False
+        self.delivered = 0   # bytes of complete messages the master read (for the MessageGuard)
+        self.on_accept: Callable[[], None] | None = None
         address = f"inproc://clusterd-monitor-{id(sock):x}"
         sock.monitor(address, _EVENTS)
         self.monitor = sock.context.socket(zmq.PAIR)
@@ -96,6 +102,8 @@ class ClientGate:
             self.counts[endpoint] = held
             if held > self.cap:
                 self._refuse(value, endpoint, held)
+            elif self.on_accept is not None:
+                self.on_accept()
         elif event == _DISCONNECTED:
             endpoint = self.open.pop(value, None)
             if endpoint is not None:
@@ -130,8 +138,136 @@ class ClientGate:
         finally:
             sock.detach()
 
+    def shut_down(self, fd: int) -> None:
+        """End one connection of ours (libzmq closes it when it sees the end)."""
+        endpoint = self.open.get(fd)
+        if endpoint is None:
+            return
+        try:
+            sock = socket.socket(fileno=fd)
+        except OSError:
+            return
+        try:
+            if _same_place(sock.getsockname(), endpoint):
+                sock.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
+        finally:
+            sock.detach()
+
     def document(self) -> dict:
         return {"max_per_endpoint": self.cap, "connected": sum(self.counts.values()), "refused": self.refused}
+
+
+GUARD_INTERVAL_S = 0.05
+UNFINISHED_FRAMES = 16       # the guard's limit, in frames of --max-message-size
+FRAME_OVERHEAD = 9           # most a ZMTP frame header takes on the wire
+_TCPI_BYTES_RECEIVED = 128   # offset of tcpi_bytes_received (u64) in Linux's struct tcp_info (4.1+)
+
+
+class MessageGuard:
+    """Bounds what libzmq holds of messages that never end.
+
+    ZMQ_MAXMSGSIZE limits frames, not messages, and libzmq keeps every frame of a multipart message
+    (invisible to the master, not counted by the high-water mark) until its last one arrives. While
+    client tcp connections are open, the guard reads the master's RSS every GUARD_INTERVAL_S. Once it
+    has grown by more than `limit` bytes, the guard takes a baseline: per connection, what libzmq has
+    read from it (TCP_INFO minus what the kernel still queues), and the bytes of complete messages the
+    master has received. At each turn while the RSS stays up, if the connections have sent more than
+    `limit` bytes since the baseline that did not arrive as complete messages, the one that sent the
+    most is shut down (libzmq then frees its unfinished message).
+    """
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, gates: list[ClientGate], limit: int) -> None:
+        self.loop = loop
+        self.gates = gates
+        self.limit = limit
+        self.dropped = 0
+        self._handle: asyncio.TimerHandle | None = None
+        self._page = os.sysconf("SC_PAGE_SIZE")
+        self._statm = os.open("/proc/self/statm", os.O_RDONLY | os.O_CLOEXEC)
+        self._calm_rss = self._rss()
+        self._base: dict[int, int] | None = None   # fd -> bytes read, at the baseline
+        self._base_delivered = 0
+        for gate in gates:
+            gate.on_accept = self.arm
+
+    def arm(self) -> None:
+        if self._handle is None:
+            self._handle = self.loop.call_later(GUARD_INTERVAL_S, self._turn)
+
+    def close(self) -> None:
+        if self._handle is not None:
+            self._handle.cancel()
+            self._handle = None
+        os.close(self._statm)
+
+    def _rss(self) -> int:
+        return int(os.pread(self._statm, 128, 0).split()[1]) * self._page
+
+    def _turn(self) -> None:
+        self._handle = None
+        log.survive("the unfinished-message guard", self._check)
+        if any(gate.open for gate in self.gates):
+            self._handle = self.loop.call_later(GUARD_INTERVAL_S, self._turn)
+
+    def _delivered(self) -> int:
+        return sum(gate.delivered for gate in self.gates)
+
+    def _reads(self) -> dict[int, tuple[int, ClientGate]]:
+        reads = {}
+        for gate in self.gates:
+            for fd in list(gate.open):
+                n = _bytes_read(fd)
+                if n is not None:
+                    reads[fd] = (n, gate)
+        return reads
+
+    def _check(self) -> None:
+        rss = self._rss()
+        if rss - self._calm_rss <= self.limit:
+            self._calm_rss = min(self._calm_rss, rss)
+            self._base = None
+            return
+        reads = self._reads()
+        if self._base is None:
+            self._base = {fd: n for fd, (n, _) in reads.items()}
+            self._base_delivered = self._delivered()
+            return
+        sent = {fd: n - self._base[fd] for fd, (n, _) in reads.items() if fd in self._base}
+        unfinished = sum(sent.values()) - (self._delivered() - self._base_delivered)
+        if unfinished <= 0:  # all that arrived was whole messages: the memory is the calls' own
+            self._calm_rss, self._base = rss, None
+            return
+        if unfinished <= self.limit or not sent:
+            return
+        fd = max(sent, key=sent.__getitem__)
+        self.dropped += 1
+        log.event("unfinished-message", f"a client connection sent {sent[fd] // 2**20} MiB without finishing "
+                  "its message: closed", level=logging.WARNING)
+        reads[fd][1].shut_down(fd)
+        self._base = None
+
+
+def _bytes_read(fd: int) -> int | None:
+    """Bytes libzmq has read from a tcp connection: received by the kernel minus still queued there."""
+    try:
+        sock = socket.socket(fileno=fd)
+    except OSError:
+        return None
+    try:
+        if sock.family not in (socket.AF_INET, socket.AF_INET6):
+            return None
+        info = sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, 256)
+        if len(info) < _TCPI_BYTES_RECEIVED + 8:
+            return None
+        received = struct.unpack_from("=Q", info, _TCPI_BYTES_RECEIVED)[0]
+        queued = struct.unpack("=i", fcntl.ioctl(fd, termios.FIONREAD, b"\0\0\0\0"))[0]
+        return received - queued
+    except OSError:
+        return None
+    finally:
+        sock.detach()
 
 
 def _same_place(local: object, endpoint: str) -> bool:
@@ -144,4 +280,4 @@ def _same_place(local: object, endpoint: str) -> bool:
     return False
 
 
-__all__ = ["raise_open_files", "client_budget", "max_clients", "ClientGate"]
+__all__ = ["raise_open_files", "client_budget", "max_clients", "ClientGate", "MessageGuard"]

@@ -240,6 +240,8 @@ class Router:
             self.readers[self.public] = SocketReader(self.loop, self.public, self._public_handler())
         self.wreader = self.readers[self.wsock] = SocketReader(
             self.loop, self.wsock, lambda frames: self._on_worker_message(frames, self.wsock))
+        self.guard = limits.MessageGuard(self.loop, list(self.gates.values()),
+                                         limits.UNFINISHED_FRAMES * (cfg.max_message_size or 16 * 2 ** 20))
 
     def _router_socket(self, client: bool) -> zmq.Socket:
         sock = self.ctx.socket(zmq.ROUTER)
@@ -276,14 +278,26 @@ class Router:
         return "control.sock" if endpoint.endswith("/control.sock") else endpoint
 
     def _control_handler(self) -> Callable[[list[bytes]], None]:
-        sock = self.control
-        return lambda frames: self.on_client_message(frames, sock, True)
+        return self._client_handler(self.control, True)
 
     def _public_handler(self) -> Callable[[list[bytes]], None]:
-        sock = self.public
-        return lambda frames: self.on_client_message(frames, sock, False)
+        return self._client_handler(self.public, False)
+
+    def _client_handler(self, sock: zmq.Socket, admin: bool) -> Callable[[list[bytes]], None]:
+        gate = self.gates[sock]
+        on_message = self.on_client_message
+        overhead = limits.FRAME_OVERHEAD
+
+        def handle(frames: list[bytes]) -> None:
+            # bytes of whole messages received, for the guard against messages that never end
+            gate.delivered += len(frames[-1]) + overhead * len(frames) + (
+                sum(map(len, frames[1:-1])) if len(frames) > 2 else 0)
+            on_message(frames, sock, admin)
+        return handle
 
     def close_sockets(self) -> None:
+        if getattr(self, "guard", None) is not None:
+            self.guard.close()
         for reader in self.readers.values():
             reader.close()
         for sock in self._sockets:  # every socket made, even when a later bind failed
@@ -795,7 +809,8 @@ class Router:
             "queued": len(self.queue),
             "client_inflight": sum(sum(c.values()) for c in self._client_calls.values()),
             "clients": {"control": self.gates[self.control].document() if self.control in self.gates else None,
-                        "bind": self.gates[self.public].document() if self.public in self.gates else None},
+                        "bind": self.gates[self.public].document() if self.public in self.gates else None,
+                        "unfinished_closed": self.guard.dropped},
         }
         if self.reloads is not None:
             doc["reload"] = self.reloads.summary()

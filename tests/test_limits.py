@@ -169,8 +169,8 @@ def bounded(cluster):
 
 
 def per_client_bound() -> int:
-    """SECURITY.md's formula for one client: in-flight calls, answers waiting, messages arriving."""
-    return 3 * INFLIGHT * MESSAGE
+    """SECURITY.md's formula for one client: 4 x --max-client-inflight x --max-message-size."""
+    return 4 * INFLIGHT * MESSAGE
 
 
 def test_a_client_that_never_reads_answers_cannot_grow_the_master(bounded):
@@ -194,6 +194,7 @@ def test_a_client_that_never_reads_answers_cannot_grow_the_master(bounded):
         peak = max(peak, master.memory_info().rss)
         print(f"\nmaster RSS before {before / 2**20:.0f} MiB, peak {peak / 2**20:.0f} MiB")
         assert peak - before < per_client_bound(), (before, peak)
+        assert inst.status()["clients"]["unfinished_closed"] == 0  # its messages are whole: never cut
         # the master is fine and serves others
         other = Rpc(inst.tcp)
         try:
@@ -202,3 +203,64 @@ def test_a_client_that_never_reads_answers_cannot_grow_the_master(bounded):
             other.close()
     finally:
         sock.close(linger=0)
+
+
+class NeverEndingPeer:
+    """A raw ZMTP 3.0 peer (NULL mechanism) that sends frames flagged MORE for ever: one message that
+    never ends, each frame just under --max-message-size."""
+
+    def __init__(self, port: int, frame_size: int) -> None:
+        self.sock = socket.create_connection(("127.0.0.1", port))
+        self.sock.sendall(zmtp_greeting() + zmtp_ready())
+        self.sock.settimeout(10)
+        got = b""
+        while len(got) < 64:  # the master's greeting; its READY may follow
+            chunk = self.sock.recv(4096)
+            assert chunk, "the master closed the connection during the handshake"
+            got += chunk
+        self.frame = zmtp_frame(b"m" * frame_size, more=True)
+        self.sent = 0
+        self.closed = False
+
+    def push(self, seconds: float) -> None:
+        """Send frames for up to `seconds`, or until the master closes the connection."""
+        import time
+        deadline = time.monotonic() + seconds
+        while time.monotonic() < deadline:
+            try:
+                self.sock.sendall(self.frame)
+            except OSError:
+                self.closed = True
+                return
+            self.sent += len(self.frame)
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+def test_a_message_that_never_ends_cannot_grow_the_master(bounded):
+    import threading
+    inst = bounded
+    master = psutil.Process(inst.proc.pid)
+    before = master.memory_info().rss
+    peer = NeverEndingPeer(inst.port, MESSAGE - 64)
+    pusher = threading.Thread(target=peer.push, args=(20.0,))
+    peak = before
+    try:
+        pusher.start()
+        while pusher.is_alive():
+            peak = max(peak, master.memory_info().rss)
+            pusher.join(0.01)
+        print(f"\nmaster RSS before {before / 2**20:.0f} MiB, peak {peak / 2**20:.0f} MiB, "
+              f"peer sent {peer.sent / 2**20:.0f} MiB")
+        assert peer.closed, "the master never closed a connection whose message does not end"
+        assert peak - before < per_client_bound(), (before, peak)
+        assert inst.status()["clients"]["unfinished_closed"] >= 1
+        other = Rpc(inst.tcp)
+        try:
+            assert other.result("add", 1, 2) == 3
+        finally:
+            other.close()
+    finally:
+        peer.close()
+        pusher.join()
