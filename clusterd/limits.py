@@ -174,8 +174,8 @@ class MessageGuard:
     has grown by more than `limit` bytes, the guard takes a baseline: per connection, what libzmq has
     read from it (TCP_INFO minus what the kernel still queues), and the bytes of complete messages the
     master has received. At each turn while the RSS stays up, if the connections have sent more than
-    `limit` bytes since the baseline that did not arrive as complete messages, the one that sent the
-    most is shut down (libzmq then frees its unfinished message).
+    `limit` bytes since the baseline that did not arrive as complete messages (at two turns in a row),
+    the one that sent the most is shut down (libzmq then frees its unfinished message).
     """
 
     def __init__(self, loop: asyncio.AbstractEventLoop, gates: list[ClientGate], limit: int) -> None:
@@ -189,6 +189,7 @@ class MessageGuard:
         self._calm_rss = self._rss()
         self._base: dict[int, int] | None = None   # fd -> bytes read, at the baseline
         self._base_delivered = 0
+        self._over = 0
         for gate in gates:
             gate.on_accept = self.arm
 
@@ -240,7 +241,14 @@ class MessageGuard:
             self._calm_rss, self._base = rss, None
             return
         if unfinished <= self.limit or not sent:
+            self._over = 0
             return
+        # whole messages read by libzmq but not yet by the master also count here for a moment: only
+        # bytes that stay unfinished over two turns in a row are a message that does not end
+        self._over += 1
+        if self._over < 2:
+            return
+        self._over = 0
         fd = max(sent, key=sent.__getitem__)
         self.dropped += 1
         log.event("unfinished-message", f"a client connection sent {sent[fd] // 2**20} MiB without finishing "
