@@ -248,12 +248,11 @@ class Router:
         self._sockets.append(sock)
         sock.setsockopt(zmq.LINGER, 0)
         if client:
-            # what one client can make the master hold is bounded by these (SECURITY.md, "Memory"): at
-            # most client_hwm answers wait for a client that does not read; a send past it fails with
-            # EAGAIN (ROUTER_MANDATORY) instead of queueing, and the client's calls get -32005 meanwhile
-            hwm = self.client_hwm()
-            sock.setsockopt(zmq.SNDHWM, hwm)
-            sock.setsockopt(zmq.RCVHWM, hwm)
+            # what one client can make the master hold is bounded by these (SECURITY.md, "Bytes per
+            # client"): a send past the high-water mark fails with EAGAIN (ROUTER_MANDATORY) instead of
+            # queueing, and the client's calls get -32005 while its queue is full
+            sock.setsockopt(zmq.SNDHWM, self.client_send_hwm())
+            sock.setsockopt(zmq.RCVHWM, self.config.max_client_inflight or 100000)
             sock.setsockopt(zmq.ROUTER_MANDATORY, 1)
             if self.config.max_message_size:
                 sock.setsockopt(zmq.MAXMSGSIZE, self.config.max_message_size)
@@ -263,9 +262,11 @@ class Router:
             sock.setsockopt(zmq.RCVHWM, 0)
         return sock
 
-    def client_hwm(self) -> int:
-        """Messages queued per client connection, each way: its in-flight limit (100000 when unlimited)."""
-        return self.config.max_client_inflight or 100000
+    def client_send_hwm(self) -> int:
+        """Answers queued per client connection: its calls' answers and as many refusals (-32005), plus
+        slack for libzmq's I/O thread; 100000 when calls in flight are unlimited."""
+        inflight = self.config.max_client_inflight
+        return 2 * inflight + 64 if inflight else 100000
 
     def _open_gate(self, sock: zmq.Socket) -> None:
         """Cap the connections of a client socket per endpoint (--max-clients) so that fds never run out."""

@@ -169,8 +169,8 @@ def bounded(cluster):
 
 
 def per_client_bound() -> int:
-    """SECURITY.md's formula for one client: 4 x --max-client-inflight x --max-message-size."""
-    return 4 * INFLIGHT * MESSAGE
+    """SECURITY.md's formula for one client: (5 x --max-client-inflight + 64) x --max-message-size."""
+    return (5 * INFLIGHT + 64) * MESSAGE
 
 
 def test_a_client_that_never_reads_answers_cannot_grow_the_master(bounded):
