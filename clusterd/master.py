@@ -203,19 +203,23 @@ class Router:
             from .remote import AgentRegistry, open_remote_socket
             self.rsock = open_remote_socket(self, cfg)
             self.agents = AgentRegistry(self)
-            self._worker_reader(self.rsock)
-        self.readers[self.control] = SocketReader(self.loop, self.control, self._control_handler())
+        # Frames to workers leave once per drain of any socket (a client's calls, a worker's answers).
+        for sock in (self.wsock, self.rsock):
+            if sock is not None:
+                self.outboxes[sock] = Outbox(self.loop, sock, self._undeliverable)
+        holds = tuple(self.outboxes.values())
+        if self.rsock is not None:
+            self._worker_reader(self.rsock, holds)
+        self.readers[self.control] = SocketReader(self.loop, self.control, self._control_handler(), holds=holds)
         if self.public is not None:
-            self.readers[self.public] = SocketReader(self.loop, self.public, self._public_handler())
-        self.wreader = self._worker_reader(self.wsock)
+            self.readers[self.public] = SocketReader(self.loop, self.public, self._public_handler(), holds=holds)
+        self.wreader = self._worker_reader(self.wsock, holds)
         self.guard = limits.MessageGuard(self.loop, list(self.gates.values()),
                                          limits.UNFINISHED_FRAMES * (cfg.max_message_size or 16 * 2 ** 20))
 
-
-    def _worker_reader(self, sock: zmq.Socket) -> SocketReader:
-        outbox = self.outboxes[sock] = Outbox(self.loop, sock, self._undeliverable)
+    def _worker_reader(self, sock: zmq.Socket, holds: tuple[Outbox, ...]) -> SocketReader:
         reader = self.readers[sock] = SocketReader(
-            self.loop, sock, lambda frames: self._on_worker_message(frames, sock), outbox)
+            self.loop, sock, lambda frames: self._on_worker_message(frames, sock), self.outboxes[sock], holds)
         return reader
 
     def _bind_ipc(self, sock: zmq.Socket, name: str) -> None:

@@ -76,7 +76,7 @@ class Outbox:
         self.loop = loop
         self.sock = sock
         self.pending: dict[Any, list[bytes]] = {}
-        self.holding = False     # a drain is running: it flushes when it ends
+        self.holding = 0         # drains running that send this outbox when they end
         self._scheduled = False
         self.on_failure = on_failure
         self.after_send: Callable[[], None] | None = None  # the socket's reader.rearm
@@ -96,6 +96,15 @@ class Outbox:
                 self.loop.call_soon(self.flush)
         else:
             frames.append(frame)
+
+    def hold(self) -> None:
+        """A drain starts: what it adds leaves together when it ends (release)."""
+        self.holding += 1
+
+    def release(self) -> None:
+        self.holding -= 1
+        if not self.holding:
+            self.flush()
 
     def flush(self) -> None:
         self._scheduled = False
@@ -119,22 +128,26 @@ class Outbox:
 
 
 class SocketReader:
-    """Calls handler(frames) for each message arriving on sock; sends its outbox after each drain.
+    """Calls handler(frames) for each message arriving on sock; sends its outboxes after each drain.
 
     Nothing a handler raises stops the reader: the handler answers what it can, the reader logs the
     rest (rate-limited) and reads on."""
 
     __slots__ = ("loop", "sock", "handler", "_fd", "_scheduled", "closed", "_recv", "_faults", "_draining",
-                 "outbox")
+                 "outbox", "holds")
 
     def __init__(self, loop: asyncio.AbstractEventLoop, sock: zmq.Socket,
-                 handler: Callable[[list[bytes]], None], outbox: Outbox | None = None) -> None:
+                 handler: Callable[[list[bytes]], None], outbox: Outbox | None = None,
+                 holds: tuple[Outbox, ...] = ()) -> None:
+        """outbox: this socket's own; holds: the outboxes (its own and others) a drain's handlers
+        add to, each sent once when the drain ends."""
         self.loop = loop
         self.sock = sock
         self.handler = handler
         self.outbox = outbox
         if outbox is not None:
             outbox.after_send = self.rearm
+        self.holds = holds or ((outbox,) if outbox is not None else ())
         self._fd = sock.getsockopt(zmq.FD)
         self._recv = recv_routed if sock.type == zmq.ROUTER else recv_frames
         self._scheduled = False
@@ -149,16 +162,15 @@ class SocketReader:
         if self.closed or self._draining:
             return
         self._draining = True
-        outbox = self.outbox
-        if outbox is not None:
-            outbox.holding = True
+        holds = self.holds
+        for outbox in holds:
+            outbox.hold()
         try:
             self._drain_batch()
         finally:
             self._draining = False
-            if outbox is not None:
-                outbox.holding = False
-                outbox.flush()
+            for outbox in holds:
+                outbox.release()
 
     def _drain_batch(self) -> None:
         sock = self.sock
@@ -192,17 +204,16 @@ class SocketReader:
         if self.closed or self._draining:
             return
         self._draining = True
-        outbox = self.outbox
-        if outbox is not None:
-            outbox.holding = True
+        holds = self.holds
+        for outbox in holds:
+            outbox.hold()
         try:
             while not self.closed and _get(self.sock, _EVENTS) & _POLLIN:
                 self._drain_batch()
         finally:
             self._draining = False
-            if outbox is not None:
-                outbox.holding = False
-                outbox.flush()
+            for outbox in holds:
+                outbox.release()
 
     def wake(self) -> None:
         if not self._scheduled and not self.closed:
