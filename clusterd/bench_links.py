@@ -393,7 +393,7 @@ def run_links_bench(*, quick: bool = False, baseline: Path | None = None, rounds
         keys = [f"{path}_{n}" for path in PATHS for n in INFLIGHT]
         rates: dict[str, dict[str, list[float]]] = {s: {k: [] for k in keys} for s in systems}
         cpus: dict[str, dict[str, list[float]]] = {s: {k: [] for k in keys} for s in systems}
-        for name, system in systems.items():  # warm up: imports, first calls, allocator
+        for system in systems.values():  # warm up: imports, first calls, allocator
             if isinstance(system, _Instance):
                 for path in PATHS:
                     system.measure(path, min(seconds, 0.3), 64)

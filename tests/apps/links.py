@@ -89,6 +89,6 @@ class Worker(WorkerEndpoint):
         for _ in range(20):
             try:
                 await asyncio.wait_for(self.master.call("later", 1), 0.0001)
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 pass
         return await self.master.call("double", 5)
