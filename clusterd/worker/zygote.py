@@ -30,7 +30,7 @@ def _send(sock: socket.socket, obj: dict) -> None:
 
 
 def main() -> None:
-    from .worker import _die_with_parent
+    from .process import _die_with_parent
     worker_path = sys.argv[2]
     parent = os.getppid()
     _die_with_parent()
@@ -41,8 +41,8 @@ def main() -> None:
     sock = socket.socket(fileno=int(sys.argv[3]))
     sys.path.insert(0, os.getcwd())
     try:
-        from . import worker
-        worker.import_class(worker_path)
+        from . import process
+        process.import_class(worker_path)
         import asyncio  # noqa: F401  (imported once here rather than in every worker)
 
         import zmq  # noqa: F401
@@ -129,7 +129,7 @@ def _fork_worker(sock: socket.socket, env: dict, out: int | None, wake_r: int, w
         os.environ["_CLUSTERD_SPEC"] = json.dumps(spec)
         sys.stdout = os.fdopen(1, "w", buffering=1, closefd=False)
         sys.stderr = os.fdopen(2, "w", buffering=1, closefd=False)
-        from .worker import main as worker_main
+        from .process import main as worker_main
         worker_main()
     except BaseException:
         traceback.print_exc()

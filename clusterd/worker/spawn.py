@@ -18,7 +18,7 @@ import sys
 from collections.abc import Callable
 
 WORKER_ENTRY = "from clusterd.worker import main; main()"
-ZYGOTE_ENTRY = "from clusterd.zygote import main; main()"
+ZYGOTE_ENTRY = "from clusterd.worker.zygote import main; main()"
 
 OnLine = Callable[[object, bytes], None]
 OnExit = Callable[[object, "int | None"], None]

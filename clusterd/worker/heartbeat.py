@@ -17,7 +17,7 @@ import time
 
 import zmq
 
-from . import protocol
+from .. import protocol
 
 _IDLE_CODES = {getattr(selectors, name).select.__code__
                for name in ("EpollSelector", "PollSelector", "SelectSelector") if hasattr(selectors, name)}

@@ -10,12 +10,12 @@ import logging
 import signal
 import sys
 
-from . import log, protocol
-from .config import Config
-from .master import Router
+from .. import log, protocol
+from ..config import Config
+from .router import Router
 from .reload import ReloadManager, installed_version, read_version, watch_sources, watch_version
 from .supervisor import BootFailure
-from .systemd import Notifier
+from ..systemd import Notifier
 
 EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, 1, 2
 
@@ -39,7 +39,7 @@ async def _serve(loop: asyncio.AbstractEventLoop, router: Router, config: Config
     router.reloads = ReloadManager(router)
     router.version = read_version(config.watch_version) if config.watch_version else installed_version(master_cls)
     try:
-        from .shared import SharedBlocks
+        from ..shared import SharedBlocks
         router.shared = SharedBlocks(config.name)
     except ImportError:
         router.shared = None

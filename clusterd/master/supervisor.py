@@ -19,13 +19,13 @@ from typing import TYPE_CHECKING
 
 import psutil
 
-from . import log
-from .config import Config
+from .. import log
+from ..config import Config
 from .pool import Balancer, Slot, Worker, WorkerState
-from .spawn import DirectSpawner, ZygoteSpawner
+from ..worker.spawn import DirectSpawner, ZygoteSpawner
 
 if TYPE_CHECKING:
-    from .master import Router
+    from .router import Router
 
 STABLE_AFTER_S = 1.0       # a worker ready this long resets its slot's backoff
 BACKOFF_FIRST_S = 0.1
@@ -36,7 +36,7 @@ def make_spawner(loop: asyncio.AbstractEventLoop, config: Config, router: "Route
     """Fork from a zygote (fast restarts) unless CLUSTERD_NO_ZYGOTE is set; fresh interpreters then.
     With --isolation thread, threads of this process (threads.py)."""
     if config.isolation == "thread":
-        from .threads import ThreadSpawner
+        from ..worker.threads import ThreadSpawner
         return ThreadSpawner(loop, on_line, on_exit, router.ctx, config)
     if os.environ.get("CLUSTERD_NO_ZYGOTE"):
         return DirectSpawner(loop, on_line, on_exit)

@@ -34,7 +34,7 @@ from typing import Any
 
 import zmq
 
-from . import log
+from .. import log
 
 THREAD_ENDPOINT = "inproc://clusterd-workers"
 KILL_GRACE_S = 1.0
@@ -81,7 +81,7 @@ class ThreadWorker:
         self.thread.start()
 
     def _main(self) -> None:
-        from .worker import _run
+        from .process import _run
         try:
             code = asyncio.run(_run(self.spec, embedded=self))
         except SystemExit as exc:   # sys.exit() in user code ends this thread's loop, not the master

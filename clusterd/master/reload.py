@@ -15,11 +15,11 @@ import tomllib
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from . import log
+from .. import log
 from .supervisor import BootFailure
 
 if TYPE_CHECKING:
-    from .master import Router
+    from .router import Router
 
 
 def read_version(path: str | Path) -> str | None:

@@ -20,10 +20,10 @@ import time
 import psutil
 import zmq
 
-from . import log, protocol
+from .. import log, protocol
 from .spawn import DirectSpawner, ZygoteSpawner
-from .systemd import child_environ
-from .zmqloop import SocketReader
+from ..systemd import child_environ
+from ..zmqloop import SocketReader
 
 
 class Agent:
@@ -52,7 +52,7 @@ class Agent:
         self.sock.setsockopt(zmq.ROUTING_ID, f"agent:{self.host}:{os.getpid()}".encode())
         self.sock.setsockopt(zmq.LINGER, 1000)
         if self.curve_dir:
-            from .curve import client_configurer
+            from ..curve import client_configurer
             client_configurer({"dir": self.curve_dir})(self.sock)
         self.sock.connect(self.connect)
         self.reader = SocketReader(self.loop, self.sock, self._on_message)

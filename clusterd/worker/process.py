@@ -29,10 +29,11 @@ from typing import Any
 
 import zmq
 
-from . import heartbeat, protocol
-from .endpoint import Dispatcher, encode_response
-from .protocol import RemoteError, RPCError
-from .zmqloop import SocketReader, send_frames
+from .. import protocol
+from . import heartbeat
+from ..endpoint import Dispatcher, encode_response
+from ..protocol import RemoteError, RPCError
+from ..zmqloop import SocketReader, send_frames
 
 SPEC_ENV = "_CLUSTERD_SPEC"
 
@@ -51,7 +52,7 @@ class MasterProxy:
 
     async def shared_block(self, name: str, size: int) -> memoryview:
         """A block of shared memory owned by the master, attached here by name."""
-        from .shared import attach
+        from ..shared import attach
         info = await self.call("clusterd.shared_block", name, size)
         return attach(info["shm_name"], info["size"])
 
@@ -245,7 +246,7 @@ async def _run(spec: dict, embedded: Any = None) -> int:
     ident = spec["ident"].encode()
     configure = None
     if spec.get("curve"):
-        from .curve import client_configurer
+        from ..curve import client_configurer
         configure = client_configurer(spec["curve"])
     if embedded is None:
         heartbeat.start(context, spec["endpoint"], ident, spec["heartbeat_interval"], spec["heartbeat_timeout"],

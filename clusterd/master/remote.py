@@ -24,12 +24,12 @@ from typing import TYPE_CHECKING
 
 import zmq
 
-from . import log, protocol
+from .. import log, protocol
 from .pool import Slot, Worker
 
 if TYPE_CHECKING:
-    from .config import Config
-    from .master import Router
+    from ..config import Config
+    from .router import Router
 
 
 def open_remote_socket(router: "Router", cfg: "Config") -> zmq.Socket:
@@ -41,7 +41,7 @@ def open_remote_socket(router: "Router", cfg: "Config") -> zmq.Socket:
     sock.setsockopt(zmq.SNDHWM, 0)
     sock.setsockopt(zmq.RCVHWM, 0)
     if cfg.curve_dir:
-        from .curve import configure_server, server_keys, start_authenticator
+        from ..curve import configure_server, server_keys, start_authenticator
         keys = server_keys(cfg.curve_dir)
         router.authenticator = start_authenticator(router.ctx, keys)
         configure_server(sock, keys)

@@ -21,14 +21,14 @@ from typing import Any
 import psutil
 import zmq
 
-from . import log, protocol, systemd
-from .config import Config
-from .control import read_pid
-from .endpoint import Dispatcher, encode_response, method_table
+from .. import log, protocol, systemd
+from ..config import Config
+from ..control import read_pid
+from ..endpoint import Dispatcher, encode_response, method_table
 from .pool import Call, Worker, WorkerState
-from .protocol import NO_ID, RemoteError, RPCError
+from ..protocol import NO_ID, RemoteError, RPCError
 from .supervisor import Supervisor
-from .zmqloop import NOBLOCK, SocketReader, send_frames
+from ..zmqloop import NOBLOCK, SocketReader, send_frames
 
 
 @dataclass(frozen=True)
@@ -216,7 +216,7 @@ class Router:
         self.wsock.setsockopt(zmq.ROUTER_MANDATORY, 1)
         self.wsock.bind(self.worker_endpoint)
         if cfg.isolation == "thread":
-            from .threads import THREAD_ENDPOINT
+            from ..worker.threads import THREAD_ENDPOINT
             self.wsock.bind(THREAD_ENDPOINT)  # thread workers share self.ctx, as inproc requires
         os.chmod(cfg.instance_dir / "workers.sock", 0o600)
         self.rsock = None
@@ -686,7 +686,7 @@ class Router:
         if delta is not None:
             target = self.supervisor.wanted + int(delta)
         else:
-            from .config import ConfigError, parse_workers
+            from ..config import ConfigError, parse_workers
             try:
                 target = parse_workers(workers if workers is not None else self.supervisor.wanted)
             except ConfigError as exc:
