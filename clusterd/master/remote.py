@@ -3,7 +3,7 @@
 An agent registers with the master and asks for N workers; the master gives it slots (unique across
 the cluster) and then runs those slots exactly like local ones — restart with backoff, heartbeats,
 recycling, rolling reload — asking the agent to start or signal the processes. The workers connect to
-the master themselves. Agent messages travel on the remote workers socket as [b"A", json]:
+the master themselves. Agent messages travel on the remote workers socket as [wire.AGENT, json]:
 
     agent -> master   {"hello": {"host", "pid", "workers"}}   register (again, after a master restart)
                       {"beat": {"rss": {ident: bytes}}}        alive, with its workers' memory
@@ -24,7 +24,8 @@ from typing import TYPE_CHECKING
 
 import zmq
 
-from .. import log, protocol
+from .. import log, protocol, wire
+from ..wire import WorkerSpec
 from .pool import Slot, Worker
 
 if TYPE_CHECKING:
@@ -142,7 +143,7 @@ class AgentRegistry:
             sup.slots[index].active = sup._spawn(index)
 
     # -- what the supervisor asks
-    def spawn(self, agent_name: str, worker: Worker, spec: dict) -> RemoteHandle:
+    def spawn(self, agent_name: str, worker: Worker, spec: WorkerSpec) -> RemoteHandle:
         agent = self._by_name(agent_name)
         handle = RemoteHandle(self, agent, worker)
         worker.agent = agent_name
@@ -150,8 +151,7 @@ class AgentRegistry:
         if agent is None or agent.gone:
             self.router.loop.call_soon(self.router.supervisor.worker_exited, worker, None)
             return handle
-        spec = {k: v for k, v in spec.items() if k not in ("endpoint", "parent_pid")}
-        self._send(agent.ident, {"spawn": spec})
+        self._send(agent.ident, {"spawn": spec.for_agent()})
         return handle
 
     def signal(self, agent: Agent, worker: Worker, sig: int) -> None:
@@ -187,7 +187,7 @@ class AgentRegistry:
 
     def _send(self, ident: bytes, msg: dict) -> None:
         try:
-            self.router.rsock.send_multipart([ident, b"A", protocol.dumps(msg)])
+            self.router.rsock.send_multipart([ident, wire.AGENT, protocol.dumps(msg)])
         except zmq.ZMQError:
             pass
         self.router.readers[self.router.rsock].wake()

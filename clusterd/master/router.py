@@ -21,14 +21,17 @@ from typing import Any
 import psutil
 import zmq
 
-from .. import log, protocol, systemd
+from .. import log, protocol, systemd, wire
 from ..config import Config
 from ..control import read_pid
 from ..endpoint import Dispatcher, encode_response, method_table
 from .pool import Call, Worker, WorkerState
 from ..protocol import NO_ID, RemoteError, RPCError
 from .supervisor import Supervisor
+from ..wire import ERROR, RESULT
 from ..zmqloop import NOBLOCK, SocketReader, send_frames
+
+_BODY = 1 + wire.TOKEN_SIZE  # where an answer frame's response starts, after its kind and token
 
 
 @dataclass(frozen=True)
@@ -305,7 +308,7 @@ class Router:
         if req.id is NO_ID:
             worker = self.supervisor.balancer.pick()
             if worker is not None:
-                self._to_worker([worker.ident, b"n", payload], worker.sock)
+                self._to_worker([worker.ident, wire.NOTIFY, payload], worker.sock)
             return
         counts = self._client_calls.get(sock)
         if counts is not None:  # a client's call (not a worker's): bounded per client
@@ -340,7 +343,7 @@ class Router:
 
     def send_call(self, worker: Worker, call: Call) -> None:
         self._token += 1
-        token = self._token.to_bytes(8, "little")
+        token = wire.token_bytes(self._token)
         call.token = token
         call.worker = worker
         worker.calls[token] = call
@@ -349,7 +352,7 @@ class Router:
             if self._sweep_handle is None:
                 self._sweep_handle = self.loop.call_later(min(0.1, call.timeout), self._sweep_deadlines)
         try:
-            send_frames(worker.sock, [worker.ident, b"c" + token + call.payload])
+            send_frames(worker.sock, [worker.ident, wire.call_frame(token, call.payload)])
         except zmq.ZMQError:
             # its connection is already gone (ROUTER_MANDATORY): the worker never got the call
             del worker.calls[token]
@@ -449,23 +452,23 @@ class Router:
         ident = frames[0]
         head = frames[1] if len(frames) > 1 else b""
         kind = head[:1]
-        if (kind == b"r" or kind == b"e") and len(frames) == 2:  # an answer: [b"r" + token + response]
+        if (kind == RESULT or kind == ERROR) and len(frames) == 2:  # an answer: [RESULT + token + response]
             worker = self.supervisor.by_ident.get(ident)
             if worker is None:
                 return
-            call = worker.calls.pop(head[1:9], None)
+            call = worker.calls.pop(head[1:_BODY], None)
             if call is None:
                 return  # timed out or the caller is gone: dropped
             worker.served += 1
-            if kind == b"e":
+            if kind == ERROR:
                 worker.failed += 1
             if call.future is None:
-                self._send(call.sock, call.envelope, head[9:])
+                self._send(call.sock, call.envelope, head[_BODY:])
                 counts = self._client_calls.get(call.sock)
                 if counts is not None:
                     self._release(counts, call.envelope[0])
             elif not call.future.done():
-                call.future.set_result(head[9:])
+                call.future.set_result(head[_BODY:])
             if worker.state is not WorkerState.READY:
                 if not worker.calls:
                     if worker.retire_reason == "hung" and worker.state is WorkerState.DRAINING:
@@ -476,21 +479,22 @@ class Router:
                 self.supervisor.recycle(worker, "max-requests")
         elif len(frames) != 3:
             return  # not a message of ours
-        elif kind == b"q":
+        elif kind == wire.REQUEST:
             self._on_worker_request(ident, frames[2], sock)
-        elif kind == b"b":
-            if ident[3:] in self.supervisor.by_ident:  # a worker of a master that died gets no answer: it exits
-                self._to_worker([ident, b"b"], sock)
-            self.supervisor.on_beat(ident[3:], _loads_dict(frames[2]))
-        elif kind == b"h":
+        elif kind == wire.BEAT:
+            worker_ident = ident[len(wire.HEARTBEAT_PREFIX):]
+            if worker_ident in self.supervisor.by_ident:  # a worker of a master that died gets no answer: it exits
+                self._to_worker([ident, wire.BEAT], sock)
+            self.supervisor.on_beat(worker_ident, _loads_dict(frames[2]))
+        elif kind == wire.HELLO:
             self.supervisor.on_hello(ident, _loads_dict(frames[2]))
-        elif kind == b"f":
+        elif kind == wire.FAILURE:
             self.supervisor.on_boot_failure(ident, _loads_dict(frames[2]))
-        elif kind == b"A" and sock is self.rsock and len(frames) > 2:
+        elif kind == wire.AGENT and sock is self.rsock and len(frames) > 2:
             self.agents.on_message(ident, _loads_dict(frames[2]))
 
     def _on_worker_request(self, ident: bytes, payload: bytes, sock: zmq.Socket) -> None:
-        envelope = [ident, b"a"]
+        envelope = [ident, wire.ANSWER]
         try:
             obj = protocol.loads(payload)
         except ValueError:
@@ -501,7 +505,7 @@ class Router:
         self.route(req, payload, sock, envelope, "worker")
 
     def send_stop(self, worker: Worker) -> None:
-        self._to_worker([worker.ident, b"s"], worker.sock)
+        self._to_worker([worker.ident, wire.STOP], worker.sock)
 
     def learn_methods(self, methods: dict) -> None:
         self.worker_methods = methods

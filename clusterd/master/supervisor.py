@@ -9,7 +9,6 @@ worker table; the router (master.py) moves calls and tells it what arrives on th
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import os
 import random
@@ -21,6 +20,7 @@ import psutil
 
 from .. import log
 from ..config import Config
+from ..wire import WorkerSpec
 from .pool import Balancer, Slot, Worker, WorkerState
 from ..worker.spawn import DirectSpawner, ZygoteSpawner
 
@@ -108,13 +108,11 @@ class Supervisor:
         worker = Worker(slot=index, generation=self.generation, ident=ident)
         if self.config.max_requests:
             worker.max_requests = self.config.max_requests + random.randint(0, self.config.max_requests_jitter)
-        spec = {
-            "worker": self.config.worker, "endpoint": self.router.worker_endpoint, "ident": ident.decode(),
-            "slot": index, "generation": self.generation, "name": self.config.name,
-            "heartbeat_interval": self.config.heartbeat_interval,
-            "heartbeat_timeout": max(self.config.heartbeat_timeout, 2.0),
-            "debug": self.config.debug, "parent_pid": os.getpid(),
-        }
+        spec = WorkerSpec(
+            worker=self.config.worker, endpoint=self.router.worker_endpoint, ident=ident.decode(), slot=index,
+            generation=self.generation, name=self.config.name, heartbeat_interval=self.config.heartbeat_interval,
+            heartbeat_timeout=max(self.config.heartbeat_timeout, 2.0), debug=self.config.debug,
+            parent_pid=os.getpid())
         slot = self.slots.get(index)
         if slot is not None and slot.agent is not None:
             # a slot of an agent on another host: the agent starts the process, on the code it has
@@ -122,8 +120,7 @@ class Supervisor:
             worker.process = self.router.agents.spawn(slot.agent, worker, spec)
         else:
             worker.sock = self.router.wsock
-            env = self.router.child_environ()
-            env["_CLUSTERD_SPEC"] = json.dumps(spec)
+            env = spec.to_env(self.router.child_environ())
             env["PYTHONUNBUFFERED"] = "1"
             worker.process = self.spawner.spawn(worker, env, f"clusterd-worker:{self.config.name}:{index}",
                                                 self.generation)

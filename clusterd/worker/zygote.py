@@ -124,9 +124,10 @@ def _fork_worker(sock: socket.socket, env: dict, out: int | None, wake_r: int, w
             os.close(out)
         os.environ.clear()
         os.environ.update(env)
-        spec = json.loads(env["_CLUSTERD_SPEC"])
-        spec["parent_pid"] = os.getppid()
-        os.environ["_CLUSTERD_SPEC"] = json.dumps(spec)
+        from ..wire import WorkerSpec
+        spec = WorkerSpec.from_env(env)
+        spec.parent_pid = os.getppid()
+        spec.to_env(os.environ)
         sys.stdout = os.fdopen(1, "w", buffering=1, closefd=False)
         sys.stderr = os.fdopen(2, "w", buffering=1, closefd=False)
         from .process import main as worker_main
