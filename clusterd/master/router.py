@@ -1,4 +1,4 @@
-"""MasterEndpoint, and the master's event loop: sockets, routing of calls, admin methods.
+"""The master's sockets and the routing of every call between clients, master and workers.
 
 The per-call path is kept short: a client's request is decoded once (to learn its method and id),
 then its original bytes go to a worker with a routing token; the worker's answer bytes go back to
@@ -8,14 +8,10 @@ the client untouched. No future, task or timer is created per forwarded call.
 from __future__ import annotations
 
 import asyncio
-import fcntl
 import logging
 import os
 import time
 from collections import deque
-from collections.abc import Callable
-from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import psutil
@@ -23,163 +19,56 @@ import zmq
 
 from .. import log, protocol, systemd, wire
 from ..config import Config
-from ..control import read_pid
-from ..endpoint import Dispatcher, encode_response, method_table
-from .pool import Call, Worker, WorkerState
-from ..protocol import NO_ID, RemoteError, RPCError
-from .supervisor import Supervisor
-from ..wire import ERROR, RESULT
+from ..endpoint import Dispatcher, method_table
+from ..protocol import NO_ID, RPCError
+from ..wire import ERROR, RESULT, WorkerSpec
+from ..worker.spawn import DirectSpawner, OnExit, OnLine, Spawner, WorkerHandle, ZygoteSpawner
 from ..zmqloop import NOBLOCK, SocketReader, send_frames
+from .admin import Admin
+from .batch import Batches
+from .endpoint import WorkersProxy, internal_methods, worker_info
+from .local import LocalMethods
+from .pool import Call, Worker
+from .reload import ReloadManager
+from .runtime_dir import RuntimeDir
+from .states import ClusterState, ExitReason, WorkerState
+from .supervisor import Supervisor
 
 _BODY = 1 + wire.TOKEN_SIZE  # where an answer frame's response starts, after its kind and token
 
 
-@dataclass(frozen=True)
-class WorkerInfo:
-    """What the master's hooks learn about a worker."""
-
-    slot: int
-    pid: int | None
-    generation: int
-    host: str | None = None
-    agent: str | None = None
-
-
-class WorkersProxy:
-    """`self.workers` on the master: call one, a given one, all, or share one execution."""
-
-    def __init__(self, router: "Router") -> None:
-        self._router = router
-        self._shared: dict[tuple[str, bytes], asyncio.Future] = {}
-
-    async def call(self, method: str, *params: Any) -> Any:
-        return await self._router.call_worker(method, list(params))
-
-    async def call_slot(self, slot: int, method: str, *params: Any) -> Any:
-        worker = self._router.supervisor.slots.get(slot)
-        target = worker.active if worker is not None else None
-        if target is None or target.state is not WorkerState.READY:
-            raise RPCError(protocol.NO_WORKER, f"No worker ready in slot {slot}")
-        return await self._router.call_worker(method, list(params), target)
-
-    async def broadcast(self, method: str, *params: Any) -> dict[int, Any]:
-        """Every ready worker: {slot: result, or the RPCError it raised}."""
-        targets = [s.active for s in self._router.supervisor.slots.values()
-                   if s.active is not None and s.active.state is WorkerState.READY]
-        results = await asyncio.gather(*(self._router.call_worker(method, list(params), w) for w in targets),
-                                       return_exceptions=True)
-        out: dict[int, Any] = {}
-        for worker, result in zip(targets, results):
-            if isinstance(result, BaseException) and not isinstance(result, RPCError):
-                result = RPCError(protocol.INTERNAL_ERROR, str(result))
-            out[worker.slot] = result
-        return out
-
-    async def call_shared(self, method: str, *params: Any) -> Any:
-        """Concurrent identical calls share one execution; a later call starts a fresh one."""
-        key = (method, protocol.dumps(list(params)))
-        fut = self._shared.get(key)
-        if fut is None:
-            fut = asyncio.ensure_future(self._router.call_worker(method, list(params)))
-            self._shared[key] = fut
-            fut.add_done_callback(lambda _f: self._shared.pop(key, None))
-        return await asyncio.shield(fut)
-
-
-class MasterEndpoint:
-    """Subclass this; mark the methods callers may reach with @rpc."""
-
-    workers: WorkersProxy
-    name: str
-    pid: int
-
-    async def start_services(self) -> None:
-        """Runs before the workers start."""
-
-    async def stop_services(self) -> None:
-        """Runs after every worker exited."""
-
-    async def on_worker_ready(self, worker: WorkerInfo) -> None:
-        """A worker reported ready (after its start_services)."""
-
-    async def on_worker_exit(self, worker: WorkerInfo, exit: dict) -> None:
-        """A worker exited; exit has code, signal, at and reason."""
-
-    def shared_block(self, name: str, size: int) -> memoryview:
-        """A block of shared memory every worker can attach to by name."""
-        return self._router.shared.block(name, size)
-
-
-class InstanceBusy(Exception):
-    """Another live master holds this instance name."""
-
-    def __init__(self, name: str, pid: int | None) -> None:
-        super().__init__(f"an instance named {name!r} is already running (pid {pid})")
-        self.pid = pid
-
-
-class RuntimeDir:
-    """The instance's directory: its lock, pid file and socket paths (DESIGN.md 8)."""
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        self._lock_fd: int | None = None
-
-    def claim(self, name: str) -> None:
-        """Take the instance name, or raise InstanceBusy; a directory left by a dead master is taken over."""
-        self.path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-        self.path.mkdir(mode=0o700, exist_ok=True)
-        os.chmod(self.path, 0o700)
-        fd = os.open(self.path / "lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
-            os.close(fd)
-            raise InstanceBusy(name, read_pid(self.path)) from None
-        self._lock_fd = fd
-        for stale in ("control.sock", "workers.sock"):
-            try:
-                (self.path / stale).unlink()
-            except FileNotFoundError:
-                pass
-        tmp = self.path / "master.pid.tmp"
-        tmp.write_text(f"{os.getpid()}\n")
-        tmp.replace(self.path / "master.pid")
-
-    def release(self) -> None:
-        for name in ("control.sock", "workers.sock", "master.pid"):
-            try:
-                (self.path / name).unlink()
-            except FileNotFoundError:
-                pass
-        if self._lock_fd is not None:
-            os.close(self._lock_fd)
-            self._lock_fd = None
-
-
 class Router:
-    """The master's sockets and the routing of every call between clients, master and workers."""
+    """Implements the supervisor's host (SupervisorHost) and the workers proxy's caller (WorkerCaller)."""
 
-    ADMIN = ("clusterd.status", "clusterd.reload", "clusterd.reload_wait", "clusterd.scale", "clusterd.stop")
-
-    def __init__(self, config: Config, master_cls: type, worker_cls: type) -> None:
+    def __init__(self, config: Config, master_cls: type, worker_cls: type,
+                 notifier: systemd.Notifier | None = None, version: str | None = None) -> None:
         self.config = config
         self.loop = asyncio.get_running_loop()
         self.started_at = time.time()
-        self.state = "starting"
-        self.version: str | None = None
+        self.state = ClusterState.STARTING
+        self.notifier = notifier
+        self.version = version
+        self.graceful = True
         self.ctx = zmq.Context()
         self.dir = RuntimeDir(config.instance_dir)
         self.worker_endpoint = f"ipc://{config.instance_dir / 'workers.sock'}"
+        self.shared: Any = None
+        self.agents: Any = None        # the AgentRegistry, with --worker-bind
+        self.authenticator: Any = None
+        self.rsock: zmq.Socket | None = None
         self.endpoint = master_cls()
         self.endpoint.name = config.name
         self.endpoint.pid = os.getpid()
-        self.endpoint._router = self
+        self.endpoint._caller = self
         self.endpoint.workers = WorkersProxy(self)
         self.dispatcher = Dispatcher(self.endpoint, config.debug)
-        self._local = _LocalMethods(self.dispatcher.methods)
         self.worker_methods: dict[str, dict] = {name: m.describe() for name, m in method_table(worker_cls).items()}
-        self.supervisor = Supervisor(config, self)
+        self.supervisor = Supervisor(config, self, self._make_spawner)
+        self.reloads = ReloadManager(self)
+        self.admin = Admin(self)
+        self.local = LocalMethods(self, self.dispatcher, self.admin.handlers,
+                                  internal_methods(self.endpoint.workers, self))
+        self.batches = Batches(self)
         self.queue: deque[Call] = deque()
         self._queue_timer: asyncio.TimerHandle | None = None
         self._sweep_handle: asyncio.TimerHandle | None = None
@@ -189,18 +78,61 @@ class Router:
         self.readers: dict[zmq.Socket, SocketReader] = {}
         self._sockets: list[zmq.Socket] = []
         # calls in flight per client, by client socket then ROUTER identity (--max-client-inflight)
-        self._client_calls: dict[zmq.Socket, dict[bytes, int]] = {}
-        self._inflight_limit = config.max_client_inflight or 1 << 62
-        self.reloads = None  # set by serve(): the ReloadManager
-        self.notifier = None
-        self.shared = None
-        self._ps = psutil.Process()
-        self._ps.cpu_percent(None)
-        self._internal: dict[str, Callable] = {
-            "clusterd.workers.call": self._w_call, "clusterd.workers.call_slot": self._w_call_slot,
-            "clusterd.workers.broadcast": self._w_broadcast, "clusterd.workers.call_shared": self._w_call_shared,
-            "clusterd.shared_block": self._w_shared_block,
-        }
+        self.client_calls: dict[zmq.Socket, dict[bytes, int]] = {}
+        self.inflight_limit = config.max_client_inflight or 1 << 62
+        self.process = psutil.Process()
+        self.process.cpu_percent(None)
+
+    # ------------------------------------------------------------------ the instance
+    def claim(self) -> None:
+        """Take the instance name (or raise InstanceBusy), then the shared memory that goes with it."""
+        self.dir.claim(self.config.name)
+        try:
+            from ..shared import SharedBlocks
+            self.shared = SharedBlocks(self.config.name)
+        except ImportError:
+            self.shared = None
+
+    def release(self) -> None:
+        if self.shared is not None:
+            self.shared.close()
+        self.close_sockets()
+        self.dir.release()
+
+    def set_state(self, state: ClusterState) -> None:
+        """The one place the instance's state changes: systemd and the status line follow it."""
+        self.state = state
+        if self.notifier is not None:
+            if state is ClusterState.RUNNING:
+                self.notifier.ready()
+            elif state is ClusterState.RELOADING:
+                self.notifier.reloading()
+            elif state is ClusterState.STOPPING:
+                self.notifier.stopping()
+        self.update_status_line()
+
+    def update_status_line(self) -> None:
+        if self.notifier is not None:
+            ready, wanted = self.supervisor.slot_summary()
+            self.notifier.status(f"{self.state}: {ready}/{wanted} workers ready, generation "
+                                 f"{self.supervisor.generation}")
+
+    def request_stop(self, graceful: bool = True) -> None:
+        if not self.stopped.is_set():
+            self.graceful = graceful
+            self.stopped.set()
+
+    def _make_spawner(self, on_line: OnLine, on_exit: OnExit) -> Spawner:
+        """Fork from a zygote (fast restarts) unless CLUSTERD_NO_ZYGOTE is set; fresh interpreters then.
+        With --isolation thread, threads of this process (worker/threads.py)."""
+        cfg = self.config
+        if cfg.isolation == "thread":
+            from ..worker.threads import ThreadSpawner
+            return ThreadSpawner(self.loop, on_line, on_exit, self.ctx, cfg)
+        if os.environ.get("CLUSTERD_NO_ZYGOTE"):
+            return DirectSpawner(self.loop, on_line, on_exit)
+        return ZygoteSpawner(self.loop, on_line, on_exit, cfg.worker, f"clusterd-worker:{cfg.name}",
+                             self.child_environ())
 
     # ------------------------------------------------------------------ sockets
     def open_sockets(self) -> None:
@@ -214,7 +146,7 @@ class Router:
             self.public = self._router_socket(client=True)
             for addr in cfg.binds:
                 self.public.bind(addr)
-        self._client_calls = {sock: {} for sock in (self.control, self.public) if sock is not None}
+        self.client_calls = {sock: {} for sock in (self.control, self.public) if sock is not None}
         self.wsock = self._router_socket(client=False)
         self.wsock.setsockopt(zmq.ROUTER_MANDATORY, 1)
         self.wsock.bind(self.worker_endpoint)
@@ -222,19 +154,18 @@ class Router:
             from ..worker.threads import THREAD_ENDPOINT
             self.wsock.bind(THREAD_ENDPOINT)  # thread workers share self.ctx, as inproc requires
         os.chmod(cfg.instance_dir / "workers.sock", 0o600)
-        self.rsock = None
         if cfg.worker_binds:
             # workers from agents on other hosts: a socket of its own, CURVE-encrypted with --curve-dir
-            from .remote import AgentRegistry, open_remote_socket
-            self.rsock = open_remote_socket(self, cfg)
+            from .remote import AgentRegistry, configure_remote_socket
+            rsock = self.rsock = self._router_socket(client=False)
+            self.authenticator = configure_remote_socket(rsock, self.ctx, cfg)
             self.agents = AgentRegistry(self)
-            self.readers[self.rsock] = SocketReader(
-                self.loop, self.rsock, lambda frames: self._on_worker_message(frames, self.rsock))
-        self.readers[self.control] = SocketReader(self.loop, self.control, self._control_handler())
+            self.readers[rsock] = SocketReader(self.loop, rsock, lambda frames: self._on_worker_message(frames, rsock))
+        self.readers[self.control] = SocketReader(self.loop, self.control, self._client_handler(self.control, True))
         if self.public is not None:
-            self.readers[self.public] = SocketReader(self.loop, self.public, self._public_handler())
-        self.wreader = self.readers[self.wsock] = SocketReader(
-            self.loop, self.wsock, lambda frames: self._on_worker_message(frames, self.wsock))
+            self.readers[self.public] = SocketReader(self.loop, self.public, self._client_handler(self.public, False))
+        wsock = self.wsock
+        self.readers[wsock] = SocketReader(self.loop, wsock, lambda frames: self._on_worker_message(frames, wsock))
 
     def _router_socket(self, client: bool) -> zmq.Socket:
         sock = self.ctx.socket(zmq.ROUTER)
@@ -246,23 +177,20 @@ class Router:
             sock.setsockopt(zmq.MAXMSGSIZE, self.config.max_message_size)
         return sock
 
-    def _control_handler(self) -> Callable[[list[bytes]], None]:
-        sock = self.control
-        return lambda frames: self.on_client_message(frames, sock, True)
-
-    def _public_handler(self) -> Callable[[list[bytes]], None]:
-        sock = self.public
-        return lambda frames: self.on_client_message(frames, sock, False)
+    def _client_handler(self, sock: zmq.Socket, admin: bool):
+        source = "admin" if admin else "client"
+        return lambda frames: self.on_client_message(frames, sock, source)
 
     def close_sockets(self) -> None:
+        if self.agents is not None:
+            self.agents.close()
         for reader in self.readers.values():
             reader.close()
         for sock in self._sockets:  # every socket made, even when a later bind failed
             sock.close(linger=200)
-        if getattr(self, "authenticator", None) is not None:
+        if self.authenticator is not None:
             self.authenticator.stop()
-        threads_alive = getattr(self.supervisor.spawner, "alive", None)
-        if threads_alive is not None and threads_alive():
+        if self.supervisor.spawner.alive():
             return  # an abandoned (hung) thread worker still holds sockets: term() would wait for ever
         self.ctx.term()
 
@@ -270,69 +198,76 @@ class Router:
         return systemd.child_environ(os.environ)
 
     # ------------------------------------------------------------------ client requests
-    def on_client_message(self, frames: list[bytes], sock: zmq.Socket, admin: bool) -> None:
+    def on_client_message(self, frames: list[bytes], sock: zmq.Socket, source: str) -> None:
         payload = frames[-1]
         envelope = frames[:-1]
         try:
             obj = protocol.fast_loads(payload)
-            if type(obj) is not dict or type(obj.get("id")) is float or obj.get("method") in self._local:
+            if type(obj) is not dict or type(obj.get("id")) is float or obj.get("method") in self.local:
                 obj = protocol.loads(payload)  # a batch, a big-integer id, or params the master itself reads
         except ValueError:
-            return self._send(sock, envelope, protocol.encode_error(None, protocol.PARSE_ERROR))
+            return self.send(sock, envelope, protocol.encode_error(None, protocol.PARSE_ERROR))
         if type(obj) is dict:
             req = protocol.parse_request(obj)
             if type(req) is dict:
-                return self._send(sock, envelope, protocol.dumps(req))
-            self.route(req, payload, sock, envelope, "admin" if admin else "client")
+                return self.send(sock, envelope, protocol.dumps(req))
+            self.route(req, payload, sock, envelope, source)
         elif type(obj) is list:
-            self._batch(obj, sock, envelope, "admin" if admin else "client")
+            self.batches.answer(obj, sock, envelope, source)
         else:
-            self._send(sock, envelope, protocol.encode_error(None, protocol.INVALID_REQUEST))
+            self.send(sock, envelope, protocol.encode_error(None, protocol.INVALID_REQUEST))
 
     def route(self, req: protocol.Request, payload: bytes, sock: zmq.Socket, envelope: list[bytes],
               source: str) -> None:
         """Send one request where it belongs: the master itself, an admin method, or a worker."""
         method = req.method
-        if method in self._local:
-            self._spawn_task(self._answer_local(req, sock, envelope, source))
+        if method in self.local:
+            self.spawn_task(self.local.answer(req, sock, envelope, source))
             return
         meta = self.worker_methods.get(method)
         if meta is None:
             if req.id is not NO_ID:
-                self._send(sock, envelope, protocol.encode_error(req.id, protocol.METHOD_NOT_FOUND))
+                self.send(sock, envelope, protocol.encode_error(req.id, protocol.METHOD_NOT_FOUND))
             return
-        if self.state == "stopping":
+        if self.state is ClusterState.STOPPING:
             if req.id is not NO_ID:
-                self._send(sock, envelope, protocol.encode_error(req.id, protocol.SHUTTING_DOWN))
+                self.send(sock, envelope, protocol.encode_error(req.id, protocol.SHUTTING_DOWN))
             return
         if req.id is NO_ID:
             worker = self.supervisor.balancer.pick()
             if worker is not None:
-                self._to_worker([worker.ident, wire.NOTIFY, payload], worker.sock)
+                self.to_worker([worker.ident, wire.NOTIFY, payload], worker.sock)
             return
-        counts = self._client_calls.get(sock)
+        counts = self.client_calls.get(sock)
         if counts is not None:  # a client's call (not a worker's): bounded per client
             held = counts.get(envelope[0], 0)
-            if held >= self._inflight_limit:
-                self._send(sock, envelope, protocol.encode_error(req.id, protocol.TOO_BUSY, self._busy_message()))
+            if held >= self.inflight_limit:
+                self.send(sock, envelope, protocol.encode_error(req.id, protocol.TOO_BUSY, self.busy_message()))
                 return
             counts[envelope[0]] = held + 1
-        call = Call(payload, req.id, sock, envelope, None)
+        self.dispatch(self.new_call(payload, req.id, meta, sock, envelope))
+
+    def new_call(self, payload: bytes, rid: Any, meta: dict, sock: zmq.Socket | None = None,
+                 envelope: list[bytes] | None = None, future: asyncio.Future | None = None) -> Call:
+        call = Call(payload, rid, sock, envelope, future)
         call.idempotent = meta.get("idempotent", False)
         call.timeout = meta.get("timeout") or self.config.call_timeout
-        self.dispatch(call)
+        return call
 
-    def _busy_message(self) -> str:
+    def busy_message(self) -> str:
         return f"Too many calls in flight from this client (at most {self.config.max_client_inflight})"
 
     @staticmethod
-    def _release(counts: dict[bytes, int], ident: bytes, n: int = 1) -> None:
+    def release_calls(counts: dict[bytes, int], ident: bytes, n: int = 1) -> None:
         """Calls of a client were answered (or dropped): they no longer count against its limit."""
         left = counts.get(ident, 0) - n
         if left > 0:
             counts[ident] = left
         else:
             counts.pop(ident, None)
+
+    def client_inflight(self) -> int:
+        return sum(sum(c.values()) for c in self.client_calls.values())
 
     def dispatch(self, call: Call, exclude: Worker | None = None) -> None:
         worker = self.supervisor.balancer.pick(exclude)
@@ -360,7 +295,7 @@ class Router:
             self.dispatch(call, exclude=worker)
         self.readers[worker.sock].wake()
 
-    def _to_worker(self, frames: list[bytes], sock: zmq.Socket | None = None) -> None:
+    def to_worker(self, frames: list[bytes], sock: zmq.Socket | None = None) -> None:
         sock = sock or self.wsock
         try:
             send_frames(sock, frames)
@@ -368,7 +303,7 @@ class Router:
             pass  # that worker's connection is gone; its exit is handled on its own
         self.readers[sock].wake()
 
-    def _send(self, sock: zmq.Socket, envelope: list[bytes], payload: bytes) -> None:
+    def send(self, sock: zmq.Socket, envelope: list[bytes], payload: bytes) -> None:
         try:
             send_frames(sock, envelope + [payload], NOBLOCK)
         except zmq.ZMQError:
@@ -377,10 +312,10 @@ class Router:
 
     def reply(self, call: Call, payload: bytes) -> None:
         if call.future is None:
-            self._send(call.sock, call.envelope, payload)
-            counts = self._client_calls.get(call.sock)
+            self.send(call.sock, call.envelope, payload)
+            counts = self.client_calls.get(call.sock)
             if counts is not None:
-                self._release(counts, call.envelope[0])
+                self.release_calls(counts, call.envelope[0])
         elif not call.future.done():
             call.future.set_result(payload)
 
@@ -389,7 +324,7 @@ class Router:
 
     # ------------------------------------------------------------------ waiting for a worker
     def _enqueue(self, call: Call) -> None:
-        if self.state == "stopping":
+        if self.state is ClusterState.STOPPING:
             return self.reply_error(call, protocol.SHUTTING_DOWN)
         call.deadline = self.loop.time() + self.config.queue_timeout
         self.queue.append(call)
@@ -413,6 +348,10 @@ class Router:
             call.deadline = 0.0
             self.send_call(worker, call)
 
+    def fail_pending(self) -> None:
+        while self.queue:
+            self.reply_error(self.queue.popleft(), protocol.SHUTTING_DOWN)
+
     # ------------------------------------------------------------------ call deadlines
     def _sweep_deadlines(self) -> None:
         """Answer calls past their deadline with -32003 and recycle the workers running them."""
@@ -423,8 +362,7 @@ class Router:
             expired = [c for c in worker.calls.values() if c.deadline and c.deadline <= now]
             for call in expired:
                 del worker.calls[call.token]
-                self.reply_error(call, protocol.CALL_TIMEOUT,
-                                 f"Call timed out after {call.timeout:g}s")
+                self.reply_error(call, protocol.CALL_TIMEOUT, f"Call timed out after {call.timeout:g}s")
             if expired:
                 log.event("call-timeout", f"{worker.label()} ran past a call's deadline: recycling",
                           level=logging.WARNING, slot=worker.slot, pid=worker.pid)
@@ -436,16 +374,17 @@ class Router:
 
     def _recycle_runaway(self, worker: Worker) -> None:
         """A worker that ran away is replaced; it is killed once nothing else it runs can finish."""
-        self.supervisor.balancer.remove(worker)
-        slot = self.supervisor.slots.get(worker.slot)
+        sup = self.supervisor
+        sup.balancer.remove(worker)
+        slot = sup.slots.get(worker.slot)
         if slot is not None and slot.active is worker and slot.incoming is None:
-            self.supervisor.recycle(worker, "hung")
-        worker.retire_reason = worker.retire_reason or "hung"
+            sup.recycle(worker, ExitReason.HUNG)
+        worker.retire_reason = worker.retire_reason or ExitReason.HUNG
         if worker.state is WorkerState.READY:
-            worker.state = WorkerState.DRAINING
+            sup._set_state(worker, WorkerState.DRAINING)
         worker.stop_deadline = time.monotonic() + min(self.config.graceful_timeout, 5.0)
         if not worker.calls:
-            self.supervisor.kill(worker, "hung")
+            sup.kill(worker, ExitReason.HUNG)
 
     # ------------------------------------------------------------------ worker socket
     def _on_worker_message(self, frames: list[bytes], sock: zmq.Socket) -> None:
@@ -453,30 +392,7 @@ class Router:
         head = frames[1] if len(frames) > 1 else b""
         kind = head[:1]
         if (kind == RESULT or kind == ERROR) and len(frames) == 2:  # an answer: [RESULT + token + response]
-            worker = self.supervisor.by_ident.get(ident)
-            if worker is None:
-                return
-            call = worker.calls.pop(head[1:_BODY], None)
-            if call is None:
-                return  # timed out or the caller is gone: dropped
-            worker.served += 1
-            if kind == ERROR:
-                worker.failed += 1
-            if call.future is None:
-                self._send(call.sock, call.envelope, head[_BODY:])
-                counts = self._client_calls.get(call.sock)
-                if counts is not None:
-                    self._release(counts, call.envelope[0])
-            elif not call.future.done():
-                call.future.set_result(head[_BODY:])
-            if worker.state is not WorkerState.READY:
-                if not worker.calls:
-                    if worker.retire_reason == "hung" and worker.state is WorkerState.DRAINING:
-                        self.supervisor.kill(worker, "hung")
-                    else:
-                        self.supervisor.on_idle(worker)
-            elif worker.max_requests and worker.served >= worker.max_requests:
-                self.supervisor.recycle(worker, "max-requests")
+            self._on_answer(ident, head, kind)
         elif len(frames) != 3:
             return  # not a message of ours
         elif kind == wire.REQUEST:
@@ -484,35 +400,69 @@ class Router:
         elif kind == wire.BEAT:
             worker_ident = ident[len(wire.HEARTBEAT_PREFIX):]
             if worker_ident in self.supervisor.by_ident:  # a worker of a master that died gets no answer: it exits
-                self._to_worker([ident, wire.BEAT], sock)
+                self.to_worker([ident, wire.BEAT], sock)
             self.supervisor.on_beat(worker_ident, _loads_dict(frames[2]))
         elif kind == wire.HELLO:
+            worker = self.supervisor.by_ident.get(ident)
+            if worker is not None:
+                worker.sock = sock  # the socket its calls go out on
             self.supervisor.on_hello(ident, _loads_dict(frames[2]))
         elif kind == wire.FAILURE:
             self.supervisor.on_boot_failure(ident, _loads_dict(frames[2]))
-        elif kind == wire.AGENT and sock is self.rsock and len(frames) > 2:
+        elif kind == wire.AGENT and sock is self.rsock:
             self.agents.on_message(ident, _loads_dict(frames[2]))
+
+    def _on_answer(self, ident: bytes, head: bytes, kind: bytes) -> None:
+        worker = self.supervisor.by_ident.get(ident)
+        if worker is None:
+            return
+        call = worker.calls.pop(head[1:_BODY], None)
+        if call is None:
+            return  # timed out or the caller is gone: dropped
+        worker.served += 1
+        if kind == ERROR:
+            worker.failed += 1
+        if call.future is None:
+            self.send(call.sock, call.envelope, head[_BODY:])
+            counts = self.client_calls.get(call.sock)
+            if counts is not None:
+                self.release_calls(counts, call.envelope[0])
+        elif not call.future.done():
+            call.future.set_result(head[_BODY:])
+        if worker.state is not WorkerState.READY:
+            if not worker.calls:
+                if worker.retire_reason is ExitReason.HUNG and worker.state is WorkerState.DRAINING:
+                    self.supervisor.kill(worker, ExitReason.HUNG)
+                else:
+                    self.supervisor.on_idle(worker)
+        elif worker.max_requests and worker.served >= worker.max_requests:
+            self.supervisor.recycle(worker, ExitReason.MAX_REQUESTS)
 
     def _on_worker_request(self, ident: bytes, payload: bytes, sock: zmq.Socket) -> None:
         envelope = [ident, wire.ANSWER]
         try:
             obj = protocol.loads(payload)
         except ValueError:
-            return self._send(sock, envelope, protocol.encode_error(None, protocol.PARSE_ERROR))
+            return self.send(sock, envelope, protocol.encode_error(None, protocol.PARSE_ERROR))
         req = protocol.parse_request(obj)
         if type(req) is dict:
-            return self._send(sock, envelope, protocol.dumps(req))
+            return self.send(sock, envelope, protocol.dumps(req))
         self.route(req, payload, sock, envelope, "worker")
 
+    # ------------------------------------------------------------------ SupervisorHost
+    def start_remote(self, agent: str, worker: Worker, spec: WorkerSpec) -> WorkerHandle:
+        worker.sock = self.rsock
+        return self.agents.spawn(agent, worker, spec)
+
     def send_stop(self, worker: Worker) -> None:
-        self._to_worker([worker.ident, wire.STOP], worker.sock)
+        self.to_worker([worker.ident, wire.STOP], worker.sock)
 
     def learn_methods(self, methods: dict) -> None:
         self.worker_methods = methods
 
     def on_worker_ready(self, worker: Worker) -> None:
         self._flush_queue()
-        self._spawn_task(self._hook(self.endpoint.on_worker_ready, _info(worker)))
+        self.spawn_task(self._hook(self.endpoint.on_worker_ready, worker_info(worker)))
         self.update_status_line()
 
     def on_worker_gone(self, worker: Worker, exit_info: dict) -> None:
@@ -520,261 +470,43 @@ class Router:
         calls = list(worker.calls.values())
         worker.calls.clear()
         for call in calls:
-            if call.idempotent and self.state != "stopping":
+            if call.idempotent and self.state is not ClusterState.STOPPING:
                 call.deadline = 0.0
                 self.dispatch(call, exclude=worker)
             else:
                 self.reply_error(call, protocol.WORKER_DIED)
-        self._spawn_task(self._hook(self.endpoint.on_worker_exit, _info(worker), exit_info))
+        self.spawn_task(self._hook(self.endpoint.on_worker_exit, worker_info(worker), exit_info))
         self.update_status_line()
 
-    async def _hook(self, func: Callable, *args: Any) -> None:
+    async def _hook(self, func, *args: Any) -> None:
         try:
             await func(*args)
         except Exception:
             log.logger.exception("a master hook raised")
 
-    # ------------------------------------------------------------------ local methods
-    async def _answer_local(self, req: protocol.Request, sock: zmq.Socket, envelope: list[bytes],
-                            source: str) -> None:
-        response = await self.run_local(req, source)
-        if response is not None:
-            self._send(sock, envelope, response)
-
-    async def run_local(self, req: protocol.Request, source: str) -> bytes | None:
-        """Run a master, admin or internal method; the encoded response, None for a notification."""
-        method = req.method
-        if method in self.dispatcher.methods:
-            response = await self.dispatcher.run(req)
-        else:
-            handler = None
-            if source == "admin" and method in self.ADMIN:
-                handler = getattr(self, "admin_" + method.split(".", 1)[1])
-            elif source == "worker":
-                handler = self._internal.get(method)
-                if handler is None and method == "clusterd.status":
-                    handler = self.admin_status
-            if handler is None:
-                response = protocol.error_response(req.id, protocol.METHOD_NOT_FOUND)
-            else:
-                try:
-                    params = req.params
-                    result = await (handler(*params) if isinstance(params, list) else handler(**params))
-                    response = protocol.result_response(req.id, result)
-                except RPCError as exc:
-                    response = protocol.error_response(req.id, exc.code, exc.message, exc.data)
-                except TypeError as exc:
-                    response = protocol.error_response(req.id, protocol.INVALID_PARAMS, data=str(exc))
-                except Exception as exc:
-                    log.logger.exception("internal method %s failed", method)
-                    response = protocol.error_response(req.id, protocol.INTERNAL_ERROR, data=str(exc))
-        if req.id is NO_ID:
-            return None
-        return encode_response(response, self.config.debug)
-
-    def _batch(self, items: list, sock: zmq.Socket, envelope: list[bytes], source: str) -> None:
-        """Answer a batch: one array of the answers, sent once the last call of the batch is answered.
-
-        Items answered at once (invalid, unknown method) cost no task; worker calls wait on their future.
-        """
-        if not items:
-            return self._send(sock, envelope, protocol.encode_error(None, protocol.INVALID_REQUEST))
-        if len(items) > self.config.max_batch:
-            return self._send(sock, envelope, protocol.encode_error(
-                None, protocol.INVALID_REQUEST, f"Batch too large (at most {self.config.max_batch} requests)"))
-        counts = self._client_calls[sock]
-        ident = envelope[0]
-        held = counts.get(ident, 0)
-        if held + len(items) > self._inflight_limit:
-            return self._send_batch(sock, envelope, [self._busy_item(item) for item in items])
-        answers: list[bytes | None] = []
-        waiting: list = []
-        for item in items:
-            answer = self._batch_item(item, source)
-            if answer is None or type(answer) is bytes:
-                answers.append(answer)
-            else:
-                waiting.append(answer)
-        if not waiting:
-            return self._send_batch(sock, envelope, answers)
-        counts[ident] = held + len(items)
-        self._spawn_task(self._finish_batch(answers, waiting, sock, envelope, counts, ident, len(items)))
-
-    async def _finish_batch(self, answers: list, waiting: list, sock: zmq.Socket, envelope: list[bytes],
-                            counts: dict[bytes, int], ident: bytes, n: int) -> None:
-        try:
-            answers += await asyncio.gather(*waiting)
-        finally:
-            self._release(counts, ident, n)
-        self._send_batch(sock, envelope, answers)
-
-    def _send_batch(self, sock: zmq.Socket, envelope: list[bytes], answers: list[bytes | None]) -> None:
-        parts = [a for a in answers if a is not None]
-        if parts:  # a batch of notifications gets no answer at all
-            self._send(sock, envelope, b"[" + b",".join(parts) + b"]")
-
-    def _busy_item(self, item: Any) -> bytes | None:
-        req = protocol.parse_request(item)
-        if type(req) is dict:
-            return protocol.dumps(req)
-        return None if req.id is NO_ID else protocol.encode_error(req.id, protocol.TOO_BUSY, self._busy_message())
-
-    def _batch_item(self, item: Any, source: str) -> Any:
-        """One item of a batch: its answer (bytes, or None for none), or an awaitable of it."""
-        req = protocol.parse_request(item)
-        if type(req) is dict:
-            return protocol.dumps(req)
-        if req.method in self._local:
-            return self.run_local(req, source)
-        meta = self.worker_methods.get(req.method)
-        if meta is None:
-            return None if req.id is NO_ID else protocol.encode_error(req.id, protocol.METHOD_NOT_FOUND)
-        if self.state == "stopping":
-            return None if req.id is NO_ID else protocol.encode_error(req.id, protocol.SHUTTING_DOWN)
-        try:
-            payload = protocol.dumps(item if req.id is not NO_ID else {**item, "id": None})
-        except TypeError:  # nested too deeply to encode again
-            return None if req.id is NO_ID else protocol.encode_error(
-                req.id, protocol.INVALID_REQUEST, "Request nested too deeply")
-        fut = self.loop.create_future()
-        call = Call(payload, req.id, None, None, fut)
-        call.idempotent = meta.get("idempotent", False)
-        call.timeout = meta.get("timeout") or self.config.call_timeout
-        if req.id is NO_ID:
-            call.rid = None  # the worker answers it as a call; the answer is not passed on
-            self.dispatch(call)
-            return None
-        self.dispatch(call)
-        return fut
+    # ------------------------------------------------------------------ WorkerCaller
+    def ready_workers(self) -> list[Worker]:
+        return [s.active for _i, s in sorted(self.supervisor.slots.items())
+                if s.active is not None and s.active.state is WorkerState.READY]
 
     async def call_worker(self, method: str, params: list | dict, worker: Worker | None = None) -> Any:
         """A call from the master (or on behalf of a worker) to a worker; its result, or RemoteError."""
-        if self.state == "stopping" and worker is None:
+        if self.state is ClusterState.STOPPING and worker is None:
             raise RPCError(protocol.SHUTTING_DOWN)
         fut = self.loop.create_future()
-        call = Call(protocol.dumps(protocol.make_request(method, params, 0)), 0, None, None, fut)
-        meta = self.worker_methods.get(method) or {}
-        call.idempotent = meta.get("idempotent", False) and worker is None
-        call.timeout = meta.get("timeout") or self.config.call_timeout
+        call = self.new_call(protocol.dumps(protocol.make_request(method, params, 0)), 0,
+                             self.worker_methods.get(method) or {}, future=fut)
+        call.idempotent = call.idempotent and worker is None
         if worker is None:
             self.dispatch(call)
         else:
             self.send_call(worker, call)
         return protocol.response_outcome(protocol.loads(await fut))
 
-    # ------------------------------------------------------------------ internal methods for workers
-    async def _w_call(self, method: str, params: list | dict = ()) -> Any:
-        return await self.call_worker(method, params or [])
-
-    async def _w_call_slot(self, slot: int, method: str, params: list | dict = ()) -> Any:
-        return await self.endpoint.workers.call_slot(slot, method, *(params or []))
-
-    async def _w_call_shared(self, method: str, params: list = ()) -> Any:
-        return await self.endpoint.workers.call_shared(method, *(params or []))
-
-    async def _w_broadcast(self, method: str, params: list = ()) -> dict:
-        results = await self.endpoint.workers.broadcast(method, *(params or []))
-        return {slot: ({"error": r.to_dict()} if isinstance(r, RPCError) else {"result": r})
-                for slot, r in results.items()}
-
-    async def _w_shared_block(self, name: str, size: int) -> dict:
-        if self.shared is None:
-            raise RPCError(protocol.INTERNAL_ERROR, "shared memory is not available")
-        return self.shared.describe(name, size)
-
-    # ------------------------------------------------------------------ admin methods (control.sock)
-    async def admin_status(self) -> dict:
-        return self.status_document()
-
-    async def admin_scale(self, workers: int | str | None = None, delta: int | None = None) -> dict:
-        if delta is not None:
-            target = self.supervisor.wanted + int(delta)
-        else:
-            from ..config import ConfigError, parse_workers
-            try:
-                target = parse_workers(workers if workers is not None else self.supervisor.wanted)
-            except ConfigError as exc:
-                raise RPCError(protocol.INVALID_PARAMS, str(exc)) from None
-        if target < 0:
-            raise RPCError(protocol.INVALID_PARAMS, "the number of workers cannot be negative")
-        if self.state == "stopping":
-            raise RPCError(protocol.SHUTTING_DOWN)
-        old = self.supervisor.wanted
-        self.supervisor.scale(target)
-        self.update_status_line()
-        return {"from": old, "to": target}
-
-    async def admin_stop(self, timeout: float | None = None) -> dict:
-        if timeout is not None:
-            self.config.graceful_timeout = float(timeout)
-        self.loop.call_soon(self.request_stop, True)
-        return {"stopping": True, "pid": os.getpid()}
-
-    async def admin_reload(self, wait: bool = True) -> dict:
-        if self.state == "stopping":
-            raise RPCError(protocol.SHUTTING_DOWN)
-        return await self.reloads.request(wait=wait)
-
-    async def admin_reload_wait(self, id: int, after: int = 0) -> dict:
-        return await self.reloads.progress(id, after)
-
-    # ------------------------------------------------------------------ lifecycle
-    def request_stop(self, graceful: bool = True) -> None:
-        if not self.stopped.is_set():
-            self._graceful = graceful
-            self.stopped.set()
-
-    def status_document(self) -> dict:
-        now = time.time()
-        try:
-            rss = self._ps.memory_info().rss
-            cpu = self._ps.cpu_percent(None)
-        except psutil.Error:
-            rss, cpu = None, None
-        doc = {
-            "name": self.config.name, "state": self.state,
-            "master": {"pid": os.getpid(), "started_at": self.started_at, "uptime_s": round(now - self.started_at, 3),
-                       "version": self.version, "rss_bytes": rss, "cpu_percent": cpu, "host": os.uname().nodename},
-            "workers": self.supervisor.workers_document(),
-            "config": self.config.document(),
-            "generation": self.supervisor.generation,
-            "queued": len(self.queue),
-            "client_inflight": sum(sum(c.values()) for c in self._client_calls.values()),
-        }
-        if self.reloads is not None:
-            doc["reload"] = self.reloads.summary()
-        if getattr(self, "rsock", None) is not None:
-            doc["agents"] = self.agents.document()
-        if self.config.isolation == "thread":
-            doc["threads"] = self.supervisor.spawner.document()
-        return doc
-
-    def update_status_line(self) -> None:
-        if self.notifier is not None:
-            ready, wanted = self.supervisor.slot_summary()
-            self.notifier.status(f"{self.state}: {ready}/{wanted} workers ready, generation "
-                                 f"{self.supervisor.generation}")
-
-    def _spawn_task(self, coro) -> None:
+    def spawn_task(self, coro) -> None:
         task = self.loop.create_task(coro)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
-
-    def fail_pending(self) -> None:
-        while self.queue:
-            self.reply_error(self.queue.popleft(), protocol.SHUTTING_DOWN)
-
-
-class _LocalMethods:
-    """Names the master answers itself (its own methods, admin and internal ones), not a worker.
-
-    Their params are decoded exactly: only forwarded calls are routed on orjson's fast decoding."""
-
-    def __init__(self, methods: dict) -> None:
-        self.methods = methods
-
-    def __contains__(self, name: object) -> bool:
-        return isinstance(name, str) and (name in self.methods or name.startswith("clusterd."))
 
 
 def _loads_dict(payload: bytes) -> dict:
@@ -785,8 +517,4 @@ def _loads_dict(payload: bytes) -> dict:
     return obj if isinstance(obj, dict) else {}
 
 
-def _info(worker: Worker) -> WorkerInfo:
-    return WorkerInfo(worker.slot, worker.pid, worker.generation, worker.host, worker.agent)
-
-
-__all__ = ["MasterEndpoint", "WorkersProxy", "WorkerInfo", "Router", "RuntimeDir", "InstanceBusy", "RemoteError"]
+__all__ = ["Router"]

@@ -1,21 +1,21 @@
 """`clusterd run`: the master process from start to exit status.
 
-Signals only set flags or enqueue work (as gunicorn's arbiter does); the loop does the rest.
+Signals become the control commands (admin.py) run on the loop, as gunicorn's arbiter queues them.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-import signal
 import sys
 
 from .. import log, protocol
 from ..config import Config
-from .router import Router
-from .reload import ReloadManager, installed_version, read_version, watch_sources, watch_version
-from .supervisor import BootFailure
 from ..systemd import Notifier
+from .host import BootFailure
+from .reload import installed_version, read_version, watch_sources, watch_version
+from .router import Router
+from .states import ClusterState
 
 EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, 1, 2
 
@@ -23,28 +23,19 @@ EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, 1, 2
 async def serve(config: Config, master_cls: type, worker_cls: type) -> int:
     """Run one instance until it is stopped; return the exit status of `clusterd run`."""
     loop = asyncio.get_running_loop()
-    router = Router(config, master_cls, worker_cls)
-    router.dir.claim(config.name)  # raises InstanceBusy: the CLI turns it into exit status 2
+    version = read_version(config.watch_version) if config.watch_version else installed_version(master_cls)
+    router = Router(config, master_cls, worker_cls, Notifier.from_environ(), version)
+    router.claim()  # raises InstanceBusy: the CLI turns it into exit status 2
     try:
-        return await _serve(loop, router, config, master_cls)
+        return await _serve(loop, router, config)
     finally:
-        if router.shared is not None:
-            router.shared.close()
-        router.close_sockets()
-        router.dir.release()
+        router.release()
 
 
-async def _serve(loop: asyncio.AbstractEventLoop, router: Router, config: Config, master_cls: type) -> int:
-    router.notifier = notifier = Notifier.from_environ()
-    router.reloads = ReloadManager(router)
-    router.version = read_version(config.watch_version) if config.watch_version else installed_version(master_cls)
-    try:
-        from ..shared import SharedBlocks
-        router.shared = SharedBlocks(config.name)
-    except ImportError:
-        router.shared = None
+async def _serve(loop: asyncio.AbstractEventLoop, router: Router, config: Config) -> int:
+    notifier = router.notifier
     router.open_sockets()
-    _install_signals(loop, router)
+    router.admin.install_signals()
     log.event("master-start", f"{config.name}: master pid {router.endpoint.pid} starting {config.workers} "
               f"workers ({config.worker})", instance=config.name)
 
@@ -75,9 +66,7 @@ async def _serve(loop: asyncio.AbstractEventLoop, router: Router, config: Config
 
     watchers = []
     if not router.stopped.is_set():
-        router.state = "running"
-        notifier.ready()
-        router.update_status_line()
+        router.set_state(ClusterState.RUNNING)
         log.event("master-ready", f"{config.name}: {config.workers} workers ready", instance=config.name)
         interval = notifier.watchdog_interval()
         if interval:
@@ -91,7 +80,7 @@ async def _serve(loop: asyncio.AbstractEventLoop, router: Router, config: Config
     for task in watchers:
         task.cancel()
     code = EXIT_OK
-    graceful = getattr(router, "_graceful", True)
+    graceful = router.graceful
     if router.supervisor.fatal.done():
         log.event("master-fatal", f"{config.name}: {router.supervisor.fatal.result()}; stopping",
                   level=logging.ERROR)
@@ -104,9 +93,7 @@ async def _serve(loop: asyncio.AbstractEventLoop, router: Router, config: Config
 async def _shutdown(router: Router, graceful: bool) -> None:
     """Stop taking calls, let calls in flight finish, stop workers, then the master's services."""
     config = router.config
-    router.state = "stopping"
-    if router.notifier is not None:
-        router.notifier.stopping()
+    router.set_state(ClusterState.STOPPING)
     log.event("master-stop", f"{config.name}: stopping ({'graceful' if graceful else 'fast'})")
     router.fail_pending()
     sup = router.supervisor
@@ -123,30 +110,14 @@ async def _shutdown(router: Router, graceful: bool) -> None:
                   level=logging.WARNING)
     except Exception:
         log.logger.exception("the master's stop_services failed")
+    router.set_state(ClusterState.STOPPED)
     log.event("master-exit", f"{config.name}: stopped")
-
-
-def _install_signals(loop: asyncio.AbstractEventLoop, router: Router) -> None:
-    def scale_by(delta: int) -> None:
-        if router.state in ("running", "reloading"):
-            target = router.supervisor.wanted + delta
-            if target >= 1:
-                router.supervisor.scale(target)
-                router.update_status_line()
-
-    loop.add_signal_handler(signal.SIGTERM, router.request_stop, True)
-    loop.add_signal_handler(signal.SIGINT, router.request_stop, True)
-    loop.add_signal_handler(signal.SIGQUIT, router.request_stop, False)
-    loop.add_signal_handler(signal.SIGHUP, lambda: router.state in ("running", "reloading")
-                            and router.reloads.trigger("SIGHUP"))
-    loop.add_signal_handler(signal.SIGTTIN, scale_by, 1)
-    loop.add_signal_handler(signal.SIGTTOU, scale_by, -1)
 
 
 def _keep_watchdog(loop: asyncio.AbstractEventLoop, notifier: Notifier, interval: float, router: Router) -> None:
     """WATCHDOG=1 from the loop itself: a stuck loop stops feeding systemd's watchdog."""
     def beat() -> None:
-        if router.state != "stopping":
+        if router.state is not ClusterState.STOPPING:
             notifier.watchdog()
             loop.call_later(interval, beat)
     loop.call_soon(beat)

@@ -1,9 +1,11 @@
 """Worker lifecycle: spawning, restart with backoff, crash loops, heartbeats, recycling, scaling
-and the rolling reload.
+and the generations of a rolling reload.
 
 Like gunicorn's arbiter, it reconciles the wanted set of workers with the actual one; every change
-(restart, scale, recycle, reload) is "start a worker for a slot" or "retire a worker". It owns the
-worker table; the router (master.py) moves calls and tells it what arrives on the workers socket.
+(restart, scale, recycle, reload) is "start a worker for a slot" or "retire a worker", and what a
+slot needs next is decided in one place, `reconcile(slot)`. It owns the worker table and knows
+nothing of sockets: it tells the rest of the master what happens through a `SupervisorHost`
+(the router implements it), so it can be driven in a test with a fake host and a fake spawner.
 """
 
 from __future__ import annotations
@@ -13,72 +15,32 @@ import logging
 import os
 import random
 import time
-from collections import deque
-from typing import TYPE_CHECKING
-
-import psutil
+from collections.abc import Callable
 
 from .. import log
 from ..config import Config
 from ..wire import WorkerSpec
-from .pool import Balancer, Slot, Worker, WorkerState
-from ..worker.spawn import DirectSpawner, ZygoteSpawner
-
-if TYPE_CHECKING:
-    from .router import Router
-
-STABLE_AFTER_S = 1.0       # a worker ready this long resets its slot's backoff
-BACKOFF_FIRST_S = 0.1
-BACKOFF_MAX_S = 5.0
-
-
-def make_spawner(loop: asyncio.AbstractEventLoop, config: Config, router: "Router", on_line, on_exit):
-    """Fork from a zygote (fast restarts) unless CLUSTERD_NO_ZYGOTE is set; fresh interpreters then.
-    With --isolation thread, threads of this process (threads.py)."""
-    if config.isolation == "thread":
-        from ..worker.threads import ThreadSpawner
-        return ThreadSpawner(loop, on_line, on_exit, router.ctx, config)
-    if os.environ.get("CLUSTERD_NO_ZYGOTE"):
-        return DirectSpawner(loop, on_line, on_exit)
-    return ZygoteSpawner(loop, on_line, on_exit, config.worker, f"clusterd-worker:{config.name}",
-                         router.child_environ())
-
-
-class BootFailure(Exception):
-    """A worker could not become ready: carries its error and traceback for the user."""
-
-    def __init__(self, worker: Worker, error: str, traceback: str) -> None:
-        super().__init__(error)
-        self.worker = worker
-        self.error = error
-        self.traceback = traceback
-
-    def to_dict(self) -> dict:
-        return {"slot": self.worker.slot, "pid": self.worker.pid, "error": self.error,
-                "traceback": self.traceback}
-
-
-def _exit_info(returncode: int | None, reason: str) -> dict:
-    code = sig = None
-    if returncode is not None:
-        if returncode < 0:
-            sig = -returncode
-        else:
-            code = returncode
-    return {"code": code, "signal": sig, "at": time.time(), "reason": reason}
+from ..worker.spawn import OnExit, OnLine, Spawner
+from .balancer import Balancer
+from .health import HealthCheck
+from .host import BootFailure, SupervisorHost, exit_info
+from .pool import Slot, Worker
+from .restart import CrashLoop, RestartPolicy
+from .states import ExitReason, WorkerState
 
 
 class Supervisor:
-    def __init__(self, config: Config, router: "Router") -> None:
+    def __init__(self, config: Config, host: SupervisorHost,
+                 make_spawner: Callable[[OnLine, OnExit], Spawner]) -> None:
         self.config = config
-        self.router = router
+        self.host = host
         self.loop = asyncio.get_running_loop()
         self.wanted = config.workers
         self.generation = 1
         self.slots: dict[int, Slot] = {}
         self.by_ident: dict[bytes, Worker] = {}
         self.balancer = Balancer(least_busy=config.balance != "round-robin")
-        self.failures: deque[float] = deque()
+        self.policy = RestartPolicy(config.crash_limit, config.crash_window)
         self.booting = True
         self.stopping = False
         self.fatal: asyncio.Future = self.loop.create_future()
@@ -86,9 +48,9 @@ class Supervisor:
         self._replacements: dict[int, asyncio.Future] = {}
         self._exited = asyncio.Event()
         self._serial = 0
-        self._tick_handle: asyncio.TimerHandle | None = None
-        self.spawner = make_spawner(self.loop, config, router, self._on_line, self._on_exit)
+        self.spawner = make_spawner(self._on_line, self._on_exit)
         self._exit_waiters: list[asyncio.Future] = []
+        self.health = HealthCheck(self)
 
     # ------------------------------------------------------------------ start and spawn
     async def start(self) -> None:
@@ -97,7 +59,7 @@ class Supervisor:
         for index in range(self.wanted):
             self.slots[index] = slot = Slot(index)
             slot.active = self._spawn(index)
-        self._schedule_tick()
+        self.health.start()
         if self.wanted:
             await self._boot_waiter
         self.booting = False
@@ -106,24 +68,21 @@ class Supervisor:
         self._serial += 1
         ident = f"{index}.{self.generation}.{self._serial}".encode()
         worker = Worker(slot=index, generation=self.generation, ident=ident)
-        if self.config.max_requests:
-            worker.max_requests = self.config.max_requests + random.randint(0, self.config.max_requests_jitter)
-        spec = WorkerSpec(
-            worker=self.config.worker, endpoint=self.router.worker_endpoint, ident=ident.decode(), slot=index,
-            generation=self.generation, name=self.config.name, heartbeat_interval=self.config.heartbeat_interval,
-            heartbeat_timeout=max(self.config.heartbeat_timeout, 2.0), debug=self.config.debug,
-            parent_pid=os.getpid())
+        cfg = self.config
+        if cfg.max_requests:
+            worker.max_requests = cfg.max_requests + random.randint(0, cfg.max_requests_jitter)
+        spec = WorkerSpec(worker=cfg.worker, endpoint=self.host.worker_endpoint, ident=ident.decode(), slot=index,
+                          generation=self.generation, name=cfg.name, heartbeat_interval=cfg.heartbeat_interval,
+                          heartbeat_timeout=max(cfg.heartbeat_timeout, 2.0), debug=cfg.debug,
+                          parent_pid=os.getpid())
         slot = self.slots.get(index)
         if slot is not None and slot.agent is not None:
             # a slot of an agent on another host: the agent starts the process, on the code it has
-            worker.sock = self.router.rsock
-            worker.process = self.router.agents.spawn(slot.agent, worker, spec)
+            worker.process = self.host.start_remote(slot.agent, worker, spec)
         else:
-            worker.sock = self.router.wsock
-            env = spec.to_env(self.router.child_environ())
+            env = spec.to_env(self.host.child_environ())
             env["PYTHONUNBUFFERED"] = "1"
-            worker.process = self.spawner.spawn(worker, env, f"clusterd-worker:{self.config.name}:{index}",
-                                                self.generation)
+            worker.process = self.spawner.spawn(worker, env, f"clusterd-worker:{cfg.name}:{index}", self.generation)
         worker.pid = worker.process.pid
         self.by_ident[ident] = worker
         log.event("worker-start", f"{worker.label()} starting", slot=index, pid=worker.pid,
@@ -133,51 +92,64 @@ class Supervisor:
     def _on_line(self, worker: Worker, line: bytes) -> None:
         if worker.pid is None and worker.process is not None:
             worker.pid = worker.process.pid
-        self._emit_line(worker, line)
+        text = line.decode("utf-8", "replace").rstrip("\r")
+        worker.output_tail.append(text)
+        log.logger.info(text, extra={"source": f"worker {worker.slot} pid {worker.pid}", "slot": worker.slot,
+                                     "pid": worker.pid, "event": "output"})
 
     def _on_exit(self, worker: Worker, returncode: int | None) -> None:
         if worker.pid is None and worker.process is not None:
             worker.pid = worker.process.pid
         self.worker_exited(worker, returncode)
 
-    def _emit_line(self, worker: Worker, line: bytes) -> None:
-        text = line.decode("utf-8", "replace").rstrip("\r")
-        worker.output_tail.append(text)
-        log.logger.info(text, extra={"source": f"worker {worker.slot} pid {worker.pid}", "slot": worker.slot,
-                                     "pid": worker.pid, "event": "output"})
+    def _set_state(self, worker: Worker, state: WorkerState) -> None:
+        """The one place a worker's state changes (and leaves the balancer unless it is READY)."""
+        worker.state = state
+        if state is not WorkerState.READY:
+            self.balancer.remove(worker)
 
     # ------------------------------------------------------------------ messages from workers
     def on_hello(self, ident: bytes, info: dict) -> None:
         worker = self.by_ident.get(ident)
         if worker is None or worker.state is not WorkerState.STARTING:
             return
-        worker.state = WorkerState.READY
+        self._set_state(worker, WorkerState.READY)
         worker.ready_at = time.time()
         worker.pid = info.get("pid") or worker.pid
         worker.methods = info.get("methods") or {}
         if worker.generation == self.generation:
-            self.router.learn_methods(worker.methods)
+            self.host.learn_methods(worker.methods)
         slot = self.slots.get(worker.slot)
         log.event("worker-ready", f"{worker.label()} ready", slot=worker.slot, pid=worker.pid,
                   generation=worker.generation)
         if slot is None or self.stopping:
-            self.retire(worker, "stop" if self.stopping else "scale")
+            self.retire(worker, ExitReason.STOP if self.stopping else ExitReason.SCALE)
             return
         if slot.incoming is worker:
-            old = slot.active
-            slot.incoming = None
-            slot.active = worker
-            if old is not None and old.state in (WorkerState.READY, WorkerState.STARTING):
-                self.retire(old, old.retire_reason or "reload")
-            fut = self._replacements.pop(worker.slot, None)
-            if fut is not None and not fut.done():
-                fut.set_result(None)
+            self._promote(slot, worker)
         if slot.active is worker:
             self.balancer.add(worker)
-        self.router.on_worker_ready(worker)
+        self.host.on_worker_ready(worker)
         if self.booting and self._boot_waiter is not None and not self._boot_waiter.done():
             if all(s.active is not None and s.active.state is WorkerState.READY for s in self.slots.values()):
                 self._boot_waiter.set_result(None)
+
+    def _promote(self, slot: Slot, worker: Worker) -> None:
+        """A replacement is ready: it serves the slot, and the worker it replaces drains."""
+        old = slot.active
+        slot.incoming = None
+        slot.active = worker
+        if old is not None and old.state in (WorkerState.READY, WorkerState.STARTING):
+            self.retire(old, old.retire_reason or ExitReason.RELOAD)
+        self._settle_replacement(slot.index)
+
+    def _settle_replacement(self, index: int, failure: BaseException | None = None) -> None:
+        fut = self._replacements.pop(index, None)
+        if fut is not None and not fut.done():
+            if failure is None:
+                fut.set_result(None)
+            else:
+                fut.set_exception(failure)
 
     def on_boot_failure(self, ident: bytes, info: dict) -> None:
         worker = self.by_ident.get(ident)
@@ -197,16 +169,15 @@ class Supervisor:
             self._send_stop(worker)
 
     # ------------------------------------------------------------------ retiring and exits
-    def retire(self, worker: Worker, reason: str) -> None:
+    def retire(self, worker: Worker, reason: ExitReason) -> None:
         """Take a worker out of service: it finishes its calls, then stops (bounded by graceful timeout)."""
         if worker.state in (WorkerState.STOPPING, WorkerState.EXITED):
             return
         worker.retire_reason = worker.retire_reason or reason
-        self.balancer.remove(worker)
         if worker.state is WorkerState.STARTING:
             self._send_stop(worker)
             return
-        worker.state = WorkerState.DRAINING
+        self._set_state(worker, WorkerState.DRAINING)
         worker.stop_deadline = time.monotonic() + self.config.graceful_timeout
         log.event("worker-drain", f"{worker.label()} draining ({worker.retire_reason})", slot=worker.slot,
                   pid=worker.pid, reason=worker.retire_reason)
@@ -214,18 +185,17 @@ class Supervisor:
             self._send_stop(worker)
 
     def _send_stop(self, worker: Worker) -> None:
-        worker.state = WorkerState.STOPPING
+        self._set_state(worker, WorkerState.STOPPING)
         if worker.stop_deadline is None:
             worker.stop_deadline = time.monotonic() + self.config.graceful_timeout
-        self.router.send_stop(worker)
+        self.host.send_stop(worker)
 
-    def kill(self, worker: Worker, reason: str) -> None:
+    def kill(self, worker: Worker, reason: ExitReason) -> None:
         """Kill a worker that cannot be stopped gracefully (hung, runaway, past its deadline)."""
         if worker.retire_reason is None:
             worker.retire_reason = reason
-        self.balancer.remove(worker)
         if worker.state is not WorkerState.EXITED:
-            worker.state = WorkerState.STOPPING
+            self._set_state(worker, WorkerState.STOPPING)
         if worker.process is not None:
             worker.process.kill()
         else:
@@ -235,46 +205,76 @@ class Supervisor:
         if worker.state is WorkerState.EXITED:
             return
         was_ready = worker.ready_at is not None
-        worker.state = WorkerState.EXITED
-        self.balancer.remove(worker)
+        self._set_state(worker, WorkerState.EXITED)
         self.by_ident.pop(worker.ident, None)
-        reason = worker.retire_reason or "crashed"
-        info = _exit_info(returncode, reason)
-        slot = self.slots.get(worker.slot)
+        reason = worker.retire_reason or ExitReason.CRASHED
+        info = exit_info(returncode, reason)
         log.event("worker-exit", f"{worker.label()} exited (code {info['code']}, signal {info['signal']},"
-                  f" {reason})", level=logging.WARNING if reason in ("crashed", "hung") else logging.INFO,
+                  f" {reason})", level=logging.WARNING if reason.failure else logging.INFO,
                   slot=worker.slot, pid=worker.pid, reason=reason, code=info["code"], signal=info["signal"])
-        self.router.on_worker_gone(worker, info)
-
-        if slot is not None:
-            slot.last_exit = info
-
+        self.host.on_worker_gone(worker, info)
+        slot = self.slots.get(worker.slot)
         if not was_ready and self.booting and self._boot_waiter is not None and not self._boot_waiter.done():
             self._boot_waiter.set_exception(self._boot_failure(worker, returncode))  # fail fast
-        elif not was_ready and slot is not None and slot.incoming is worker:
-            # a replacement (reload, recycle) that could not start: whoever serves the slot goes on
-            slot.incoming = None
-            fut = self._replacements.pop(worker.slot, None)
-            if fut is not None and not fut.done():
-                fut.set_exception(self._boot_failure(worker, returncode))
-            if slot.active is None and not (self.stopping or slot.retired):
-                self._restart_after_failure(slot, worker)  # nobody serves it: keep trying, with backoff
-        elif slot is not None and slot.active is worker:
-            slot.active = None
-            if self.stopping or slot.retired:
-                pass
-            elif reason in ("crashed", "hung"):
-                self._restart_after_failure(slot, worker)
-            else:
-                self._respawn(slot)
-        if slot is not None and slot.retired and slot.active is None and slot.incoming is None:
-            self.slots.pop(worker.slot, None)
+            if slot is not None:
+                slot.last_exit = info
+        elif slot is not None:
+            slot.last_exit = info
+            if not was_ready and slot.incoming is worker:
+                # a replacement (reload, recycle) that could not start: whoever serves the slot goes on
+                slot.incoming = None
+                self._settle_replacement(slot.index, self._boot_failure(worker, returncode))
+                self.reconcile(slot, failed=worker)
+            elif slot.active is worker:
+                slot.active = None
+                self.reconcile(slot, failed=worker if reason.failure else None)
+            elif slot.retired:
+                self.reconcile(slot)
         if not self.by_ident:
             self._exited.set()
         waiters, self._exit_waiters = self._exit_waiters, []
         for fut in waiters:
             if not fut.done():
                 fut.set_result(None)
+
+    def reconcile(self, slot: Slot, failed: Worker | None = None) -> None:
+        """What a slot needs next, decided in one place: let it go, leave it, or start its worker
+        (after a backoff when its workers keep failing; a crash loop stops the instance)."""
+        if slot.retired:
+            if slot.active is None and slot.incoming is None:
+                self.slots.pop(slot.index, None)
+            return
+        if self.stopping or slot.active is not None:
+            return
+        delay = 0.0
+        if failed is not None:
+            served_for = time.time() - failed.ready_at if failed.ready_at is not None else None
+            try:
+                slot.consecutive_failures, delay = self.policy.failed(slot.consecutive_failures, served_for,
+                                                                      len(self.slots))
+            except CrashLoop as loop:
+                if not self.fatal.done():
+                    self.fatal.set_result(str(loop))
+                return
+        if slot.incoming is not None or slot.restart_handle is not None:
+            return  # a worker is already starting (or due to) for this slot
+        if delay > 0:
+            log.event("worker-backoff", f"slot {slot.index} keeps failing: restarting in {delay:.1f}s",
+                      slot=slot.index)
+            slot.restart_handle = self.loop.call_later(delay, self._restart_due, slot)
+            return
+        slot.restarts += 1
+        slot.active = self._spawn(slot.index)
+
+    def _restart_due(self, slot: Slot) -> None:
+        slot.restart_handle = None
+        if self.slots.get(slot.index) is slot:
+            self.reconcile(slot)
+
+    def _cancel_restart(self, slot: Slot) -> None:
+        if slot.restart_handle is not None:
+            slot.restart_handle.cancel()
+            slot.restart_handle = None
 
     def _boot_failure(self, worker: Worker, returncode: int | None) -> BootFailure:
         err = worker.boot_error or {}
@@ -283,40 +283,8 @@ class Supervisor:
                                      and returncode >= 0 else f"worker killed by signal {-(returncode or 0)}")
         return BootFailure(worker, error, tb)
 
-    def _restart_after_failure(self, slot: Slot, worker: Worker) -> None:
-        now = time.monotonic()
-        if worker.ready_at is not None and time.time() - worker.ready_at >= STABLE_AFTER_S:
-            slot.consecutive_failures = 0
-        slot.consecutive_failures += 1
-        self.failures.append(now)
-        while self.failures and now - self.failures[0] > self.config.crash_window:
-            self.failures.popleft()
-        limit = self.config.crash_limit * max(1, len(self.slots))
-        if self.config.crash_limit and len(self.failures) >= limit:
-            if not self.fatal.done():
-                self.fatal.set_result(f"crash loop: {len(self.failures)} worker failures within "
-                                      f"{self.config.crash_window:g}s (limit {self.config.crash_limit} per worker)")
-            return
-        delay = 0.0 if slot.consecutive_failures <= 1 else min(
-            BACKOFF_MAX_S, BACKOFF_FIRST_S * 2 ** (slot.consecutive_failures - 2))
-        if delay <= 0:
-            self._respawn(slot)
-        else:
-            log.event("worker-backoff", f"slot {slot.index} keeps failing: restarting in {delay:.1f}s",
-                      slot=slot.index)
-            slot.restart_handle = self.loop.call_later(delay, self._respawn, slot)
-
-    def _respawn(self, slot: Slot) -> None:
-        slot.restart_handle = None
-        if self.stopping or slot.retired or slot.active is not None:
-            return
-        if slot.incoming is not None:
-            return  # a replacement is already starting: it takes the slot once ready
-        slot.restarts += 1
-        slot.active = self._spawn(slot.index)
-
     # ------------------------------------------------------------------ replacement, reload, scale
-    def replace(self, index: int, reason: str) -> asyncio.Future:
+    def replace(self, index: int, reason: ExitReason) -> asyncio.Future:
         """Start a new worker for the slot; once it is ready the old one drains and stops.
 
         The future fails with BootFailure when the new worker cannot become ready; the old worker
@@ -330,26 +298,19 @@ class Supervisor:
         if slot is None or self.stopping:
             fut.set_result(None)
             return fut
-        if slot.active is not None:
-            slot.active.retire_reason = reason
         old = slot.active
-        if old is None or old.state is WorkerState.STARTING and old.generation < self.generation:
-            # nothing serves this slot: start (or restart) it directly
-            if slot.active is not None:
-                self.kill(slot.active, reason)
-                slot.active = None
-            if slot.restart_handle is not None:
-                slot.restart_handle.cancel()
-                slot.restart_handle = None
-            slot.incoming = self._spawn(index)
-            slot.active = None
-            self._replacements[index] = fut
-            return fut
+        if old is not None:
+            old.retire_reason = reason
+        if old is not None and old.state is WorkerState.STARTING and old.generation < self.generation:
+            self.kill(old, reason)  # an older generation still starting: start the new one instead
+            slot.active = old = None
+        if old is None:
+            self._cancel_restart(slot)  # nothing serves this slot: start it now
         slot.incoming = self._spawn(index)
         self._replacements[index] = fut
         return fut
 
-    def recycle(self, worker: Worker, reason: str) -> None:
+    def recycle(self, worker: Worker, reason: ExitReason) -> None:
         """Replace a serving worker gracefully (max-memory, max-requests, runaway call)."""
         slot = self.slots.get(worker.slot)
         if slot is None or slot.active is not worker or slot.incoming is not None or self.stopping:
@@ -359,93 +320,79 @@ class Supervisor:
         fut = self.replace(worker.slot, reason)
         fut.add_done_callback(lambda f: f.exception())  # a failed recycle keeps the old worker
 
+    def begin_generation(self) -> int:
+        """A reload starts: workers started from now on are the next generation, on the code on disk now."""
+        self.generation += 1
+        self.spawner.reset(self.generation)
+        return self.generation
+
+    def abort_generation(self, previous: int) -> None:
+        """A reload failed before any slot moved to the new generation: the running one stays current."""
+        self.generation = previous
+
+    def finish_generation(self, generation: int) -> None:
+        """Every slot runs this generation: older code is no longer needed."""
+        self.spawner.retire_generation(generation)
+
     def local_slots(self) -> list[int]:
         return sorted(i for i, s in self.slots.items() if s.agent is None and not s.retired)
+
+    def _free_index(self, start: int = 0) -> int:
+        while start in self.slots:
+            start += 1
+        return start
 
     def scale(self, wanted: int) -> None:
         """Reach `wanted` local workers: new slots take the lowest free numbers, the highest retire first."""
         local = self.local_slots()
         old = len(local)
         self.wanted = wanted
-        index = 0
         while len(local) < wanted:
-            while index in self.slots:
-                index += 1
+            index = self._free_index()
             self.slots[index] = slot = Slot(index)
             slot.active = self._spawn(index)
             local.append(index)
         for index in sorted(local, reverse=True)[:max(0, len(local) - wanted)]:
-            self.retire_slot(index, "scale")
+            self.retire_slot(index, ExitReason.SCALE)
         log.event("scale", f"scaled from {old} to {wanted} workers")
 
-    def retire_slot(self, index: int, reason: str) -> None:
+    def add_remote_slots(self, agent: str, count: int) -> list[int]:
+        """Slots for an agent's workers (the lowest free numbers); start_slots() starts them."""
+        indices = []
+        for _ in range(count):
+            index = self._free_index()
+            self.slots[index] = Slot(index, agent=agent)
+            indices.append(index)
+        return indices
+
+    def start_slots(self, indices: list[int]) -> None:
+        for index in indices:
+            slot = self.slots.get(index)
+            if slot is not None and slot.active is None and slot.incoming is None:
+                slot.active = self._spawn(index)
+
+    def retire_slot(self, index: int, reason: ExitReason) -> None:
         """Take a slot away: its workers finish what they hold and are not replaced."""
         slot = self.slots.get(index)
         if slot is None:
             return
         slot.retired = True
-        if slot.restart_handle is not None:
-            slot.restart_handle.cancel()
-            slot.restart_handle = None
-        fut = self._replacements.pop(index, None)
-        if fut is not None and not fut.done():
-            fut.set_result(None)
+        self._cancel_restart(slot)
+        self._settle_replacement(index)
         for worker in (slot.incoming, slot.active):
             if worker is not None:
                 self.retire(worker, reason)
-        if slot.active is None and slot.incoming is None:
+        self.reconcile(slot)
+
+    def drop_slots(self, indices: list[int]) -> None:
+        """Slots whose workers vanished with their host: gone now, and so are the calls they held."""
+        for index in indices:
+            self.retire_slot(index, ExitReason.CRASHED)
+            for worker in [w for w in self.by_ident.values() if w.slot == index]:
+                self.worker_exited(worker, None)
             self.slots.pop(index, None)
 
-    # ------------------------------------------------------------------ periodic health check
-    def _schedule_tick(self) -> None:
-        self._tick_handle = self.loop.call_later(self.config.heartbeat_interval, self._tick)
-
-    def _tick(self) -> None:
-        now = time.monotonic()
-        timeout = self.config.heartbeat_timeout
-        if getattr(self.router, "rsock", None) is not None:
-            self.router.agents.tick(now, timeout)
-        for worker in list(self.by_ident.values()):
-            if worker.state is WorkerState.EXITED:
-                continue
-            if worker.stop_deadline is not None and now > worker.stop_deadline:
-                log.event("worker-kill", f"{worker.label()} did not stop within the graceful timeout: killed",
-                          level=logging.WARNING, slot=worker.slot, pid=worker.pid)
-                self.kill(worker, worker.retire_reason or "stop")
-                worker.stop_deadline = None
-                continue
-            silent = now - worker.last_beat
-            if silent > timeout or worker.stalled > timeout:
-                if worker.retire_reason not in ("hung",):
-                    log.event("worker-hung", f"{worker.label()} stopped answering heartbeats: killed",
-                              level=logging.WARNING, slot=worker.slot, pid=worker.pid, reason="hung")
-                worker.retire_reason = "hung"
-                self.kill(worker, "hung")
-                continue
-            self._measure(worker)
-            if (self.config.max_memory and worker.rss_bytes and worker.rss_bytes > self.config.max_memory
-                    and worker.state is WorkerState.READY):
-                self.recycle(worker, "max-memory")
-        self._schedule_tick()
-
-    def _measure(self, worker: Worker) -> None:
-        if worker.agent is not None or worker.process is None or worker.process.pid is None:
-            return  # an agent's worker: its agent reports the memory with its beats
-        worker.pid = worker.process.pid
-        if hasattr(worker.process, "measure"):  # a thread: its own CPU clock, no memory of its own
-            worker.rss_bytes, worker.cpu_percent = worker.process.measure()
-            return
-        ps = getattr(worker, "_ps", None)
-        try:
-            if ps is None:
-                ps = worker._ps = psutil.Process(worker.pid)
-                ps.cpu_percent(None)
-            worker.rss_bytes = ps.memory_info().rss
-            worker.cpu_percent = ps.cpu_percent(None)
-        except psutil.Error:
-            pass
-
-    # ------------------------------------------------------------------ waiting for workers
+    # ------------------------------------------------------------------ waiting for workers, stop
     async def wait_generation_gone(self, generation: int, timeout: float) -> None:
         """Wait until no worker older than generation is left (the drains of a reload)."""
         deadline = self.loop.time() + timeout
@@ -460,71 +407,34 @@ class Supervisor:
             except TimeoutError:
                 return
 
-
-    # ------------------------------------------------------------------ stop
     async def stop(self, graceful: bool = True) -> None:
         """Stop every worker: gracefully (drain, stop_services) within the timeout, else kill."""
         self.stopping = True
         for slot in self.slots.values():
-            if slot.restart_handle is not None:
-                slot.restart_handle.cancel()
-                slot.restart_handle = None
-        for fut in self._replacements.values():
-            if not fut.done():
-                fut.set_result(None)
+            self._cancel_restart(slot)
+        for index in list(self._replacements):
+            self._settle_replacement(index)
         for worker in list(self.by_ident.values()):
             if graceful:
-                self.retire(worker, "stop")
+                self.retire(worker, ExitReason.STOP)
             else:
-                self.kill(worker, "stop")
+                self.kill(worker, ExitReason.STOP)
         if self.by_ident:
             try:
                 await asyncio.wait_for(self._exited.wait(), self.config.graceful_timeout + 5)
             except TimeoutError:
                 for worker in list(self.by_ident.values()):
-                    self.kill(worker, "stop")
+                    self.kill(worker, ExitReason.STOP)
                 try:
                     await asyncio.wait_for(self._exited.wait(), 5)
                 except TimeoutError:
                     pass
-        if self._tick_handle is not None:
-            self._tick_handle.cancel()
+        self.health.stop()
         self.spawner.close()
-
-    # ------------------------------------------------------------------ status
-    def workers_document(self) -> list[dict]:
-        now = time.time()
-        rows = []
-        for worker in sorted(self.by_ident.values(), key=lambda w: (w.slot, w.generation, w.started_at)):
-            if worker.pid is None and worker.process is not None:
-                worker.pid = worker.process.pid
-            slot = self.slots.get(worker.slot)
-            rows.append({
-                "slot": worker.slot, "pid": worker.pid, "state": worker.state.value,
-                "generation": worker.generation, "started_at": worker.started_at,
-                "uptime_s": round(now - worker.started_at, 3), "ready_at": worker.ready_at,
-                "restarts": slot.restarts if slot else 0, "rss_bytes": worker.rss_bytes,
-                "cpu_percent": worker.cpu_percent, "inflight": worker.inflight, "served": worker.served,
-                "failed": worker.failed, "last_exit": slot.last_exit if slot else None,
-                "max_requests": worker.max_requests or None, "host": worker.host, "agent": worker.agent,
-                "isolation": getattr(worker.process, "isolation", "process"),
-            })
-        for slot in self.slots.values():
-            if slot.active is None and slot.incoming is None and not slot.retired:
-                # between a crash and its restart (backoff): the slot is still shown, with its history
-                rows.append({
-                    "slot": slot.index, "pid": None, "state": "starting", "generation": self.generation,
-                    "started_at": None, "uptime_s": None, "ready_at": None, "restarts": slot.restarts,
-                    "rss_bytes": None, "cpu_percent": None, "inflight": 0, "served": 0, "failed": 0,
-                    "last_exit": slot.last_exit, "max_requests": None, "host": None, "agent": None,
-                    "restart_pending": slot.restart_handle is not None, "isolation": self.config.isolation,
-                })
-        rows.sort(key=lambda r: r["slot"])
-        return rows
 
     def slot_summary(self) -> tuple[int, int]:
         ready = sum(1 for s in self.slots.values() if s.active is not None and s.active.state is WorkerState.READY)
         return ready, len([s for s in self.slots.values() if not s.retired])
 
 
-__all__ = ["Supervisor", "BootFailure"]
+__all__ = ["Supervisor", "SupervisorHost", "BootFailure"]

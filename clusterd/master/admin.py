@@ -1,0 +1,109 @@
+"""The control commands: `clusterd.status`, `.scale`, `.reload`, `.reload_wait`, `.stop`.
+
+The control socket and the master's signals run the same commands, so they agree on when a
+command is allowed and on its limits (as circus turns signals and circusctl into one command set):
+
+    SIGTERM, SIGINT   stop (graceful)          SIGHUP    reload (not waited for)
+    SIGQUIT           stop (fast)              SIGTTIN   scale +1      SIGTTOU   scale -1
+
+The CLI prints their answers (clusterd/cli.py, clusterd/status.py).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, Any
+
+from .. import log, protocol
+from ..config import ConfigError, parse_workers
+from ..protocol import RPCError
+from .states import ClusterState
+from .status import status_document
+
+if TYPE_CHECKING:
+    from .router import Router
+
+NAMES = ("clusterd.status", "clusterd.reload", "clusterd.reload_wait", "clusterd.scale", "clusterd.stop")
+
+# A relative change (SIGTTOU, scale with delta) never removes the last worker; `scale 0` may.
+MIN_WORKERS_BY_DELTA = 1
+
+
+class Admin:
+    def __init__(self, router: "Router") -> None:
+        self.router = router
+        self.handlers: dict[str, Callable[..., Awaitable[Any]]] = {
+            "clusterd.status": self.status, "clusterd.reload": self.reload,
+            "clusterd.reload_wait": self.reload_wait, "clusterd.scale": self.scale, "clusterd.stop": self.stop,
+        }
+
+    async def status(self) -> dict:
+        return status_document(self.router)
+
+    async def scale(self, workers: int | str | None = None, delta: int | None = None) -> dict:
+        sup = self.router.supervisor
+        if delta is not None:
+            target = max(sup.wanted + int(delta), min(sup.wanted, MIN_WORKERS_BY_DELTA))
+        else:
+            try:
+                target = parse_workers(workers if workers is not None else sup.wanted)
+            except ConfigError as exc:
+                raise RPCError(protocol.INVALID_PARAMS, str(exc)) from None
+        if target < 0:
+            raise RPCError(protocol.INVALID_PARAMS, "the number of workers cannot be negative")
+        self._refuse_when_stopping()
+        old = sup.wanted
+        if target != old or delta is None:
+            sup.scale(target)
+            self.router.update_status_line()
+        return {"from": old, "to": target}
+
+    async def stop(self, timeout: float | None = None, graceful: bool = True) -> dict:
+        if timeout is not None:
+            self.router.config.graceful_timeout = float(timeout)
+        self.router.loop.call_soon(self.router.request_stop, graceful)
+        return {"stopping": True, "pid": os.getpid()}
+
+    async def reload(self, wait: bool = True) -> dict:
+        return await self._reload(wait, "clusterd reload")
+
+    async def _reload(self, wait: bool, source: str) -> dict:
+        self._refuse_when_stopping()
+        return await self.router.reloads.request(wait=wait, source=source)
+
+    async def reload_wait(self, id: int, after: int = 0) -> dict:
+        return await self.router.reloads.progress(id, after)
+
+    def _refuse_when_stopping(self) -> None:
+        if self.router.state is ClusterState.STOPPING:
+            raise RPCError(protocol.SHUTTING_DOWN)
+
+    # ------------------------------------------------------------------ signals
+    def install_signals(self) -> None:
+        """Each signal runs its command on the loop; a refusal is logged, never raised."""
+        commands: dict[int, tuple[str, Callable[[], Awaitable[Any]]]] = {
+            signal.SIGTERM: ("stop", lambda: self.stop(graceful=True)),
+            signal.SIGINT: ("stop", lambda: self.stop(graceful=True)),
+            signal.SIGQUIT: ("stop", lambda: self.stop(graceful=False)),
+            signal.SIGHUP: ("reload", lambda: self._reload(wait=False, source="SIGHUP")),
+            signal.SIGTTIN: ("scale", lambda: self.scale(delta=1)),
+            signal.SIGTTOU: ("scale", lambda: self.scale(delta=-1)),
+        }
+        loop = self.router.loop
+        for sig, (name, command) in commands.items():
+            loop.add_signal_handler(sig, self._on_signal, sig, name, command)
+
+    def _on_signal(self, sig: int, name: str, command: Callable[[], Awaitable[Any]]) -> None:
+        self.router.spawn_task(self._run_signalled(signal.Signals(sig).name, name, command))
+
+    async def _run_signalled(self, sig_name: str, name: str, command: Callable[[], Awaitable[Any]]) -> None:
+        try:
+            await command()
+        except RPCError as exc:
+            log.event("signal-refused", f"{sig_name} ({name}) refused: {exc.message}", level=logging.WARNING)
+
+
+__all__ = ["Admin", "NAMES", "MIN_WORKERS_BY_DELTA"]

@@ -1,0 +1,65 @@
+"""The supervisor's narrow interface to the rest of the master, and what it reports back.
+
+The supervisor imports nothing of the router: the router implements SupervisorHost. A test drives the
+supervisor with a fake host and a fake spawner (tests/test_units.py).
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Protocol
+
+from ..wire import WorkerSpec
+from ..worker.spawn import WorkerHandle
+from .pool import Worker
+from .states import ExitReason
+
+
+class SupervisorHost(Protocol):
+    """What the supervisor tells the rest of the master (events), and the little it asks of it."""
+
+    worker_endpoint: str
+
+    def child_environ(self) -> dict[str, str]:
+        """The environment a worker process starts with."""
+
+    def start_remote(self, agent: str, worker: Worker, spec: WorkerSpec) -> WorkerHandle:
+        """Ask the agent running a slot to start its worker."""
+
+    def learn_methods(self, methods: dict) -> None:
+        """The current generation's method table (from its first ready worker)."""
+
+    def on_worker_ready(self, worker: Worker) -> None: ...
+
+    def on_worker_gone(self, worker: Worker, exit_info: dict) -> None:
+        """A worker exited: answer the calls it held."""
+
+    def send_stop(self, worker: Worker) -> None:
+        """Tell a worker to stop gracefully."""
+
+
+class BootFailure(Exception):
+    """A worker could not become ready: carries its error and traceback for the user."""
+
+    def __init__(self, worker: Worker, error: str, traceback: str) -> None:
+        super().__init__(error)
+        self.worker = worker
+        self.error = error
+        self.traceback = traceback
+
+    def to_dict(self) -> dict:
+        return {"slot": self.worker.slot, "pid": self.worker.pid, "error": self.error,
+                "traceback": self.traceback}
+
+
+def exit_info(returncode: int | None, reason: ExitReason) -> dict:
+    code = sig = None
+    if returncode is not None:
+        if returncode < 0:
+            sig = -returncode
+        else:
+            code = returncode
+    return {"code": code, "signal": sig, "at": time.time(), "reason": reason}
+
+
+__all__ = ["SupervisorHost", "BootFailure", "exit_info"]
