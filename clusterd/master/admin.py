@@ -15,16 +15,15 @@ import logging
 import os
 import signal
 from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from .. import log, protocol
 from ..config import ConfigError, parse_workers
 from ..protocol import RPCError
 from .states import ClusterState
 from .status import status_document
+from .view import MasterView
 
-if TYPE_CHECKING:
-    from .router import Router
 
 NAMES = ("clusterd.status", "clusterd.reload", "clusterd.reload_wait", "clusterd.scale", "clusterd.stop")
 
@@ -33,7 +32,7 @@ MIN_WORKERS_BY_DELTA = 1
 
 
 class Admin:
-    def __init__(self, router: "Router") -> None:
+    def __init__(self, router: MasterView) -> None:
         self.router = router
         self.handlers: dict[str, Callable[..., Awaitable[Any]]] = {
             "clusterd.status": self.status, "clusterd.reload": self.reload,

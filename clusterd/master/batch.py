@@ -6,20 +6,19 @@ Items answered at once (invalid, unknown method) cost no task; worker calls wait
 from __future__ import annotations
 
 import asyncio
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import zmq
 
 from .. import protocol
 from ..protocol import NO_ID
 from .states import ClusterState
+from .view import MasterView
 
-if TYPE_CHECKING:
-    from .router import Router
 
 
 class Batches:
-    def __init__(self, router: "Router") -> None:
+    def __init__(self, router: MasterView) -> None:
         self.router = router
 
     def answer(self, items: list, sock: zmq.Socket, envelope: list[bytes], source: str) -> None:

@@ -12,14 +12,12 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 from .. import log
+from ..config import Config
 from .pool import Worker
 from .states import ExitReason, WorkerState
-
-if TYPE_CHECKING:
-    from .supervisor import Supervisor
 
 
 def is_hung(worker: Worker, now: float, timeout: float) -> bool:
@@ -38,11 +36,23 @@ def over_memory(worker: Worker, max_memory: int) -> bool:
                 and worker.state is WorkerState.READY)
 
 
+class Supervised(Protocol):
+    """What the health check uses of the supervisor."""
+
+    config: Config
+    loop: asyncio.AbstractEventLoop
+    by_ident: dict[bytes, Worker]
+
+    def kill(self, worker: Worker, reason: ExitReason) -> None: ...
+
+    def recycle(self, worker: Worker, reason: ExitReason) -> None: ...
+
+
 class HealthCheck:
     """Every heartbeat interval: kill workers past their stop deadline or hung, recycle those over
     --max-memory, and refresh every worker's memory and CPU figures."""
 
-    def __init__(self, sup: "Supervisor") -> None:
+    def __init__(self, sup: Supervised) -> None:
         self.sup = sup
         self._handle: asyncio.TimerHandle | None = None
 

@@ -47,6 +47,15 @@ class BootFailure(Exception):
         self.error = error
         self.traceback = traceback
 
+    @classmethod
+    def of(cls, worker: Worker, returncode: int | None) -> "BootFailure":
+        """The worker's own report of why it could not start, else its last output and exit status."""
+        err = worker.boot_error or {}
+        tb = err.get("traceback") or "\n".join(worker.output_tail)
+        error = err.get("error") or (f"worker exited with code {returncode}" if returncode is not None
+                                     and returncode >= 0 else f"worker killed by signal {-(returncode or 0)}")
+        return cls(worker, error, tb)
+
     def to_dict(self) -> dict:
         return {"slot": self.worker.slot, "pid": self.worker.pid, "error": self.error,
                 "traceback": self.traceback}

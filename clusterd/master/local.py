@@ -4,16 +4,15 @@ control socket only) and the internal methods workers use to reach each other (f
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import zmq
 
 from .. import log, protocol
 from ..endpoint import Dispatcher, encode_response
 from ..protocol import NO_ID, RPCError
+from .view import MasterView
 
-if TYPE_CHECKING:
-    from .router import Router
 
 Handler = Callable[..., Awaitable[Any]]
 
@@ -23,7 +22,7 @@ class LocalMethods:
 
     Their params are decoded exactly: only forwarded calls are routed on orjson's fast decoding."""
 
-    def __init__(self, router: "Router", dispatcher: Dispatcher, admin: dict[str, Handler],
+    def __init__(self, router: MasterView, dispatcher: Dispatcher, admin: dict[str, Handler],
                  internal: dict[str, Handler]) -> None:
         self.router = router
         self.dispatcher = dispatcher

@@ -13,14 +13,13 @@ import logging
 import time
 import tomllib
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from .. import log
 from .host import BootFailure
 from .states import ClusterState, ExitReason
+from .view import MasterView
 
-if TYPE_CHECKING:
-    from .router import Router
 
 
 def read_version(path: str | Path) -> str | None:
@@ -86,7 +85,7 @@ class Reload:
 class ReloadManager:
     """Runs reloads one at a time; a trigger during a reload queues exactly one more."""
 
-    def __init__(self, router: "Router") -> None:
+    def __init__(self, router: MasterView) -> None:
         self.router = router
         self.loop = asyncio.get_running_loop()
         self._next_id = 0
@@ -215,7 +214,7 @@ class ReloadManager:
                 "last_event": reload.events[-1]["event"] if reload.events else None}
 
 
-async def watch_version(router: "Router", path: str) -> None:
+async def watch_version(router: MasterView, path: str) -> None:
     """Reload when the version in the file changes (not on every touch of the file)."""
     from watchfiles import awatch
     target = Path(path).resolve()
@@ -230,7 +229,7 @@ async def watch_version(router: "Router", path: str) -> None:
             router.reloads.trigger(f"version {version}")
 
 
-async def watch_sources(router: "Router", directory: str) -> None:
+async def watch_sources(router: MasterView, directory: str) -> None:
     """Development: a debounced reload on any .py change under directory."""
     from watchfiles import PythonFilter, awatch
     async for changes in awatch(directory, watch_filter=PythonFilter(), debounce=400, step=50):

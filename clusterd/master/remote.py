@@ -21,7 +21,7 @@ import logging
 import signal
 import time
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import zmq
 
@@ -29,10 +29,8 @@ from .. import log, protocol, wire
 from ..wire import WorkerSpec
 from .pool import Worker
 from .states import ClusterState, ExitReason
+from .view import MasterView
 
-if TYPE_CHECKING:
-    from ..config import Config
-    from .router import Router
 
 
 def configure_remote_socket(sock: zmq.Socket, ctx: zmq.Context, cfg: "Config") -> Any:
@@ -89,7 +87,7 @@ class Agent:
 
 
 class AgentRegistry:
-    def __init__(self, router: "Router") -> None:
+    def __init__(self, router: MasterView) -> None:
         self.router = router
         self.agents: dict[bytes, Agent] = {}
         self._tick_handle: asyncio.TimerHandle | None = None

@@ -11,7 +11,6 @@ import asyncio
 import logging
 import os
 import time
-from collections import deque
 from typing import Any
 
 import psutil
@@ -22,7 +21,7 @@ from ..config import Config
 from ..endpoint import Dispatcher, method_table
 from ..protocol import NO_ID, RPCError
 from ..wire import ERROR, RESULT, WorkerSpec
-from ..worker.spawn import DirectSpawner, OnExit, OnLine, Spawner, WorkerHandle, ZygoteSpawner
+from ..worker.spawn import OnExit, OnLine, Spawner, WorkerHandle, make_spawner
 from ..zmqloop import NOBLOCK, SocketReader, send_frames
 from .admin import Admin
 from .batch import Batches
@@ -30,7 +29,9 @@ from .endpoint import WorkersProxy, internal_methods, worker_info
 from .local import LocalMethods
 from .pool import Call, Worker
 from .reload import ReloadManager
+from .waiting import CallQueue, Deadlines
 from .runtime_dir import RuntimeDir
+from .sockets import Sockets
 from .states import ClusterState, ExitReason, WorkerState
 from .supervisor import Supervisor
 
@@ -50,11 +51,11 @@ class Router:
         self.version = version
         self.graceful = True
         self.ctx = zmq.Context()
+        self.sockets = Sockets(self.loop, self.ctx, config)
         self.dir = RuntimeDir(config.instance_dir)
         self.worker_endpoint = f"ipc://{config.instance_dir / 'workers.sock'}"
         self.shared: Any = None
         self.agents: Any = None        # the AgentRegistry, with --worker-bind
-        self.authenticator: Any = None
         self.rsock: zmq.Socket | None = None
         self.endpoint = master_cls()
         self.endpoint.name = config.name
@@ -69,14 +70,12 @@ class Router:
         self.local = LocalMethods(self, self.dispatcher, self.admin.handlers,
                                   internal_methods(self.endpoint.workers, self))
         self.batches = Batches(self)
-        self.queue: deque[Call] = deque()
-        self._queue_timer: asyncio.TimerHandle | None = None
-        self._sweep_handle: asyncio.TimerHandle | None = None
+        self.queue = CallQueue(self)
+        self.deadlines = Deadlines(self)
         self._token = 0
         self.stopped = asyncio.Event()
         self._tasks: set[asyncio.Task] = set()
         self.readers: dict[zmq.Socket, SocketReader] = {}
-        self._sockets: list[zmq.Socket] = []
         # calls in flight per client, by client socket then ROUTER identity (--max-client-inflight)
         self.client_calls: dict[zmq.Socket, dict[bytes, int]] = {}
         self.inflight_limit = config.max_client_inflight or 1 << 62
@@ -123,76 +122,23 @@ class Router:
             self.stopped.set()
 
     def _make_spawner(self, on_line: OnLine, on_exit: OnExit) -> Spawner:
-        """Fork from a zygote (fast restarts) unless CLUSTERD_NO_ZYGOTE is set; fresh interpreters then.
-        With --isolation thread, threads of this process (worker/threads.py)."""
-        cfg = self.config
-        if cfg.isolation == "thread":
-            from ..worker.threads import ThreadSpawner
-            return ThreadSpawner(self.loop, on_line, on_exit, self.ctx, cfg)
-        if os.environ.get("CLUSTERD_NO_ZYGOTE"):
-            return DirectSpawner(self.loop, on_line, on_exit)
-        return ZygoteSpawner(self.loop, on_line, on_exit, cfg.worker, f"clusterd-worker:{cfg.name}",
-                             self.child_environ())
+        return make_spawner(self.loop, self.config, self.ctx, self.child_environ(), on_line, on_exit)
 
     # ------------------------------------------------------------------ sockets
     def open_sockets(self) -> None:
-        cfg = self.config
-        self.control = self._router_socket(client=True)
-        control_path = cfg.instance_dir / "control.sock"
-        self.control.bind(f"ipc://{control_path}")
-        os.chmod(control_path, 0o600)
-        self.public = None
-        if cfg.binds:
-            self.public = self._router_socket(client=True)
-            for addr in cfg.binds:
-                self.public.bind(addr)
-        self.client_calls = {sock: {} for sock in (self.control, self.public) if sock is not None}
-        self.wsock = self._router_socket(client=False)
-        self.wsock.setsockopt(zmq.ROUTER_MANDATORY, 1)
-        self.wsock.bind(self.worker_endpoint)
-        if cfg.isolation == "thread":
-            from ..worker.threads import THREAD_ENDPOINT
-            self.wsock.bind(THREAD_ENDPOINT)  # thread workers share self.ctx, as inproc requires
-        os.chmod(cfg.instance_dir / "workers.sock", 0o600)
-        if cfg.worker_binds:
-            # workers from agents on other hosts: a socket of its own, CURVE-encrypted with --curve-dir
-            from .remote import AgentRegistry, configure_remote_socket
-            rsock = self.rsock = self._router_socket(client=False)
-            self.authenticator = configure_remote_socket(rsock, self.ctx, cfg)
+        socks = self.sockets
+        socks.open(self.worker_endpoint, self.on_client_message, self._on_worker_message)
+        self.readers = socks.readers
+        self.control, self.public, self.wsock, self.rsock = socks.control, socks.public, socks.workers, socks.remote
+        self.client_calls = {sock: {} for sock in socks.client_sockets()}
+        if self.rsock is not None:
+            from .remote import AgentRegistry
             self.agents = AgentRegistry(self)
-            self.readers[rsock] = SocketReader(self.loop, rsock, lambda frames: self._on_worker_message(frames, rsock))
-        self.readers[self.control] = SocketReader(self.loop, self.control, self._client_handler(self.control, True))
-        if self.public is not None:
-            self.readers[self.public] = SocketReader(self.loop, self.public, self._client_handler(self.public, False))
-        wsock = self.wsock
-        self.readers[wsock] = SocketReader(self.loop, wsock, lambda frames: self._on_worker_message(frames, wsock))
-
-    def _router_socket(self, client: bool) -> zmq.Socket:
-        sock = self.ctx.socket(zmq.ROUTER)
-        self._sockets.append(sock)
-        sock.setsockopt(zmq.LINGER, 0)
-        sock.setsockopt(zmq.SNDHWM, 0 if not client else 100000)
-        sock.setsockopt(zmq.RCVHWM, 0 if not client else 100000)
-        if client and self.config.max_message_size:
-            sock.setsockopt(zmq.MAXMSGSIZE, self.config.max_message_size)
-        return sock
-
-    def _client_handler(self, sock: zmq.Socket, admin: bool):
-        source = "admin" if admin else "client"
-        return lambda frames: self.on_client_message(frames, sock, source)
 
     def close_sockets(self) -> None:
         if self.agents is not None:
             self.agents.close()
-        for reader in self.readers.values():
-            reader.close()
-        for sock in self._sockets:  # every socket made, even when a later bind failed
-            sock.close(linger=200)
-        if self.authenticator is not None:
-            self.authenticator.stop()
-        if self.supervisor.spawner.alive():
-            return  # an abandoned (hung) thread worker still holds sockets: term() would wait for ever
-        self.ctx.term()
+        self.sockets.close(term=not self.supervisor.spawner.alive())
 
     def child_environ(self) -> dict:
         return systemd.child_environ(os.environ)
@@ -272,7 +218,7 @@ class Router:
     def dispatch(self, call: Call, exclude: Worker | None = None) -> None:
         worker = self.supervisor.balancer.pick(exclude)
         if worker is None:
-            self._enqueue(call)
+            self.queue.add(call)
         else:
             self.send_call(worker, call)
 
@@ -284,8 +230,7 @@ class Router:
         worker.calls[token] = call
         if call.timeout:
             call.deadline = self.loop.time() + call.timeout
-            if self._sweep_handle is None:
-                self._sweep_handle = self.loop.call_later(min(0.1, call.timeout), self._sweep_deadlines)
+            self.deadlines.arm(call.timeout)
         try:
             send_frames(worker.sock, [worker.ident, wire.call_frame(token, call.payload)])
         except zmq.ZMQError:
@@ -321,70 +266,6 @@ class Router:
 
     def reply_error(self, call: Call, code: int, message: str | None = None) -> None:
         self.reply(call, protocol.encode_error(call.rid, code, message))
-
-    # ------------------------------------------------------------------ waiting for a worker
-    def _enqueue(self, call: Call) -> None:
-        if self.state is ClusterState.STOPPING:
-            return self.reply_error(call, protocol.SHUTTING_DOWN)
-        call.deadline = self.loop.time() + self.config.queue_timeout
-        self.queue.append(call)
-        if self._queue_timer is None:
-            self._queue_timer = self.loop.call_at(call.deadline, self._expire_queue)
-
-    def _expire_queue(self) -> None:
-        self._queue_timer = None
-        now = self.loop.time()
-        while self.queue and self.queue[0].deadline <= now:
-            self.reply_error(self.queue.popleft(), protocol.NO_WORKER)
-        if self.queue:
-            self._queue_timer = self.loop.call_at(self.queue[0].deadline, self._expire_queue)
-
-    def _flush_queue(self) -> None:
-        while self.queue:
-            worker = self.supervisor.balancer.pick()
-            if worker is None:
-                return
-            call = self.queue.popleft()
-            call.deadline = 0.0
-            self.send_call(worker, call)
-
-    def fail_pending(self) -> None:
-        while self.queue:
-            self.reply_error(self.queue.popleft(), protocol.SHUTTING_DOWN)
-
-    # ------------------------------------------------------------------ call deadlines
-    def _sweep_deadlines(self) -> None:
-        """Answer calls past their deadline with -32003 and recycle the workers running them."""
-        self._sweep_handle = None
-        now = self.loop.time()
-        pending = False
-        for worker in list(self.supervisor.by_ident.values()):
-            expired = [c for c in worker.calls.values() if c.deadline and c.deadline <= now]
-            for call in expired:
-                del worker.calls[call.token]
-                self.reply_error(call, protocol.CALL_TIMEOUT, f"Call timed out after {call.timeout:g}s")
-            if expired:
-                log.event("call-timeout", f"{worker.label()} ran past a call's deadline: recycling",
-                          level=logging.WARNING, slot=worker.slot, pid=worker.pid)
-                self._recycle_runaway(worker)
-            if any(c.deadline for c in worker.calls.values()):
-                pending = True
-        if pending:
-            self._sweep_handle = self.loop.call_later(0.05, self._sweep_deadlines)
-
-    def _recycle_runaway(self, worker: Worker) -> None:
-        """A worker that ran away is replaced; it is killed once nothing else it runs can finish."""
-        sup = self.supervisor
-        sup.balancer.remove(worker)
-        slot = sup.slots.get(worker.slot)
-        if slot is not None and slot.active is worker and slot.incoming is None:
-            sup.recycle(worker, ExitReason.HUNG)
-        worker.retire_reason = worker.retire_reason or ExitReason.HUNG
-        if worker.state is WorkerState.READY:
-            sup._set_state(worker, WorkerState.DRAINING)
-        worker.stop_deadline = time.monotonic() + min(self.config.graceful_timeout, 5.0)
-        if not worker.calls:
-            sup.kill(worker, ExitReason.HUNG)
 
     # ------------------------------------------------------------------ worker socket
     def _on_worker_message(self, frames: list[bytes], sock: zmq.Socket) -> None:
@@ -461,7 +342,7 @@ class Router:
         self.worker_methods = methods
 
     def on_worker_ready(self, worker: Worker) -> None:
-        self._flush_queue()
+        self.queue.flush()
         self.spawn_task(self._hook(self.endpoint.on_worker_ready, worker_info(worker)))
         self.update_status_line()
 

@@ -95,7 +95,7 @@ async def _shutdown(router: Router, graceful: bool) -> None:
     config = router.config
     router.set_state(ClusterState.STOPPING)
     log.event("master-stop", f"{config.name}: stopping ({'graceful' if graceful else 'fast'})")
-    router.fail_pending()
+    router.queue.fail_all()
     sup = router.supervisor
     if not graceful:
         for worker in list(sup.by_ident.values()):

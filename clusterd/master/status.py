@@ -7,18 +7,16 @@ from __future__ import annotations
 
 import os
 import time
-from typing import TYPE_CHECKING
 
 import psutil
 
 from .states import WorkerState
-
-if TYPE_CHECKING:
-    from .router import Router
-    from .supervisor import Supervisor
+from .supervisor import Supervisor
+from .view import MasterView
 
 
-def status_document(router: "Router") -> dict:
+
+def status_document(router: MasterView) -> dict:
     now = time.time()
     try:
         rss = router.process.memory_info().rss
@@ -45,7 +43,7 @@ def status_document(router: "Router") -> dict:
     return doc
 
 
-def workers_document(sup: "Supervisor") -> list[dict]:
+def workers_document(sup: Supervisor) -> list[dict]:
     now = time.time()
     rows = []
     for worker in sorted(sup.by_ident.values(), key=lambda w: (w.slot, w.generation, w.started_at)):

@@ -12,18 +12,16 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
-import random
 import time
 from collections.abc import Callable
 
 from .. import log
 from ..config import Config
-from ..wire import WorkerSpec
 from ..worker.spawn import OnExit, OnLine, Spawner
 from .balancer import Balancer
 from .health import HealthCheck
 from .host import BootFailure, SupervisorHost, exit_info
+from .launch import Launcher
 from .pool import Slot, Worker
 from .restart import CrashLoop, RestartPolicy
 from .states import ExitReason, WorkerState
@@ -47,8 +45,8 @@ class Supervisor:
         self._boot_waiter: asyncio.Future | None = None
         self._replacements: dict[int, asyncio.Future] = {}
         self._exited = asyncio.Event()
-        self._serial = 0
-        self.spawner = make_spawner(self._on_line, self._on_exit)
+        self.launcher = Launcher(config, host, make_spawner, self.worker_exited)
+        self.spawner = self.launcher.spawner
         self._exit_waiters: list[asyncio.Future] = []
         self.health = HealthCheck(self)
 
@@ -65,44 +63,12 @@ class Supervisor:
         self.booting = False
 
     def _spawn(self, index: int) -> Worker:
-        self._serial += 1
-        ident = f"{index}.{self.generation}.{self._serial}".encode()
-        worker = Worker(slot=index, generation=self.generation, ident=ident)
-        cfg = self.config
-        if cfg.max_requests:
-            worker.max_requests = cfg.max_requests + random.randint(0, cfg.max_requests_jitter)
-        spec = WorkerSpec(worker=cfg.worker, endpoint=self.host.worker_endpoint, ident=ident.decode(), slot=index,
-                          generation=self.generation, name=cfg.name, heartbeat_interval=cfg.heartbeat_interval,
-                          heartbeat_timeout=max(cfg.heartbeat_timeout, 2.0), debug=cfg.debug,
-                          parent_pid=os.getpid())
         slot = self.slots.get(index)
-        if slot is not None and slot.agent is not None:
-            # a slot of an agent on another host: the agent starts the process, on the code it has
-            worker.process = self.host.start_remote(slot.agent, worker, spec)
-        else:
-            env = spec.to_env(self.host.child_environ())
-            env["PYTHONUNBUFFERED"] = "1"
-            worker.process = self.spawner.spawn(worker, env, f"clusterd-worker:{cfg.name}:{index}", self.generation)
-        worker.pid = worker.process.pid
-        self.by_ident[ident] = worker
-        log.event("worker-start", f"{worker.label()} starting", slot=index, pid=worker.pid,
-                  generation=self.generation)
+        worker = self.launcher.start(index, self.generation, slot.agent if slot is not None else None)
+        self.by_ident[worker.ident] = worker
         return worker
 
-    def _on_line(self, worker: Worker, line: bytes) -> None:
-        if worker.pid is None and worker.process is not None:
-            worker.pid = worker.process.pid
-        text = line.decode("utf-8", "replace").rstrip("\r")
-        worker.output_tail.append(text)
-        log.logger.info(text, extra={"source": f"worker {worker.slot} pid {worker.pid}", "slot": worker.slot,
-                                     "pid": worker.pid, "event": "output"})
-
-    def _on_exit(self, worker: Worker, returncode: int | None) -> None:
-        if worker.pid is None and worker.process is not None:
-            worker.pid = worker.process.pid
-        self.worker_exited(worker, returncode)
-
-    def _set_state(self, worker: Worker, state: WorkerState) -> None:
+    def set_worker_state(self, worker: Worker, state: WorkerState) -> None:
         """The one place a worker's state changes (and leaves the balancer unless it is READY)."""
         worker.state = state
         if state is not WorkerState.READY:
@@ -113,7 +79,7 @@ class Supervisor:
         worker = self.by_ident.get(ident)
         if worker is None or worker.state is not WorkerState.STARTING:
             return
-        self._set_state(worker, WorkerState.READY)
+        self.set_worker_state(worker, WorkerState.READY)
         worker.ready_at = time.time()
         worker.pid = info.get("pid") or worker.pid
         worker.methods = info.get("methods") or {}
@@ -177,7 +143,7 @@ class Supervisor:
         if worker.state is WorkerState.STARTING:
             self._send_stop(worker)
             return
-        self._set_state(worker, WorkerState.DRAINING)
+        self.set_worker_state(worker, WorkerState.DRAINING)
         worker.stop_deadline = time.monotonic() + self.config.graceful_timeout
         log.event("worker-drain", f"{worker.label()} draining ({worker.retire_reason})", slot=worker.slot,
                   pid=worker.pid, reason=worker.retire_reason)
@@ -185,7 +151,7 @@ class Supervisor:
             self._send_stop(worker)
 
     def _send_stop(self, worker: Worker) -> None:
-        self._set_state(worker, WorkerState.STOPPING)
+        self.set_worker_state(worker, WorkerState.STOPPING)
         if worker.stop_deadline is None:
             worker.stop_deadline = time.monotonic() + self.config.graceful_timeout
         self.host.send_stop(worker)
@@ -195,7 +161,7 @@ class Supervisor:
         if worker.retire_reason is None:
             worker.retire_reason = reason
         if worker.state is not WorkerState.EXITED:
-            self._set_state(worker, WorkerState.STOPPING)
+            self.set_worker_state(worker, WorkerState.STOPPING)
         if worker.process is not None:
             worker.process.kill()
         else:
@@ -205,7 +171,7 @@ class Supervisor:
         if worker.state is WorkerState.EXITED:
             return
         was_ready = worker.ready_at is not None
-        self._set_state(worker, WorkerState.EXITED)
+        self.set_worker_state(worker, WorkerState.EXITED)
         self.by_ident.pop(worker.ident, None)
         reason = worker.retire_reason or ExitReason.CRASHED
         info = exit_info(returncode, reason)
@@ -215,7 +181,7 @@ class Supervisor:
         self.host.on_worker_gone(worker, info)
         slot = self.slots.get(worker.slot)
         if not was_ready and self.booting and self._boot_waiter is not None and not self._boot_waiter.done():
-            self._boot_waiter.set_exception(self._boot_failure(worker, returncode))  # fail fast
+            self._boot_waiter.set_exception(BootFailure.of(worker, returncode))  # fail fast
             if slot is not None:
                 slot.last_exit = info
         elif slot is not None:
@@ -223,7 +189,7 @@ class Supervisor:
             if not was_ready and slot.incoming is worker:
                 # a replacement (reload, recycle) that could not start: whoever serves the slot goes on
                 slot.incoming = None
-                self._settle_replacement(slot.index, self._boot_failure(worker, returncode))
+                self._settle_replacement(slot.index, BootFailure.of(worker, returncode))
                 self.reconcile(slot, failed=worker)
             elif slot.active is worker:
                 slot.active = None
@@ -275,13 +241,6 @@ class Supervisor:
         if slot.restart_handle is not None:
             slot.restart_handle.cancel()
             slot.restart_handle = None
-
-    def _boot_failure(self, worker: Worker, returncode: int | None) -> BootFailure:
-        err = worker.boot_error or {}
-        tb = err.get("traceback") or "\n".join(worker.output_tail)
-        error = err.get("error") or (f"worker exited with code {returncode}" if returncode is not None
-                                     and returncode >= 0 else f"worker killed by signal {-(returncode or 0)}")
-        return BootFailure(worker, error, tb)
 
     # ------------------------------------------------------------------ replacement, reload, scale
     def replace(self, index: int, reason: ExitReason) -> asyncio.Future:

@@ -361,3 +361,14 @@ def _adopt(handle: ProcessHandle, real: ProcessHandle) -> None:
     """A queued zygote spawn that went direct: the handle follows the real process."""
     handle._known(real.pid)
 
+
+def make_spawner(loop: asyncio.AbstractEventLoop, config: Any, context: Any, env: dict, on_line: OnLine,
+                 on_exit: OnExit) -> Spawner:
+    """Fork from a zygote (fast restarts) unless CLUSTERD_NO_ZYGOTE is set; fresh interpreters then.
+    With --isolation thread, threads of this process (threads.py) on the master's ZeroMQ context."""
+    if config.isolation == "thread":
+        from .threads import ThreadSpawner
+        return ThreadSpawner(loop, on_line, on_exit, context, config)
+    if os.environ.get("CLUSTERD_NO_ZYGOTE"):
+        return DirectSpawner(loop, on_line, on_exit)
+    return ZygoteSpawner(loop, on_line, on_exit, config.worker, f"clusterd-worker:{config.name}", env)
