@@ -1,0 +1,1 @@
+"""Operations: what clusterd needs from the machine and the service manager around it."""
