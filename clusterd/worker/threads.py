@@ -1,6 +1,6 @@
 """`--isolation thread`: workers as threads of the master process (DESIGN.md 11).
 
-A thread worker runs the same code as a worker process (`worker._run`) on its own asyncio loop, and
+A thread worker runs the same code as a worker process (`process._run`) on its own asyncio loop, and
 speaks the same protocol to the master over `inproc://` (the master's workers socket binds an
 inproc endpoint in the same ZeroMQ context). The supervisor gets the same small handle it gets for
 a process, and is told of the thread's end from the thread itself (`call_soon_threadsafe`), never
