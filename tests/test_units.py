@@ -188,6 +188,9 @@ class FakeHost:
     def send_stop(self, worker: Worker) -> None:
         self.events.append(("stop", worker.slot))
 
+    def flush_worker_messages(self) -> None:
+        pass
+
 
 def _supervisor(**options) -> tuple[Supervisor, FakeHost, FakeSpawner]:
     config = Config(master="m:M", worker="w:W", name="unit", **options)

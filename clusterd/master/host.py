@@ -37,6 +37,9 @@ class SupervisorHost(Protocol):
     def send_stop(self, worker: Worker) -> None:
         """Tell a worker to stop gracefully."""
 
+    def flush_worker_messages(self) -> None:
+        """Handle what workers already sent (answers, beats) before judging them by what has not arrived."""
+
 
 class BootFailure(Exception):
     """A worker could not become ready: carries its error and traceback for the user."""

@@ -35,7 +35,7 @@ class Launcher:
         spec = WorkerSpec(worker=cfg.worker, endpoint=self.host.worker_endpoint, ident=ident.decode(), slot=index,
                           generation=generation, name=cfg.name, heartbeat_interval=cfg.heartbeat_interval,
                           heartbeat_timeout=max(cfg.heartbeat_timeout, 2.0), debug=cfg.debug,
-                          parent_pid=os.getpid())
+                          parent_pid=os.getpid(), master_pid=os.getpid())
         if agent is not None:
             # a slot of an agent on another host: the agent starts the process, on the code it has
             worker.process = self.host.start_remote(agent, worker, spec)

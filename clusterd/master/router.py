@@ -26,7 +26,7 @@ from ..zmqloop import NOBLOCK, SocketReader, send_frames
 from .admin import Admin
 from .batch import Batches
 from .endpoint import WorkersProxy, internal_methods, worker_info
-from .local import LocalMethods
+from .local import LocalMethods, master_lacks
 from .pool import Call, Worker
 from .reload import ReloadManager
 from .waiting import CallQueue, Deadlines
@@ -81,6 +81,7 @@ class Router:
         self.inflight_limit = config.max_client_inflight or 1 << 62
         self.process = psutil.Process()
         self.process.cpu_percent(None)
+        self._faults = log.RateLimited()
 
     # ------------------------------------------------------------------ the instance
     def claim(self) -> None:
@@ -148,20 +149,28 @@ class Router:
         payload = frames[-1]
         envelope = frames[:-1]
         try:
-            obj = protocol.fast_loads(payload)
-            if type(obj) is not dict or type(obj.get("id")) is float or obj.get("method") in self.local:
-                obj = protocol.loads(payload)  # a batch, a big-integer id, or params the master itself reads
-        except ValueError:
-            return self.send(sock, envelope, protocol.encode_error(None, protocol.PARSE_ERROR))
-        if type(obj) is dict:
-            req = protocol.parse_request(obj)
-            if type(req) is dict:
-                return self.send(sock, envelope, protocol.dumps(req))
-            self.route(req, payload, sock, envelope, source)
-        elif type(obj) is list:
-            self.batches.answer(obj, sock, envelope, source)
-        else:
-            self.send(sock, envelope, protocol.encode_error(None, protocol.INVALID_REQUEST))
+            try:
+                obj = protocol.fast_loads(payload)
+            except ValueError:
+                obj = protocol.loads(payload)  # numbers past a double's range: only the exact parse reads them
+            else:
+                if type(obj) is not dict or type(obj.get("id")) is float or obj.get("method") in self.local:
+                    obj = protocol.loads(payload)  # a batch, a big-integer id, or params the master itself reads
+        except ValueError as exc:
+            return self.send(sock, envelope, protocol.dumps(protocol.parse_error(exc)))
+        try:
+            if type(obj) is dict:
+                req = protocol.parse_request(obj)
+                if type(req) is dict:
+                    return self.send(sock, envelope, protocol.dumps(req))
+                self.route(req, payload, sock, envelope, source)
+            elif type(obj) is list:
+                self.batches.answer(obj, sock, envelope, source)
+            else:
+                self.send(sock, envelope, protocol.encode_error(None, protocol.INVALID_REQUEST))
+        except Exception:  # a fault of ours: the client still gets an answer, the socket is still read
+            self._faults.exception("handling a client's message failed")
+            self.send(sock, envelope, protocol.encode_error(None, protocol.INTERNAL_ERROR))
 
     def route(self, req: protocol.Request, payload: bytes, sock: zmq.Socket, envelope: list[bytes],
               source: str) -> None:
@@ -169,6 +178,10 @@ class Router:
         method = req.method
         if method in self.local:
             self.spawn_task(self.local.answer(req, sock, envelope, source))
+            return
+        if source == "worker":  # a worker's self.master.call is never forwarded back to a worker (DESIGN.md 2)
+            if req.id is not NO_ID:
+                self.send(sock, envelope, protocol.dumps(master_lacks(req)))
             return
         meta = self.worker_methods.get(method)
         if meta is None:
@@ -239,6 +252,13 @@ class Router:
             self.supervisor.balancer.remove(worker)
             self.dispatch(call, exclude=worker)
         self.readers[worker.sock].wake()
+
+    def flush_worker_messages(self) -> None:
+        """Handle every message workers already sent: before judging them by what has not arrived."""
+        for sock in (getattr(self, "wsock", None), self.rsock):
+            reader = self.readers.get(sock) if sock is not None else None
+            if reader is not None:
+                reader.flush()
 
     def to_worker(self, frames: list[bytes], sock: zmq.Socket | None = None) -> None:
         sock = sock or self.wsock
@@ -323,12 +343,17 @@ class Router:
         envelope = [ident, wire.ANSWER]
         try:
             obj = protocol.loads(payload)
-        except ValueError:
-            return self.send(sock, envelope, protocol.encode_error(None, protocol.PARSE_ERROR))
+        except ValueError as exc:
+            return self.send(sock, envelope, protocol.dumps(protocol.parse_error(exc)))
         req = protocol.parse_request(obj)
         if type(req) is dict:
             return self.send(sock, envelope, protocol.dumps(req))
-        self.route(req, payload, sock, envelope, "worker")
+        try:
+            self.route(req, payload, sock, envelope, "worker")
+        except Exception:
+            self._faults.exception("handling a worker's request failed")
+            if req.id is not NO_ID:
+                self.send(sock, envelope, protocol.encode_error(req.id, protocol.INTERNAL_ERROR))
 
     # ------------------------------------------------------------------ SupervisorHost
     def start_remote(self, agent: str, worker: Worker, spec: WorkerSpec) -> WorkerHandle:

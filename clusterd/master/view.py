@@ -63,5 +63,7 @@ class MasterView(Protocol):
 
     def client_inflight(self) -> int: ...
 
+    def flush_worker_messages(self) -> None: ...
+
 
 __all__ = ["MasterView"]

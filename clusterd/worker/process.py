@@ -18,12 +18,13 @@ from typing import Any
 
 import zmq
 
-from .. import protocol, wire
-from . import heartbeat
+from .. import log, protocol, wire
 from ..endpoint import Dispatcher, encode_response
 from ..protocol import RemoteError, RPCError
 from ..wire import WorkerSpec
 from ..zmqloop import SocketReader, send_frames
+from . import heartbeat
+
 
 class MasterProxy:
     """The worker's handle on its master: `await self.master.call("config")`."""
@@ -98,6 +99,7 @@ class WorkerLink:
         self._pending: dict[int, asyncio.Future] = {}
         self._tasks: set[asyncio.Task] = set()
         self.stop_requested = asyncio.Event()
+        self._faults = log.RateLimited()
         self.reader = SocketReader(loop, sock, self._on_message)
 
     # -- requests from this worker to the master
@@ -121,11 +123,11 @@ class WorkerLink:
         head = frames[0]
         kind = head[:1]
         if kind == wire.CALL:
-            self._serve(*wire.split_token(head))
+            self._serve_safely(*wire.split_token(head))
         elif kind == wire.ANSWER:
             self._on_answer(frames[1])
         elif kind == wire.NOTIFY:
-            self._serve(None, frames[1])
+            self._serve_safely(None, frames[1])
         elif kind == wire.STOP:
             self.stop_requested.set()
 
@@ -138,11 +140,21 @@ class WorkerLink:
         if fut is not None and not fut.done():
             fut.set_result(msg)
 
+    def _serve_safely(self, token: bytes | None, payload: bytes) -> None:
+        try:
+            self._serve(token, payload)
+        except Exception:  # a fault of ours, not of user code (that is answered -32000): still answered
+            self._fault(token, None)
+
+    def _fault(self, token: bytes | None, rid: Any) -> None:
+        self._faults.exception("serving a call failed")
+        self._answer(token, protocol.error_response(rid, protocol.INTERNAL_ERROR))
+
     def _serve(self, token: bytes | None, payload: bytes) -> None:
         try:
             obj = protocol.loads(payload)
-        except ValueError:
-            return self._answer(token, protocol.error_response(None, protocol.PARSE_ERROR))
+        except ValueError as exc:
+            return self._answer(token, protocol.parse_error(exc))
         req = protocol.parse_request(obj)
         if isinstance(req, dict):
             return self._answer(token, req)
@@ -160,7 +172,10 @@ class WorkerLink:
             self._answer(token, self.dispatcher.run_sync(func, req.params, req.id))
 
     async def _serve_async(self, token: bytes | None, func, req: protocol.Request) -> None:
-        self._answer(token, await self.dispatcher.run_async(func, req.params, req.id))
+        try:
+            self._answer(token, await self.dispatcher.run_async(func, req.params, req.id))
+        except Exception:
+            self._fault(token, req.id)
 
     def _answer(self, token: bytes | None, response: dict) -> None:
         if token is None:
@@ -235,7 +250,8 @@ async def _run(spec: WorkerSpec, embedded: Any = None) -> int:
         from ..curve import client_configurer
         configure = client_configurer(spec.curve)
     if embedded is None:
-        heartbeat.start(context, spec.endpoint, ident, spec.heartbeat_interval, spec.heartbeat_timeout, configure)
+        heartbeat.start(context, spec.endpoint, ident, spec.heartbeat_interval, spec.heartbeat_timeout, configure,
+                        master_pid=spec.master_pid)
     else:
         heartbeat.start(context, spec.endpoint, ident, spec.heartbeat_interval, spec.heartbeat_timeout,
                         watch=threading.get_ident(), stop=embedded.beat_stop)
