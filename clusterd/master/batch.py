@@ -16,7 +16,6 @@ from .states import ClusterState
 from .view import MasterView
 
 
-
 class Batches:
     def __init__(self, router: MasterView) -> None:
         self.router = router

@@ -15,7 +15,6 @@ from .supervisor import Supervisor
 from .view import MasterView
 
 
-
 def status_document(router: MasterView) -> dict:
     now = time.time()
     try:
