@@ -78,7 +78,7 @@ class LinksBenchError(RuntimeError):
 
 
 async def _timed_loop(call: Callable[[], Awaitable[Any]], seconds: float, inflight: int) -> dict:
-    """The loop of bench_links_app.timed_loop (kept apart: this file never imports clusterd)."""
+    """The loop of links_app.timed_loop (kept apart: this file never imports clusterd)."""
     clock = time.perf_counter
     deadline = clock() + seconds
     done = 0
