@@ -1,0 +1,1 @@
+"""Running clusterd in production: systemd integration and the lifecycle log."""

@@ -1,0 +1,54 @@
+"""Lifecycle logging on stderr: readable lines, or one JSON object per line (`--log-format json`)."""
+
+from __future__ import annotations
+
+import logging
+import sys
+import time
+
+import orjson
+
+logger = logging.getLogger("clusterd")
+
+
+class TextFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        stamp = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(record.created))
+        source = getattr(record, "source", None) or "master"
+        line = f"{stamp} {record.levelname:<7} [{source}] {record.getMessage()}"
+        if record.exc_info:
+            line += "\n" + self.formatException(record.exc_info)
+        return line
+
+
+class JsonFormatter(logging.Formatter):
+    FIELDS = ("event", "slot", "pid", "generation", "reason", "code", "signal", "source", "instance", "traceback")
+
+    def format(self, record: logging.LogRecord) -> str:
+        obj = {"ts": round(record.created, 6), "level": record.levelname.lower(), "msg": record.getMessage()}
+        for key in self.FIELDS:
+            value = getattr(record, key, None)
+            if value is not None:
+                obj[key] = value
+        if record.exc_info:
+            obj["exc"] = self.formatException(record.exc_info)
+        return orjson.dumps(obj).decode()
+
+
+def setup(log_format: str = "text", debug: bool = False) -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(JsonFormatter() if log_format == "json" else TextFormatter())
+    logger.handlers[:] = [handler]
+    logger.setLevel(logging.DEBUG if debug else logging.INFO)
+    logger.propagate = False
+
+
+def is_json() -> bool:
+    """Whether setup() chose one JSON object per line."""
+    return any(isinstance(h.formatter, JsonFormatter) for h in logger.handlers)
+
+
+def event(kind: str, message: str, level: int = logging.INFO, **fields) -> None:
+    """Log one lifecycle event; the fields go into JSON lines as keys."""
+    if logger.isEnabledFor(level):
+        logger.log(level, message, extra={"event": kind, **fields})
