@@ -268,7 +268,7 @@ OPTIONS: tuple[Option, ...] = (
            metavar="FILE"),
     Option("reload-on-change", str | None, None, "Development: reload on any .py change under DIR.",
            bare_value=".", metavar="[DIR]"),
-    Option("max-message-size", int, "16M", "Largest message a client may send; a bigger one is dropped.",
+    Option("max-message-size", int, "16M", "Largest message a client may send; ZeroMQ drops the connection of a client that sends a bigger one.",
            parse_size, metavar="SIZE"),
     Option("max-batch", int, 1000, "Most requests in one batch; a bigger batch gets -32600.", parse_count,
            metavar="N"),
@@ -455,11 +455,13 @@ def options_markdown() -> str:
     for o in OPTIONS:
         flag = ", ".join(f"`{f}`" for f in o.flags) + (f" {o.metavar}" if o.metavar else "")
         shown = "—" if o.default is None or o.multiple or o.flag else f"`{o.default}`"
-        toml = f"`{o.name}`" if o.in_file else "—"
+        toml = f"`{o.name}`" if o.in_file and RUN in o.commands else "—"
         text = o.help + (f" One of: {', '.join(o.choices)}." if o.choices else "")
         if o.multiple:
             text += " A list in TOML; space-separated in the variable."
-        lines.append(f"| {flag} | {_commands_label(o.commands)} | {shown} | `{o.envvar}` | {toml} | {text} |")
+        text += "".join(f" `{c}`: {h}" for c, h in o.help_for.items() if c not in CONTROL)
+        cells = [flag, _commands_label(o.commands), shown, f"`{o.envvar}`", toml, text]
+        lines.append("| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |")
     return "\n".join(lines) + "\n"
 
 

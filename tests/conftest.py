@@ -211,11 +211,8 @@ def runtime_dir(tmp_path_factory) -> Path:
 
 @pytest.fixture
 def cluster_env(runtime_dir) -> dict:
-    env = dict(os.environ)
-    env["CLUSTERD_RUNTIME_DIR"] = str(runtime_dir)
-    env.pop("NOTIFY_SOCKET", None)
-    env["PYTHONPATH"] = str(ROOT) + os.pathsep + env.get("PYTHONPATH", "")
-    return env
+    """The environment of `cluster` instances: no CLUSTERD_* option from the developer's shell."""
+    return instance_env(runtime_dir)
 
 
 @pytest.fixture
