@@ -142,8 +142,7 @@ def run_chaos(target: Any, seconds: float, *, clients: int = 4, window: int = 4,
     control = _control_address(target)
     rng = random.Random(seed)
     ctx = zmq.Context.instance()
-    admin = ControlClient(control)
-    try:
+    with ControlClient(control) as admin:
         before = admin.call("clusterd.status", timeout=10.0)
         stop = threading.Event()
         threads = [_Client(ctx, call_address or control, mix, window, stop, answer_timeout,
@@ -151,49 +150,20 @@ def run_chaos(target: Any, seconds: float, *, clients: int = 4, window: int = 4,
         started = time.monotonic()
         for t in threads:
             t.start()
-        kills, status_failures = 0, 0
-        deadline = started + seconds
-        while time.monotonic() < deadline:
-            time.sleep(min(rng.uniform(*kill_every), max(0.0, deadline - time.monotonic())))
-            if time.monotonic() >= deadline:
-                break
-            try:
-                ready = _ready_workers(admin.call("clusterd.status", timeout=5.0))
-            except (TimeoutError, protocol.RemoteError):
-                status_failures += 1
-                continue
-            if len(ready) <= keep_ready:
-                continue
-            try:
-                os.kill(rng.choice(ready)["pid"], signal.SIGKILL)
-                kills += 1
-            except ProcessLookupError:
-                pass
+        kills, status_failures = _kill_until(admin, started + seconds, rng, kill_every, keep_ready)
         stop.set()
         for t in threads:
             t.join(answer_timeout + 5.0)
         elapsed = time.monotonic() - started
-
         heal_started = time.monotonic()
-        healed, after = False, None
-        while time.monotonic() - heal_started < heal_timeout:
-            try:
-                after = admin.call("clusterd.status", timeout=5.0)
-            except (TimeoutError, protocol.RemoteError):
-                after = None
-            if after is not None and _healed(after):
-                healed = True
-                break
-            time.sleep(0.05)
+        after = _wait_healed(admin, heal_timeout)
         heal_s = time.monotonic() - heal_started
-    finally:
-        admin.close()
-
     tally: Counter = Counter()
     errors: Counter = Counter()
     for t in threads:
         tally.update(t.tally)
         errors.update(t.errors)
+    healed = after is not None and _healed(after)
     result = {
         "seconds": round(elapsed, 3), "clients": clients, "window": window,
         "calls": tally["calls"], "answered": tally["answered"], "ok": tally["ok"],
@@ -212,6 +182,43 @@ def run_chaos(target: Any, seconds: float, *, clients: int = 4, window: int = 4,
                         and result["idempotent_failed"] == 0 and result["answered"] == result["calls"]
                         and healed and result["master_same"])
     return result
+
+
+def _kill_until(admin: ControlClient, deadline: float, rng: random.Random, kill_every: tuple[float, float],
+                keep_ready: int) -> tuple[int, int]:
+    """SIGKILL a random ready worker every `kill_every` seconds until the deadline; (kills, status failures)."""
+    kills, status_failures = 0, 0
+    while time.monotonic() < deadline:
+        time.sleep(min(rng.uniform(*kill_every), max(0.0, deadline - time.monotonic())))
+        if time.monotonic() >= deadline:
+            break
+        try:
+            ready = _ready_workers(admin.call("clusterd.status", timeout=5.0))
+        except (TimeoutError, protocol.RemoteError):
+            status_failures += 1
+            continue
+        if len(ready) <= keep_ready:
+            continue
+        try:
+            os.kill(rng.choice(ready)["pid"], signal.SIGKILL)
+            kills += 1
+        except ProcessLookupError:
+            pass
+    return kills, status_failures
+
+
+def _wait_healed(admin: ControlClient, timeout: float) -> dict | None:
+    """The first status showing every slot ready again, else the last status seen (None if none came)."""
+    started, after = time.monotonic(), None
+    while time.monotonic() - started < timeout:
+        try:
+            after = admin.call("clusterd.status", timeout=5.0)
+        except (TimeoutError, protocol.RemoteError):
+            after = None
+        if after is not None and _healed(after):
+            break
+        time.sleep(0.05)
+    return after
 
 
 def format_tallies(t: dict) -> str:

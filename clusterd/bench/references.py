@@ -130,8 +130,8 @@ def _c_proxy(front: str, back: str) -> None:
     zmq.proxy(router, dealer)
 
 
-def _handwritten_master(front: str, back: str, workers: int) -> None:
-    """The least a Python master does: track every call by its id, balance, forward unchanged."""
+def _routers(front: str, back: str) -> tuple[zmq.Socket[bytes], zmq.Socket[bytes], zmq.Poller]:
+    """The hand-written master's sockets: ROUTER to clients, ROUTER to workers, one poller for both."""
     ctx = zmq.Context()
     clients = ctx.socket(zmq.ROUTER)
     clients.bind(front)
@@ -140,6 +140,12 @@ def _handwritten_master(front: str, back: str, workers: int) -> None:
     poller = zmq.Poller()
     poller.register(clients, zmq.POLLIN)
     poller.register(backend, zmq.POLLIN)
+    return clients, backend, poller
+
+
+def _handwritten_master(front: str, back: str, workers: int) -> None:
+    """The least a Python master does: track every call by its id, balance, forward unchanged."""
+    clients, backend, poller = _routers(front, back)
     ready: list[bytes] = []
     inflight: dict[bytes, int] = {}
     pending: dict[tuple[bytes, Any], bytes] = {}

@@ -36,12 +36,21 @@ def systemd_unit(master: str, worker: str, args: tuple[str, ...], name: str | No
     """Print a ready-to-install systemd unit for this app (extra options go to `clusterd run`)."""
     from ..ops.systemd import render_unit
     name = name or master.partition(":")[0].split(".")[0]
-    executable = shutil.which("clusterd") or os.path.abspath(sys.argv[0])
+    executable, executable_args = _clusterd_command()
     try:
         click.echo(render_unit(master, worker, name=name, workdir=os.getcwd(), executable=executable,
-                               args=list(args), user=user), nl=False)
+                               executable_args=executable_args, args=list(args), user=user), nl=False)
     except ValueError as exc:
         fail(str(exc))
+
+
+def _clusterd_command() -> tuple[str, list[str]]:
+    """How systemd should start clusterd: the `clusterd` script (on PATH or beside this interpreter),
+    else this interpreter with `-m clusterd` (never a module file, which is not executable)."""
+    script = shutil.which("clusterd") or shutil.which("clusterd", path=os.path.dirname(sys.executable))
+    if script:
+        return os.path.abspath(script), []
+    return os.path.abspath(sys.executable), ["-m", "clusterd"]
 
 
 @click.command()

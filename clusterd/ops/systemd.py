@@ -150,6 +150,7 @@ def render_unit(
     name: str,
     workdir: str,
     executable: str,
+    executable_args: Sequence[str] = (),
     args: Sequence[str] = (),
     user: str | None = None,
     environment_file: str | None = None,
@@ -158,20 +159,15 @@ def render_unit(
 ) -> str:
     """A ready-to-install service unit running `clusterd run MASTER WORKER` for one app.
 
+    `executable_args` come right after the executable (`-m clusterd` when it is an interpreter);
     `args` are further `run` options, passed through verbatim. TimeoutStopSec follows
     `graceful_timeout`, or the --graceful-timeout found in `args`, or the default of 30 s.
     """
-    for label, value in (("workdir", workdir), ("executable", executable)):
-        if not os.path.isabs(value):
-            raise ValueError(f"{label} must be an absolute path, got {value!r}")
-    if not _NAME.fullmatch(name):
-        raise ValueError(f"not a usable instance name for a unit: {name!r}")
-    if user is not None and not re.fullmatch(r"[A-Za-z0-9_][A-Za-z0-9_.@-]*\$?", user):
-        raise ValueError(f"not a valid user name for a unit: {user!r}")
+    _check_unit_inputs(name=name, workdir=workdir, executable=executable, user=user,
+                       read_write_paths=read_write_paths)
     if graceful_timeout is None:
         graceful_timeout = _graceful_timeout_from_args(args)
-    stop_timeout = math.ceil(graceful_timeout + STOP_TIMEOUT_MARGIN)
-    exe = quote_exec_arg(executable, executable=True)
+    exe = " ".join([quote_exec_arg(executable, executable=True), *map(quote_exec_arg, executable_args)])
     start = " ".join(
         [exe, "run", quote_exec_arg(master), quote_exec_arg(worker), "--name", quote_exec_arg(name)]
         + [quote_exec_arg(a) for a in args]
@@ -187,23 +183,8 @@ def render_unit(
         service.append(f"User={user}")
     if environment_file is not None:
         service.append(f"EnvironmentFile={_escape_path(environment_file)}")
-    service += [
-        f"RuntimeDirectory=clusterd/{name}",
-        "RuntimeDirectoryMode=0700",
-        'Environment="CLUSTERD_RUNTIME_DIR=%t/clusterd"',
-        "KillMode=mixed",
-        "KillSignal=SIGTERM",
-        f"TimeoutStopSec={stop_timeout}",
-        "Restart=on-failure",
-        "RestartSec=1",
-        "RestartPreventExitStatus=2",
-        f"WatchdogSec={WATCHDOG_SEC}",
-        *_HARDENING,
-    ]
+    service += _service_policy(name, graceful_timeout)
     if read_write_paths:
-        for path in read_write_paths:
-            if not os.path.isabs(path):
-                raise ValueError(f"read-write path must be absolute, got {path!r}")
         service.append("ReadWritePaths=" + " ".join(_quote_word(_escape(p)) for p in read_write_paths))
     description = " ".join(f"clusterd {name} ({master} / {worker})".splitlines())
     return "\n".join(
@@ -224,6 +205,38 @@ def render_unit(
             "",
         ]
     )
+
+
+def _check_unit_inputs(*, name: str, workdir: str, executable: str, user: str | None,
+                       read_write_paths: Sequence[str]) -> None:
+    """ValueError for what would make a broken or unsafe unit."""
+    for label, value in (("workdir", workdir), ("executable", executable)):
+        if not os.path.isabs(value):
+            raise ValueError(f"{label} must be an absolute path, got {value!r}")
+    if not _NAME.fullmatch(name):
+        raise ValueError(f"not a usable instance name for a unit: {name!r}")
+    if user is not None and not re.fullmatch(r"[A-Za-z0-9_][A-Za-z0-9_.@-]*\$?", user):
+        raise ValueError(f"not a valid user name for a unit: {user!r}")
+    for path in read_write_paths:
+        if not os.path.isabs(path):
+            raise ValueError(f"read-write path must be absolute, got {path!r}")
+
+
+def _service_policy(name: str, graceful_timeout: float) -> list[str]:
+    """Runtime directory, stop, restart, watchdog and hardening lines of [Service]."""
+    return [
+        f"RuntimeDirectory=clusterd/{name}",
+        "RuntimeDirectoryMode=0700",
+        'Environment="CLUSTERD_RUNTIME_DIR=%t/clusterd"',
+        "KillMode=mixed",
+        "KillSignal=SIGTERM",
+        f"TimeoutStopSec={math.ceil(graceful_timeout + STOP_TIMEOUT_MARGIN)}",
+        "Restart=on-failure",
+        "RestartSec=1",
+        "RestartPreventExitStatus=2",
+        f"WatchdogSec={WATCHDOG_SEC}",
+        *_HARDENING,
+    ]
 
 
 # Hardening that leaves what clusterd needs: AF_UNIX/INET sockets, /proc for psutil, /dev/shm for
