@@ -1,7 +1,8 @@
 """The `clusterd` command: click parsing and printing only; the work is done by the library.
 
 Each command lives beside its printing: run.py (`run`, `worker`), control.py (`status`, `ls`,
-`reload`, `scale`, `stop`, `call`), tools.py (`systemd-unit`, `keygen`, `bench`). Options shared
+`reload`, `scale`, `stop`, `call`; their tables are in tables.py), tools.py (`systemd-unit`,
+`keygen`, `bench`). Options shared
 between commands, with their defaults and `CLUSTERD_*` variables, come from clusterd/settings.py.
 """
 

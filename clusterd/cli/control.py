@@ -44,7 +44,7 @@ def _admin(name: str | None, method: str, params: Any = None, timeout: float | N
 @click.option("--watch", is_flag=True, help="Redraw every second until Ctrl-C.")
 def status(name: str | None, as_json: bool, watch: bool) -> None:
     """Show the workers of a running instance."""
-    from ..status import render_table
+    from .tables import render_table
 
     def show(doc: dict) -> str:
         return protocol.dumps(doc).decode() if as_json else render_table(doc)
@@ -68,7 +68,7 @@ def list_cmd() -> None:
     if not instances:
         click.echo(f"no instances running (in {settings.runtime_root()})")
         return
-    from ..status import render_list
+    from .tables import render_list
     rows = []
     for inst in instances:
         try:
