@@ -8,7 +8,7 @@ from typing import Any
 
 from .values import (
     ConfigError,
-    _scalar,
+    single_value,
     check_address,
     parse_bool,
     parse_count,
@@ -72,7 +72,7 @@ class Option:
         if self.flag:
             return parse_bool(value)
         if self.choices:
-            if not isinstance(_scalar(value), str) or value not in self.choices:
+            if not isinstance(single_value(value), str) or value not in self.choices:
                 raise ConfigError(f"{value!r} is not one of {', '.join(map(repr, self.choices))}")
             return value
         return self.parse(value)

@@ -19,7 +19,8 @@ _SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgt]?)(i?b?)\s*$", re.IGNORECASE)
 _UNITS = {"": 1, "k": 1024, "m": 1024 ** 2, "g": 1024 ** 3, "t": 1024 ** 4}
 
 
-def _scalar(value: Any) -> Any:
+def single_value(value: Any) -> Any:
+    """The value itself; ConfigError for a TOML table or list where one value belongs."""
     if isinstance(value, (dict, list, tuple)):
         raise ConfigError(f"expected a single value, got {value!r}")
     return value
@@ -27,7 +28,7 @@ def _scalar(value: Any) -> Any:
 
 def parse_size(text: str | int) -> int:
     """`512M`, `2G`, `1.5GiB`, `1048576` -> bytes (binary units, as ps and top show memory)."""
-    if isinstance(_scalar(text), bool):
+    if isinstance(single_value(text), bool):
         raise ConfigError(f"expected a size, not {str(text).lower()}")
     if isinstance(text, int):
         return text
@@ -39,7 +40,7 @@ def parse_size(text: str | int) -> int:
 
 def parse_count(value: Any) -> int:
     """A whole number, not negative."""
-    if isinstance(_scalar(value), bool) or isinstance(value, float):
+    if isinstance(single_value(value), bool) or isinstance(value, float):
         raise ConfigError(f"expected a whole number, got {value!r}")
     try:
         n = int(str(value).strip())
@@ -52,7 +53,7 @@ def parse_count(value: Any) -> int:
 
 def parse_seconds(value: Any) -> float:
     """A duration in seconds, not negative."""
-    if isinstance(_scalar(value), bool):
+    if isinstance(single_value(value), bool):
         raise ConfigError(f"expected a number of seconds, not {str(value).lower()}")
     try:
         s = float(str(value).strip()) if not isinstance(value, (int, float)) else float(value)
@@ -73,7 +74,7 @@ def cpu_count() -> int:
 
 def parse_workers(value: str | int) -> int:
     """`auto` (one per usable CPU) or a number of workers."""
-    if isinstance(_scalar(value), bool) or isinstance(value, float):
+    if isinstance(single_value(value), bool) or isinstance(value, float):
         raise ConfigError(f"--workers must be 'auto' or a whole number, not {value!r}")
     if isinstance(value, int):
         n = value
@@ -98,7 +99,7 @@ def check_address(addr: str) -> str:
 
     Checked before anything starts, so that a typo is a usage error and not a failure at bind time.
     """
-    if not isinstance(_scalar(addr), str):
+    if not isinstance(single_value(addr), str):
         raise ConfigError(f"not a ZeroMQ address: {addr!r} (use e.g. tcp://127.0.0.1:7000 or ipc:///path)")
     scheme, sep, rest = str(addr).partition("://")
     if not sep or scheme not in _SCHEMES or not rest:
@@ -119,14 +120,14 @@ def is_loopback(addr: str) -> bool:
 
 
 def parse_text(value: Any) -> str:
-    if isinstance(_scalar(value), bool) or not isinstance(value, (str, int, float)):
+    if isinstance(single_value(value), bool) or not isinstance(value, (str, int, float)):
         raise ConfigError(f"expected a string, got {value!r}")
     return str(value)
 
 
 def parse_bool(value: Any) -> bool:
     """A switch in a file: true or false (on the command line it is a flag, in the environment 1/0)."""
-    if isinstance(_scalar(value), bool):
+    if isinstance(single_value(value), bool):
         return value
     raise ConfigError(f"expected true or false, got {value!r}")
 
