@@ -1,1 +1,2 @@
-"""Running clusterd in production: systemd integration and the lifecycle log."""
+"""Operations: what clusterd needs from the machine and the service manager around it (cgroup CPU
+quota, systemd integration, the lifecycle log)."""

@@ -88,7 +88,7 @@ _TIMEOUT_HELP = "Seconds calls and stop_services get on stop/reload."
 OPTIONS: tuple[Option, ...] = (
     Option("config", str | None, None, "TOML file with option defaults (flags and CLUSTERD_* variables win).",
            short="-c", commands=(RUN,), in_file=False, metavar="FILE"),
-    Option("workers", int, "auto", "Worker processes: 'auto' is one per usable CPU.", parse_workers,
+    Option("workers", int, "auto", "Worker processes: 'auto' is one per usable CPU (affinity, capped by a cgroup CPU quota).", parse_workers,
            commands=(RUN, AGENT), short="-w", metavar="auto|N"),
     Option("name", str | None, None, "Instance name (default: MASTER's top-level package).",
            commands=(RUN, AGENT, UNIT, *CONTROL), short="-n",

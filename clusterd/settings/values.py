@@ -65,11 +65,9 @@ def parse_seconds(value: Any) -> float:
 
 
 def cpu_count() -> int:
-    """CPUs this process may run on (its affinity), which is what `--workers auto` means."""
-    try:
-        return max(1, len(os.sched_getaffinity(0)))
-    except (AttributeError, OSError):
-        return os.cpu_count() or 1
+    """What `--workers auto` means: the CPUs this process may run on, capped by a CFS quota (DESIGN.md 14)."""
+    from ..ops.cgroup import cpu_budget  # a leaf module; ops.cgroup.cpu_budget().source says why
+    return cpu_budget().cpus
 
 
 def parse_workers(value: str | int) -> int:
