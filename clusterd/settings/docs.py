@@ -10,7 +10,7 @@ def options_markdown() -> str:
     lines = [
         "# Options",
         "",
-        "Generated from `clusterd/settings.py` by `python -m clusterd.settings > docs/options.md`; do not",
+        "Generated from `clusterd/settings/table.py` by `python -m clusterd.settings > docs/options.md`; do not",
         "edit by hand. Every option can also come from its `CLUSTERD_*` variable and, where the TOML",
         "column says so, from a `-c FILE` (keys with dashes or underscores, at the top level or in a",
         "`[clusterd]` table). Flags win over variables, which win over the file. The MASTER and WORKER",
