@@ -15,6 +15,7 @@ import sys
 import threading
 import time
 
+import psutil
 import zmq
 
 from . import protocol
@@ -65,24 +66,51 @@ class MainThreadWatch:
         return now - self.stalled_since
 
 
+class MasterWatch:
+    """Tells a paused master (SIGSTOP, a debugger) from a gone one, for a worker on the master's host:
+    the time the master spends stopped is not counted as its silence."""
+
+    def __init__(self, pid: int) -> None:
+        try:
+            self._proc: psutil.Process | None = psutil.Process(pid)
+        except psutil.Error:
+            self._proc = None
+
+    def paused(self) -> bool:
+        if self._proc is None:
+            return False
+        try:
+            return self._proc.is_running() and self._proc.status() in _PAUSED
+        except psutil.Error:
+            return False
+
+
+_PAUSED = (psutil.STATUS_STOPPED, psutil.STATUS_TRACING_STOP)
+
+
 def start(context: zmq.Context, endpoint: str, ident: bytes, interval: float, timeout: float,
-          configure=None, watch: int | None = None, stop: threading.Event | None = None) -> threading.Thread:
+          configure=None, watch: int | None = None, stop: threading.Event | None = None,
+          master_pid: int | None = None) -> threading.Thread:
     """Start beating to the master; exit the process when the master has been silent for timeout.
 
     A thread worker (--isolation thread) passes the thread to watch and a `stop` event: it shares its
     process with the master, so it never exits the process, and the beats end when `stop` is set.
+    A worker on the master's host passes master_pid: while that process is stopped, its silence does
+    not count (a paused master is not a dead one, and finished calls must outlive the pause).
     """
     thread = threading.Thread(target=_run, name="clusterd-heartbeat", daemon=True,
-                              args=(context, endpoint, ident, interval, timeout, configure, watch, stop))
+                              args=(context, endpoint, ident, interval, timeout, configure, watch, stop,
+                                    master_pid))
     thread.start()
     return thread
 
 
 def _run(context: zmq.Context, endpoint: str, ident: bytes, interval: float, timeout: float,
-         configure, watch_ident: int | None = None, stop: threading.Event | None = None) -> None:
+         configure, watch_ident: int | None = None, stop: threading.Event | None = None,
+         master_pid: int | None = None) -> None:
     sock = context.socket(zmq.DEALER)
     try:
-        _beat(sock, endpoint, ident, interval, timeout, configure, watch_ident, stop)
+        _beat(sock, endpoint, ident, interval, timeout, configure, watch_ident, stop, master_pid)
     except zmq.ContextTerminated:
         pass  # a thread worker's master is closing the shared context: nothing left to beat to
     finally:
@@ -90,13 +118,14 @@ def _run(context: zmq.Context, endpoint: str, ident: bytes, interval: float, tim
 
 
 def _beat(sock: zmq.Socket, endpoint: str, ident: bytes, interval: float, timeout: float, configure,
-          watch_ident: int | None, stop: threading.Event | None) -> None:
+          watch_ident: int | None, stop: threading.Event | None, master_pid: int | None) -> None:
     sock.setsockopt(zmq.ROUTING_ID, b"hb:" + ident)
     sock.setsockopt(zmq.LINGER, 0)
     if configure is not None:
         configure(sock)
     sock.connect(endpoint)
     watch = MainThreadWatch(watch_ident)
+    master = MasterWatch(master_pid) if master_pid is not None and stop is None else None
     step = interval if stop is None else min(interval, 0.1)
     last_answer = time.monotonic()
     poller = zmq.Poller()
@@ -122,6 +151,8 @@ def _beat(sock: zmq.Socket, endpoint: str, ident: bytes, interval: float, timeou
                         last_answer = time.monotonic()
                 except zmq.Again:
                     pass
+        if master is not None and time.monotonic() - last_answer > interval and master.paused():
+            last_answer = time.monotonic()  # stopped, not gone: the pause is not the master's silence
         if stop is None and time.monotonic() - last_answer > timeout:
             # The master is gone (or cut off): a worker must never outlive it.
             os._exit(3)

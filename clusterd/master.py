@@ -8,9 +8,11 @@ the client untouched. No future, task or timer is created per forwarded call.
 from __future__ import annotations
 
 import asyncio
-import fcntl
 import logging
 import os
+import secrets
+import shutil
+import tempfile
 import time
 from collections import deque
 from collections.abc import Callable
@@ -23,10 +25,10 @@ import zmq
 
 from . import log, protocol, systemd
 from .config import Config
-from .control import read_pid
 from .endpoint import Dispatcher, encode_response, method_table
 from .pool import Call, Worker, WorkerState
 from .protocol import NO_ID, RemoteError, RPCError
+from .runtime_dir import InstanceBusy, RuntimeDir, RuntimeDirError
 from .supervisor import Supervisor
 from .zmqloop import NOBLOCK, SocketReader, send_frames
 
@@ -107,53 +109,6 @@ class MasterEndpoint:
         return self._router.shared.block(name, size)
 
 
-class InstanceBusy(Exception):
-    """Another live master holds this instance name."""
-
-    def __init__(self, name: str, pid: int | None) -> None:
-        super().__init__(f"an instance named {name!r} is already running (pid {pid})")
-        self.pid = pid
-
-
-class RuntimeDir:
-    """The instance's directory: its lock, pid file and socket paths (DESIGN.md 8)."""
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        self._lock_fd: int | None = None
-
-    def claim(self, name: str) -> None:
-        """Take the instance name, or raise InstanceBusy; a directory left by a dead master is taken over."""
-        self.path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-        self.path.mkdir(mode=0o700, exist_ok=True)
-        os.chmod(self.path, 0o700)
-        fd = os.open(self.path / "lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
-            os.close(fd)
-            raise InstanceBusy(name, read_pid(self.path)) from None
-        self._lock_fd = fd
-        for stale in ("control.sock", "workers.sock"):
-            try:
-                (self.path / stale).unlink()
-            except FileNotFoundError:
-                pass
-        tmp = self.path / "master.pid.tmp"
-        tmp.write_text(f"{os.getpid()}\n")
-        tmp.replace(self.path / "master.pid")
-
-    def release(self) -> None:
-        for name in ("control.sock", "workers.sock", "master.pid"):
-            try:
-                (self.path / name).unlink()
-            except FileNotFoundError:
-                pass
-        if self._lock_fd is not None:
-            os.close(self._lock_fd)
-            self._lock_fd = None
-
-
 class Router:
     """The master's sockets and the routing of every call between clients, master and workers."""
 
@@ -168,6 +123,12 @@ class Router:
         self.ctx = zmq.Context()
         self.dir = RuntimeDir(config.instance_dir)
         self.worker_endpoint = f"ipc://{config.instance_dir / 'workers.sock'}"
+        # in every worker identity: a worker of another master (a shared or recreated runtime dir) is refused
+        self.token = secrets.token_hex(4)
+        self._dir_taken_by: int | None = None  # another instance took our name: our worker socket moved
+        self._private_dir: Path | None = None
+        self._dir_problem: str | None = None
+        self._dir_timer: asyncio.TimerHandle | None = None
         self.endpoint = master_cls()
         self.endpoint.name = config.name
         self.endpoint.pid = os.getpid()
@@ -182,6 +143,7 @@ class Router:
         self._sweep_handle: asyncio.TimerHandle | None = None
         self._token = 0
         self.stopped = asyncio.Event()
+        self.hurried = asyncio.Event()  # stop at once: what a graceful stop still waits for is cut short
         self._tasks: set[asyncio.Task] = set()
         self.readers: dict[zmq.Socket, SocketReader] = {}
         self._sockets: list[zmq.Socket] = []
@@ -191,6 +153,7 @@ class Router:
         self.reloads = None  # set by serve(): the ReloadManager
         self.notifier = None
         self.shared = None
+        self._faults = log.RateLimited()
         self._ps = psutil.Process()
         self._ps.cpu_percent(None)
         self._internal: dict[str, Callable] = {
@@ -203,9 +166,7 @@ class Router:
     def open_sockets(self) -> None:
         cfg = self.config
         self.control = self._router_socket(client=True)
-        control_path = cfg.instance_dir / "control.sock"
-        self.control.bind(f"ipc://{control_path}")
-        os.chmod(control_path, 0o600)
+        self._bind_ipc(self.control, "control.sock")
         self.public = None
         if cfg.binds:
             self.public = self._router_socket(client=True)
@@ -214,11 +175,11 @@ class Router:
         self._client_calls = {sock: {} for sock in (self.control, self.public) if sock is not None}
         self.wsock = self._router_socket(client=False)
         self.wsock.setsockopt(zmq.ROUTER_MANDATORY, 1)
-        self.wsock.bind(self.worker_endpoint)
+        self._bind_ipc(self.wsock, "workers.sock")
         if cfg.isolation == "thread":
             from .threads import THREAD_ENDPOINT
             self.wsock.bind(THREAD_ENDPOINT)  # thread workers share self.ctx, as inproc requires
-        os.chmod(cfg.instance_dir / "workers.sock", 0o600)
+        self._dir_timer = self.loop.call_later(cfg.heartbeat_interval, self._watch_runtime_dir)
         self.rsock = None
         if cfg.worker_binds:
             # workers from agents on other hosts: a socket of its own, CURVE-encrypted with --curve-dir
@@ -232,6 +193,73 @@ class Router:
             self.readers[self.public] = SocketReader(self.loop, self.public, self._public_handler())
         self.wreader = self.readers[self.wsock] = SocketReader(
             self.loop, self.wsock, lambda frames: self._on_worker_message(frames, self.wsock))
+
+    def _bind_ipc(self, sock: zmq.Socket, name: str) -> None:
+        """Bind sock to <instance dir>/name, 0600, and remember that file as ours."""
+        path = self.dir.path / name
+        sock.bind(f"ipc://{path}")
+        os.chmod(path, 0o600)
+        self.dir.own(name)
+
+    # ------------------------------------------------------------------ the runtime directory
+    def _watch_runtime_dir(self) -> None:
+        self._dir_timer = self.loop.call_later(self.config.heartbeat_interval, self._watch_runtime_dir)
+        try:
+            self.keep_runtime_dir()
+        except Exception:  # a check must never stop the periodic task
+            log.logger.exception("checking the runtime directory failed")
+
+    def keep_runtime_dir(self) -> None:
+        """Put back what vanished of our runtime directory (a tmp cleaner, an rm -r): SECURITY.md.
+
+        Deleted files are made again and the sockets bound again at their paths. If another instance
+        took the name meanwhile, its files are left alone: our workers get a private socket, so that
+        new ones join us and not it, and we keep serving our binds until told to stop by a signal.
+        """
+        if self._dir_taken_by is not None:
+            return
+        lost = self.dir.lost()
+        if not lost:
+            return
+        name = self.config.name
+        if "" in lost or "lock" in lost:
+            try:
+                self.dir.claim(name)
+            except InstanceBusy as exc:
+                self._dir_taken_by = exc.pid or 0
+                self._move_worker_socket()
+                log.event("runtime-dir-taken", f"{name}: runtime directory {self.dir.path} was deleted and is now "
+                          f"held by another instance (pid {exc.pid}); this master (pid {os.getpid()}) keeps "
+                          f"serving its binds, its workers now use {self.worker_endpoint}; `clusterd "
+                          f"stop/status --name {name}` reach the other instance: stop this one with "
+                          f"`kill -TERM {os.getpid()}`", level=logging.WARNING)
+                return
+            except (RuntimeDirError, OSError) as exc:
+                problem = f"{name}: runtime directory {self.dir.path} vanished and cannot be made again: {exc}"
+                if problem != self._dir_problem:
+                    log.event("runtime-dir-lost", problem, level=logging.WARNING)
+                self._dir_problem = problem
+                return
+            self._dir_problem = None
+            lost = ["control.sock", "workers.sock"]
+            log.event("runtime-dir-recreated", f"{name}: runtime directory {self.dir.path} was deleted: made "
+                      "again, with master.pid and both sockets", level=logging.WARNING)
+        for item in lost:
+            if item == "master.pid":
+                self.dir.write_pid()
+            elif item == "control.sock":
+                self._bind_ipc(self.control, item)
+            elif item == "workers.sock" and self._private_dir is None:
+                self._bind_ipc(self.wsock, item)
+
+    def _move_worker_socket(self) -> None:
+        """Bind the workers socket in a private directory of ours, beside the one we lost."""
+        self._private_dir = Path(tempfile.mkdtemp(prefix=f".{self.config.name}-{self.token}-",
+                                                  dir=self.dir.path.parent))
+        path = self._private_dir / "workers.sock"
+        self.wsock.bind(f"ipc://{path}")
+        os.chmod(path, 0o600)
+        self.worker_endpoint = f"ipc://{path}"
 
     def _router_socket(self, client: bool) -> zmq.Socket:
         sock = self.ctx.socket(zmq.ROUTER)
@@ -252,6 +280,10 @@ class Router:
         return lambda frames: self.on_client_message(frames, sock, False)
 
     def close_sockets(self) -> None:
+        if self._dir_timer is not None:
+            self._dir_timer.cancel()
+        if self._private_dir is not None:
+            shutil.rmtree(self._private_dir, ignore_errors=True)
         for reader in self.readers.values():
             reader.close()
         for sock in self._sockets:  # every socket made, even when a later bind failed
@@ -271,20 +303,28 @@ class Router:
         payload = frames[-1]
         envelope = frames[:-1]
         try:
-            obj = protocol.fast_loads(payload)
-            if type(obj) is not dict or type(obj.get("id")) is float or obj.get("method") in self._local:
-                obj = protocol.loads(payload)  # a batch, a big-integer id, or params the master itself reads
-        except ValueError:
-            return self._send(sock, envelope, protocol.encode_error(None, protocol.PARSE_ERROR))
-        if type(obj) is dict:
-            req = protocol.parse_request(obj)
-            if type(req) is dict:
-                return self._send(sock, envelope, protocol.dumps(req))
-            self.route(req, payload, sock, envelope, "admin" if admin else "client")
-        elif type(obj) is list:
-            self._batch(obj, sock, envelope, "admin" if admin else "client")
-        else:
-            self._send(sock, envelope, protocol.encode_error(None, protocol.INVALID_REQUEST))
+            try:
+                obj = protocol.fast_loads(payload)
+            except ValueError:
+                obj = protocol.loads(payload)  # numbers past a double's range: only the exact parse reads them
+            else:
+                if type(obj) is not dict or type(obj.get("id")) is float or obj.get("method") in self._local:
+                    obj = protocol.loads(payload)  # a batch, a big-integer id, or params the master itself reads
+        except ValueError as exc:
+            return self._send(sock, envelope, protocol.dumps(protocol.parse_error(exc)))
+        try:
+            if type(obj) is dict:
+                req = protocol.parse_request(obj)
+                if type(req) is dict:
+                    return self._send(sock, envelope, protocol.dumps(req))
+                self.route(req, payload, sock, envelope, "admin" if admin else "client")
+            elif type(obj) is list:
+                self._batch(obj, sock, envelope, "admin" if admin else "client")
+            else:
+                self._send(sock, envelope, protocol.encode_error(None, protocol.INVALID_REQUEST))
+        except Exception:  # a fault of ours: the client still gets an answer, the socket is still read
+            self._faults.exception("handling a client's message failed")
+            self._send(sock, envelope, protocol.encode_error(None, protocol.INTERNAL_ERROR))
 
     def route(self, req: protocol.Request, payload: bytes, sock: zmq.Socket, envelope: list[bytes],
               source: str) -> None:
@@ -292,6 +332,10 @@ class Router:
         method = req.method
         if method in self._local:
             self._spawn_task(self._answer_local(req, sock, envelope, source))
+            return
+        if source == "worker":  # a worker's self.master.call is never forwarded back to a worker (DESIGN.md 2)
+            if req.id is not NO_ID:
+                self._send(sock, envelope, protocol.dumps(_master_lacks(req)))
             return
         meta = self.worker_methods.get(method)
         if meta is None:
@@ -357,6 +401,13 @@ class Router:
             self.dispatch(call, exclude=worker)
         self.readers[worker.sock].wake()
 
+    def flush_worker_messages(self) -> None:
+        """Handle every message workers already sent: before judging them by what has not arrived."""
+        for sock in (getattr(self, "wsock", None), getattr(self, "rsock", None)):
+            reader = self.readers.get(sock) if sock is not None else None
+            if reader is not None:
+                reader.flush()
+
     def _to_worker(self, frames: list[bytes], sock: zmq.Socket | None = None) -> None:
         sock = sock or self.wsock
         try:
@@ -414,6 +465,7 @@ class Router:
     def _sweep_deadlines(self) -> None:
         """Answer calls past their deadline with -32003 and recycle the workers running them."""
         self._sweep_handle = None
+        self.flush_worker_messages()  # an answer already sent is delivered, not timed out
         now = self.loop.time()
         pending = False
         for worker in list(self.supervisor.by_ident.values()):
@@ -476,12 +528,18 @@ class Router:
                 self.supervisor.recycle(worker, "max-requests")
         elif len(frames) != 3:
             return  # not a message of ours
-        elif kind == b"q":
-            self._on_worker_request(ident, frames[2], sock)
         elif kind == b"b":
             if ident[3:] in self.supervisor.by_ident:  # a worker of a master that died gets no answer: it exits
                 self._to_worker([ident, b"b"], sock)
             self.supervisor.on_beat(ident[3:], _loads_dict(frames[2]))
+        elif ident not in self.supervisor.by_ident and kind != b"A":
+            if kind == b"h":
+                log.event("foreign-worker", f"a worker this master did not start ({ident!r}) joined its workers "
+                          "socket: ignored (does another instance share this runtime directory?)",
+                          level=logging.WARNING)
+            return  # a worker of another master: it gets nothing from us, and exits for lack of beats
+        elif kind == b"q":
+            self._on_worker_request(ident, frames[2], sock)
         elif kind == b"h":
             self.supervisor.on_hello(ident, _loads_dict(frames[2]))
         elif kind == b"f":
@@ -493,12 +551,17 @@ class Router:
         envelope = [ident, b"a"]
         try:
             obj = protocol.loads(payload)
-        except ValueError:
-            return self._send(sock, envelope, protocol.encode_error(None, protocol.PARSE_ERROR))
+        except ValueError as exc:
+            return self._send(sock, envelope, protocol.dumps(protocol.parse_error(exc)))
         req = protocol.parse_request(obj)
         if type(req) is dict:
             return self._send(sock, envelope, protocol.dumps(req))
-        self.route(req, payload, sock, envelope, "worker")
+        try:
+            self.route(req, payload, sock, envelope, "worker")
+        except Exception:
+            self._faults.exception("handling a worker's request failed")
+            if req.id is not NO_ID:
+                self._send(sock, envelope, protocol.encode_error(req.id, protocol.INTERNAL_ERROR))
 
     def send_stop(self, worker: Worker) -> None:
         self._to_worker([worker.ident, b"s"], worker.sock)
@@ -533,7 +596,11 @@ class Router:
     # ------------------------------------------------------------------ local methods
     async def _answer_local(self, req: protocol.Request, sock: zmq.Socket, envelope: list[bytes],
                             source: str) -> None:
-        response = await self.run_local(req, source)
+        try:
+            response = await self.run_local(req, source)
+        except Exception:  # a fault of ours (user code is answered -32000 by the dispatcher)
+            self._faults.exception(f"answering {req.method!r} failed")
+            response = None if req.id is NO_ID else protocol.encode_error(req.id, protocol.INTERNAL_ERROR)
         if response is not None:
             self._send(sock, envelope, response)
 
@@ -551,7 +618,8 @@ class Router:
                 if handler is None and method == "clusterd.status":
                     handler = self.admin_status
             if handler is None:
-                response = protocol.error_response(req.id, protocol.METHOD_NOT_FOUND)
+                response = _master_lacks(req) if source == "worker" else protocol.error_response(
+                    req.id, protocol.METHOD_NOT_FOUND)
             else:
                 try:
                     params = req.params
@@ -716,9 +784,12 @@ class Router:
 
     # ------------------------------------------------------------------ lifecycle
     def request_stop(self, graceful: bool = True) -> None:
+        """Stop; a fast stop asked for during a graceful one cuts it short (a second Ctrl-C, SIGQUIT)."""
         if not self.stopped.is_set():
             self._graceful = graceful
             self.stopped.set()
+        elif not graceful:
+            self.hurried.set()
 
     def status_document(self) -> dict:
         now = time.time()
@@ -771,6 +842,11 @@ class _LocalMethods:
 
     def __contains__(self, name: object) -> bool:
         return isinstance(name, str) and (name in self.methods or name.startswith("clusterd."))
+
+
+def _master_lacks(req: protocol.Request) -> dict:
+    return protocol.error_response(req.id, protocol.METHOD_NOT_FOUND,
+                                   f"Method not found: the master has no method {req.method!r}")
 
 
 def _loads_dict(payload: bytes) -> dict:

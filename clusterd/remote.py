@@ -150,7 +150,7 @@ class AgentRegistry:
         if agent is None or agent.gone:
             self.router.loop.call_soon(self.router.supervisor.worker_exited, worker, None)
             return handle
-        spec = {k: v for k, v in spec.items() if k not in ("endpoint", "parent_pid")}
+        spec = {k: v for k, v in spec.items() if k not in ("endpoint", "parent_pid", "master_pid")}
         self._send(agent.ident, {"spawn": spec})
         return handle
 

@@ -87,6 +87,7 @@ class Supervisor:
         self._exited = asyncio.Event()
         self._serial = 0
         self._tick_handle: asyncio.TimerHandle | None = None
+        self._tick_due = 0.0
         self.spawner = make_spawner(self.loop, config, router, self._on_line, self._on_exit)
         self._exit_waiters: list[asyncio.Future] = []
 
@@ -103,8 +104,9 @@ class Supervisor:
         self.booting = False
 
     def _spawn(self, index: int) -> Worker:
+        self.router.keep_runtime_dir()  # a new worker must find our socket, not another instance's
         self._serial += 1
-        ident = f"{index}.{self.generation}.{self._serial}".encode()
+        ident = f"{self.router.token}.{index}.{self.generation}.{self._serial}".encode()
         worker = Worker(slot=index, generation=self.generation, ident=ident)
         if self.config.max_requests:
             worker.max_requests = self.config.max_requests + random.randint(0, self.config.max_requests_jitter)
@@ -113,7 +115,7 @@ class Supervisor:
             "slot": index, "generation": self.generation, "name": self.config.name,
             "heartbeat_interval": self.config.heartbeat_interval,
             "heartbeat_timeout": max(self.config.heartbeat_timeout, 2.0),
-            "debug": self.config.debug, "parent_pid": os.getpid(),
+            "debug": self.config.debug, "parent_pid": os.getpid(), "master_pid": os.getpid(),
         }
         slot = self.slots.get(index)
         if slot is not None and slot.agent is not None:
@@ -237,6 +239,8 @@ class Supervisor:
     def worker_exited(self, worker: Worker, returncode: int | None) -> None:
         if worker.state is WorkerState.EXITED:
             return
+        if worker.calls:
+            self.router.flush_worker_messages()  # answers it sent before it died are delivered, not -32002
         was_ready = worker.ready_at is not None
         worker.state = WorkerState.EXITED
         self.balancer.remove(worker)
@@ -401,9 +405,33 @@ class Supervisor:
 
     # ------------------------------------------------------------------ periodic health check
     def _schedule_tick(self) -> None:
+        self._tick_due = time.monotonic() + self.config.heartbeat_interval
         self._tick_handle = self.loop.call_later(self.config.heartbeat_interval, self._tick)
 
     def _tick(self) -> None:
+        try:
+            self._check_workers()
+        except Exception:  # the health check must outlive any fault: log it, go on
+            log.logger.exception("the periodic health check failed")
+        self._schedule_tick()
+
+    def _credit_own_lateness(self, now: float) -> None:
+        """Count missed beats in the master's own loop time: when this loop ran late (the master was
+        stopped, or starved of CPU), that gap is not the workers' silence nor their stop deadlines'."""
+        late = now - self._tick_due - self.config.heartbeat_interval
+        if late <= 0:
+            return
+        log.event("master-late", f"the master's loop ran {late:.1f}s late: that time is not held against "
+                  "workers", level=logging.WARNING)
+        for worker in self.by_ident.values():
+            worker.last_beat = min(worker.last_beat + late, now)
+            if worker.stop_deadline is not None:
+                worker.stop_deadline += late
+
+    def _check_workers(self) -> None:
+        now = time.monotonic()
+        self._credit_own_lateness(now)
+        self.router.flush_worker_messages()  # judge on what the workers sent, not on what is still queued
         now = time.monotonic()
         timeout = self.config.heartbeat_timeout
         if getattr(self.router, "rsock", None) is not None:
@@ -429,7 +457,6 @@ class Supervisor:
             if (self.config.max_memory and worker.rss_bytes and worker.rss_bytes > self.config.max_memory
                     and worker.state is WorkerState.READY):
                 self.recycle(worker, "max-memory")
-        self._schedule_tick()
 
     def _measure(self, worker: Worker) -> None:
         if worker.agent is not None or worker.process is None or worker.process.pid is None:

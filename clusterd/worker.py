@@ -29,7 +29,7 @@ from typing import Any
 
 import zmq
 
-from . import heartbeat, protocol
+from . import heartbeat, log, protocol
 from .endpoint import Dispatcher, encode_response
 from .protocol import RemoteError, RPCError
 from .zmqloop import SocketReader, send_frames
@@ -110,6 +110,7 @@ class WorkerLink:
         self._pending: dict[int, asyncio.Future] = {}
         self._tasks: set[asyncio.Task] = set()
         self.stop_requested = asyncio.Event()
+        self._faults = log.RateLimited()
         self.reader = SocketReader(loop, sock, self._on_message)
 
     # -- requests from this worker to the master
@@ -133,11 +134,11 @@ class WorkerLink:
         head = frames[0]
         kind = head[:1]
         if kind == b"c":
-            self._serve(head[1:9], head[9:])
+            self._serve_safely(head[1:9], head[9:])
         elif kind == b"a":
             self._on_answer(frames[1])
         elif kind == b"n":
-            self._serve(None, frames[1])
+            self._serve_safely(None, frames[1])
         elif kind == b"s":
             self.stop_requested.set()
 
@@ -150,11 +151,21 @@ class WorkerLink:
         if fut is not None and not fut.done():
             fut.set_result(msg)
 
+    def _serve_safely(self, token: bytes | None, payload: bytes) -> None:
+        try:
+            self._serve(token, payload)
+        except Exception:  # a fault of ours, not of user code (that is answered -32000): still answered
+            self._fault(token, None)
+
+    def _fault(self, token: bytes | None, rid: Any) -> None:
+        self._faults.exception("serving a call failed")
+        self._answer(token, protocol.error_response(rid, protocol.INTERNAL_ERROR))
+
     def _serve(self, token: bytes | None, payload: bytes) -> None:
         try:
             obj = protocol.loads(payload)
-        except ValueError:
-            return self._answer(token, protocol.error_response(None, protocol.PARSE_ERROR))
+        except ValueError as exc:
+            return self._answer(token, protocol.parse_error(exc))
         req = protocol.parse_request(obj)
         if isinstance(req, dict):
             return self._answer(token, req)
@@ -172,7 +183,10 @@ class WorkerLink:
             self._answer(token, self.dispatcher.run_sync(func, req.params, req.id))
 
     async def _serve_async(self, token: bytes | None, func, req: protocol.Request) -> None:
-        self._answer(token, await self.dispatcher.run_async(func, req.params, req.id))
+        try:
+            self._answer(token, await self.dispatcher.run_async(func, req.params, req.id))
+        except Exception:
+            self._fault(token, req.id)
 
     def _answer(self, token: bytes | None, response: dict) -> None:
         if token is None:
@@ -206,6 +220,19 @@ def _die_with_parent() -> None:
         pass
 
 
+# Signals sent to the whole process group or cgroup (Ctrl-C, `kill -TERM -- -PGID`, `timeout`,
+# supervisord's stopasgroup, systemd's KillMode=control-group) are the master's to act on: it drains
+# and stops the workers in order. A worker stops when its master says so, or dies with it.
+GROUP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGQUIT, signal.SIGTTIN, signal.SIGTTOU)
+
+
+def ignore_group_signals() -> None:
+    """Ignore the group's signals, then unblock those the master blocked for us while it started us."""
+    for sig in GROUP_SIGNALS:
+        signal.signal(sig, signal.SIG_IGN)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, GROUP_SIGNALS)
+
+
 def main() -> None:
     """Entry point of a worker process; the master passes its spec in the environment."""
     spec = json.loads(os.environ.pop(SPEC_ENV))
@@ -213,10 +240,7 @@ def main() -> None:
         _die_with_parent()
         if os.getppid() != spec["parent_pid"]:
             os._exit(3)  # the master died before we could ask to follow it
-    # Signals sent to the whole process group (Ctrl-C, Ctrl-\, a terminal hang-up) are the master's to
-    # act on: it stops or reloads the workers in order.
-    for sig in (signal.SIGINT, signal.SIGHUP, signal.SIGQUIT, signal.SIGTTIN, signal.SIGTTOU):
-        signal.signal(sig, signal.SIG_IGN)
+    ignore_group_signals()
     sys.path.insert(0, os.getcwd())
     try:
         code = asyncio.run(_run(spec))
@@ -249,7 +273,7 @@ async def _run(spec: dict, embedded: Any = None) -> int:
         configure = client_configurer(spec["curve"])
     if embedded is None:
         heartbeat.start(context, spec["endpoint"], ident, spec["heartbeat_interval"], spec["heartbeat_timeout"],
-                        configure)
+                        configure, master_pid=spec.get("master_pid"))
     else:
         heartbeat.start(context, spec["endpoint"], ident, spec["heartbeat_interval"], spec["heartbeat_timeout"],
                         watch=threading.get_ident(), stop=embedded.beat_stop)
@@ -271,9 +295,7 @@ async def _serve(loop: asyncio.AbstractEventLoop, spec: dict, sock: zmq.Socket, 
         configure(sock)
     sock.connect(spec["endpoint"])
     link = WorkerLink(loop, sock, spec.get("debug", False))
-    if embedded is None:
-        loop.add_signal_handler(signal.SIGTERM, link.stop_requested.set)
-    else:
+    if embedded is not None:
         embedded.link = link
 
     try:

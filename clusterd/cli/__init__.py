@@ -12,6 +12,7 @@ import sys
 
 import click
 
+from ..runtime_dir import RuntimeDirError
 from . import control, run, tools
 from .common import EXIT_USAGE, fail, value_origin
 
@@ -35,6 +36,8 @@ def main() -> None:
         fail(message + value_origin(exc), EXIT_USAGE)
     except click.ClickException as exc:
         fail(exc.format_message(), exc.exit_code)
+    except RuntimeDirError as exc:  # `ls`: a root that is not safe to trust
+        fail(str(exc), EXIT_USAGE)
     except click.Abort:
         sys.exit(130)
     except KeyboardInterrupt:

@@ -13,18 +13,23 @@ from typing import Any
 import click
 
 from .. import protocol, settings
-from ..control import ControlClient, NoInstance, find_instance, list_instances
+from ..control import ControlClient, Instance, NoInstance, find_instance, list_instances
 from ..protocol import RemoteError
+from ..runtime_dir import RuntimeDirError
 from .common import EXIT_FAILURE, fail
 from .options import SettingType, setting_options
 
 
-def _control(name: str | None, timeout: float | None = 10.0) -> ControlClient:
+def _find(name: str | None) -> Instance:
+    """The instance to talk to; exit 2 when none (or several) run, or its directory is not safe."""
     try:
-        instance = find_instance(name)
-    except NoInstance as exc:
+        return find_instance(name)
+    except (NoInstance, RuntimeDirError) as exc:
         fail(str(exc))
-    return ControlClient(instance.control_address, timeout)
+
+
+def _control(name: str | None, timeout: float | None = 10.0) -> ControlClient:
+    return ControlClient(_find(name).control_address, timeout)
 
 
 def _admin(name: str | None, method: str, params: Any = None, timeout: float | None = 10.0) -> Any:
@@ -144,10 +149,7 @@ def scale(workers: int, name: str | None) -> None:
 @click.option("--timeout", type=float, default=None, help="Graceful timeout for this stop (seconds).")
 def stop(name: str | None, timeout: float | None) -> None:
     """Stop a running instance gracefully and wait until it has exited."""
-    try:
-        instance = find_instance(name)
-    except NoInstance as exc:
-        fail(str(exc))
+    instance = _find(name)
     with ControlClient(instance.control_address, 10) as conn:
         try:
             result = conn.call("clusterd.stop", {"timeout": timeout} if timeout is not None else {})
@@ -184,10 +186,7 @@ def call(method: str, params: tuple[str, ...], name: str | None, address: str | 
     """Call METHOD with PARAMS (JSON values; a bare word is a string) and print the JSON result."""
     values = _call_params(params, json_params)
     if address is None:
-        try:
-            address = find_instance(name).control_address
-        except NoInstance as exc:
-            fail(str(exc))
+        address = _find(name).control_address
     with ControlClient(address, timeout) as conn:
         try:
             result = conn.call(method, values)

@@ -34,12 +34,13 @@ def run(master: str | None, worker: str | None, config: str | None, **opts: Any)
     from ..master import InstanceBusy
     from ..ops import log
     from ..runner import run as run_instance
+    from ..runtime_dir import RuntimeDirError
     log.setup(cfg.log_format, cfg.debug)
     for addr in settings.unencrypted_binds(cfg):
         log.event("insecure-bind", f"--bind {addr} is reachable from other hosts and is not encrypted", level=30)
     try:
         code = run_instance(cfg, master_cls, worker_cls)
-    except InstanceBusy as exc:
+    except (InstanceBusy, RuntimeDirError) as exc:
         fail(str(exc))
     except KeyboardInterrupt:
         code = EXIT_OK

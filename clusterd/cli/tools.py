@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import os
-import shutil
 import sys
 
 import click
 
 from .. import protocol, settings
-from .common import EXIT_FAILURE, EXIT_OK, fail
+from .common import EXIT_FAILURE, EXIT_OK, cwd_on_path, fail, import_endpoint
 from .options import setting_options
 
 
@@ -35,22 +34,30 @@ def keygen(directory: str, force: bool) -> None:
 def systemd_unit(master: str, worker: str, args: tuple[str, ...], name: str | None, user: str | None) -> None:
     """Print a ready-to-install systemd unit for this app (extra options go to `clusterd run`)."""
     from ..ops.systemd import render_unit
+    from .run import run
+    cwd_on_path()
+    import_endpoint(master, "MasterEndpoint", "MASTER")  # a unit that cannot start is refused here
+    import_endpoint(worker, "WorkerEndpoint", "WORKER")
     name = name or master.partition(":")[0].split(".")[0]
-    executable, executable_args = _clusterd_command()
+    try:
+        run.make_context("clusterd run", [master, worker, "--name", name, *args])  # `run` must accept them
+    except click.UsageError as exc:
+        message = exc.format_message().splitlines()[0] if exc.format_message() else str(exc)
+        fail(f"clusterd run would refuse these options: {message}")
+    executable, prefix = _own_command()
     try:
         click.echo(render_unit(master, worker, name=name, workdir=os.getcwd(), executable=executable,
-                               executable_args=executable_args, args=list(args), user=user), nl=False)
+                               executable_args=prefix, args=list(args), user=user), nl=False)
     except ValueError as exc:
         fail(str(exc))
 
 
-def _clusterd_command() -> tuple[str, list[str]]:
-    """How systemd should start clusterd: the `clusterd` script (on PATH or beside this interpreter),
-    else this interpreter with `-m clusterd` (never a module file, which is not executable)."""
-    script = shutil.which("clusterd") or shutil.which("clusterd", path=os.path.dirname(sys.executable))
-    if script:
+def _own_command() -> tuple[str, list[str]]:
+    """How to run this very clusterd again: its script, or this interpreter with -m clusterd."""
+    script = sys.argv[0]
+    if os.path.basename(script) == "clusterd" and os.path.isfile(script):
         return os.path.abspath(script), []
-    return os.path.abspath(sys.executable), ["-m", "clusterd"]
+    return sys.executable, ["-m", "clusterd"]
 
 
 @click.command()
