@@ -23,7 +23,7 @@ from typing import Any
 import psutil
 import zmq
 
-from . import log, protocol, systemd
+from . import limits, log, protocol, systemd
 from .config import Config
 from .endpoint import Dispatcher, encode_response, method_table
 from .pool import Call, Worker, WorkerState
@@ -112,6 +112,7 @@ class MasterEndpoint:
 class Router:
     """The master's sockets and the routing of every call between clients, master and workers."""
 
+    STALLED = "Too many answers not taken by this client: read them first"
     ADMIN = ("clusterd.status", "clusterd.reload", "clusterd.reload_wait", "clusterd.scale", "clusterd.stop")
 
     def __init__(self, config: Config, master_cls: type, worker_cls: type) -> None:
@@ -150,6 +151,11 @@ class Router:
         # calls in flight per client, by client socket then ROUTER identity (--max-client-inflight)
         self._client_calls: dict[zmq.Socket, dict[bytes, int]] = {}
         self._inflight_limit = config.max_client_inflight or 1 << 62
+        # clients whose answer queue is full (they do not read): their calls get -32005 until it drains
+        self._stalled: dict[zmq.Socket, set[bytes]] = {}
+        self.gates: dict[zmq.Socket, limits.ClientGate] = {}
+        self.open_files = limits.raise_open_files()
+        self.max_clients = limits.DEFAULT_MAX_CLIENTS
         self.reloads = None  # set by serve(): the ReloadManager
         self.notifier = None
         self.shared = None
@@ -165,6 +171,7 @@ class Router:
     # ------------------------------------------------------------------ sockets
     def open_sockets(self) -> None:
         cfg = self.config
+        self.max_clients = limits.max_clients(cfg.max_clients, self.open_files, 1 + len(cfg.binds), cfg.workers)
         self.control = self._router_socket(client=True)
         self._bind_ipc(self.control, "control.sock")
         self.public = None
@@ -173,6 +180,7 @@ class Router:
             for addr in cfg.binds:
                 self.public.bind(addr)
         self._client_calls = {sock: {} for sock in (self.control, self.public) if sock is not None}
+        self._stalled = {sock: set() for sock in self._client_calls}
         self.wsock = self._router_socket(client=False)
         self.wsock.setsockopt(zmq.ROUTER_MANDATORY, 1)
         self._bind_ipc(self.wsock, "workers.sock")
@@ -193,6 +201,8 @@ class Router:
             self.readers[self.public] = SocketReader(self.loop, self.public, self._public_handler())
         self.wreader = self.readers[self.wsock] = SocketReader(
             self.loop, self.wsock, lambda frames: self._on_worker_message(frames, self.wsock))
+        self.guard = limits.MessageGuard(self.loop, list(self.gates.values()),
+                                         limits.UNFINISHED_FRAMES * (cfg.max_message_size or 16 * 2 ** 20))
 
     def _bind_ipc(self, sock: zmq.Socket, name: str) -> None:
         """Bind sock to <instance dir>/name, 0600, and remember that file as ours."""
@@ -265,25 +275,62 @@ class Router:
         sock = self.ctx.socket(zmq.ROUTER)
         self._sockets.append(sock)
         sock.setsockopt(zmq.LINGER, 0)
-        sock.setsockopt(zmq.SNDHWM, 0 if not client else 100000)
-        sock.setsockopt(zmq.RCVHWM, 0 if not client else 100000)
-        if client and self.config.max_message_size:
-            sock.setsockopt(zmq.MAXMSGSIZE, self.config.max_message_size)
+        if client:
+            # what one client can make the master hold is bounded by these (SECURITY.md, "Bytes per
+            # client"): a send past the high-water mark fails with EAGAIN (ROUTER_MANDATORY) instead of
+            # queueing, and the client's calls get -32005 while its queue is full
+            sock.setsockopt(zmq.SNDHWM, self.client_send_hwm())
+            sock.setsockopt(zmq.RCVHWM, self.config.max_client_inflight or 100000)
+            sock.setsockopt(zmq.ROUTER_MANDATORY, 1)
+            if self.config.max_message_size:
+                sock.setsockopt(zmq.MAXMSGSIZE, self.config.max_message_size)
+            self._open_gate(sock)  # before any bind: every connection is counted
+        else:
+            sock.setsockopt(zmq.SNDHWM, 0)
+            sock.setsockopt(zmq.RCVHWM, 0)
         return sock
 
+    def client_send_hwm(self) -> int:
+        """Answers queued per client connection: its calls' answers and as many refusals (-32005), plus
+        slack for libzmq's I/O thread; 100000 when calls in flight are unlimited."""
+        inflight = self.config.max_client_inflight
+        return 2 * inflight + 64 if inflight else 100000
+
+    def _open_gate(self, sock: zmq.Socket) -> None:
+        """Cap the connections of a client socket per endpoint (--max-clients) so that fds never run out."""
+        gate = limits.ClientGate(sock, self.max_clients, self._endpoint_label)
+        self.gates[sock] = gate
+        self._sockets.append(gate.monitor)
+        self.readers[gate.monitor] = SocketReader(self.loop, gate.monitor, gate.on_events)
+
+    def _endpoint_label(self, endpoint: str) -> str:
+        return "control.sock" if endpoint.endswith("/control.sock") else endpoint
+
     def _control_handler(self) -> Callable[[list[bytes]], None]:
-        sock = self.control
-        return lambda frames: self.on_client_message(frames, sock, True)
+        return self._client_handler(self.control, True)
 
     def _public_handler(self) -> Callable[[list[bytes]], None]:
-        sock = self.public
-        return lambda frames: self.on_client_message(frames, sock, False)
+        return self._client_handler(self.public, False)
+
+    def _client_handler(self, sock: zmq.Socket, admin: bool) -> Callable[[list[bytes]], None]:
+        gate = self.gates[sock]
+        on_message = self.on_client_message
+        overhead = limits.FRAME_OVERHEAD
+
+        def handle(frames: list[bytes]) -> None:
+            # bytes of whole messages received, for the guard against messages that never end
+            gate.delivered += len(frames[-1]) + overhead * len(frames) + (
+                sum(map(len, frames[1:-1])) if len(frames) > 2 else 0)
+            on_message(frames, sock, admin)
+        return handle
 
     def close_sockets(self) -> None:
         if self._dir_timer is not None:
             self._dir_timer.cancel()
         if self._private_dir is not None:
             shutil.rmtree(self._private_dir, ignore_errors=True)
+        if getattr(self, "guard", None) is not None:
+            self.guard.close()
         for reader in self.readers.values():
             reader.close()
         for sock in self._sockets:  # every socket made, even when a later bind failed
@@ -357,6 +404,13 @@ class Router:
             if held >= self._inflight_limit:
                 self._send(sock, envelope, protocol.encode_error(req.id, protocol.TOO_BUSY, self._busy_message()))
                 return
+            stalled = self._stalled[sock]
+            if stalled and envelope[0] in stalled:
+                # its answers are not taken: this call is refused; once that refusal finds room in the
+                # client's queue (it reads again) the next call runs, else _send marks it again
+                stalled.discard(envelope[0])
+                self._send(sock, envelope, protocol.encode_error(req.id, protocol.TOO_BUSY, self.STALLED))
+                return
             counts[envelope[0]] = held + 1
         call = Call(payload, req.id, sock, envelope, None)
         call.idempotent = meta.get("idempotent", False)
@@ -419,8 +473,16 @@ class Router:
     def _send(self, sock: zmq.Socket, envelope: list[bytes], payload: bytes) -> None:
         try:
             send_frames(sock, envelope + [payload], NOBLOCK)
-        except zmq.ZMQError:
-            pass  # the client is gone or not reading: the answer is dropped, nothing accumulates
+        except zmq.ZMQError as exc:
+            # the client is gone (EHOSTUNREACH) or does not take its answers (EAGAIN: its queue is at the
+            # high-water mark): the answer is dropped, nothing accumulates, and a client that does not
+            # read gets -32005 for its calls until its queue has room again
+            if exc.errno == zmq.EAGAIN:
+                stalled = self._stalled.get(sock)
+                if stalled is not None:
+                    if len(stalled) >= self.max_clients:
+                        stalled.clear()  # idents of clients long gone: kept bounded
+                    stalled.add(envelope[0])
         self.readers[sock].wake()
 
     def reply(self, call: Call, payload: bytes) -> None:
@@ -446,6 +508,11 @@ class Router:
 
     def _expire_queue(self) -> None:
         self._queue_timer = None
+        if not log.survive("expiring queued calls", self._expire_queued_calls) and self.queue \
+                and self._queue_timer is None:
+            self._queue_timer = self.loop.call_later(0.1, self._expire_queue)
+
+    def _expire_queued_calls(self) -> None:
         now = self.loop.time()
         while self.queue and self.queue[0].deadline <= now:
             self.reply_error(self.queue.popleft(), protocol.NO_WORKER)
@@ -465,6 +532,10 @@ class Router:
     def _sweep_deadlines(self) -> None:
         """Answer calls past their deadline with -32003 and recycle the workers running them."""
         self._sweep_handle = None
+        if not log.survive("the call deadline sweep", self._sweep_expired) and self._sweep_handle is None:
+            self._sweep_handle = self.loop.call_later(0.1, self._sweep_deadlines)
+
+    def _sweep_expired(self) -> None:
         self.flush_worker_messages()  # an answer already sent is delivered, not timed out
         now = self.loop.time()
         pending = False
@@ -649,7 +720,9 @@ class Router:
         counts = self._client_calls[sock]
         ident = envelope[0]
         held = counts.get(ident, 0)
-        if held + len(items) > self._inflight_limit:
+        stalled = self._stalled[sock]
+        if held + len(items) > self._inflight_limit or ident in stalled:
+            stalled.discard(ident)
             return self._send_batch(sock, envelope, [self._busy_item(item) for item in items])
         answers: list[bytes | None] = []
         waiting: list = []
@@ -807,6 +880,9 @@ class Router:
             "generation": self.supervisor.generation,
             "queued": len(self.queue),
             "client_inflight": sum(sum(c.values()) for c in self._client_calls.values()),
+            "clients": {"control": self.gates[self.control].document() if self.control in self.gates else None,
+                        "bind": self.gates[self.public].document() if self.public in self.gates else None,
+                        "unfinished_closed": self.guard.dropped},
         }
         if self.reloads is not None:
             doc["reload"] = self.reloads.summary()

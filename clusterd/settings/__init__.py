@@ -102,7 +102,8 @@ def _document(self: Any) -> dict:
     doc = {"master": self.master, "worker": self.worker}
     for o in options_for(RUN):
         if o.key not in ("config", "name"):
-            doc[o.status_key or o.key] = getattr(self, o.key)
+            value = getattr(self, o.key)
+            doc[o.status_key or o.key] = o.status_value(value) if o.status_value else value
     doc["runtime_dir"] = self.runtime_dir
     return doc
 

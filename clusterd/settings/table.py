@@ -40,6 +40,7 @@ class Option:
     metavar: str | None = None
     bare_value: str | None = None           # given without a value: --reload-on-change
     status_key: str | None = None           # its key in the status document's config
+    status_value: Callable[[Any], Any] | None = None  # its value there, when not the option's own
     required_by: tuple[str, ...] = ()
     help_for: Mapping[str, str] = field(default_factory=dict)  # another help text per command
     in_file: bool = True                    # may be given in a -c file
@@ -129,6 +130,9 @@ OPTIONS: tuple[Option, ...] = (
            metavar="N"),
     Option("max-client-inflight", int, 10000, "Most calls one client may have in flight; past it calls get "
            "-32005 at once (0: no limit).", parse_count, metavar="N"),
+    Option("max-clients", int, 0, "Most connections per client endpoint (control.sock, each --bind); new ones past "
+           "it are closed at once (0: derived from the open-file limit, at most 10000).", parse_count, metavar="N",
+           status_value=lambda n: n or None),
     Option("log-format", str, "text", "Log lines as text or as one JSON object per line.",
            commands=(RUN, AGENT), choices=("text", "json")),
     Option("debug", bool, False, "Send tracebacks to callers; log at debug level.", flag=True),
