@@ -211,7 +211,7 @@ def runtime_dir(tmp_path_factory) -> Path:
 
 @pytest.fixture
 def cluster_env(runtime_dir) -> dict:
-    """The environment of `cluster` instances: no CLUSTERD_* option from the developer's shell."""
+    """No CLUSTERD_* setting of the developer's environment leaks into the instances under test."""
     return instance_env(runtime_dir)
 
 

@@ -33,7 +33,7 @@ def run(master: str | None, worker: str | None, config: str | None, **opts: Any)
         fail(str(exc))
     from ..master import InstanceBusy
     from ..ops import log
-    from ..runner import run as run_instance
+    from ..master.runner import run as run_instance
     from ..runtime_dir import RuntimeDirError
     log.setup(cfg.log_format, cfg.debug)
     for addr in settings.unencrypted_binds(cfg):
@@ -62,7 +62,7 @@ def worker_agent(worker: str, **opts: Any) -> None:
         settings.validate_agent(cfg)
     except ConfigError as exc:
         fail(str(exc))
-    from ..agent import run as run_agent
+    from ..worker.agent import run as run_agent
     from ..ops import log
     log.setup(cfg.log_format)
     try:

@@ -20,11 +20,12 @@ import time
 import psutil
 import zmq
 
-from . import log, protocol
-from .settings import AgentConfig, heartbeat_interval
+from .. import log, protocol, wire
+from ..ops.systemd import child_environ
+from ..settings import AgentConfig, heartbeat_interval
+from ..wire import WorkerSpec
+from ..zmqloop import SocketReader
 from .spawn import DirectSpawner, ZygoteSpawner
-from .ops.systemd import child_environ
-from .zmqloop import SocketReader
 
 
 class Agent:
@@ -53,7 +54,7 @@ class Agent:
         self.sock.setsockopt(zmq.ROUTING_ID, f"agent:{self.host}:{os.getpid()}".encode())
         self.sock.setsockopt(zmq.LINGER, 1000)
         if self.curve_dir:
-            from .curve import client_configurer
+            from ..curve import client_configurer
             client_configurer({"dir": self.curve_dir})(self.sock)
         self.sock.connect(self.connect)
         self.reader = SocketReader(self.loop, self.sock, self._on_message)
@@ -82,7 +83,7 @@ class Agent:
     # -- talking to the master
     def _send(self, msg: dict) -> None:
         try:
-            self.sock.send_multipart([b"A", protocol.dumps(msg)], zmq.NOBLOCK)
+            self.sock.send_multipart([wire.AGENT, protocol.dumps(msg)], zmq.NOBLOCK)
         except zmq.ZMQError:
             pass
         self.reader.wake()
@@ -113,7 +114,7 @@ class Agent:
         return out
 
     def _on_message(self, frames: list[bytes]) -> None:
-        if len(frames) < 2 or frames[0] != b"A":
+        if len(frames) < 2 or frames[0] != wire.AGENT:
             return
         try:
             msg = json.loads(frames[1])
@@ -135,18 +136,17 @@ class Agent:
             if handle is not None:
                 handle.send_signal(int(msg.get("sig", signal.SIGTERM)))
 
-    def _spawn(self, spec: dict) -> None:
+    def _spawn(self, data: dict) -> None:
         if self.stopping.is_set():
             return
-        spec = dict(spec, endpoint=self.connect, parent_pid=os.getpid(), host=self.host)
-        if self.curve_dir:
-            spec["curve"] = {"dir": self.curve_dir}
-        env = dict(self.env, _CLUSTERD_SPEC=json.dumps(spec), PYTHONUNBUFFERED="1")
-        ident = spec["ident"]
-        handle = self.spawner.spawn(ident, env, f"clusterd-worker:{self.name}:{spec['slot']}", spec["generation"])
+        spec = WorkerSpec.from_dict(data, endpoint=self.connect, parent_pid=os.getpid(), host=self.host,
+                                    curve={"dir": self.curve_dir} if self.curve_dir else None)
+        env = spec.to_env(dict(self.env, PYTHONUNBUFFERED="1"))
+        ident = spec.ident
+        handle = self.spawner.spawn(ident, env, f"clusterd-worker:{self.name}:{spec.slot}", spec.generation)
         self.children[ident] = handle
         # a reload brought newer code: zygotes older than the one before it are no longer needed
-        self.spawner.retire_generation(spec["generation"] - 1)
+        self.spawner.retire_generation(spec.generation - 1)
 
     def _on_line(self, ident: str, line: bytes) -> None:
         handle = self.children.get(ident)

@@ -1,54 +1,44 @@
 """`clusterd run`: the master process from start to exit status.
 
-Signals only set flags or enqueue work (as gunicorn's arbiter does); the loop does the rest.
+Signals become the control commands (signals.py, admin.py), run on the loop; the loop does the rest.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-import os
 import signal
 import sys
 import time
 
-from . import log, protocol
-from .config import Config
-from .master import Router
-from .reload import ReloadManager, installed_version, read_version, watch_sources, watch_version
-from .supervisor import BootFailure
-from .systemd import Notifier
+from .. import log, protocol
+from ..config import Config
+from ..systemd import Notifier
+from .host import BootFailure
+from .reload import installed_version, read_version, watch_sources, watch_version
+from .router import Router
+from .signals import install_signals
+from .states import ClusterState, ExitReason
 
 EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, 1, 2
-EXIT_INTERRUPTED = 130  # a Ctrl-C the blocked loop could not take: 128 + SIGINT, as shells report it
 
 
 async def serve(config: Config, master_cls: type, worker_cls: type) -> int:
     """Run one instance until it is stopped; return the exit status of `clusterd run`."""
     loop = asyncio.get_running_loop()
-    router = Router(config, master_cls, worker_cls)
-    router.dir.claim(config.name)  # raises InstanceBusy: the CLI turns it into exit status 2
+    version = read_version(config.watch_version) if config.watch_version else installed_version(master_cls)
+    router = Router(config, master_cls, worker_cls, Notifier.from_environ(), version)
+    router.claim()  # raises InstanceBusy: the CLI turns it into exit status 2
     try:
-        return await _serve(loop, router, config, master_cls)
+        return await _serve(loop, router, config)
     finally:
-        if router.shared is not None:
-            router.shared.close()
-        router.close_sockets()
-        router.dir.release()
+        router.release()
         signal.signal(signal.SIGINT, signal.default_int_handler)  # ours needs the loop, which ends here
 
 
-async def _serve(loop: asyncio.AbstractEventLoop, router: Router, config: Config, master_cls: type) -> int:
-    router.notifier = notifier = Notifier.from_environ()
-    router.reloads = ReloadManager(router)
-    router.version = read_version(config.watch_version) if config.watch_version else installed_version(master_cls)
-    try:
-        from .shared import SharedBlocks
-        router.shared = SharedBlocks(config.name)
-    except ImportError:
-        router.shared = None
+async def _serve(loop: asyncio.AbstractEventLoop, router: Router, config: Config) -> int:
     router.open_sockets()
-    _install_signals(loop, router)
+    install_signals(router)
     log.event("master-start", f"{config.name}: master pid {router.endpoint.pid} starting {config.workers} "
               f"workers ({config.worker})", instance=config.name)
 
@@ -57,46 +47,15 @@ async def _serve(loop: asyncio.AbstractEventLoop, router: Router, config: Config
         stop_wait.cancel()
         return EXIT_FAILURE
     if router.stopped.is_set():  # asked to stop while the master's services started: no worker is started
-        await _shutdown(router, getattr(router, "_graceful", True))
+        await _shutdown(router, router.graceful)
         return EXIT_OK
-
-    boot = loop.create_task(router.supervisor.start())
-    await asyncio.wait({boot, stop_wait, router.supervisor.fatal}, return_when=asyncio.FIRST_COMPLETED)
-    if boot.done() and boot.exception() is not None:
-        failure = boot.exception()
-        if isinstance(failure, BootFailure):
-            message = f"worker {failure.worker.slot} (pid {failure.worker.pid}) failed to start: {failure.error}"
-            if log.is_json():
-                log.event("boot-failed", message, level=logging.ERROR, slot=failure.worker.slot,
-                          pid=failure.worker.pid, traceback=failure.traceback)
-            else:
-                sys.stderr.write(f"clusterd: {message}\n{failure.traceback.rstrip()}\n")
-        else:
-            log.logger.error("start-up failed", exc_info=failure)
+    if not await _boot(loop, router, stop_wait):
         await _shutdown(router, graceful=False)
         return EXIT_FAILURE
-    if not boot.done():
-        boot.cancel()
-
-    watchers = []
     if not router.stopped.is_set():
-        router.state = "running"
-        notifier.ready()
-        router.update_status_line()
-        log.event("master-ready", f"{config.name}: {config.workers} workers ready", instance=config.name)
-        interval = notifier.watchdog_interval()
-        if interval:
-            _keep_watchdog(loop, notifier, interval, router)
-        if config.watch_version:
-            watchers.append(loop.create_task(watch_version(router, config.watch_version)))
-        if config.reload_on_change:
-            watchers.append(loop.create_task(watch_sources(router, config.reload_on_change)))
-        await asyncio.wait({stop_wait, router.supervisor.fatal}, return_when=asyncio.FIRST_COMPLETED)
-
-    for task in watchers:
-        task.cancel()
+        await _run_until_stopped(loop, router, stop_wait)
     code = EXIT_OK
-    graceful = getattr(router, "_graceful", True)
+    graceful = router.graceful
     if router.supervisor.fatal.done():
         log.event("master-fatal", f"{config.name}: {router.supervisor.fatal.result()}; stopping",
                   level=logging.ERROR)
@@ -104,6 +63,46 @@ async def _serve(loop: asyncio.AbstractEventLoop, router: Router, config: Config
         graceful = False
     await _shutdown(router, graceful)
     return code
+
+
+async def _boot(loop: asyncio.AbstractEventLoop, router: Router, stop_wait: asyncio.Task) -> bool:
+    """Start the workers; False (with the failure reported) if one could not start."""
+    boot = loop.create_task(router.supervisor.start())
+    await asyncio.wait({boot, stop_wait, router.supervisor.fatal}, return_when=asyncio.FIRST_COMPLETED)
+    if not boot.done():
+        boot.cancel()
+        return True
+    failure = boot.exception()
+    if failure is None:
+        return True
+    if isinstance(failure, BootFailure):
+        message = f"worker {failure.worker.slot} (pid {failure.worker.pid}) failed to start: {failure.error}"
+        if log.is_json():
+            log.event("boot-failed", message, level=logging.ERROR, slot=failure.worker.slot,
+                      pid=failure.worker.pid, traceback=failure.traceback)
+        else:
+            sys.stderr.write(f"clusterd: {message}\n{failure.traceback.rstrip()}\n")
+    else:
+        log.logger.error("start-up failed", exc_info=failure)
+    return False
+
+
+async def _run_until_stopped(loop: asyncio.AbstractEventLoop, router: Router, stop_wait: asyncio.Task) -> None:
+    """Running: the watchdog and the reload triggers, until a stop or a crash loop."""
+    config = router.config
+    router.set_state(ClusterState.RUNNING)
+    log.event("master-ready", f"{config.name}: {config.workers} workers ready", instance=config.name)
+    interval = router.notifier.watchdog_interval() if router.notifier is not None else None
+    if interval:
+        _keep_watchdog(loop, router.notifier, interval, router)
+    watchers = []
+    if config.watch_version:
+        watchers.append(loop.create_task(watch_version(router, config.watch_version)))
+    if config.reload_on_change:
+        watchers.append(loop.create_task(watch_sources(router, config.reload_on_change)))
+    await asyncio.wait({stop_wait, router.supervisor.fatal}, return_when=asyncio.FIRST_COMPLETED)
+    for task in watchers:
+        task.cancel()
 
 
 async def _start_master_services(loop: asyncio.AbstractEventLoop, router: Router, stop_wait: asyncio.Task) -> bool:
@@ -153,10 +152,8 @@ async def _shutdown(router: Router, graceful: bool) -> None:
 
     A fast stop asked for meanwhile (a second Ctrl-C, SIGQUIT) kills what is still running."""
     config = router.config
-    router.state = "stopping"
-    if router.notifier is not None:
-        router.notifier.stopping()
-    router.fail_pending()
+    router.set_state(ClusterState.STOPPING)
+    router.queue.fail_all()
     sup = router.supervisor
     if graceful and not router.hurried.is_set():
         workers = list(sup.by_ident.values())
@@ -170,14 +167,20 @@ async def _shutdown(router: Router, graceful: bool) -> None:
             log.event("master-stop", f"{config.name}: stopping at once", level=logging.WARNING)
             _drop_calls_in_flight(router)
             for worker in list(sup.by_ident.values()):
-                sup.kill(worker, "stop")
+                sup.kill(worker, ExitReason.STOP)
         await stopping
     else:
         log.event("master-stop", f"{config.name}: stopping (fast)")
         _drop_calls_in_flight(router)
         await sup.stop(graceful=False)
+    await _stop_master_services(router)
+    router.set_state(ClusterState.STOPPED)
+    log.event("master-exit", f"{config.name}: stopped")
+
+
+async def _stop_master_services(router: Router) -> None:
     services = asyncio.ensure_future(router.endpoint.stop_services())
-    if not await _finished_unless_hurried(services, router, max(1.0, config.graceful_timeout)):
+    if not await _finished_unless_hurried(services, router, max(1.0, router.config.graceful_timeout)):
         if not router.hurried.is_set():
             log.event("master-stop", "the master's stop_services did not finish within the graceful timeout",
                       level=logging.WARNING)
@@ -185,63 +188,12 @@ async def _shutdown(router: Router, graceful: bool) -> None:
         await asyncio.wait({services}, timeout=1.0)
     elif not services.cancelled() and services.exception() is not None:
         log.logger.error("the master's stop_services failed", exc_info=services.exception())
-    log.event("master-exit", f"{config.name}: stopped")
-
-
-def _install_signals(loop: asyncio.AbstractEventLoop, router: Router) -> None:
-    def scale_by(delta: int) -> None:
-        if router.state in ("running", "reloading"):
-            target = router.supervisor.wanted + delta
-            if target >= 1:
-                router.supervisor.scale(target)
-                router.update_status_line()
-
-    loop.add_signal_handler(signal.SIGTERM, router.request_stop, True)
-    signal.signal(signal.SIGINT, _Interrupts(loop, router))
-    loop.add_signal_handler(signal.SIGQUIT, router.request_stop, False)
-    loop.add_signal_handler(signal.SIGHUP, lambda: router.state in ("running", "reloading")
-                            and router.reloads.trigger("SIGHUP"))
-    loop.add_signal_handler(signal.SIGTTIN, scale_by, 1)
-    loop.add_signal_handler(signal.SIGTTOU, scale_by, -1)
-
-
-class _Interrupts:
-    """Ctrl-C: the first asks for a graceful stop, the next one for a fast stop (as uvicorn, gunicorn).
-
-    A plain signal handler, not the loop's: it runs in the main thread even while user code blocks
-    the loop (a time.sleep in start_services). If the loop has not taken the previous Ctrl-C within
-    a second, the next one exits right there with status 130, after removing the instance's files:
-    its workers and zygotes die with it (parent-death signal)."""
-
-    def __init__(self, loop: asyncio.AbstractEventLoop, router: Router) -> None:
-        self.loop = loop
-        self.router = router
-        self.pending_since: float | None = None
-
-    def __call__(self, signum: int, frame: object) -> None:
-        now = time.monotonic()
-        if self.pending_since is not None and now - self.pending_since > 1.0:
-            sys.stderr.write(f"clusterd: {self.router.config.name}: the master's event loop is blocked (by user "
-                             "code?) and did not take the previous Ctrl-C: exiting at once\n")
-            sys.stderr.flush()
-            self.router.dir.release()
-            os._exit(EXIT_INTERRUPTED)
-        if self.pending_since is None:
-            self.pending_since = now
-        try:
-            self.loop.call_soon_threadsafe(self._in_loop)
-        except RuntimeError:  # the loop has already closed: the master is on its way out
-            raise KeyboardInterrupt from None
-
-    def _in_loop(self) -> None:
-        self.pending_since = None
-        self.router.request_stop(graceful=not self.router.stopped.is_set())
 
 
 def _keep_watchdog(loop: asyncio.AbstractEventLoop, notifier: Notifier, interval: float, router: Router) -> None:
     """WATCHDOG=1 from the loop itself: a stuck loop stops feeding systemd's watchdog."""
     def beat() -> None:
-        if router.state != "stopping":
+        if router.state is not ClusterState.STOPPING:
             log.survive("the systemd watchdog notification", notifier.watchdog)
             loop.call_later(interval, beat)
     loop.call_soon(beat)
