@@ -21,7 +21,7 @@ from typing import Any
 import zmq
 from zmq.backend import Socket as _Backend
 
-from .log import RateLimited
+from .ops.log import RateLimited
 
 BATCH = 512
 

@@ -15,8 +15,8 @@ import logging
 import time
 from collections.abc import Callable
 
-from .. import log
-from ..config import Config
+from ..ops import log
+from ..settings import Config
 from ..worker.spawn import OnExit, OnLine, Spawner
 from .balancer import Balancer
 from .health import HealthCheck
@@ -126,6 +126,7 @@ class Supervisor:
         worker = self.by_ident.get(ident)
         if worker is not None:
             worker.last_beat = time.monotonic()
+            worker.heard = True
             stalled = info.get("stalled", 0.0) if isinstance(info, dict) else 0.0
             worker.stalled = stalled if isinstance(stalled, (int, float)) else 0.0
 

@@ -19,8 +19,9 @@ from typing import Any
 
 import zmq
 
-from .. import log, protocol, wire
+from .. import protocol, wire
 from ..endpoint import Dispatcher, encode_response, start_task
+from ..ops import log
 from ..protocol import RemoteError, RPCError
 from ..wire import ANSWER, CALL, ERROR, NOTIFY, REQUEST, RESULT, STOP, TOKEN_SIZE, WorkerSpec
 from ..zmqloop import Outbox, SocketReader

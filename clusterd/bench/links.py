@@ -12,7 +12,7 @@ divided by its calls) is taken beside each rate. Systems, measured in interleave
 system and path once per round, so a burst of outside load slows one round of each) and reported
 as medians:
 
-- ``clusterd``: this tree, one ``clusterd run`` of ``bench_links_app`` with one worker;
+- ``clusterd``: this tree, one ``clusterd run`` of ``links_app`` with one worker;
 - ``baseline`` (only with ``baseline=DIR``): the same app on another clusterd source tree, e.g. a
   worktree of an older commit, so a change is measured against what it replaces in the same run;
 - ``dealer_link``: the same loop on a hand-made link, one asyncio ROUTER process and one asyncio
@@ -289,7 +289,7 @@ class _Instance:
         runtime.mkdir(mode=0o700, exist_ok=True)
         appdir = session.tmp / "app"
         appdir.mkdir(exist_ok=True)
-        shutil.copyfile(Path(__file__).with_name("bench_links_app.py"), appdir / f"{APP_MODULE}.py")
+        shutil.copyfile(Path(__file__).with_name("links_app.py"), appdir / f"{APP_MODULE}.py")
         env = dict(os.environ, CLUSTERD_RUNTIME_DIR=str(runtime))
         env.pop("CLUSTERD_NAME", None)
         env["PYTHONPATH"] = os.pathsep.join([str(tree), str(appdir)])
@@ -381,7 +381,7 @@ def run_links_bench(*, quick: bool = False, baseline: Path | None = None, rounds
     rounds = rounds or (1 if quick else 5)
     seconds = seconds or (0.3 if quick else 1.0)
     started = time.perf_counter()
-    here = Path(__file__).resolve().parent.parent
+    here = Path(__file__).resolve().parent.parent.parent
     session = _Session()
     try:
         report("starting clusterd…")
