@@ -150,8 +150,8 @@ class Agent:
     def _on_line(self, ident: str, line: bytes) -> None:
         handle = self.children.get(ident)
         pid = getattr(handle, "pid", None)
-        log.logger.info(line.decode("utf-8", "replace").rstrip("\r"),
-                        extra={"source": f"worker {ident} pid {pid}", "pid": pid, "event": "output"})
+        slot = ident.split(".")[0]
+        log.worker_line(line, int(slot) if slot.isdigit() else None, pid, f"worker {ident} pid {pid}")
 
     def _on_exit(self, ident: str, returncode: int | None) -> None:
         self.children.pop(ident, None)

@@ -188,6 +188,10 @@ def run_options(func: Any) -> Any:
                      help="Most calls one client may have in flight; past it calls get -32005 at once (0: no limit)."),
         click.option("--log-format", type=click.Choice(["text", "json"]), default="text", show_default=True,
                      envvar=_env("log-format")),
+        click.option("--log-file", type=click.Path(dir_okay=False), default=None, envvar=_env("log-file"),
+                     help="Write the log to this file instead of stderr; reopened when logrotate moves it."),
+        click.option("--log-calls", is_flag=True, default=False, envvar=_env("log-calls"),
+                     help="Log every call with its method, outcome and duration (an access log)."),
         click.option("--debug", is_flag=True, default=False, envvar=_env("debug"),
                      help="Send tracebacks to callers; log at debug level."),
         click.option("--worker-bind", "worker_binds", multiple=True, envvar=_env("worker-bind"),
@@ -267,7 +271,10 @@ def run(master: str | None, worker: str | None, config: str | None, **opts: Any)
     from . import log
     from .master import InstanceBusy
     from .runner import run as run_instance
-    log.setup(cfg.log_format, cfg.debug)
+    try:
+        log.setup(cfg.log_format, cfg.debug, cfg.name, cfg.log_file)
+    except OSError as exc:
+        fail(f"--log-file {cfg.log_file}: {exc.strerror}")
     for addr in cfg.binds:
         if not _is_loopback(addr) and not cfg.curve_dir:
             log.event("insecure-bind", f"--bind {addr} is reachable from other hosts and is not encrypted",

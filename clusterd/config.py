@@ -102,6 +102,8 @@ class Config:
     max_batch: int = 1000
     max_client_inflight: int = 10000
     log_format: str = "text"
+    log_file: str | None = None
+    log_calls: bool = False
     debug: bool = False
     worker_binds: list[str] = field(default_factory=list)
     curve_dir: str | None = None
@@ -129,6 +131,7 @@ class Config:
             "watch_version": self.watch_version, "reload_on_change": self.reload_on_change,
             "max_message_size": self.max_message_size, "max_batch": self.max_batch,
             "max_client_inflight": self.max_client_inflight, "log_format": self.log_format,
+            "log_file": self.log_file, "log_calls": self.log_calls,
             "debug": self.debug, "worker_binds": self.worker_binds, "curve_dir": self.curve_dir,
             "runtime_dir": self.runtime_dir, "isolation": self.isolation,
         }

@@ -28,6 +28,7 @@ from .endpoint import Dispatcher, encode_response, method_table
 from .pool import Call, Worker, WorkerState
 from .protocol import NO_ID, RemoteError, RPCError
 from .supervisor import Supervisor
+from .worker_log import CallErrors
 from .zmqloop import NOBLOCK, SocketReader, send_frames
 
 
@@ -174,6 +175,7 @@ class Router:
         self.endpoint._router = self
         self.endpoint.workers = WorkersProxy(self)
         self.dispatcher = Dispatcher(self.endpoint, config.debug)
+        self.dispatcher.report = CallErrors(log.logger).report
         self._local = _LocalMethods(self.dispatcher.methods)
         self.worker_methods: dict[str, dict] = {name: m.describe() for name, m in method_table(worker_cls).items()}
         self.supervisor = Supervisor(config, self)
@@ -309,7 +311,7 @@ class Router:
         meta = self.worker_methods.get(method)
         if meta is None:
             if req.id is not NO_ID:
-                self._send(sock, envelope, protocol.encode_error(req.id, protocol.METHOD_NOT_FOUND))
+                self._send(sock, envelope, protocol.dumps(protocol.method_not_found(req.id, method)))
             return
         if self.state == "stopping":
             if req.id is not NO_ID:
@@ -581,8 +583,8 @@ class Router:
                 if handler is None and method == "clusterd.status":
                     handler = self.admin_status
             if handler is None:
-                response = _master_lacks(req) if source == "worker" else protocol.error_response(
-                    req.id, protocol.METHOD_NOT_FOUND)
+                response = _master_lacks(req) if source == "worker" else protocol.method_not_found(
+                    req.id, method)
             else:
                 try:
                     params = req.params
@@ -655,7 +657,7 @@ class Router:
             return self.run_local(req, source)
         meta = self.worker_methods.get(req.method)
         if meta is None:
-            return None if req.id is NO_ID else protocol.encode_error(req.id, protocol.METHOD_NOT_FOUND)
+            return None if req.id is NO_ID else protocol.dumps(protocol.method_not_found(req.id, req.method))
         if self.state == "stopping":
             return None if req.id is NO_ID else protocol.encode_error(req.id, protocol.SHUTTING_DOWN)
         try:

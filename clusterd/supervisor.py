@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING
 
 import psutil
 
-from . import log
+from . import log, protocol
 from .config import Config
 from .pool import Balancer, Slot, Worker, WorkerState
 from .spawn import DirectSpawner, ZygoteSpawner
@@ -66,6 +66,20 @@ def _exit_info(returncode: int | None, reason: str) -> dict:
         else:
             code = returncode
     return {"code": code, "signal": sig, "at": time.time(), "reason": reason}
+
+
+def _methods_running(worker: Worker) -> str:
+    """Which methods a worker held when it exited, for its exit line (decoded only then: it is rare)."""
+    names: dict[str, int] = {}
+    for call in worker.calls.values():
+        try:
+            method = protocol.fast_loads(call.payload).get("method")
+        except (ValueError, AttributeError):
+            continue
+        if isinstance(method, str):
+            names[method[:80]] = names.get(method[:80], 0) + 1
+    shown = [f"{m!r}" + (f" x{n}" if n > 1 else "") for m, n in sorted(names.items())[:5]]
+    return ", ".join(shown) + (" ..." if len(names) > 5 else "")
 
 
 class Supervisor:
@@ -115,6 +129,7 @@ class Supervisor:
             "heartbeat_interval": self.config.heartbeat_interval,
             "heartbeat_timeout": max(self.config.heartbeat_timeout, 2.0),
             "debug": self.config.debug, "parent_pid": os.getpid(), "master_pid": os.getpid(),
+            "log_calls": self.config.log_calls,
         }
         slot = self.slots.get(index)
         if slot is not None and slot.agent is not None:
@@ -145,10 +160,9 @@ class Supervisor:
         self.worker_exited(worker, returncode)
 
     def _emit_line(self, worker: Worker, line: bytes) -> None:
-        text = line.decode("utf-8", "replace").rstrip("\r")
-        worker.output_tail.append(text)
-        log.logger.info(text, extra={"source": f"worker {worker.slot} pid {worker.pid}", "slot": worker.slot,
-                                     "pid": worker.pid, "event": "output"})
+        if not line.startswith(log.WORKER_RECORD):
+            worker.output_tail.append(line.decode("utf-8", "replace").rstrip("\r"))
+        log.worker_line(line, worker.slot, worker.pid)
 
     # ------------------------------------------------------------------ messages from workers
     def on_hello(self, ident: bytes, info: dict) -> None:
@@ -185,8 +199,15 @@ class Supervisor:
 
     def on_boot_failure(self, ident: bytes, info: dict) -> None:
         worker = self.by_ident.get(ident)
-        if worker is not None:
-            worker.boot_error = info
+        if worker is None or getattr(worker, "boot_reported", False):
+            return
+        worker.boot_error = info
+        worker.boot_reported = True
+        if not self.booting:  # at boot, `run` prints it once as the reason it exits
+            tb = info.get("traceback") if isinstance(info, dict) else None
+            log.logger.error("%s failed to start: %s", worker.label(), info.get("error") if isinstance(info, dict)
+                             else info, extra={"event": "worker-start-failed", "slot": worker.slot,
+                                               "pid": worker.pid, "exc": tb if isinstance(tb, str) else None})
 
     def on_beat(self, ident: bytes, info: dict) -> None:
         worker = self.by_ident.get(ident)
@@ -247,9 +268,12 @@ class Supervisor:
         reason = worker.retire_reason or "crashed"
         info = _exit_info(returncode, reason)
         slot = self.slots.get(worker.slot)
+        running = _methods_running(worker) if worker.calls else None
         log.event("worker-exit", f"{worker.label()} exited (code {info['code']}, signal {info['signal']},"
-                  f" {reason})", level=logging.WARNING if reason in ("crashed", "hung") else logging.INFO,
-                  slot=worker.slot, pid=worker.pid, reason=reason, code=info["code"], signal=info["signal"])
+                  f" {reason})" + (f" while running {running}" if running else ""),
+                  level=logging.WARNING if reason in ("crashed", "hung") else logging.INFO,
+                  slot=worker.slot, pid=worker.pid, reason=reason, code=info["code"], signal=info["signal"],
+                  method=running)
         self.router.on_worker_gone(worker, info)
 
         if slot is not None:

@@ -24,12 +24,13 @@ import os
 import signal
 import sys
 import threading
+import time
 import traceback
 from typing import Any
 
 import zmq
 
-from . import heartbeat, log, protocol
+from . import heartbeat, log, protocol, worker_log
 from .endpoint import Dispatcher, encode_response
 from .protocol import RemoteError, RPCError
 from .zmqloop import SocketReader, send_frames
@@ -101,10 +102,12 @@ class WorkerEndpoint:
 class WorkerLink:
     """The worker's side of its socket to the master: serves calls, sends its own requests."""
 
-    def __init__(self, loop: asyncio.AbstractEventLoop, sock: zmq.Socket, debug: bool) -> None:
+    def __init__(self, loop: asyncio.AbstractEventLoop, sock: zmq.Socket, debug: bool,
+                 log_calls: bool = False) -> None:
         self.loop = loop
         self.sock = sock
         self.debug = debug
+        self.log_calls = log_calls
         self.dispatcher: Dispatcher | None = None
         self._next_id = 0
         self._pending: dict[int, asyncio.Future] = {}
@@ -176,15 +179,24 @@ class WorkerLink:
             return self._answer(token, prepared)
         func, method = prepared
         if method.is_async:
-            task = self.loop.create_task(self._serve_async(token, func, req))
+            task = self.loop.create_task(self._serve_async(token, func, req, method.name))
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
+        elif self.log_calls:
+            started = time.perf_counter()
+            response = self.dispatcher.run_sync(func, req.params, req.id, method.name)
+            worker_log.access(method.name, "error" not in response, started, time.perf_counter())
+            self._answer(token, response)
         else:
-            self._answer(token, self.dispatcher.run_sync(func, req.params, req.id))
+            self._answer(token, self.dispatcher.run_sync(func, req.params, req.id, method.name))
 
-    async def _serve_async(self, token: bytes | None, func, req: protocol.Request) -> None:
+    async def _serve_async(self, token: bytes | None, func, req: protocol.Request, name: str) -> None:
         try:
-            self._answer(token, await self.dispatcher.run_async(func, req.params, req.id))
+            started = time.perf_counter() if self.log_calls else 0.0
+            response = await self.dispatcher.run_async(func, req.params, req.id, name)
+            if self.log_calls:
+                worker_log.access(name, "error" not in response, started, time.perf_counter())
+            self._answer(token, response)
         except Exception:
             self._fault(token, req.id)
 
@@ -211,6 +223,15 @@ def import_class(path: str) -> type:
     return obj
 
 
+def set_title(title: str) -> None:
+    """What `ps` and `top` show for this process (`clusterd: myapp worker 3 gen 2`)."""
+    try:
+        import setproctitle
+    except ImportError:
+        return
+    setproctitle.setproctitle(title)
+
+
 def _die_with_parent() -> None:
     """Ask Linux to kill this process when its parent (the master) dies, even by SIGKILL."""
     try:
@@ -232,6 +253,8 @@ def main() -> None:
     for sig in (signal.SIGINT, signal.SIGHUP, signal.SIGQUIT, signal.SIGTTIN, signal.SIGTTOU):
         signal.signal(sig, signal.SIG_IGN)
     sys.path.insert(0, os.getcwd())
+    worker_log.install(spec.get("debug", False))
+    set_title(f"clusterd: {spec.get('name', '?')} worker {spec['slot']} gen {spec['generation']}")
     try:
         code = asyncio.run(_run(spec))
     except KeyboardInterrupt:
@@ -284,7 +307,7 @@ async def _serve(loop: asyncio.AbstractEventLoop, spec: dict, sock: zmq.Socket, 
     if configure is not None:
         configure(sock)
     sock.connect(spec["endpoint"])
-    link = WorkerLink(loop, sock, spec.get("debug", False))
+    link = WorkerLink(loop, sock, spec.get("debug", False), spec.get("log_calls", False))
     if embedded is None:
         loop.add_signal_handler(signal.SIGTERM, link.stop_requested.set)
     else:
@@ -300,13 +323,12 @@ async def _serve(loop: asyncio.AbstractEventLoop, spec: dict, sock: zmq.Socket, 
         endpoint.workers = WorkersProxyViaMaster(endpoint.master)
         await endpoint.start_services()
         link.dispatcher = Dispatcher(endpoint, spec.get("debug", False))
+        link.dispatcher.report = worker_log.CallErrors().report
     except BaseException as exc:  # any failure to start is reported to the master, then we exit
         text = "".join(traceback.format_exception(exc))
         failure = {"error": f"{type(exc).__name__}: {exc}", "traceback": text}
-        if embedded is None:
-            sys.stderr.write(text)
-        else:
-            embedded.failure = failure
+        if embedded is not None:
+            embedded.failure = failure  # the master logs the traceback once, from the message below
         sock.send_multipart([b"f", protocol.dumps(failure)])
         link.reader.close()
         sock.close(linger=2000)
