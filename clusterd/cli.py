@@ -15,10 +15,10 @@ import click
 
 from . import protocol
 from .config import Config, ConfigError, check_address, parse_size, parse_workers, runtime_root
-from .control import ControlClient, NoInstance, find_instance, list_instances
+from .control import AmbiguousInstance, ControlClient, NoInstance, find_instance, list_instances
 from .protocol import RemoteError
 
-EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, 1, 2
+EXIT_OK, EXIT_FAILURE, EXIT_USAGE, EXIT_NOT_RUNNING = 0, 1, 2, 3   # 3: LSB "program is not running"
 
 
 class UserError(click.ClickException):
@@ -216,7 +216,8 @@ def import_endpoint(path: str, base_name: str, label: str) -> type:
     except ModuleNotFoundError as exc:
         fail(f"cannot import {label} {path}: module {exc.name!r} not found")
     except Exception as exc:  # the user's module raised while importing
-        fail(f"cannot import {label} {path}: importing {module_name!r} raised {type(exc).__name__}: {exc}")
+        fail(f"cannot import {label} {path}: importing {module_name!r} raised {type(exc).__name__}: {exc}"
+             f"{_where(exc)}")
     obj: Any = module
     for part in attr.split("."):
         if not hasattr(obj, part):
@@ -227,6 +228,20 @@ def import_endpoint(path: str, base_name: str, label: str) -> type:
     if not (isinstance(obj, type) and issubclass(obj, base)):
         fail(f"{label} {path} is not a subclass of clusterd.{base_name}")
     return obj
+
+
+def _where(exc: BaseException) -> str:
+    """ ' at FILE:LINE' of the innermost frame outside the import machinery, for an import that raised."""
+    import traceback
+    frames = [f for f in traceback.extract_tb(exc.__traceback__) if "importlib" not in f.filename]
+    if isinstance(exc, SyntaxError) and exc.filename:
+        return f" at {exc.filename}:{exc.lineno}"
+    return f" at {frames[-1].filename}:{frames[-1].lineno}" if frames else ""
+
+
+def not_running(exc: NoInstance) -> None:
+    """No such instance: exit 3 (LSB "not running"); several and none chosen: a usage error."""
+    fail(str(exc), EXIT_USAGE if isinstance(exc, AmbiguousInstance) else EXIT_NOT_RUNNING)
 
 
 # ---------------------------------------------------------------------------- commands
@@ -248,6 +263,9 @@ def run(master: str | None, worker: str | None, config: str | None, **opts: Any)
         sys.path.insert(0, os.getcwd())
     master_cls = import_endpoint(master, "MasterEndpoint", "MASTER")
     worker_cls = import_endpoint(worker, "WorkerEndpoint", "WORKER")
+    if opts["workers"] == 0:
+        fail("--workers 0 would start no worker: give 1 or more (a running instance can still "
+             "`clusterd scale 0` on purpose)")
     name = opts.pop("name") or master.partition(":")[0].split(".")[0]
     if not name or "/" in name or name.startswith("."):
         fail(f"bad instance name {name!r}")
@@ -301,7 +319,7 @@ def _control(name: str | None, timeout: float | None = 10.0) -> ControlClient:
     try:
         instance = find_instance(name)
     except NoInstance as exc:
-        fail(str(exc))
+        not_running(exc)
     return ControlClient(instance.control_address, timeout)
 
 
@@ -316,25 +334,43 @@ def _admin(name: str | None, method: str, params: Any = None, timeout: float | N
 
 
 @cli.command()
-@click.option("--name", envvar="CLUSTERD_NAME")
-@click.option("--json", "as_json", is_flag=True, help="Print the status document.")
+@click.option("--name", envvar="CLUSTERD_NAME", help="Only this instance (default: every running one).")
+@click.option("--json", "as_json", is_flag=True,
+              help="Print the status document (an array of them when several instances run).")
 @click.option("--watch", is_flag=True, help="Redraw every second until Ctrl-C.")
 def status(name: str | None, as_json: bool, watch: bool) -> None:
-    """Show the workers of a running instance."""
-    from .status import render_table
+    """Show the workers of the running instances (one block each), or of --name."""
     if not watch:
-        doc = _admin(name, "clusterd.status")
-        click.echo(protocol.dumps(doc).decode() if as_json else render_table(doc))
+        click.echo(_status_text(name, as_json))
         return
     try:
         while True:
-            doc = _admin(name, "clusterd.status")
-            text = protocol.dumps(doc).decode() if as_json else render_table(doc)
+            text = _status_text(name, as_json)
             click.echo("\x1b[H\x1b[2J" + text, nl=True)
             sys.stdout.flush()
             time.sleep(1.0)  # a screen refresh for a person, like top
     except KeyboardInterrupt:
         pass
+
+
+def _status_text(name: str | None, as_json: bool) -> str:
+    from .status import render_many, render_table
+    if name is not None:
+        doc = _admin(name, "clusterd.status")
+        return protocol.dumps(doc).decode() if as_json else render_table(doc)
+    instances = list_instances()
+    if not instances:
+        fail(f"no clusterd instance is running (looked in {runtime_root()})", EXIT_NOT_RUNNING)
+    docs = []
+    for inst in instances:
+        try:
+            with ControlClient(inst.control_address, 10.0) as conn:
+                docs.append(conn.call("clusterd.status"))
+        except (RemoteError, TimeoutError):
+            docs.append({"name": inst.name, "state": "unresponsive", "master": {"pid": inst.pid}, "workers": []})
+    if as_json:
+        return protocol.dumps(docs[0] if len(docs) == 1 else docs).decode()
+    return render_many(docs)
 
 
 @cli.command()
@@ -381,13 +417,67 @@ def _print_reload_event(event: dict) -> None:
         click.echo("another reload is running: this one is queued after it")
 
 
-@cli.command()
-@click.argument("workers", type=WorkersType())
+@cli.command(context_settings={"ignore_unknown_options": True})
+@click.argument("workers")
 @click.option("--name", envvar="CLUSTERD_NAME")
-def scale(workers: int, name: str | None) -> None:
-    """Set the number of workers of a running instance."""
-    result = _admin(name, "clusterd.scale", {"workers": workers})
+def scale(workers: str, name: str | None) -> None:
+    """Set the number of workers of a running instance (0 is allowed: no worker serves until scaled up)."""
+    try:
+        count = parse_workers(workers)
+    except ConfigError:
+        fail(f"scale needs a number of workers (0 or more) or 'auto', not {workers!r}")
+    result = _admin(name, "clusterd.scale", {"workers": count})
     click.echo(f"scaled from {result['from']} to {result['to']} workers")
+
+
+@cli.command()
+@click.option("--name", envvar="CLUSTERD_NAME")
+@click.option("-f", "--follow", is_flag=True, help="Keep printing new lines as they are logged, until Ctrl-C.")
+@click.option("--slot", type=click.IntRange(min=0), default=None, help="Only lines of this worker slot.")
+@click.option("-n", "--lines", type=click.IntRange(min=0), default=50, show_default=True,
+              help="How many recent lines to print first.")
+@click.option("--json", "as_json", is_flag=True, help="One JSON object per line.")
+def logs(name: str | None, follow: bool, slot: int | None, lines: int, as_json: bool) -> None:
+    """Print the recent log of a running instance, kept in memory by its master (as `pm2 logs`)."""
+    from .log_ring import format_entry
+    with _control(name, None) as conn:
+        def fetch(after: int, count: int | None, wait: float) -> dict:
+            try:
+                return conn.call("clusterd.logs", {"after": after, "slot": slot, "lines": count, "wait": wait},
+                                 timeout=wait + 10)
+            except RemoteError as exc:
+                fail(f"logs failed: {describe_error(exc)}", EXIT_FAILURE)
+            except TimeoutError:
+                fail("the instance stopped answering", EXIT_FAILURE)
+
+        def show(entries: list[dict]) -> None:
+            for entry in entries:
+                click.echo(protocol.dumps(entry).decode() if as_json else format_entry(entry))
+
+        page = fetch(0, lines, 0.0) if lines else fetch(0, 1, 0.0) | {"entries": []}
+        show(page["entries"])
+        after = page["next"]
+        try:
+            while follow:
+                page = fetch(after, None, 30.0)
+                show(page["entries"])
+                after = page["next"]
+        except KeyboardInterrupt:
+            pass
+
+
+@cli.command()
+@click.option("--name", envvar="CLUSTERD_NAME")
+def health(name: str | None) -> None:
+    """Exit 0 when every wanted worker is ready, 1 when degraded, 3 when not running (for probes)."""
+    from .status import counts
+    doc = _admin(name, "clusterd.status")
+    ready, wanted = counts(doc)
+    if doc.get("state") in ("running", "reloading") and ready >= wanted and ready > 0:
+        click.echo(f"{doc['name']}: healthy, {ready}/{wanted} workers ready")
+        return
+    click.echo(f"{doc['name']}: degraded, {doc.get('state')}, {ready}/{wanted} workers ready")
+    sys.exit(EXIT_FAILURE)
 
 
 @cli.command()
@@ -397,8 +487,11 @@ def stop(name: str | None, timeout: float | None) -> None:
     """Stop a running instance gracefully and wait until it has exited."""
     try:
         instance = find_instance(name)
+    except AmbiguousInstance as exc:
+        not_running(exc)
     except NoInstance as exc:
-        fail(str(exc))
+        click.echo(f"{exc}: nothing to stop")  # idempotent, as `systemctl stop`
+        return
     with ControlClient(instance.control_address, 10) as conn:
         try:
             result = conn.call("clusterd.stop", {"timeout": timeout} if timeout is not None else {})
@@ -438,16 +531,30 @@ def call(method: str, params: tuple[str, ...], name: str | None, address: str | 
         try:
             address = find_instance(name).control_address
         except NoInstance as exc:
-            fail(str(exc))
+            not_running(exc)
     with ControlClient(address, timeout) as conn:
         try:
             result = conn.call(method, values)
         except RemoteError as exc:
-            data = f" {protocol.dumps(exc.data).decode()}" if exc.data is not None else ""
-            fail(f"error {exc.code}: {exc.message}{data}", EXIT_FAILURE)
+            fail(describe_error(exc), EXIT_FAILURE)
         except TimeoutError as exc:
             fail(str(exc), EXIT_FAILURE)
     click.echo(protocol.dumps(result).decode())
+
+
+def describe_error(exc: RemoteError) -> str:
+    """An error answer in one line (a traceback under it when the server sent one): the message once,
+    the data only for what it adds."""
+    data = exc.data
+    tb = None
+    if isinstance(data, dict):
+        tb = data.get("traceback")
+        extra = {k: v for k, v in data.items() if k not in ("type", "message", "traceback")}
+        data = extra or None
+    text = f"error {exc.code}: {exc.message}"
+    if data is not None and (not isinstance(data, str) or data not in exc.message):
+        text += f" ({data if isinstance(data, str) else protocol.dumps(data).decode()})"
+    return text + (f"\n{tb.rstrip()}" if isinstance(tb, str) else "")
 
 
 def _running(pid: int) -> bool:

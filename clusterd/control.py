@@ -18,6 +18,10 @@ class NoInstance(Exception):
     """No running instance matches: a one-line message for the user."""
 
 
+class AmbiguousInstance(NoInstance):
+    """Several instances run and none was named: the caller must choose (a usage error, not "not running")."""
+
+
 @dataclass(frozen=True)
 class Instance:
     name: str
@@ -61,8 +65,9 @@ def list_instances(root: Path | None = None) -> list[Instance]:
     return [Instance(p.name, p, read_pid(p)) for p in entries if _alive(p)]
 
 
-def find_instance(name: str | None = None) -> Instance:
-    """The instance called name; without a name, the only one running."""
+def find_instance(name: str | None = None, choose: str = "--name") -> Instance:
+    """The instance called name; without a name, the only one running. `choose` says how a caller
+    names one (`--name` on the command line, `Client(name=...)` in Python)."""
     root = runtime_root()
     if name:
         path = root / name
@@ -74,7 +79,7 @@ def find_instance(name: str | None = None) -> Instance:
         raise NoInstance(f"no clusterd instance is running (looked in {root})")
     if len(running) > 1:
         names = ", ".join(i.name for i in running)
-        raise NoInstance(f"several instances are running ({names}): choose one with --name")
+        raise AmbiguousInstance(f"several instances are running ({names}): choose one with {choose}")
     return running[0]
 
 

@@ -158,7 +158,8 @@ class RuntimeDir:
 class Router:
     """The master's sockets and the routing of every call between clients, master and workers."""
 
-    ADMIN = ("clusterd.status", "clusterd.reload", "clusterd.reload_wait", "clusterd.scale", "clusterd.stop")
+    ADMIN = ("clusterd.status", "clusterd.reload", "clusterd.reload_wait", "clusterd.scale", "clusterd.stop",
+             "clusterd.logs")
 
     def __init__(self, config: Config, master_cls: type, worker_cls: type) -> None:
         self.config = config
@@ -191,6 +192,7 @@ class Router:
         self._client_calls: dict[zmq.Socket, dict[bytes, int]] = {}
         self._inflight_limit = config.max_client_inflight or 1 << 62
         self.reloads = None  # set by serve(): the ReloadManager
+        self.log_ring = None  # set by serve(): the recent log for `clusterd logs`
         self.notifier = None
         self.shared = None
         self._faults = log.RateLimited()
@@ -747,6 +749,22 @@ class Router:
     async def admin_reload_wait(self, id: int, after: int = 0) -> dict:
         return await self.reloads.progress(id, after)
 
+    async def admin_logs(self, after: int = 0, slot: int | None = None, lines: int | None = 100,
+                         wait: float = 0.0) -> dict:
+        """The recent log (`clusterd logs`): entries after `after`; with wait, the next ones as they come."""
+        ring = self.log_ring
+        if ring is None:
+            return {"entries": [], "next": after}
+        if not isinstance(after, int) or (slot is not None and not isinstance(slot, int)) \
+                or (lines is not None and not isinstance(lines, int)) or not isinstance(wait, (int, float)):
+            raise RPCError(protocol.INVALID_PARAMS, "after, slot and lines are integers, wait is seconds")
+        entries = ring.read(after, slot, lines)
+        if not entries and wait > 0 and self.state != "stopping":
+            await ring.wait(max(after, ring.seq if slot is not None else after), min(float(wait), 60.0))
+            entries = ring.read(after, slot, lines)
+        return {"entries": entries, "next": max([after, *(e["seq"] for e in entries)]) if slot is None
+                else max(after, ring.seq)}
+
     # ------------------------------------------------------------------ lifecycle
     def request_stop(self, graceful: bool = True) -> None:
         if not self.stopped.is_set():
@@ -767,6 +785,7 @@ class Router:
             "workers": self.supervisor.workers_document(),
             "config": self.config.document(),
             "generation": self.supervisor.generation,
+            "workers_ready": self.supervisor.counts()["ready"], "workers_wanted": self.supervisor.counts()["wanted"],
             "queued": len(self.queue),
             "client_inflight": sum(sum(c.values()) for c in self._client_calls.values()),
         }

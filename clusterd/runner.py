@@ -15,7 +15,9 @@ from .config import Config
 from .master import Router
 from .reload import ReloadManager, installed_version, read_version, watch_sources, watch_version
 from .supervisor import BootFailure
+from .log_ring import LogRing
 from .systemd import Notifier
+from .worker import set_title
 
 EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, 1, 2
 
@@ -23,11 +25,15 @@ EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, 1, 2
 async def serve(config: Config, master_cls: type, worker_cls: type) -> int:
     """Run one instance until it is stopped; return the exit status of `clusterd run`."""
     loop = asyncio.get_running_loop()
+    set_title(f"clusterd: {config.name} master")
     router = Router(config, master_cls, worker_cls)
     router.dir.claim(config.name)  # raises InstanceBusy: the CLI turns it into exit status 2
+    router.log_ring = LogRing(loop)
+    log.logger.addHandler(router.log_ring)
     try:
         return await _serve(loop, router, config, master_cls)
     finally:
+        log.logger.removeHandler(router.log_ring)
         if router.shared is not None:
             router.shared.close()
         router.close_sockets()
@@ -47,6 +53,8 @@ async def _serve(loop: asyncio.AbstractEventLoop, router: Router, config: Config
     _install_signals(loop, router)
     log.event("master-start", f"{config.name}: master pid {router.endpoint.pid} starting {config.workers} "
               f"workers ({config.worker})", instance=config.name)
+    for address, what in listening(router):
+        log.event("listening", f"Listening at: {address} ({what})", address=address)
 
     try:
         await router.endpoint.start_services()
@@ -124,6 +132,16 @@ async def _shutdown(router: Router, graceful: bool) -> None:
     except Exception:
         log.logger.exception("the master's stop_services failed")
     log.event("master-exit", f"{config.name}: stopped")
+
+
+def listening(router: Router) -> list[tuple[str, str]]:
+    """Every endpoint this instance listens on, with what it is for (the start-up's "Listening at:")."""
+    config = router.config
+    out = [(addr, "clients") for addr in config.binds]
+    out.append((f"ipc://{config.instance_dir / 'control.sock'}", "control: clients and clusterd commands"))
+    out.append((router.worker_endpoint, "worker link"))
+    out += [(addr, "workers from agents") for addr in config.worker_binds]
+    return out
 
 
 def _install_signals(loop: asyncio.AbstractEventLoop, router: Router) -> None:

@@ -183,7 +183,7 @@ class ZygoteSpawner:
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         try:
             z.proc = subprocess.Popen([sys.executable, "-c", ZYGOTE_ENTRY, f"{self.label}:zygote", self.worker_path,
-                                       str(theirs.fileno())],
+                                       str(theirs.fileno()), str(generation)],
                                       stdin=subprocess.DEVNULL, env=self.env, close_fds=True,
                                       pass_fds=(theirs.fileno(),))
         except OSError:

@@ -27,6 +27,7 @@ from .spawn import DirectSpawner, ZygoteSpawner
 if TYPE_CHECKING:
     from .master import Router
 
+RESTART_REASONS = ("hung", "max-memory", "max-requests", "crashed")
 STABLE_AFTER_S = 1.0       # a worker ready this long resets its slot's backoff
 BACKOFF_FIRST_S = 0.1
 BACKOFF_MAX_S = 5.0
@@ -187,6 +188,8 @@ class Supervisor:
             slot.active = worker
             if old is not None and old.state in (WorkerState.READY, WorkerState.STARTING):
                 self.retire(old, old.retire_reason or "reload")
+            if old is not None and old.retire_reason in RESTART_REASONS:
+                slot.restarts += 1  # recycled (hung, memory, requests): a restart, as pm2 and supervisord count
             fut = self._replacements.pop(worker.slot, None)
             if fut is not None and not fut.done():
                 fut.set_result(None)
@@ -276,8 +279,8 @@ class Supervisor:
                   method=running)
         self.router.on_worker_gone(worker, info)
 
-        if slot is not None:
-            slot.last_exit = info
+        if slot is not None and (was_ready or slot.incoming is not worker):
+            slot.last_exit = info  # a newcomer that never started (refused reload) is not the slot's history
 
         if not was_ready and self.booting and self._boot_waiter is not None and not self._boot_waiter.done():
             self._boot_waiter.set_exception(self._boot_failure(worker, returncode))  # fail fast
@@ -574,6 +577,11 @@ class Supervisor:
                 })
         rows.sort(key=lambda r: r["slot"])
         return rows
+
+    def counts(self) -> dict:
+        """Ready and wanted workers, as status and ls both show them."""
+        ready, wanted = self.slot_summary()
+        return {"ready": ready, "wanted": wanted}
 
     def slot_summary(self) -> tuple[int, int]:
         ready = sum(1 for s in self.slots.values() if s.active is not None and s.active.state is WorkerState.READY)

@@ -225,11 +225,16 @@ def import_class(path: str) -> type:
 
 def set_title(title: str) -> None:
     """What `ps` and `top` show for this process (`clusterd: myapp worker 3 gen 2`)."""
+    had = "SPT_NOENV" in os.environ
+    os.environ["SPT_NOENV"] = "1"  # keep /proc/PID/environ readable: the title fits where argv was
     try:
         import setproctitle
+        setproctitle.setproctitle(title)
     except ImportError:
-        return
-    setproctitle.setproctitle(title)
+        pass
+    finally:
+        if not had:
+            os.environ.pop("SPT_NOENV", None)
 
 
 def _die_with_parent() -> None:

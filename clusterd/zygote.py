@@ -30,8 +30,10 @@ def _send(sock: socket.socket, obj: dict) -> None:
 
 
 def main() -> None:
-    from .worker import _die_with_parent
+    from .worker import _die_with_parent, set_title
     worker_path = sys.argv[2]
+    name = sys.argv[1].split(":")[1] if sys.argv[1].count(":") >= 2 else "?"
+    set_title(f"clusterd: {name} zygote gen {sys.argv[4] if len(sys.argv) > 4 else '?'}")
     parent = os.getppid()
     _die_with_parent()
     if os.getppid() != parent:

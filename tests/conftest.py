@@ -244,7 +244,7 @@ def _kill_leftover_workers(inst: Instance) -> None:
     for p in psutil.process_iter(["cmdline", "environ"]):
         try:
             cmd = p.info["cmdline"] or []
-            if any(a.startswith(f"clusterd-worker:{inst.name}:") for a in cmd):
+            if any(a.startswith((f"clusterd-worker:{inst.name}:", f"clusterd: {inst.name} ")) for a in cmd):
                 env = p.environ()
                 if env.get("CLUSTERD_RUNTIME_DIR") == str(inst.runtime_dir):
                     p.kill()
