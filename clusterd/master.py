@@ -8,9 +8,11 @@ the client untouched. No future, task or timer is created per forwarded call.
 from __future__ import annotations
 
 import asyncio
-import fcntl
 import logging
 import os
+import secrets
+import shutil
+import tempfile
 import time
 from collections import deque
 from collections.abc import Callable
@@ -21,12 +23,12 @@ from typing import Any
 import psutil
 import zmq
 
-from . import log, protocol, systemd
+from . import limits, log, protocol, systemd
 from .config import Config
-from .control import read_pid
 from .endpoint import Dispatcher, encode_response, method_table
 from .pool import Call, Worker, WorkerState
 from .protocol import NO_ID, RemoteError, RPCError
+from .runtime_dir import InstanceBusy, RuntimeDir, RuntimeDirError
 from .supervisor import Supervisor
 from .worker_log import CallErrors
 from .zmqloop import NOBLOCK, SocketReader, send_frames
@@ -108,56 +110,10 @@ class MasterEndpoint:
         return self._router.shared.block(name, size)
 
 
-class InstanceBusy(Exception):
-    """Another live master holds this instance name."""
-
-    def __init__(self, name: str, pid: int | None) -> None:
-        super().__init__(f"an instance named {name!r} is already running (pid {pid})")
-        self.pid = pid
-
-
-class RuntimeDir:
-    """The instance's directory: its lock, pid file and socket paths (DESIGN.md 8)."""
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        self._lock_fd: int | None = None
-
-    def claim(self, name: str) -> None:
-        """Take the instance name, or raise InstanceBusy; a directory left by a dead master is taken over."""
-        self.path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-        self.path.mkdir(mode=0o700, exist_ok=True)
-        os.chmod(self.path, 0o700)
-        fd = os.open(self.path / "lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
-            os.close(fd)
-            raise InstanceBusy(name, read_pid(self.path)) from None
-        self._lock_fd = fd
-        for stale in ("control.sock", "workers.sock"):
-            try:
-                (self.path / stale).unlink()
-            except FileNotFoundError:
-                pass
-        tmp = self.path / "master.pid.tmp"
-        tmp.write_text(f"{os.getpid()}\n")
-        tmp.replace(self.path / "master.pid")
-
-    def release(self) -> None:
-        for name in ("control.sock", "workers.sock", "master.pid"):
-            try:
-                (self.path / name).unlink()
-            except FileNotFoundError:
-                pass
-        if self._lock_fd is not None:
-            os.close(self._lock_fd)
-            self._lock_fd = None
-
-
 class Router:
     """The master's sockets and the routing of every call between clients, master and workers."""
 
+    STALLED = "Too many answers not taken by this client: read them first"
     ADMIN = ("clusterd.status", "clusterd.reload", "clusterd.reload_wait", "clusterd.scale", "clusterd.stop",
              "clusterd.logs")
 
@@ -170,6 +126,12 @@ class Router:
         self.ctx = zmq.Context()
         self.dir = RuntimeDir(config.instance_dir)
         self.worker_endpoint = f"ipc://{config.instance_dir / 'workers.sock'}"
+        # in every worker identity: a worker of another master (a shared or recreated runtime dir) is refused
+        self.token = secrets.token_hex(4)
+        self._dir_taken_by: int | None = None  # another instance took our name: our worker socket moved
+        self._private_dir: Path | None = None
+        self._dir_problem: str | None = None
+        self._dir_timer: asyncio.TimerHandle | None = None
         self.endpoint = master_cls()
         self.endpoint.name = config.name
         self.endpoint.pid = os.getpid()
@@ -185,12 +147,18 @@ class Router:
         self._sweep_handle: asyncio.TimerHandle | None = None
         self._token = 0
         self.stopped = asyncio.Event()
+        self.hurried = asyncio.Event()  # stop at once: what a graceful stop still waits for is cut short
         self._tasks: set[asyncio.Task] = set()
         self.readers: dict[zmq.Socket, SocketReader] = {}
         self._sockets: list[zmq.Socket] = []
         # calls in flight per client, by client socket then ROUTER identity (--max-client-inflight)
         self._client_calls: dict[zmq.Socket, dict[bytes, int]] = {}
         self._inflight_limit = config.max_client_inflight or 1 << 62
+        # clients whose answer queue is full (they do not read): their calls get -32005 until it drains
+        self._stalled: dict[zmq.Socket, set[bytes]] = {}
+        self.gates: dict[zmq.Socket, limits.ClientGate] = {}
+        self.open_files = limits.raise_open_files()
+        self.max_clients = limits.DEFAULT_MAX_CLIENTS
         self.reloads = None  # set by serve(): the ReloadManager
         self.log_ring = None  # set by serve(): the recent log for `clusterd logs`
         self.notifier = None
@@ -207,23 +175,23 @@ class Router:
     # ------------------------------------------------------------------ sockets
     def open_sockets(self) -> None:
         cfg = self.config
+        self.max_clients = limits.max_clients(cfg.max_clients, self.open_files, 1 + len(cfg.binds), cfg.workers)
         self.control = self._router_socket(client=True)
-        control_path = cfg.instance_dir / "control.sock"
-        self.control.bind(f"ipc://{control_path}")
-        os.chmod(control_path, 0o600)
+        self._bind_ipc(self.control, "control.sock")
         self.public = None
         if cfg.binds:
             self.public = self._router_socket(client=True)
             for addr in cfg.binds:
                 self.public.bind(addr)
         self._client_calls = {sock: {} for sock in (self.control, self.public) if sock is not None}
+        self._stalled = {sock: set() for sock in self._client_calls}
         self.wsock = self._router_socket(client=False)
         self.wsock.setsockopt(zmq.ROUTER_MANDATORY, 1)
-        self.wsock.bind(self.worker_endpoint)
+        self._bind_ipc(self.wsock, "workers.sock")
         if cfg.isolation == "thread":
             from .threads import THREAD_ENDPOINT
             self.wsock.bind(THREAD_ENDPOINT)  # thread workers share self.ctx, as inproc requires
-        os.chmod(cfg.instance_dir / "workers.sock", 0o600)
+        self._dir_timer = self.loop.call_later(cfg.heartbeat_interval, self._watch_runtime_dir)
         self.rsock = None
         if cfg.worker_binds:
             # workers from agents on other hosts: a socket of its own, CURVE-encrypted with --curve-dir
@@ -237,26 +205,136 @@ class Router:
             self.readers[self.public] = SocketReader(self.loop, self.public, self._public_handler())
         self.wreader = self.readers[self.wsock] = SocketReader(
             self.loop, self.wsock, lambda frames: self._on_worker_message(frames, self.wsock))
+        self.guard = limits.MessageGuard(self.loop, list(self.gates.values()),
+                                         limits.UNFINISHED_FRAMES * (cfg.max_message_size or 16 * 2 ** 20))
+
+    def _bind_ipc(self, sock: zmq.Socket, name: str) -> None:
+        """Bind sock to <instance dir>/name, 0600, and remember that file as ours."""
+        path = self.dir.path / name
+        sock.bind(f"ipc://{path}")
+        os.chmod(path, 0o600)
+        self.dir.own(name)
+
+    # ------------------------------------------------------------------ the runtime directory
+    def _watch_runtime_dir(self) -> None:
+        self._dir_timer = self.loop.call_later(self.config.heartbeat_interval, self._watch_runtime_dir)
+        try:
+            self.keep_runtime_dir()
+        except Exception:  # a check must never stop the periodic task
+            log.logger.exception("checking the runtime directory failed")
+
+    def keep_runtime_dir(self) -> None:
+        """Put back what vanished of our runtime directory (a tmp cleaner, an rm -r): SECURITY.md.
+
+        Deleted files are made again and the sockets bound again at their paths. If another instance
+        took the name meanwhile, its files are left alone: our workers get a private socket, so that
+        new ones join us and not it, and we keep serving our binds until told to stop by a signal.
+        """
+        if self._dir_taken_by is not None:
+            return
+        lost = self.dir.lost()
+        if not lost:
+            return
+        name = self.config.name
+        if "" in lost or "lock" in lost:
+            try:
+                self.dir.claim(name)
+            except InstanceBusy as exc:
+                self._dir_taken_by = exc.pid or 0
+                self._move_worker_socket()
+                log.event("runtime-dir-taken", f"{name}: runtime directory {self.dir.path} was deleted and is now "
+                          f"held by another instance (pid {exc.pid}); this master (pid {os.getpid()}) keeps "
+                          f"serving its binds, its workers now use {self.worker_endpoint}; `clusterd "
+                          f"stop/status --name {name}` reach the other instance: stop this one with "
+                          f"`kill -TERM {os.getpid()}`", level=logging.WARNING)
+                return
+            except (RuntimeDirError, OSError) as exc:
+                problem = f"{name}: runtime directory {self.dir.path} vanished and cannot be made again: {exc}"
+                if problem != self._dir_problem:
+                    log.event("runtime-dir-lost", problem, level=logging.WARNING)
+                self._dir_problem = problem
+                return
+            self._dir_problem = None
+            lost = ["control.sock", "workers.sock"]
+            log.event("runtime-dir-recreated", f"{name}: runtime directory {self.dir.path} was deleted: made "
+                      "again, with master.pid and both sockets", level=logging.WARNING)
+        for item in lost:
+            if item == "master.pid":
+                self.dir.write_pid()
+            elif item == "control.sock":
+                self._bind_ipc(self.control, item)
+            elif item == "workers.sock" and self._private_dir is None:
+                self._bind_ipc(self.wsock, item)
+
+    def _move_worker_socket(self) -> None:
+        """Bind the workers socket in a private directory of ours, beside the one we lost."""
+        self._private_dir = Path(tempfile.mkdtemp(prefix=f".{self.config.name}-{self.token}-",
+                                                  dir=self.dir.path.parent))
+        path = self._private_dir / "workers.sock"
+        self.wsock.bind(f"ipc://{path}")
+        os.chmod(path, 0o600)
+        self.worker_endpoint = f"ipc://{path}"
 
     def _router_socket(self, client: bool) -> zmq.Socket:
         sock = self.ctx.socket(zmq.ROUTER)
         self._sockets.append(sock)
         sock.setsockopt(zmq.LINGER, 0)
-        sock.setsockopt(zmq.SNDHWM, 0 if not client else 100000)
-        sock.setsockopt(zmq.RCVHWM, 0 if not client else 100000)
-        if client and self.config.max_message_size:
-            sock.setsockopt(zmq.MAXMSGSIZE, self.config.max_message_size)
+        if client:
+            # what one client can make the master hold is bounded by these (SECURITY.md, "Bytes per
+            # client"): a send past the high-water mark fails with EAGAIN (ROUTER_MANDATORY) instead of
+            # queueing, and the client's calls get -32005 while its queue is full
+            sock.setsockopt(zmq.SNDHWM, self.client_send_hwm())
+            sock.setsockopt(zmq.RCVHWM, self.config.max_client_inflight or 100000)
+            sock.setsockopt(zmq.ROUTER_MANDATORY, 1)
+            if self.config.max_message_size:
+                sock.setsockopt(zmq.MAXMSGSIZE, self.config.max_message_size)
+            self._open_gate(sock)  # before any bind: every connection is counted
+        else:
+            sock.setsockopt(zmq.SNDHWM, 0)
+            sock.setsockopt(zmq.RCVHWM, 0)
         return sock
 
+    def client_send_hwm(self) -> int:
+        """Answers queued per client connection: its calls' answers and as many refusals (-32005), plus
+        slack for libzmq's I/O thread; 100000 when calls in flight are unlimited."""
+        inflight = self.config.max_client_inflight
+        return 2 * inflight + 64 if inflight else 100000
+
+    def _open_gate(self, sock: zmq.Socket) -> None:
+        """Cap the connections of a client socket per endpoint (--max-clients) so that fds never run out."""
+        gate = limits.ClientGate(sock, self.max_clients, self._endpoint_label)
+        self.gates[sock] = gate
+        self._sockets.append(gate.monitor)
+        self.readers[gate.monitor] = SocketReader(self.loop, gate.monitor, gate.on_events)
+
+    def _endpoint_label(self, endpoint: str) -> str:
+        return "control.sock" if endpoint.endswith("/control.sock") else endpoint
+
     def _control_handler(self) -> Callable[[list[bytes]], None]:
-        sock = self.control
-        return lambda frames: self.on_client_message(frames, sock, True)
+        return self._client_handler(self.control, True)
 
     def _public_handler(self) -> Callable[[list[bytes]], None]:
-        sock = self.public
-        return lambda frames: self.on_client_message(frames, sock, False)
+        return self._client_handler(self.public, False)
+
+    def _client_handler(self, sock: zmq.Socket, admin: bool) -> Callable[[list[bytes]], None]:
+        gate = self.gates[sock]
+        on_message = self.on_client_message
+        overhead = limits.FRAME_OVERHEAD
+
+        def handle(frames: list[bytes]) -> None:
+            # bytes of whole messages received, for the guard against messages that never end
+            gate.delivered += len(frames[-1]) + overhead * len(frames) + (
+                sum(map(len, frames[1:-1])) if len(frames) > 2 else 0)
+            on_message(frames, sock, admin)
+        return handle
 
     def close_sockets(self) -> None:
+        if self._dir_timer is not None:
+            self._dir_timer.cancel()
+        if self._private_dir is not None:
+            shutil.rmtree(self._private_dir, ignore_errors=True)
+        if getattr(self, "guard", None) is not None:
+            self.guard.close()
         for reader in self.readers.values():
             reader.close()
         for sock in self._sockets:  # every socket made, even when a later bind failed
@@ -330,6 +408,13 @@ class Router:
             if held >= self._inflight_limit:
                 self._send(sock, envelope, protocol.encode_error(req.id, protocol.TOO_BUSY, self._busy_message()))
                 return
+            stalled = self._stalled[sock]
+            if stalled and envelope[0] in stalled:
+                # its answers are not taken: this call is refused; once that refusal finds room in the
+                # client's queue (it reads again) the next call runs, else _send marks it again
+                stalled.discard(envelope[0])
+                self._send(sock, envelope, protocol.encode_error(req.id, protocol.TOO_BUSY, self.STALLED))
+                return
             counts[envelope[0]] = held + 1
         call = Call(payload, req.id, sock, envelope, None)
         call.idempotent = meta.get("idempotent", False)
@@ -392,8 +477,16 @@ class Router:
     def _send(self, sock: zmq.Socket, envelope: list[bytes], payload: bytes) -> None:
         try:
             send_frames(sock, envelope + [payload], NOBLOCK)
-        except zmq.ZMQError:
-            pass  # the client is gone or not reading: the answer is dropped, nothing accumulates
+        except zmq.ZMQError as exc:
+            # the client is gone (EHOSTUNREACH) or does not take its answers (EAGAIN: its queue is at the
+            # high-water mark): the answer is dropped, nothing accumulates, and a client that does not
+            # read gets -32005 for its calls until its queue has room again
+            if exc.errno == zmq.EAGAIN:
+                stalled = self._stalled.get(sock)
+                if stalled is not None:
+                    if len(stalled) >= self.max_clients:
+                        stalled.clear()  # idents of clients long gone: kept bounded
+                    stalled.add(envelope[0])
         self.readers[sock].wake()
 
     def reply(self, call: Call, payload: bytes) -> None:
@@ -419,6 +512,11 @@ class Router:
 
     def _expire_queue(self) -> None:
         self._queue_timer = None
+        if not log.survive("expiring queued calls", self._expire_queued_calls) and self.queue \
+                and self._queue_timer is None:
+            self._queue_timer = self.loop.call_later(0.1, self._expire_queue)
+
+    def _expire_queued_calls(self) -> None:
         now = self.loop.time()
         while self.queue and self.queue[0].deadline <= now:
             self.reply_error(self.queue.popleft(), protocol.NO_WORKER)
@@ -438,6 +536,10 @@ class Router:
     def _sweep_deadlines(self) -> None:
         """Answer calls past their deadline with -32003 and recycle the workers running them."""
         self._sweep_handle = None
+        if not log.survive("the call deadline sweep", self._sweep_expired) and self._sweep_handle is None:
+            self._sweep_handle = self.loop.call_later(0.1, self._sweep_deadlines)
+
+    def _sweep_expired(self) -> None:
         self.flush_worker_messages()  # an answer already sent is delivered, not timed out
         now = self.loop.time()
         pending = False
@@ -501,12 +603,18 @@ class Router:
                 self.supervisor.recycle(worker, "max-requests")
         elif len(frames) != 3:
             return  # not a message of ours
-        elif kind == b"q":
-            self._on_worker_request(ident, frames[2], sock)
         elif kind == b"b":
             if ident[3:] in self.supervisor.by_ident:  # a worker of a master that died gets no answer: it exits
                 self._to_worker([ident, b"b"], sock)
             self.supervisor.on_beat(ident[3:], _loads_dict(frames[2]))
+        elif ident not in self.supervisor.by_ident and kind != b"A":
+            if kind == b"h":
+                log.event("foreign-worker", f"a worker this master did not start ({ident!r}) joined its workers "
+                          "socket: ignored (does another instance share this runtime directory?)",
+                          level=logging.WARNING)
+            return  # a worker of another master: it gets nothing from us, and exits for lack of beats
+        elif kind == b"q":
+            self._on_worker_request(ident, frames[2], sock)
         elif kind == b"h":
             self.supervisor.on_hello(ident, _loads_dict(frames[2]))
         elif kind == b"f":
@@ -616,7 +724,9 @@ class Router:
         counts = self._client_calls[sock]
         ident = envelope[0]
         held = counts.get(ident, 0)
-        if held + len(items) > self._inflight_limit:
+        stalled = self._stalled[sock]
+        if held + len(items) > self._inflight_limit or ident in stalled:
+            stalled.discard(ident)
             return self._send_batch(sock, envelope, [self._busy_item(item) for item in items])
         answers: list[bytes | None] = []
         waiting: list = []
@@ -767,9 +877,12 @@ class Router:
 
     # ------------------------------------------------------------------ lifecycle
     def request_stop(self, graceful: bool = True) -> None:
+        """Stop; a fast stop asked for during a graceful one cuts it short (a second Ctrl-C, SIGQUIT)."""
         if not self.stopped.is_set():
             self._graceful = graceful
             self.stopped.set()
+        elif not graceful:
+            self.hurried.set()
 
     def status_document(self) -> dict:
         now = time.time()
@@ -788,6 +901,9 @@ class Router:
             "workers_ready": self.supervisor.counts()["ready"], "workers_wanted": self.supervisor.counts()["wanted"],
             "queued": len(self.queue),
             "client_inflight": sum(sum(c.values()) for c in self._client_calls.values()),
+            "clients": {"control": self.gates[self.control].document() if self.control in self.gates else None,
+                        "bind": self.gates[self.public].document() if self.public in self.gates else None,
+                        "unfinished_closed": self.guard.dropped},
         }
         if self.reloads is not None:
             doc["reload"] = self.reloads.summary()

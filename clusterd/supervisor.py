@@ -119,8 +119,9 @@ class Supervisor:
         self.booting = False
 
     def _spawn(self, index: int) -> Worker:
+        self.router.keep_runtime_dir()  # a new worker must find our socket, not another instance's
         self._serial += 1
-        ident = f"{index}.{self.generation}.{self._serial}".encode()
+        ident = f"{self.router.token}.{index}.{self.generation}.{self._serial}".encode()
         worker = Worker(slot=index, generation=self.generation, ident=ident)
         if self.config.max_requests:
             worker.max_requests = self.config.max_requests + random.randint(0, self.config.max_requests_jitter)
@@ -346,7 +347,12 @@ class Supervisor:
         if slot.incoming is not None:
             return  # a replacement is already starting: it takes the slot once ready
         slot.restarts += 1
-        slot.active = self._spawn(slot.index)
+        try:
+            slot.active = self._spawn(slot.index)
+        except Exception:  # e.g. no file descriptor left for its pipes: try again, never give the slot up
+            log.logger.exception("could not start a worker for slot %s; retrying in %.0fs", slot.index,
+                                 BACKOFF_MAX_S)
+            slot.restart_handle = self.loop.call_later(BACKOFF_MAX_S, self._respawn, slot)
 
     # ------------------------------------------------------------------ replacement, reload, scale
     def replace(self, index: int, reason: str) -> asyncio.Future:
@@ -435,11 +441,11 @@ class Supervisor:
         self._tick_handle = self.loop.call_later(self.config.heartbeat_interval, self._tick)
 
     def _tick(self) -> None:
+        """The health check; it reschedules itself whatever one turn meets (EMFILE, a psutil error)."""
         try:
-            self._check_workers()
-        except Exception:  # the health check must outlive any fault: log it, go on
-            log.logger.exception("the periodic health check failed")
-        self._schedule_tick()
+            log.survive("the periodic health check", self._check_workers)
+        finally:
+            self._schedule_tick()
 
     def _credit_own_lateness(self, now: float) -> None:
         """Count missed beats in the master's own loop time: when this loop ran late (the master was

@@ -30,7 +30,8 @@ def _send(sock: socket.socket, obj: dict) -> None:
 
 
 def main() -> None:
-    from .worker import _die_with_parent, set_title
+    from .worker import _die_with_parent, ignore_group_signals, set_title
+    ignore_group_signals()  # its workers, forked with these dispositions, are the master's to stop
     worker_path = sys.argv[2]
     name = sys.argv[1].split(":")[1] if sys.argv[1].count(":") >= 2 else "?"
     set_title(f"clusterd: {name} zygote gen {sys.argv[4] if len(sys.argv) > 4 else '?'}")
@@ -38,8 +39,6 @@ def main() -> None:
     _die_with_parent()
     if os.getppid() != parent:
         os._exit(3)
-    for sig in (signal.SIGINT, signal.SIGHUP, signal.SIGQUIT, signal.SIGTTIN, signal.SIGTTOU):
-        signal.signal(sig, signal.SIG_IGN)
     sock = socket.socket(fileno=int(sys.argv[3]))
     sys.path.insert(0, os.getcwd())
     try:
