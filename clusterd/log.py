@@ -36,7 +36,7 @@ class TextFormatter(logging.Formatter):
 
 class JsonFormatter(logging.Formatter):
     FIELDS = ("event", "slot", "pid", "generation", "reason", "code", "signal", "source", "logger", "method",
-              "address",
+              "methods", "address",
               "duration_ms", "instance", "traceback", "exc")
 
     def format(self, record: logging.LogRecord) -> str:

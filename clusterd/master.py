@@ -161,6 +161,7 @@ class Router:
         self.max_clients = limits.DEFAULT_MAX_CLIENTS
         self.reloads = None  # set by serve(): the ReloadManager
         self.log_ring = None  # set by serve(): the recent log for `clusterd logs`
+        self.master_code = None  # set by serve(): MasterCode, to tell when the master's own code changed
         self.notifier = None
         self.shared = None
         self._faults = log.RateLimited()
@@ -894,7 +895,8 @@ class Router:
         doc = {
             "name": self.config.name, "state": self.state,
             "master": {"pid": os.getpid(), "started_at": self.started_at, "uptime_s": round(now - self.started_at, 3),
-                       "version": self.version, "rss_bytes": rss, "cpu_percent": cpu, "host": os.uname().nodename},
+                       "version": self.version, "rss_bytes": rss, "cpu_percent": cpu, "host": os.uname().nodename,
+                       "master_stale": bool(self.master_code is not None and self.master_code.stale)},
             "workers": self.supervisor.workers_document(),
             "config": self.config.document(),
             "generation": self.supervisor.generation,

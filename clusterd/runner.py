@@ -18,6 +18,7 @@ from .master import Router
 from .reload import ReloadManager, installed_version, read_version, watch_sources, watch_version
 from .supervisor import BootFailure
 from .log_ring import LogRing
+from .master_code import MasterCode
 from .systemd import Notifier
 from .worker import set_title
 
@@ -32,6 +33,7 @@ async def serve(config: Config, master_cls: type, worker_cls: type) -> int:
     router = Router(config, master_cls, worker_cls)
     router.dir.claim(config.name)  # raises InstanceBusy: the CLI turns it into exit status 2
     router.log_ring = LogRing(loop)
+    router.master_code = MasterCode(master_cls)
     log.logger.addHandler(router.log_ring)
     try:
         return await _serve(loop, router, config, master_cls)

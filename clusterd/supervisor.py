@@ -69,18 +69,17 @@ def _exit_info(returncode: int | None, reason: str) -> dict:
     return {"code": code, "signal": sig, "at": time.time(), "reason": reason}
 
 
-def _methods_running(worker: Worker) -> str:
+def _methods_running(worker: Worker) -> list[str]:
     """Which methods a worker held when it exited, for its exit line (decoded only then: it is rare)."""
-    names: dict[str, int] = {}
+    names: set[str] = set()
     for call in worker.calls.values():
         try:
             method = protocol.fast_loads(call.payload).get("method")
         except (ValueError, AttributeError):
             continue
         if isinstance(method, str):
-            names[method[:80]] = names.get(method[:80], 0) + 1
-    shown = [f"{m!r}" + (f" x{n}" if n > 1 else "") for m, n in sorted(names.items())[:5]]
-    return ", ".join(shown) + (" ..." if len(names) > 5 else "")
+            names.add(method[:80])
+    return sorted(names)[:5]
 
 
 class Supervisor:
@@ -274,10 +273,10 @@ class Supervisor:
         slot = self.slots.get(worker.slot)
         running = _methods_running(worker) if worker.calls else None
         log.event("worker-exit", f"{worker.label()} exited (code {info['code']}, signal {info['signal']},"
-                  f" {reason})" + (f" while running {running}" if running else ""),
+                  f" {reason})" + (f" while running {', '.join(map(repr, running))}" if running else ""),
                   level=logging.WARNING if reason in ("crashed", "hung") else logging.INFO,
                   slot=worker.slot, pid=worker.pid, reason=reason, code=info["code"], signal=info["signal"],
-                  method=running)
+                  methods=running)
         self.router.on_worker_gone(worker, info)
 
         if slot is not None and (was_ready or slot.incoming is not worker):

@@ -99,11 +99,6 @@ def test_call_bad_params_are_usage_errors(inst, args, needle):
     assert_usage_error(inst.cli("call", "echo", *args), needle)
 
 
-def test_call_without_instance_is_a_usage_error(tmp_path):
-    assert_usage_error(clusterd("call", "add", "1", "2", env=instance_env(tmp_path)), "no clusterd instance")
-    assert_usage_error(clusterd("call", "add", "--name", "ghost", env=instance_env(tmp_path)), "ghost")
-
-
 # ---------------------------------------------------------------------------- ls and status
 def test_ls_lists_the_instance(inst):
     proc = inst.cli("ls")
