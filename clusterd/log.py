@@ -79,27 +79,41 @@ def event(kind: str, message: str, level: int = logging.INFO, **fields) -> None:
         logger.log(level, message, extra={"event": kind, **fields})
 
 
+def parse_record(line: bytes) -> dict | None:
+    """The record a worker line carries (see WORKER_RECORD), or None for a plain output line."""
+    if not line.startswith(WORKER_RECORD):
+        return None
+    try:
+        rec = orjson.loads(line[len(WORKER_RECORD):])
+    except ValueError:
+        return None
+    return rec if isinstance(rec, dict) else None
+
+
 def worker_line(line: bytes, slot: int | None, pid: int | None, label: str | None = None) -> None:
     """Log one line a worker wrote: its `logging` record with its own level and logger name, or a
     plain stdout/stderr line at INFO, tagged with the worker's slot and pid either way."""
-    source = label or f"worker {slot} pid {pid}"
-    if line.startswith(WORKER_RECORD):
-        try:
-            rec = orjson.loads(line[len(WORKER_RECORD):])
-            level = int(rec["level"])
-        except (ValueError, KeyError, TypeError):
-            rec = None
-        if rec is not None:
-            if logger.isEnabledFor(level):
-                extra = {"source": source, "slot": slot, "pid": pid, "event": "worker-log",
-                         "logger": rec.get("logger"), "exc": rec.get("exc")}
-                for key in ("method", "duration_ms"):
-                    if key in rec:
-                        extra[key] = rec[key]
-                logger.log(level, "%s", rec.get("msg", ""), extra=extra)
-            return
+    rec = parse_record(line)
+    if rec is not None and worker_record(rec, slot, pid, label):
+        return
     text = line.decode("utf-8", "replace").rstrip("\r")
-    logger.info("%s", text, extra={"source": source, "slot": slot, "pid": pid, "event": "output"})
+    logger.info("%s", text, extra={"source": label or f"worker {slot} pid {pid}", "slot": slot, "pid": pid,
+                                   "event": "output"})
+
+
+def worker_record(rec: dict, slot: int | None, pid: int | None, label: str | None = None) -> bool:
+    """Log a worker's `logging` record as the master's own, tagged; False when it is not one."""
+    level = rec.get("level")
+    if not isinstance(level, int):
+        return False
+    if logger.isEnabledFor(level):
+        extra = {"source": label or f"worker {slot} pid {pid}", "slot": slot, "pid": pid, "event": "worker-log",
+                 "logger": rec.get("logger"), "exc": rec.get("exc")}
+        for key in ("method", "duration_ms"):
+            if key in rec:
+                extra[key] = rec[key]
+        logger.log(level, "%s", rec.get("msg", ""), extra=extra)
+    return True
 
 
 class RateLimited:

@@ -161,8 +161,15 @@ class Supervisor:
         self.worker_exited(worker, returncode)
 
     def _emit_line(self, worker: Worker, line: bytes) -> None:
-        if not line.startswith(log.WORKER_RECORD):
+        rec = log.parse_record(line)
+        if rec is None:
             worker.output_tail.append(line.decode("utf-8", "replace").rstrip("\r"))
+        elif isinstance(rec.get("boot_failure"), dict):
+            # the pipe is read to its end before the exit is handled: the failure is known in time
+            self.on_boot_failure(worker.ident, rec["boot_failure"])
+            return
+        elif log.worker_record(rec, worker.slot, worker.pid):
+            return
         log.worker_line(line, worker.slot, worker.pid)
 
     # ------------------------------------------------------------------ messages from workers
@@ -262,9 +269,10 @@ class Supervisor:
     def worker_exited(self, worker: Worker, returncode: int | None) -> None:
         if worker.state is WorkerState.EXITED:
             return
-        if worker.calls:
-            self.router.flush_worker_messages()  # answers it sent before it died are delivered, not -32002
         was_ready = worker.ready_at is not None
+        if worker.calls or not was_ready:
+            # answers it sent before it died are delivered, not -32002; a start-up failure it sent is read
+            self.router.flush_worker_messages()
         worker.state = WorkerState.EXITED
         self.balancer.remove(worker)
         self.by_ident.pop(worker.ident, None)
@@ -297,6 +305,8 @@ class Supervisor:
             if self.stopping or slot.retired:
                 pass
             elif reason in ("crashed", "hung"):
+                if slot.incoming is not None:
+                    slot.restarts += 1  # its replacement was already starting (a recycled runaway)
                 self._restart_after_failure(slot, worker)
             else:
                 self._respawn(slot)

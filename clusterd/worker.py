@@ -342,6 +342,8 @@ async def _serve(loop: asyncio.AbstractEventLoop, spec: dict, sock: zmq.Socket, 
         failure = {"error": f"{type(exc).__name__}: {exc}", "traceback": text}
         if embedded is not None:
             embedded.failure = failure  # the master logs the traceback once, from the message below
+        else:
+            worker_log.write_record({"boot_failure": failure})  # read before the master sees this exit
         sock.send_multipart([b"f", protocol.dumps(failure)])
         link.reader.close()
         sock.close(linger=2000)

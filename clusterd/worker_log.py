@@ -35,6 +35,14 @@ def _encode(record: logging.LogRecord) -> bytes:
     return log.WORKER_RECORD + orjson.dumps(obj, default=str) + b"\n"
 
 
+def write_record(obj: dict) -> None:
+    """One record line on fd 2, in one write."""
+    try:
+        os.write(2, log.WORKER_RECORD + orjson.dumps(obj, default=str) + b"\n")
+    except OSError:
+        pass
+
+
 class PipeHandler(logging.Handler):
     """Writes each record as one line on fd 2, in one write so lines of other writers cannot split it."""
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import time
 
 from clusterd import MasterEndpoint, WorkerEndpoint, rpc
 
@@ -18,6 +19,16 @@ class Master(MasterEndpoint):
 
 
 class Worker(WorkerEndpoint):
+    async def start_services(self) -> None:
+        flag = os.environ.get("OPS_FAIL_FILE")
+        if flag and os.path.exists(flag):
+            raise RuntimeError("refusing to start: the fail file exists")
+
+    @rpc
+    def slow(self, seconds: float) -> float:
+        time.sleep(seconds)
+        return seconds
+
     @rpc
     def fails(self, tag: str = "boom") -> None:
         raise ValueError(f"bad value {tag}")
