@@ -14,11 +14,11 @@ import time
 
 from . import log, protocol
 from .config import Config
+from .log_ring import LogRing
 from .master import Router
+from .master_code import MasterCode
 from .reload import ReloadManager, installed_version, read_version, watch_sources, watch_version
 from .supervisor import BootFailure
-from .log_ring import LogRing
-from .master_code import MasterCode
 from .systemd import Notifier
 from .worker import set_title
 

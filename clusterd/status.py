@@ -154,7 +154,8 @@ def render_workers(workers: list[dict], width: int | None, colour: bool) -> str:
 
 def _totals(workers: list[dict], master_rss: int | None, queued: int = 0) -> list[str]:
     rss = [w.get("rss_bytes") or 0 for w in workers]
-    parts = [f"total: {len(workers)} worker{'' if len(workers) == 1 else 's'}", f"served {sum(w.get('served', 0) for w in workers)}",
+    parts = [f"total: {len(workers)} worker{'' if len(workers) == 1 else 's'}",
+             f"served {sum(w.get('served', 0) for w in workers)}",
              f"failed {sum(w.get('failed', 0) for w in workers)}",
              f"in flight {sum(w.get('inflight', 0) for w in workers)}"]
     if queued:

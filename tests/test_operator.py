@@ -11,7 +11,6 @@ import signal
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import psutil
 import pytest
@@ -308,6 +307,7 @@ def test_python_client_has_per_call_and_default_timeouts_and_errors_speak_python
 
 def test_async_client_has_per_call_timeouts(cluster):
     import asyncio
+
     from clusterd.client import AsyncClient
     inst = cluster(*OPS, "--workers", "1")
 
