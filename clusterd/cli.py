@@ -147,16 +147,16 @@ def run_options(func: Any) -> Any:
         click.option("-c", "--config", "config", type=click.Path(dir_okay=False), is_eager=True,
                      expose_value=True, callback=_load_config_file, envvar="CLUSTERD_CONFIG",
                      help="TOML file with option defaults (flags and CLUSTERD_* variables win)."),
-        click.option("--workers", type=WorkersType(), default="auto", show_default=True, envvar=_env("workers"),
+        click.option("-w", "--workers", type=WorkersType(), default="auto", show_default=True, envvar=_env("workers"),
                      help="Worker processes: 'auto' is one per usable CPU."),
-        click.option("--name", envvar=_env("name"), help="Instance name (default: MASTER's top-level package)."),
-        click.option("--bind", "binds", multiple=True, envvar=_env("bind"), callback=_addresses,
+        click.option("-n", "--name", envvar=_env("name"), help="Instance name (default: MASTER's top-level package)."),
+        click.option("-b", "--bind", "binds", multiple=True, envvar=_env("bind"), callback=_addresses,
                      help="Also serve clients on this ZeroMQ address, e.g. tcp://127.0.0.1:7000 (repeatable)."),
         click.option("--graceful-timeout", type=float, default=30.0, show_default=True, callback=_positive,
                      envvar=_env("graceful-timeout"), help="Seconds calls and stop_services get on stop/reload."),
         click.option("--heartbeat-timeout", type=float, default=10.0, show_default=True, callback=_positive,
                      envvar=_env("heartbeat-timeout"), help="Seconds without a heartbeat before a worker is killed."),
-        click.option("--call-timeout", type=float, default=None, callback=_positive, envvar=_env("call-timeout"),
+        click.option("-t", "--call-timeout", type=float, default=None, callback=_positive, envvar=_env("call-timeout"),
                      help="Seconds a call may take; past it the caller gets -32003 and the worker is recycled."),
         click.option("--queue-timeout", type=float, default=2.0, show_default=True, callback=_positive,
                      envvar=_env("queue-timeout"), help="Seconds a call waits for a ready worker before -32001."),
@@ -200,6 +200,16 @@ def run_options(func: Any) -> Any:
         click.option("--worker-bind", "worker_binds", multiple=True, envvar=_env("worker-bind"),
                      callback=_addresses,
                      help="Accept workers from agents on this address (see --curve-dir)."),
+        click.option("--chdir", type=click.Path(), default=None, envvar=_env("chdir"),
+                     help="Change to this directory before importing MASTER and WORKER (workers start there too)."),
+        click.option("--pythonpath", default=None, envvar=_env("pythonpath"), metavar="DIRS",
+                     help="Directories to put first on sys.path of the master and the workers (':' or ',' between)."),
+        click.option("--env", "env", multiple=True, envvar=_env("env"), metavar="KEY=VALUE",
+                     help="Set an environment variable for the master and its workers (repeatable)."),
+        click.option("--user", default=None, envvar=_env("user"),
+                     help="As root: run the workers as this user (name or uid); the master keeps root."),
+        click.option("--group", default=None, envvar=_env("group"),
+                     help="As root: run the workers with this group (default: the --user's group)."),
         click.option("--curve-dir", type=click.Path(), default=None, envvar=_env("curve-dir"),
                      help="Directory of keys from `clusterd keygen`: encrypt and authenticate the worker link."),
     ]
@@ -262,6 +272,7 @@ def run(master: str | None, worker: str | None, config: str | None, **opts: Any)
     """Run MASTER and WORKER (package.module:ClassName) in the foreground."""
     if not master or not worker:
         fail("run needs MASTER and WORKER, e.g. clusterd run myapp.rpc:Master myapp.rpc:Worker")
+    identity = _process_options(opts)
     if os.getcwd() not in sys.path:
         sys.path.insert(0, os.getcwd())
     master_cls = import_endpoint(master, "MasterEndpoint", "MASTER")
@@ -287,7 +298,8 @@ def run(master: str | None, worker: str | None, config: str | None, **opts: Any)
         fail(f"--watch-version: no such file {opts['watch_version']}")
     if opts["reload_on_change"] and not Path(opts["reload_on_change"]).is_dir():
         fail(f"--reload-on-change: no such directory {opts['reload_on_change']}")
-    cfg = Config(master=master, worker=worker, name=name, binds=list(opts.pop("binds")),
+    opts["env"] = list(opts["env"])
+    cfg = Config(master=master, worker=worker, name=name, binds=list(opts.pop("binds")), worker_identity=identity,
                  worker_binds=list(opts.pop("worker_binds")), runtime_dir=str(runtime_root()), **opts)
     from . import log
     from .master import InstanceBusy
@@ -309,6 +321,35 @@ def run(master: str | None, worker: str | None, config: str | None, **opts: Any)
     except __import__("zmq").ZMQError as exc:
         fail(f"cannot open sockets: {exc}", EXIT_FAILURE)
     sys.exit(code)
+
+
+def _process_options(opts: dict) -> Any:
+    """--chdir, --env, --pythonpath (before anything is imported) and --user/--group: the workers' identity."""
+    if opts["chdir"]:
+        try:
+            os.chdir(opts["chdir"])
+        except OSError as exc:
+            fail(f"--chdir {opts['chdir']}: {exc.strerror}")
+    for item in opts["env"]:
+        key, sep, value = item.partition("=")
+        if not sep or not key or "\0" in item or not key.replace("_", "a").isalnum() or key[0].isdigit():
+            fail(f"--env {item!r}: use KEY=VALUE, KEY made of letters, digits and _")
+        os.environ[key] = value
+    if opts["pythonpath"]:
+        dirs = [os.path.abspath(d) for d in opts["pythonpath"].replace(",", os.pathsep).split(os.pathsep) if d]
+        missing = [d for d in dirs if not os.path.isdir(d)]
+        if missing:
+            fail(f"--pythonpath: no such directory {missing[0]}")
+        sys.path[0:0] = dirs
+        os.environ["PYTHONPATH"] = os.pathsep.join(dirs + [p for p in [os.environ.get("PYTHONPATH")] if p])
+    from .privileges import PrivilegeError, resolve
+    try:
+        identity = resolve(opts["user"], opts["group"])
+    except PrivilegeError as exc:
+        fail(str(exc))
+    if identity is not None and opts["isolation"] == "thread":
+        fail("--user/--group apply to worker processes: with --isolation thread, start clusterd as that user")
+    return identity
 
 
 def _is_loopback(addr: str) -> bool:

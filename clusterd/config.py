@@ -6,6 +6,7 @@ import os
 import re
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any
 
 
 class ConfigError(ValueError):
@@ -109,6 +110,12 @@ class Config:
     worker_binds: list[str] = field(default_factory=list)
     curve_dir: str | None = None
     runtime_dir: str = ""
+    chdir: str | None = None
+    pythonpath: str | None = None
+    env: list[str] = field(default_factory=list)   # KEY=VALUE, for the master and its workers
+    user: str | None = None
+    group: str | None = None
+    worker_identity: Any = None                    # privileges.WorkerIdentity, resolved from user/group
     isolation: str = "process"     # "thread": workers as threads of the master (threads.py)
 
     @property
@@ -134,5 +141,7 @@ class Config:
             "max_client_inflight": self.max_client_inflight, "max_clients": self.max_clients or None,
             "log_format": self.log_format, "log_file": self.log_file, "log_calls": self.log_calls,
             "debug": self.debug, "worker_binds": self.worker_binds, "curve_dir": self.curve_dir,
-            "runtime_dir": self.runtime_dir, "isolation": self.isolation,
+            "runtime_dir": self.runtime_dir, "isolation": self.isolation, "chdir": self.chdir,
+            "pythonpath": self.pythonpath, "env": [e.split("=", 1)[0] for e in self.env],  # names, not values
+            "user": self.user, "group": self.group,
         }

@@ -141,6 +141,7 @@ class Router:
         self.dispatcher.report = CallErrors(log.logger).report
         self._local = _LocalMethods(self.dispatcher.methods)
         self.worker_methods: dict[str, dict] = {name: m.describe() for name, m in method_table(worker_cls).items()}
+        self.worker_identity = config.worker_identity  # --user/--group: who the workers run as
         self.supervisor = Supervisor(config, self)
         self.queue: deque[Call] = deque()
         self._queue_timer: asyncio.TimerHandle | None = None
@@ -215,6 +216,9 @@ class Router:
         sock.bind(f"ipc://{path}")
         os.chmod(path, 0o600)
         self.dir.own(name)
+        if name == "workers.sock" and self.worker_identity is not None:
+            from .privileges import open_worker_link
+            open_worker_link(self.dir.path, self.worker_identity)
 
     # ------------------------------------------------------------------ the runtime directory
     def _watch_runtime_dir(self) -> None:
@@ -348,7 +352,8 @@ class Router:
         self.ctx.term()
 
     def child_environ(self) -> dict:
-        return systemd.child_environ(os.environ)
+        env = systemd.child_environ(os.environ)
+        return self.worker_identity.environ(env) if self.worker_identity is not None else env
 
     # ------------------------------------------------------------------ client requests
     def on_client_message(self, frames: list[bytes], sock: zmq.Socket, admin: bool) -> None:

@@ -81,6 +81,11 @@ async def _serve(loop: asyncio.AbstractEventLoop, router: Router, config: Config
                           pid=failure.worker.pid, traceback=failure.traceback)
             else:
                 sys.stderr.write(f"clusterd: {message}\n{failure.traceback.rstrip()}\n")
+        elif isinstance(failure, OSError):  # the worker process itself could not be started
+            who = f" as user {config.user or config.group}" if config.worker_identity is not None else ""
+            log.event("boot-failed", f"cannot start a worker process{who}: {failure.strerror}: {failure.filename}"
+                      + (" (that user must be able to run the Python interpreter and read the code)" if who
+                         else ""), level=logging.ERROR)
         else:
             log.logger.error("start-up failed", exc_info=failure)
         await _shutdown(router, graceful=False)

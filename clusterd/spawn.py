@@ -109,14 +109,17 @@ def _popen_shielded(*args, **kwargs) -> subprocess.Popen:
 class DirectSpawner:
     """A fresh interpreter per worker; its exit is seen through a pidfd."""
 
-    def __init__(self, loop: asyncio.AbstractEventLoop, on_line: OnLine, on_exit: OnExit) -> None:
+    def __init__(self, loop: asyncio.AbstractEventLoop, on_line: OnLine, on_exit: OnExit,
+                 popen_kwargs: dict | None = None) -> None:
         self.loop = loop
         self.on_line = on_line
         self.on_exit = on_exit
+        self.popen_kwargs = popen_kwargs or {}  # user/group with --user (privileges.py)
 
     def spawn(self, worker: object, env: dict, label: str, generation: int = 0) -> ProcessHandle:
         proc = _popen_shielded([sys.executable, "-c", WORKER_ENTRY, label], stdin=subprocess.DEVNULL,
-                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env, close_fds=True)
+                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env, close_fds=True,
+                                **self.popen_kwargs)
         handle = ProcessHandle()
         handle._known(proc.pid)
         out = OutputPipe(self.loop, os.dup(proc.stdout.fileno()), worker, self.on_line)
@@ -165,14 +168,14 @@ class ZygoteSpawner:
     """Forks workers from a per-generation zygote; falls back to fresh interpreters if it fails."""
 
     def __init__(self, loop: asyncio.AbstractEventLoop, on_line: OnLine, on_exit: OnExit, worker_path: str,
-                 label: str, env: dict) -> None:
+                 label: str, env: dict, popen_kwargs: dict | None = None) -> None:
         self.loop = loop
         self.on_line = on_line
         self.on_exit = on_exit
         self.worker_path = worker_path
         self.label = label
         self.env = env
-        self.direct = DirectSpawner(loop, on_line, on_exit)
+        self.direct = DirectSpawner(loop, on_line, on_exit, popen_kwargs)
         self.zygotes: dict[int, _Zygote] = {}
         self._ids = 0
 
@@ -199,7 +202,7 @@ class ZygoteSpawner:
             z.proc = _popen_shielded([sys.executable, "-c", ZYGOTE_ENTRY, f"{self.label}:zygote", self.worker_path,
                                        str(theirs.fileno()), str(generation)],
                                       stdin=subprocess.DEVNULL, env=self.env, close_fds=True,
-                                      pass_fds=(theirs.fileno(),))
+                                      pass_fds=(theirs.fileno(),), **self.direct.popen_kwargs)
         except OSError:
             z.state = "failed"
             ours.close()

@@ -39,10 +39,12 @@ def make_spawner(loop: asyncio.AbstractEventLoop, config: Config, router: "Route
     if config.isolation == "thread":
         from .threads import ThreadSpawner
         return ThreadSpawner(loop, on_line, on_exit, router.ctx, config)
+    identity = router.worker_identity
+    popen = identity.popen_kwargs() if identity is not None else None
     if os.environ.get("CLUSTERD_NO_ZYGOTE"):
-        return DirectSpawner(loop, on_line, on_exit)
+        return DirectSpawner(loop, on_line, on_exit, popen)
     return ZygoteSpawner(loop, on_line, on_exit, config.worker, f"clusterd-worker:{config.name}",
-                         router.child_environ())
+                         router.child_environ(), popen)
 
 
 class BootFailure(Exception):

@@ -127,9 +127,9 @@ class Instance:
     def control(self) -> str:
         return f"ipc://{self.dir / 'control.sock'}"
 
-    def start(self, wait: bool = True, timeout: float = 20.0) -> "Instance":
+    def start(self, wait: bool = True, timeout: float = 20.0, python: str = sys.executable) -> "Instance":
         self._stderr = open(self.stderr_path, "wb")
-        self.proc = subprocess.Popen([sys.executable, "-m", "clusterd", "run", *self.args, "--name", self.name],
+        self.proc = subprocess.Popen([python, "-m", "clusterd", "run", *self.args, "--name", self.name],
                                      cwd=self.cwd, env=self.env, stdout=subprocess.PIPE, stderr=self._stderr,
                                      start_new_session=True)
         if wait:

@@ -408,3 +408,105 @@ def test_process_titles_tell_master_zygote_and_workers_apart(cluster):
         assert titles[w["pid"]] == f"clusterd: t worker {w['slot']} gen 1"
     if not os.environ.get("CLUSTERD_NO_ZYGOTE"):
         assert "clusterd: t zygote gen 1" in titles.values()
+
+
+# ---------------------------------------------------------------------------- 10: the options people reach for first
+def test_chdir_pythonpath_and_env_reach_the_master_and_the_workers(cluster, tmp_path):
+    app = tmp_path / "lib" / "opsmod"
+    app.mkdir(parents=True)
+    (app / "__init__.py").write_text("from tests.apps.operator import Master, Worker\n")
+    work = tmp_path / "work"
+    work.mkdir()
+    inst = cluster("opsmod:Master", "opsmod:Worker", "--workers", "1", "--chdir", str(work),
+                   "--pythonpath", f"{tmp_path / 'lib'},{ROOT}", "--env", "OPS_VAR=one=1", "--env", "OTHER=2",
+                   cwd=tmp_path)
+    c = inst.client()
+    w = c.call("where")["result"]
+    assert w["cwd"] == str(work) and w["env"] == "one=1" and str(tmp_path / "lib") in w["path"]
+    assert c.call("where", "OTHER")["result"]["env"] == "2"
+    m = c.call("master_where")["result"]
+    assert m["cwd"] == str(work) and m["env"] == "one=1"
+    assert inst.status()["config"]["env"] == ["OPS_VAR", "OTHER"]  # names only: values may be secrets
+
+
+def test_chdir_pythonpath_env_come_from_the_toml_file_and_the_environment(cluster, tmp_path):
+    conf = tmp_path / "c.toml"
+    conf.write_text(f'chdir = "{tmp_path}"\nenv = ["OPS_VAR=from-file"]\n')
+    inst = cluster(*OPS, "--workers", "1", "-c", str(conf), env={"CLUSTERD_PYTHONPATH": str(ROOT)})
+    w = inst.client().call("where")["result"]
+    assert w["cwd"] == str(tmp_path) and w["env"] == "from-file" and str(ROOT) in w["path"]
+
+
+@pytest.mark.parametrize("args, needle", [(["--chdir", "/no/such/dir"], "--chdir"),
+                                          (["--env", "NOEQUALS"], "--env"),
+                                          (["--env", "1BAD=x"], "--env"),
+                                          (["--pythonpath", "/no/such/dir"], "--pythonpath"),
+                                          (["--user", "no-such-user-here"], "--user")])
+def test_bad_chdir_env_pythonpath_user_are_usage_errors(tmp_path, args, needle):
+    proc = clusterd("run", *OPS, *args, env=instance_env(tmp_path))
+    assert proc.returncode == 2 and needle in proc.stderr and proc.stderr.count("\n") == 1, proc.stderr
+
+
+def _python_for_nobody() -> tuple[str, str] | None:
+    """An interpreter the user nobody can run with clusterd importable, and the PYTHONPATH it needs:
+    this one, or (when it lives under a private home) the system's python3 of the same version with
+    this one's site-packages."""
+    import site
+    system = f"/usr/bin/python{sys.version_info.major}.{sys.version_info.minor}"
+    for exe, path in ((sys.executable, str(ROOT)), (system, os.pathsep.join([*site.getsitepackages(), str(ROOT)]))):
+        try:
+            ok = subprocess.run([exe, "-c", "import clusterd, zmq, orjson, psutil"], user="nobody", cwd="/",
+                                capture_output=True, env={"PYTHONPATH": path}, timeout=30).returncode == 0
+        except OSError:
+            ok = False
+        if ok:
+            return exe, path
+    return None
+
+
+def _nobody_can_run_python() -> bool:
+    try:
+        return subprocess.run([sys.executable, "-c", "import clusterd"], user="nobody", cwd="/", capture_output=True,
+                              env={"PYTHONPATH": str(ROOT)}, timeout=30).returncode == 0
+    except OSError:
+        return False
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="--user needs root")
+def test_as_root_a_user_who_cannot_run_the_interpreter_is_one_clear_line(cluster):
+    if _nobody_can_run_python():
+        pytest.skip("here nobody can run the interpreter: the test below covers --user")
+    inst = cluster(*OPS, "--workers", "1", "--user", "nobody", start=False)
+    inst.start(wait=False)
+    assert inst.wait_exit(30) == 1
+    err = inst.stderr()
+    assert "cannot start a worker process as user nobody" in err and "Traceback" not in err
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="--user needs root")
+def test_as_root_user_and_group_run_the_workers_unprivileged(cluster):
+    found = _python_for_nobody()
+    if found is None:
+        pytest.skip("no interpreter the user nobody can run here")
+    exe, path = found
+    inst = cluster(*OPS, "--workers", "2", "--user", "nobody", start=False, env={"PYTHONPATH": path})
+    inst.start(wait=False, python=exe)
+    inst.wait_running()
+    c = inst.client()
+    import pwd
+    nobody = pwd.getpwnam("nobody")
+    for _ in range(4):
+        w = c.call("where")["result"]
+        assert (w["uid"], w["gid"], w["user"]) == (nobody.pw_uid, nobody.pw_gid, "nobody")
+    assert c.call("master_where")["result"]["uid"] == 0
+    for w in inst.ready_workers():
+        assert psutil.Process(w["pid"]).uids().real == nobody.pw_uid
+    pid = inst.ready_workers()[0]["pid"]
+    os.kill(pid, signal.SIGKILL)  # a replacement is started as the user too
+    wait_for(lambda: (lambda ws: len(ws) == 2 and pid not in [w["pid"] for w in ws])(inst.ready_workers()),
+             message="the replacement")
+    assert all(psutil.Process(w["pid"]).uids().real == nobody.pw_uid for w in inst.ready_workers())
+    assert inst.cli("status").returncode == 0
+    # the control socket stays root's: the user cannot reach the admin methods
+    assert os.stat(inst.dir / "control.sock").st_uid == 0
+    assert os.stat(inst.dir / "control.sock").st_mode & 0o077 == 0

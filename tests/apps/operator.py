@@ -14,6 +14,10 @@ log = logging.getLogger("opsapp")
 
 class Master(MasterEndpoint):
     @rpc
+    def master_where(self, key: str = "OPS_VAR") -> dict:
+        return {"uid": os.getuid(), "cwd": os.getcwd(), "env": os.environ.get(key)}
+
+    @rpc
     def master_fails(self) -> None:
         raise KeyError("master-side")
 
@@ -52,6 +56,12 @@ class Worker(WorkerEndpoint):
     def shout(self, text: str) -> int:
         print(f"plain {text}", flush=True)
         return self.slot
+
+    @rpc
+    def where(self, key: str = "OPS_VAR") -> dict:
+        import sys
+        return {"uid": os.getuid(), "gid": os.getgid(), "cwd": os.getcwd(), "env": os.environ.get(key),
+                "path": sys.path[:5], "user": os.environ.get("USER")}
 
     @rpc
     def die(self) -> None:
