@@ -94,8 +94,8 @@ def worker_line(line: bytes, slot: int | None, pid: int | None, label: str | Non
     """Log one line a worker wrote: its `logging` record with its own level and logger name, or a
     plain stdout/stderr line at INFO, tagged with the worker's slot and pid either way."""
     rec = parse_record(line)
-    if rec is not None and worker_record(rec, slot, pid, label):
-        return
+    if rec is not None and ("boot_failure" in rec or worker_record(rec, slot, pid, label)):
+        return  # a start-up failure reaches the master as a message of its own
     text = line.decode("utf-8", "replace").rstrip("\r")
     logger.info("%s", text, extra={"source": label or f"worker {slot} pid {pid}", "slot": slot, "pid": pid,
                                    "event": "output"})
