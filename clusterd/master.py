@@ -905,7 +905,7 @@ class Router:
             "workers": self.supervisor.workers_document(),
             "config": self.config.document(),
             "generation": self.supervisor.generation,
-            "workers_ready": self.supervisor.counts()["ready"], "workers_wanted": self.supervisor.counts()["wanted"],
+            **{f"workers_{k}": v for k, v in self.supervisor.counts().items()},  # workers_ready, workers_wanted
             "queued": len(self.queue),
             "client_inflight": sum(sum(c.values()) for c in self._client_calls.values()),
             "clients": {"control": self.gates[self.control].document() if self.control in self.gates else None,
