@@ -494,6 +494,11 @@ def logs(name: str | None, follow: bool, slot: int | None, lines: int, as_json: 
             except RemoteError as exc:
                 fail(f"logs failed: {describe_error(exc)}", EXIT_FAILURE)
             except TimeoutError:
+                try:
+                    find_instance(name)
+                except NoInstance:
+                    click.echo("clusterd: the instance stopped", err=True)
+                    sys.exit(EXIT_OK)
                 fail("the instance stopped answering", EXIT_FAILURE)
 
         def show(entries: list[dict]) -> None:
@@ -505,7 +510,7 @@ def logs(name: str | None, follow: bool, slot: int | None, lines: int, as_json: 
         after = page["next"]
         try:
             while follow:
-                page = fetch(after, None, 30.0)
+                page = fetch(after, None, 10.0)
                 show(page["entries"])
                 after = page["next"]
         except KeyboardInterrupt:

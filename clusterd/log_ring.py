@@ -13,11 +13,16 @@ from collections import deque
 from typing import Any
 
 RING_LINES = 2000
-MAX_TEXT = 16 * 1024   # one entry's message or traceback, cut beyond this: the ring stays bounded
+MAX_MSG = 4 * 1024     # one entry's message, cut beyond this ...
+MAX_EXC = 8 * 1024     # ... and its traceback (its end kept: the raising frame): at most ~25 MB in all
 
 
 def _cut(text: str) -> str:
-    return text if len(text) <= MAX_TEXT else text[:MAX_TEXT] + " [...]"
+    return text if len(text) <= MAX_MSG else text[:MAX_MSG] + " [...]"
+
+
+def _cut_tail(text: str) -> str:
+    return text if len(text) <= MAX_EXC else "[...]\n" + text[-MAX_EXC:]
 
 
 class LogRing(logging.Handler):
@@ -47,7 +52,7 @@ class LogRing(logging.Handler):
                 if value is not None:
                     entry[key] = value
             if exc:
-                entry["exc"] = _cut(exc)
+                entry["exc"] = _cut_tail(exc)
         except Exception:
             self.handleError(record)
             return
