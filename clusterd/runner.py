@@ -210,6 +210,11 @@ def listening(router: Router) -> list[tuple[str, str]]:
     out.append((f"ipc://{config.instance_dir / 'control.sock'}", "control: clients and clusterd commands"))
     out.append((router.worker_endpoint, "worker link"))
     out += [(addr, "workers from agents") for addr in config.worker_binds]
+    # the HTTP front door and the metrics server, where this build has them (DESIGN.md 12, 13)
+    out += [(f"http://{addr}", "HTTP and WebSocket clients") for addr in getattr(config, "http_binds", None) or ()]
+    metrics = getattr(config, "metrics_bind", None)
+    if metrics:
+        out.append((f"http://{metrics}", "metrics"))
     return out
 
 
