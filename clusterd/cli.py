@@ -303,7 +303,7 @@ def run(master: str | None, worker: str | None, config: str | None, **opts: Any)
                  worker_binds=list(opts.pop("worker_binds")), runtime_dir=str(runtime_root()), **opts)
     from . import log
     from .master import InstanceBusy
-    from .runner import run as run_instance
+    from .master.runner import run as run_instance
     try:
         log.setup(cfg.log_format, cfg.debug, cfg.name, cfg.log_file)
     except OSError as exc:
@@ -768,7 +768,7 @@ def worker_agent(worker: str, connect: str, workers: int, curve_dir: str | None,
         except ValueError as exc:
             fail(str(exc))
     from . import log
-    from .agent import run as run_agent
+    from .worker.agent import run as run_agent
     log.setup(log_format)
     name = name or worker.partition(":")[0].split(".")[0]
     try:

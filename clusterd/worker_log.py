@@ -61,7 +61,8 @@ class ThreadHandler(logging.Handler):
         if not name.startswith("clusterd-worker-"):
             return  # the master's own threads log through the clusterd logger, not the root one
         try:
-            slot = int(name[len("clusterd-worker-"):].split(".")[0])
+            parts = name[len("clusterd-worker-"):].split(".")  # its ident: token.slot.generation.serial
+            slot = int(parts[1]) if len(parts) > 1 else int(parts[0])
             log.worker_line(_encode(record).rstrip(b"\n"), slot, os.getpid())
         except Exception:
             self.handleError(record)

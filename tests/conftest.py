@@ -211,11 +211,8 @@ def runtime_dir(tmp_path_factory) -> Path:
 
 @pytest.fixture
 def cluster_env(runtime_dir) -> dict:
-    env = dict(os.environ)
-    env["CLUSTERD_RUNTIME_DIR"] = str(runtime_dir)
-    env.pop("NOTIFY_SOCKET", None)
-    env["PYTHONPATH"] = str(ROOT) + os.pathsep + env.get("PYTHONPATH", "")
-    return env
+    """No CLUSTERD_* setting of the developer's environment leaks into the instances under test."""
+    return instance_env(runtime_dir)
 
 
 @pytest.fixture

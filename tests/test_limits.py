@@ -19,7 +19,7 @@ import pytest
 import zmq
 
 from clusterd import limits, protocol
-from clusterd.supervisor import Supervisor
+from clusterd.master.health import HealthCheck
 
 from .conftest import Rpc, free_port, wait_for
 
@@ -133,21 +133,22 @@ def test_max_clients_caps_connections_per_endpoint(cluster):
 def test_a_periodic_task_survives_an_exception():
     """The health check reschedules itself whatever one of its turns raises."""
     async def main() -> int:
-        sup = Supervisor.__new__(Supervisor)
-        sup.loop = asyncio.get_running_loop()
-        sup.config = types.SimpleNamespace(heartbeat_interval=0.01)
+        sup = types.SimpleNamespace(loop=asyncio.get_running_loop(), by_ident={},
+                                    config=types.SimpleNamespace(heartbeat_interval=0.01),
+                                    host=types.SimpleNamespace(flush_worker_messages=lambda: None))
+        health = HealthCheck(sup)
         turns = []
         done = sup.loop.create_future()
 
-        def check() -> None:
+        def check(now: float) -> None:
             turns.append(1)
             if len(turns) >= 3:
                 done.done() or done.set_result(None)
             raise OSError(24, "Too many open files")
-        sup._check_workers = check
-        sup._tick()
+        health.check = check
+        health.start()
         await asyncio.wait_for(done, 5)
-        sup._tick_handle.cancel()
+        health.stop()
         return len(turns)
     assert asyncio.run(main()) >= 3
 

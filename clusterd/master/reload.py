@@ -13,13 +13,12 @@ import logging
 import time
 import tomllib
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from . import log
-from .supervisor import BootFailure
-
-if TYPE_CHECKING:
-    from .master import Router
+from .. import log
+from .host import BootFailure
+from .states import ClusterState, ExitReason
+from .view import MasterView
 
 
 def read_version(path: str | Path) -> str | None:
@@ -85,7 +84,7 @@ class Reload:
 class ReloadManager:
     """Runs reloads one at a time; a trigger during a reload queues exactly one more."""
 
-    def __init__(self, router: "Router") -> None:
+    def __init__(self, router: MasterView) -> None:
         self.router = router
         self.loop = asyncio.get_running_loop()
         self._next_id = 0
@@ -95,11 +94,12 @@ class ReloadManager:
         self.history: dict[int, Reload] = {}
 
     def trigger(self, source: str) -> None:
-        """Start (or queue) a reload without waiting for it: signals and file watchers."""
+        """Start (or queue) a reload without waiting for it: file watchers."""
         log.event("reload-requested", f"reload requested ({source})")
         self._schedule(source)
 
     async def request(self, wait: bool = True, source: str = "clusterd reload") -> dict:
+        log.event("reload-requested", f"reload requested ({source})")
         reload = self._schedule(source)
         if wait:
             await asyncio.shield(reload.done)
@@ -148,27 +148,22 @@ class ReloadManager:
                 self.current.done.set_result(None)
         self.last = self.current
         self.current = None
-        if self.queued is not None and self.router.state != "stopping":
+        if self.queued is not None and self.router.state is not ClusterState.STOPPING:
             queued, self.queued = self.queued, None
             self._start(queued)
 
     async def _run(self, reload: Reload) -> None:
         router = self.router
         sup = router.supervisor
-        if router.state == "stopping":
+        if router.state is ClusterState.STOPPING:
             reload.ok = False
             reload.add("failed", error="the instance is stopping")
             reload.done.set_result(None)
             return
         previous_state = router.state
-        router.state = "reloading"
-        if router.notifier is not None:
-            router.notifier.reloading()
-        router.update_status_line()
+        router.set_state(ClusterState.RELOADING)
         old_generation = sup.generation
-        sup.generation += 1
-        generation = sup.generation
-        sup.spawner.reset(generation)
+        generation = sup.begin_generation()
         reload.add("start", generation=generation, slots=sorted(i for i, s in sup.slots.items() if not s.retired))
         log.event("reload-start", f"rolling reload to generation {generation} ({reload.trigger})",
                   generation=generation)
@@ -176,11 +171,11 @@ class ReloadManager:
         try:
             for index in sorted(sup.slots):
                 slot = sup.slots.get(index)
-                if slot is None or slot.retired or router.state == "stopping":
+                if slot is None or slot.retired or router.state is ClusterState.STOPPING:
                     continue
                 reload.add("slot-starting", slot=index)
                 try:
-                    await sup.replace(index, "reload")
+                    await sup.replace(index, ExitReason.RELOAD)
                 except BootFailure as failure:
                     reload.ok = False
                     reload.add("failed", slot=index, error=failure.error, traceback=failure.traceback)
@@ -188,7 +183,7 @@ class ReloadManager:
                               f"{failure.error}; the running workers keep serving", level=logging.ERROR,
                               generation=generation, slot=index)
                     if replaced == 0:
-                        sup.generation = old_generation
+                        sup.abort_generation(old_generation)
                     return
                 replaced += 1
                 slot = sup.slots.get(index)
@@ -199,15 +194,13 @@ class ReloadManager:
             reload.add("draining")
             await sup.wait_generation_gone(generation, router.config.graceful_timeout + 5)
             reload.ok = True
-            sup.spawner.retire_generation(generation)
+            sup.finish_generation(generation)
             reload.add("done", generation=generation)
             log.event("reload-done", f"rolling reload to generation {generation} done", generation=generation)
         finally:
-            if router.state == "reloading":
-                router.state = "running" if previous_state != "starting" else previous_state
-            if router.notifier is not None:
-                router.notifier.ready()
-            router.update_status_line()
+            if router.state is ClusterState.RELOADING:
+                router.set_state(ClusterState.STARTING if previous_state is ClusterState.STARTING
+                                 else ClusterState.RUNNING)
             if not reload.done.done():
                 reload.done.set_result(None)
 
@@ -220,7 +213,7 @@ class ReloadManager:
                 "last_event": reload.events[-1]["event"] if reload.events else None}
 
 
-async def watch_version(router: "Router", path: str) -> None:
+async def watch_version(router: MasterView, path: str) -> None:
     """Reload when the version in the file changes (not on every touch of the file)."""
     from watchfiles import awatch
     target = Path(path).resolve()
@@ -236,7 +229,7 @@ async def watch_version(router: "Router", path: str) -> None:
             note_master_code(router)
 
 
-async def watch_sources(router: "Router", directory: str) -> None:
+async def watch_sources(router: MasterView, directory: str) -> None:
     """Development: a debounced reload on any .py change under directory."""
     from watchfiles import PythonFilter, awatch
     async for changes in awatch(directory, watch_filter=PythonFilter(), debounce=400, step=50):
@@ -245,7 +238,7 @@ async def watch_sources(router: "Router", directory: str) -> None:
         note_master_code(router)
 
 
-def note_master_code(router: "Router") -> None:
+def note_master_code(router: MasterView) -> None:
     """The workers reload; when the master's own files changed too, say once that it needs a restart."""
     code = getattr(router, "master_code", None)
     stale = code.check() if code is not None else None

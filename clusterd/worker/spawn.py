@@ -9,6 +9,7 @@ prints, and one call when it has exited.
 from __future__ import annotations
 
 import asyncio
+import enum
 import json
 import os
 import signal
@@ -16,12 +17,47 @@ import socket
 import subprocess
 import sys
 from collections.abc import Callable
+from typing import Any, Protocol
+
+import psutil
 
 WORKER_ENTRY = "from clusterd.worker import main; main()"
-ZYGOTE_ENTRY = "from clusterd.zygote import main; main()"
+ZYGOTE_ENTRY = "from clusterd.worker.zygote import main; main()"
 
 OnLine = Callable[[object, bytes], None]
 OnExit = Callable[[object, "int | None"], None]
+
+
+class WorkerHandle(Protocol):
+    """What the supervisor knows of a running worker, however it was started (process, thread, agent)."""
+
+    pid: int | None
+    returncode: int | None
+    isolation: str          # "process" or "thread": shown in the status document
+
+    def send_signal(self, sig: int) -> None: ...
+
+    def kill(self) -> None: ...
+
+    def measure(self) -> tuple[int | None, float | None] | None:
+        """(rss_bytes, cpu_percent) now, or None when unknown (an agent reports its workers' memory)."""
+
+
+class Spawner(Protocol):
+    """Starts workers and reports each one's output lines and exit to the callbacks it was made with."""
+
+    def spawn(self, worker: Any, env: dict, label: str, generation: int = 0) -> WorkerHandle: ...
+
+    def reset(self, generation: int) -> None:
+        """The next spawn of this generation runs the code on disk now (a reload starts)."""
+
+    def retire_generation(self, generation: int) -> None:
+        """Generations older than this one are no longer wanted."""
+
+    def alive(self) -> bool:
+        """Whether any worker still shares this process (only thread workers can)."""
+
+    def close(self) -> None: ...
 
 
 class OutputPipe:
@@ -64,12 +100,26 @@ class OutputPipe:
 
 
 class ProcessHandle:
-    """What the supervisor knows of a worker process, however it was started."""
+    """A worker process, started fresh or forked by a zygote (a WorkerHandle)."""
+
+    isolation = "process"
 
     def __init__(self) -> None:
         self.pid: int | None = None
         self.returncode: int | None = None
         self._pending_signal: int | None = None
+        self._ps: psutil.Process | None = None
+
+    def measure(self) -> tuple[int | None, float | None] | None:
+        if self.pid is None:
+            return None
+        try:
+            if self._ps is None:
+                self._ps = psutil.Process(self.pid)
+                self._ps.cpu_percent(None)
+            return self._ps.memory_info().rss, self._ps.cpu_percent(None)
+        except psutil.Error:
+            return None
 
     def send_signal(self, sig: int) -> None:
         if self.returncode is not None:
@@ -148,8 +198,20 @@ class DirectSpawner:
     def reset(self, generation: int) -> None:
         pass
 
+    def alive(self) -> bool:
+        return False
+
     def close(self) -> None:
         pass
+
+
+class ZygoteState(enum.StrEnum):
+    """STARTING -> READY | FAILED; READY or STARTING -> RETIRED (exits once its last worker has)."""
+
+    STARTING = "starting"   # importing the worker's code; spawns asked for meanwhile are queued
+    READY = "ready"         # forks workers on request
+    FAILED = "failed"       # could not import the code, or died: spawns go to fresh interpreters
+    RETIRED = "retired"     # its generation is no longer wanted
 
 
 class _Zygote:
@@ -157,7 +219,7 @@ class _Zygote:
         self.generation = generation
         self.sock: socket.socket | None = None
         self.proc: subprocess.Popen | None = None
-        self.state = "starting"            # starting -> ready | failed; retired
+        self.state = ZygoteState.STARTING
         self.queue: list[tuple] = []       # spawns asked for before it was ready
         self.waiting: dict[int, tuple] = {}  # spawn id -> (handle, worker, pipe)
         self.children: dict[int, tuple] = {}  # pid -> (handle, worker, pipe)
@@ -183,12 +245,12 @@ class ZygoteSpawner:
         z = self.zygotes.get(generation)
         if z is None:
             z = self._start(generation)
-        if z.state == "failed":
+        if z.state is ZygoteState.FAILED:
             return self.direct.spawn(worker, env, label, generation)
         handle = ProcessHandle()
         self._ids += 1
         request = (self._ids, handle, worker, env, label)
-        if z.state == "ready":
+        if z.state is ZygoteState.READY:
             self._request(z, *request)
         else:
             z.queue.append(request)
@@ -204,7 +266,7 @@ class ZygoteSpawner:
                                       stdin=subprocess.DEVNULL, env=self.env, close_fds=True,
                                       pass_fds=(theirs.fileno(),), **self.direct.popen_kwargs)
         except OSError:
-            z.state = "failed"
+            z.state = ZygoteState.FAILED
             ours.close()
             theirs.close()
             return z
@@ -256,12 +318,12 @@ class ZygoteSpawner:
                     pipe.close()
                     self.on_exit(worker, handle.returncode)
             elif msg.get("ready"):
-                z.state = "ready"
+                z.state = ZygoteState.READY
                 queue, z.queue = z.queue, []
                 for request in queue:
                     self._request(z, *request)
             elif "error" in msg:
-                z.state = "failed"
+                z.state = ZygoteState.FAILED
 
     def _zygote_gone(self, z: _Zygote) -> None:
         """The zygote exited: its children died with it (parent-death signal); spawns go direct."""
@@ -269,8 +331,8 @@ class ZygoteSpawner:
         z.sock.close()
         if z.proc is not None:
             z.proc.wait()
-        if z.state != "retired":
-            z.state = "failed"
+        if z.state is not ZygoteState.RETIRED:
+            z.state = ZygoteState.FAILED
         for handle, worker, pipe in list(z.children.values()) + list(z.waiting.values()):
             handle.returncode = handle.returncode if handle.returncode is not None else -signal.SIGKILL
             pipe.close()
@@ -281,7 +343,7 @@ class ZygoteSpawner:
         for _sid, handle, worker, env, label in queue:
             real = self.direct.spawn(worker, env, label, z.generation)
             _adopt(handle, real)
-        if self.zygotes.get(z.generation) is z and z.state == "retired":
+        if self.zygotes.get(z.generation) is z and z.state is ZygoteState.RETIRED:
             self.zygotes.pop(z.generation, None)
 
     def retire_generation(self, generation: int) -> None:
@@ -296,12 +358,15 @@ class ZygoteSpawner:
             self._retire(z)
 
     def _retire(self, z: _Zygote) -> None:
-        if z.sock is not None and z.state in ("ready", "starting"):
-            z.state = "retired"
+        if z.sock is not None and z.state in (ZygoteState.READY, ZygoteState.STARTING):
+            z.state = ZygoteState.RETIRED
             try:
                 z.sock.send(b'{"retire": true}\n')
             except OSError:
                 pass
+
+    def alive(self) -> bool:
+        return False
 
     def close(self) -> None:
         for z in self.zygotes.values():
@@ -313,3 +378,14 @@ def _adopt(handle: ProcessHandle, real: ProcessHandle) -> None:
     """A queued zygote spawn that went direct: the handle follows the real process."""
     handle._known(real.pid)
 
+
+def make_spawner(loop: asyncio.AbstractEventLoop, config: Any, context: Any, env: dict, on_line: OnLine,
+                 on_exit: OnExit, popen_kwargs: dict | None = None) -> Spawner:
+    """Fork from a zygote (fast restarts) unless CLUSTERD_NO_ZYGOTE is set; fresh interpreters then.
+    With --isolation thread, threads of this process (threads.py) on the master's ZeroMQ context."""
+    if config.isolation == "thread":
+        from .threads import ThreadSpawner
+        return ThreadSpawner(loop, on_line, on_exit, context, config)
+    if os.environ.get("CLUSTERD_NO_ZYGOTE"):
+        return DirectSpawner(loop, on_line, on_exit, popen_kwargs)
+    return ZygoteSpawner(loop, on_line, on_exit, config.worker, f"clusterd-worker:{config.name}", env, popen_kwargs)

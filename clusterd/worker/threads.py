@@ -1,6 +1,6 @@
 """`--isolation thread`: workers as threads of the master process (DESIGN.md 11).
 
-A thread worker runs the same code as a worker process (`worker._run`) on its own asyncio loop, and
+A thread worker runs the same code as a worker process (`process._run`) on its own asyncio loop, and
 speaks the same protocol to the master over `inproc://` (the master's workers socket binds an
 inproc endpoint in the same ZeroMQ context). The supervisor gets the same small handle it gets for
 a process, and is told of the thread's end from the thread itself (`call_soon_threadsafe`), never
@@ -21,7 +21,6 @@ What supervision cannot do for a thread, and says so in the status:
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import os
 import signal
@@ -34,7 +33,8 @@ from typing import Any
 
 import zmq
 
-from . import log
+from .. import log
+from ..wire import WorkerSpec
 
 THREAD_ENDPOINT = "inproc://clusterd-workers"
 KILL_GRACE_S = 1.0
@@ -57,7 +57,7 @@ class ThreadWorker:
 
     isolation = "thread"
 
-    def __init__(self, spec: dict, context: zmq.Context, on_end: Callable[[ThreadWorker], None],
+    def __init__(self, spec: WorkerSpec, context: zmq.Context, on_end: Callable[[ThreadWorker], None],
                  on_kill: Callable[[ThreadWorker], None]) -> None:
         self.spec = spec
         self.context = context
@@ -75,13 +75,13 @@ class ThreadWorker:
         self._cpu_clock: int | None = None
         self._cpu_last: tuple[float, float] | None = None
         self.thread = threading.Thread(target=self._main, daemon=True,
-                                       name=f"clusterd-worker-{spec['ident']}")
+                                       name=f"clusterd-worker-{spec.ident}")
 
     def start(self) -> None:
         self.thread.start()
 
     def _main(self) -> None:
-        from .worker import _run
+        from .process import _run
         try:
             code = asyncio.run(_run(self.spec, embedded=self))
         except SystemExit as exc:   # sys.exit() in user code ends this thread's loop, not the master
@@ -157,16 +157,16 @@ class ThreadSpawner:
         self.context = context
         self.handles: dict[ThreadWorker, Any] = {}   # live threads -> their Worker records
         self.abandoned: list[tuple[ThreadWorker, Any]] = []
-        from .worker_log import install
+        from ..worker_log import install
         install(thread=True)
         if config is not None and config.max_memory:
             log.event("isolation", "--max-memory does not apply to thread workers: memory is the master's",
                       level=logging.WARNING)
 
     def spawn(self, worker: Any, env: dict, label: str, generation: int = 0) -> ThreadWorker:
-        spec = json.loads(env["_CLUSTERD_SPEC"])
-        spec["endpoint"] = THREAD_ENDPOINT
-        spec["curve"] = None  # inproc never leaves the process
+        spec = WorkerSpec.from_env(env)
+        spec.endpoint = THREAD_ENDPOINT
+        spec.curve = None  # inproc never leaves the process
         handle = ThreadWorker(spec, self.context, self._ended_in_thread, self._killed)
         self.handles[handle] = worker
         handle.start()

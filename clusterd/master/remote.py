@@ -3,7 +3,7 @@
 An agent registers with the master and asks for N workers; the master gives it slots (unique across
 the cluster) and then runs those slots exactly like local ones — restart with backoff, heartbeats,
 recycling, rolling reload — asking the agent to start or signal the processes. The workers connect to
-the master themselves. Agent messages travel on the remote workers socket as [b"A", json]:
+the master themselves. Agent messages travel on the remote workers socket as [wire.AGENT, json]:
 
     agent -> master   {"hello": {"host", "pid", "workers"}}   register (again, after a master restart)
                       {"beat": {"rss": {ident: bytes}}}        alive, with its workers' memory
@@ -16,42 +16,42 @@ the master themselves. Agent messages travel on the remote workers socket as [b"
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import signal
 import time
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import Any
 
 import zmq
 
-from . import log, protocol
-from .pool import Slot, Worker
+from .. import log, protocol, wire
+from ..config import Config
+from ..wire import WorkerSpec
+from .pool import Worker
+from .states import ClusterState, ExitReason
+from .view import MasterView
 
-if TYPE_CHECKING:
-    from .config import Config
-    from .master import Router
 
-
-def open_remote_socket(router: "Router", cfg: "Config") -> zmq.Socket:
-    """The ROUTER that agents and their workers connect to; CURVE server when keys are given."""
-    sock = router.ctx.socket(zmq.ROUTER)
-    router._sockets.append(sock)
-    sock.setsockopt(zmq.LINGER, 0)
+def configure_remote_socket(sock: zmq.Socket, ctx: zmq.Context, cfg: Config) -> Any:
+    """The ROUTER that agents and their workers connect to: a CURVE server when keys are given, bound
+    to the --worker-bind addresses. Returns the CURVE authenticator to stop at exit (or None)."""
     sock.setsockopt(zmq.ROUTER_MANDATORY, 1)
-    sock.setsockopt(zmq.SNDHWM, 0)
-    sock.setsockopt(zmq.RCVHWM, 0)
+    authenticator = None
     if cfg.curve_dir:
-        from .curve import configure_server, server_keys, start_authenticator
+        from ..curve import configure_server, server_keys, start_authenticator
         keys = server_keys(cfg.curve_dir)
-        router.authenticator = start_authenticator(router.ctx, keys)
+        authenticator = start_authenticator(ctx, keys)
         configure_server(sock, keys)
     for addr in cfg.worker_binds:
         sock.bind(addr)
-    return sock
+    return authenticator
 
 
 class RemoteHandle:
-    """A worker process run by an agent: signals travel to the agent."""
+    """A worker process run by an agent (a WorkerHandle): signals travel to the agent."""
+
+    isolation = "process"
 
     def __init__(self, registry: "AgentRegistry", agent: "Agent", worker: Worker) -> None:
         self.registry = registry
@@ -66,6 +66,9 @@ class RemoteHandle:
 
     def kill(self) -> None:
         self.send_signal(signal.SIGKILL)
+
+    def measure(self) -> None:
+        return None  # its agent reports the memory with its beats
 
 
 @dataclass(eq=False)
@@ -84,9 +87,26 @@ class Agent:
 
 
 class AgentRegistry:
-    def __init__(self, router: "Router") -> None:
+    def __init__(self, router: MasterView) -> None:
         self.router = router
         self.agents: dict[bytes, Agent] = {}
+        self._tick_handle: asyncio.TimerHandle | None = None
+        self._schedule_tick()
+
+    def _schedule_tick(self) -> None:
+        self._tick_handle = self.router.loop.call_later(self.router.config.heartbeat_interval, self._tick)
+
+    def _tick(self) -> None:
+        try:
+            self.tick(time.monotonic(), self.router.config.heartbeat_timeout)
+        except Exception:  # a bug here must not end the checks
+            log.logger.exception("the agents' check failed")
+        self._schedule_tick()
+
+    def close(self) -> None:
+        if self._tick_handle is not None:
+            self._tick_handle.cancel()
+            self._tick_handle = None
 
     # -- messages
     def on_message(self, ident: bytes, msg: dict) -> None:
@@ -115,14 +135,14 @@ class AgentRegistry:
         elif msg.get("leaving"):
             log.event("agent-leaving", f"agent {agent.name} is stopping: its workers finish their calls")
             for index in list(agent.slots):
-                sup.retire_slot(index, "stop")
+                sup.retire_slot(index, ExitReason.STOP)
 
     def _hello(self, ident: bytes, info: dict) -> None:
         old = self.agents.get(ident)
         if old is not None and not old.gone:
             self._drop(old, "re-registered")
         sup = self.router.supervisor
-        if self.router.state == "stopping":
+        if self.router.state is ClusterState.STOPPING:
             return
         try:
             wanted = max(0, int(info.get("workers", 1)))
@@ -130,19 +150,14 @@ class AgentRegistry:
             wanted = 1
         agent = Agent(ident, str(info.get("host") or "?"), info.get("pid"), wanted)
         self.agents[ident] = agent
-        index = 0
-        for _ in range(wanted):
-            while index in sup.slots:
-                index += 1
-            sup.slots[index] = Slot(index, agent=agent.name)
-            agent.slots.append(index)
+        agent.slots = sup.add_remote_slots(agent.name, wanted)
+        # the welcome goes first: an agent kills the workers of an earlier session when welcomed
         self._send(ident, {"welcome": {"slots": agent.slots, "generation": sup.generation}})
         log.event("agent-join", f"agent {agent.name} joined with {wanted} workers (slots {agent.slots})")
-        for index in agent.slots:
-            sup.slots[index].active = sup._spawn(index)
+        sup.start_slots(agent.slots)
 
     # -- what the supervisor asks
-    def spawn(self, agent_name: str, worker: Worker, spec: dict) -> RemoteHandle:
+    def spawn(self, agent_name: str, worker: Worker, spec: WorkerSpec) -> RemoteHandle:
         agent = self._by_name(agent_name)
         handle = RemoteHandle(self, agent, worker)
         worker.agent = agent_name
@@ -150,8 +165,7 @@ class AgentRegistry:
         if agent is None or agent.gone:
             self.router.loop.call_soon(self.router.supervisor.worker_exited, worker, None)
             return handle
-        spec = {k: v for k, v in spec.items() if k not in ("endpoint", "parent_pid", "master_pid")}
-        self._send(agent.ident, {"spawn": spec})
+        self._send(agent.ident, {"spawn": spec.for_agent()})
         return handle
 
     def signal(self, agent: Agent, worker: Worker, sig: int) -> None:
@@ -172,12 +186,7 @@ class AgentRegistry:
         sup = self.router.supervisor
         log.event("agent-lost", f"agent {agent.name} {why}: its {len(agent.slots)} slots leave the pool",
                   level=logging.WARNING)
-        for index in agent.slots:
-            sup.retire_slot(index, "crashed")
-            # nobody is left to stop them: they are gone now, and so are the calls they held
-            for worker in [w for w in sup.by_ident.values() if w.slot == index]:
-                sup.worker_exited(worker, None)
-            sup.slots.pop(index, None)
+        sup.drop_slots(agent.slots)  # nobody is left to stop its workers: they are gone now
 
     def _by_name(self, name: str) -> Agent | None:
         for agent in self.agents.values():
@@ -186,11 +195,7 @@ class AgentRegistry:
         return None
 
     def _send(self, ident: bytes, msg: dict) -> None:
-        try:
-            self.router.rsock.send_multipart([ident, b"A", protocol.dumps(msg)])
-        except zmq.ZMQError:
-            pass
-        self.router.readers[self.router.rsock].wake()
+        self.router.to_worker([ident, wire.AGENT, protocol.dumps(msg)], self.router.rsock)
 
     def document(self) -> list[dict]:
         return [{"agent": a.name, "host": a.host, "pid": a.pid, "slots": a.slots,

@@ -20,10 +20,11 @@ import time
 import psutil
 import zmq
 
-from . import log, protocol
+from .. import log, protocol, wire
+from ..systemd import child_environ
+from ..wire import WorkerSpec
+from ..zmqloop import SocketReader
 from .spawn import DirectSpawner, ZygoteSpawner
-from .systemd import child_environ
-from .zmqloop import SocketReader
 
 
 class Agent:
@@ -52,7 +53,7 @@ class Agent:
         self.sock.setsockopt(zmq.ROUTING_ID, f"agent:{self.host}:{os.getpid()}".encode())
         self.sock.setsockopt(zmq.LINGER, 1000)
         if self.curve_dir:
-            from .curve import client_configurer
+            from ..curve import client_configurer
             client_configurer({"dir": self.curve_dir})(self.sock)
         self.sock.connect(self.connect)
         self.reader = SocketReader(self.loop, self.sock, self._on_message)
@@ -81,7 +82,7 @@ class Agent:
     # -- talking to the master
     def _send(self, msg: dict) -> None:
         try:
-            self.sock.send_multipart([b"A", protocol.dumps(msg)], zmq.NOBLOCK)
+            self.sock.send_multipart([wire.AGENT, protocol.dumps(msg)], zmq.NOBLOCK)
         except zmq.ZMQError:
             pass
         self.reader.wake()
@@ -112,7 +113,7 @@ class Agent:
         return out
 
     def _on_message(self, frames: list[bytes]) -> None:
-        if len(frames) < 2 or frames[0] != b"A":
+        if len(frames) < 2 or frames[0] != wire.AGENT:
             return
         try:
             msg = json.loads(frames[1])
@@ -134,24 +135,24 @@ class Agent:
             if handle is not None:
                 handle.send_signal(int(msg.get("sig", signal.SIGTERM)))
 
-    def _spawn(self, spec: dict) -> None:
+    def _spawn(self, data: dict) -> None:
         if self.stopping.is_set():
             return
-        spec = dict(spec, endpoint=self.connect, parent_pid=os.getpid(), host=self.host)
-        if self.curve_dir:
-            spec["curve"] = {"dir": self.curve_dir}
-        env = dict(self.env, _CLUSTERD_SPEC=json.dumps(spec), PYTHONUNBUFFERED="1")
-        ident = spec["ident"]
-        handle = self.spawner.spawn(ident, env, f"clusterd-worker:{self.name}:{spec['slot']}", spec["generation"])
+        spec = WorkerSpec.from_dict(data, endpoint=self.connect, parent_pid=os.getpid(), host=self.host,
+                                    curve={"dir": self.curve_dir} if self.curve_dir else None)
+        env = spec.to_env(dict(self.env, PYTHONUNBUFFERED="1"))
+        ident = spec.ident
+        handle = self.spawner.spawn(ident, env, f"clusterd-worker:{self.name}:{spec.slot}", spec.generation)
         self.children[ident] = handle
         # a reload brought newer code: zygotes older than the one before it are no longer needed
-        self.spawner.retire_generation(spec["generation"] - 1)
+        self.spawner.retire_generation(spec.generation - 1)
 
     def _on_line(self, ident: str, line: bytes) -> None:
         handle = self.children.get(ident)
         pid = getattr(handle, "pid", None)
-        slot = ident.split(".")[0]
-        log.worker_line(line, int(slot) if slot.isdigit() else None, pid, f"worker {ident} pid {pid}")
+        parts = ident.split(".")  # token.slot.generation.serial (master/launch.py)
+        slot = int(parts[1]) if len(parts) > 1 and parts[1].isdigit() else None
+        log.worker_line(line, slot, pid, f"worker {slot} pid {pid}")
 
     def _on_exit(self, ident: str, returncode: int | None) -> None:
         self.children.pop(ident, None)

@@ -30,7 +30,8 @@ def _send(sock: socket.socket, obj: dict) -> None:
 
 
 def main() -> None:
-    from .worker import _die_with_parent, ignore_group_signals, set_title
+    from ..proctitle import set_title
+    from .process import _die_with_parent, ignore_group_signals
     ignore_group_signals()  # its workers, forked with these dispositions, are the master's to stop
     worker_path = sys.argv[2]
     name = sys.argv[1].split(":")[1] if sys.argv[1].count(":") >= 2 else "?"
@@ -42,8 +43,8 @@ def main() -> None:
     sock = socket.socket(fileno=int(sys.argv[3]))
     sys.path.insert(0, os.getcwd())
     try:
-        from . import worker
-        worker.import_class(worker_path)
+        from . import process
+        process.import_class(worker_path)
         import asyncio  # noqa: F401  (imported once here rather than in every worker)
 
         import zmq  # noqa: F401
@@ -125,12 +126,13 @@ def _fork_worker(sock: socket.socket, env: dict, out: int | None, wake_r: int, w
             os.close(out)
         os.environ.clear()
         os.environ.update(env)
-        spec = json.loads(env["_CLUSTERD_SPEC"])
-        spec["parent_pid"] = os.getppid()
-        os.environ["_CLUSTERD_SPEC"] = json.dumps(spec)
+        from ..wire import WorkerSpec
+        spec = WorkerSpec.from_env(env)
+        spec.parent_pid = os.getppid()
+        spec.to_env(os.environ)
         sys.stdout = os.fdopen(1, "w", buffering=1, closefd=False)
         sys.stderr = os.fdopen(2, "w", buffering=1, closefd=False)
-        from .worker import main as worker_main
+        from .process import main as worker_main
         worker_main()
     except BaseException:
         traceback.print_exc()

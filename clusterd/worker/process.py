@@ -1,17 +1,7 @@
 """WorkerEndpoint, and the entry point of a worker process.
 
-A worker is a fresh interpreter with one DEALER socket to the master's workers socket. Frames on
-that link (the master sees the DEALER's routing id first):
-
-    master -> worker   [b"c" + token + request] a call (one frame; the token is 8 bytes) to answer
-                                                with the same token
-                       [b"n", request]          a notification
-                       [b"a", response]         the answer to one of the worker's own requests
-                       [b"s"]                   stop gracefully
-    worker -> master   [b"r"|b"e" + token + response]  answer in one frame (r: result, e: error)
-                       [b"q", request]          the worker's own request to the master
-                       [b"h", hello]            ready, with the worker's method table
-                       [b"f", failure]          could not start: the traceback
+A worker is a fresh interpreter (or a fork of the zygote, or a thread with --isolation thread) with
+one DEALER socket to the master's workers socket; the frames on that link are named in wire.py.
 """
 
 from __future__ import annotations
@@ -19,7 +9,6 @@ from __future__ import annotations
 import asyncio
 import ctypes
 import importlib
-import json
 import os
 import signal
 import sys
@@ -30,12 +19,15 @@ from typing import Any
 
 import zmq
 
-from . import heartbeat, log, protocol, worker_log
-from .endpoint import Dispatcher, encode_response
-from .protocol import RemoteError, RPCError
-from .zmqloop import SocketReader, send_frames
+from .. import log, protocol, wire, worker_log
+from ..endpoint import Dispatcher, encode_response
+from ..proctitle import set_title
+from ..protocol import RemoteError, RPCError
+from ..wire import ANSWER, CALL, ERROR, NOTIFY, RESULT, STOP, TOKEN_SIZE, WorkerSpec
+from ..zmqloop import SocketReader, send_frames
+from . import heartbeat
 
-SPEC_ENV = "_CLUSTERD_SPEC"
+_BODY = 1 + TOKEN_SIZE  # where a call frame's request starts, after its kind and token
 
 
 class MasterProxy:
@@ -52,7 +44,7 @@ class MasterProxy:
 
     async def shared_block(self, name: str, size: int) -> memoryview:
         """A block of shared memory owned by the master, attached here by name."""
-        from .shared import attach
+        from ..shared import attach
         info = await self.call("clusterd.shared_block", name, size)
         return attach(info["shm_name"], info["size"])
 
@@ -118,7 +110,7 @@ class WorkerLink:
 
     # -- requests from this worker to the master
     def send_request(self, msg: dict) -> None:
-        self.sock.send_multipart([b"q", protocol.dumps(msg)])
+        self.sock.send_multipart([wire.REQUEST, protocol.dumps(msg)])
         self.reader.wake()
 
     async def request(self, method: str, params: list | dict) -> Any:
@@ -136,13 +128,13 @@ class WorkerLink:
     def _on_message(self, frames: list[bytes]) -> None:
         head = frames[0]
         kind = head[:1]
-        if kind == b"c":
-            self._serve_safely(head[1:9], head[9:])
-        elif kind == b"a":
+        if kind == CALL:
+            self._serve_safely(head[1:_BODY], head[_BODY:])  # wire.split_token, inlined: per call
+        elif kind == ANSWER:
             self._on_answer(frames[1])
-        elif kind == b"n":
+        elif kind == NOTIFY:
             self._serve_safely(None, frames[1])
-        elif kind == b"s":
+        elif kind == STOP:
             self.stop_requested.set()
 
     def _on_answer(self, payload: bytes) -> None:
@@ -203,7 +195,7 @@ class WorkerLink:
     def _answer(self, token: bytes | None, response: dict) -> None:
         if token is None:
             return  # a notification gets no answer
-        head = (b"e" if "error" in response else b"r") + token
+        head = (ERROR if "error" in response else RESULT) + token  # wire.answer_frame, inlined: per call
         send_frames(self.sock, [head + encode_response(response, self.debug)])
         self.reader.wake()
 
@@ -221,20 +213,6 @@ def import_class(path: str) -> type:
     for part in attr.split("."):
         obj = getattr(obj, part)
     return obj
-
-
-def set_title(title: str) -> None:
-    """What `ps` and `top` show for this process (`clusterd: myapp worker 3 gen 2`)."""
-    had = "SPT_NOENV" in os.environ
-    os.environ["SPT_NOENV"] = "1"  # keep /proc/PID/environ readable: the title fits where argv was
-    try:
-        import setproctitle
-        setproctitle.setproctitle(title)
-    except ImportError:
-        pass
-    finally:
-        if not had:
-            os.environ.pop("SPT_NOENV", None)
 
 
 def _die_with_parent() -> None:
@@ -261,15 +239,15 @@ def ignore_group_signals() -> None:
 
 def main() -> None:
     """Entry point of a worker process; the master passes its spec in the environment."""
-    spec = json.loads(os.environ.pop(SPEC_ENV))
-    if spec.get("die_with_parent", True):
+    spec = WorkerSpec.from_env(os.environ, pop=True)
+    if spec.die_with_parent:
         _die_with_parent()
-        if os.getppid() != spec["parent_pid"]:
+        if os.getppid() != spec.parent_pid:
             os._exit(3)  # the master died before we could ask to follow it
     ignore_group_signals()
     sys.path.insert(0, os.getcwd())
-    worker_log.install(spec.get("debug", False))
-    set_title(f"clusterd: {spec.get('name', '?')} worker {spec['slot']} gen {spec['generation']}")
+    worker_log.install(spec.debug)
+    set_title(f"clusterd: {spec.name} worker {spec.slot} gen {spec.generation}")
     try:
         code = asyncio.run(_run(spec))
     except KeyboardInterrupt:
@@ -279,7 +257,7 @@ def main() -> None:
     os._exit(code)
 
 
-async def _run(spec: dict, embedded: Any = None) -> int:
+async def _run(spec: WorkerSpec, embedded: Any = None) -> int:
     """Serve until told to stop; the exit status.
 
     `embedded` is the master's ThreadWorker handle when this worker is a thread of the master
@@ -294,16 +272,16 @@ async def _run(spec: dict, embedded: Any = None) -> int:
         embedded.task = asyncio.current_task()
         if embedded.killed:
             return -signal.SIGKILL
-    ident = spec["ident"].encode()
+    ident = spec.ident.encode()
     configure = None
-    if spec.get("curve"):
-        from .curve import client_configurer
-        configure = client_configurer(spec["curve"])
+    if spec.curve:
+        from ..curve import client_configurer
+        configure = client_configurer(spec.curve)
     if embedded is None:
-        heartbeat.start(context, spec["endpoint"], ident, spec["heartbeat_interval"], spec["heartbeat_timeout"],
-                        configure, master_pid=spec.get("master_pid"))
+        heartbeat.start(context, spec.endpoint, ident, spec.heartbeat_interval, spec.heartbeat_timeout, configure,
+                        master_pid=spec.master_pid)
     else:
-        heartbeat.start(context, spec["endpoint"], ident, spec["heartbeat_interval"], spec["heartbeat_timeout"],
+        heartbeat.start(context, spec.endpoint, ident, spec.heartbeat_interval, spec.heartbeat_timeout,
                         watch=threading.get_ident(), stop=embedded.beat_stop)
     sock = context.socket(zmq.DEALER)
     try:
@@ -312,30 +290,30 @@ async def _run(spec: dict, embedded: Any = None) -> int:
         sock.close(linger=1000)  # idempotent; a cancelled (killed) thread worker must still close it
 
 
-async def _serve(loop: asyncio.AbstractEventLoop, spec: dict, sock: zmq.Socket, configure: Any,
+async def _serve(loop: asyncio.AbstractEventLoop, spec: WorkerSpec, sock: zmq.Socket, configure: Any,
                  embedded: Any) -> int:
-    ident = spec["ident"].encode()
+    ident = spec.ident.encode()
     sock.setsockopt(zmq.ROUTING_ID, ident)
     sock.setsockopt(zmq.LINGER, 2000)
     sock.setsockopt(zmq.SNDHWM, 0)
     sock.setsockopt(zmq.RCVHWM, 0)
     if configure is not None:
         configure(sock)
-    sock.connect(spec["endpoint"])
-    link = WorkerLink(loop, sock, spec.get("debug", False), spec.get("log_calls", False))
+    sock.connect(spec.endpoint)
+    link = WorkerLink(loop, sock, spec.debug, spec.log_calls)
     if embedded is not None:
         embedded.link = link
 
     try:
-        cls = import_class(spec["worker"])
+        cls = import_class(spec.worker)
         endpoint = cls()
-        endpoint.slot = spec["slot"]
-        endpoint.generation = spec["generation"]
+        endpoint.slot = spec.slot
+        endpoint.generation = spec.generation
         endpoint.pid = os.getpid()
         endpoint.master = MasterProxy(link)
         endpoint.workers = WorkersProxyViaMaster(endpoint.master)
         await endpoint.start_services()
-        link.dispatcher = Dispatcher(endpoint, spec.get("debug", False))
+        link.dispatcher = Dispatcher(endpoint, spec.debug)
         link.dispatcher.report = worker_log.CallErrors().report
     except BaseException as exc:  # any failure to start is reported to the master, then we exit
         text = "".join(traceback.format_exception(exc))
@@ -344,14 +322,14 @@ async def _serve(loop: asyncio.AbstractEventLoop, spec: dict, sock: zmq.Socket, 
             embedded.failure = failure  # the master logs the traceback once, from the message below
         else:
             worker_log.write_record({"boot_failure": failure})  # read before the master sees this exit
-        sock.send_multipart([b"f", protocol.dumps(failure)])
+        sock.send_multipart([wire.FAILURE, protocol.dumps(failure)])
         link.reader.close()
         sock.close(linger=2000)
         return 1
 
     methods = {name: m.describe() for name, m in link.dispatcher.methods.items()}
-    sock.send_multipart([b"h", protocol.dumps({"pid": os.getpid(), "slot": spec["slot"],
-                                               "generation": spec["generation"], "methods": methods})])
+    sock.send_multipart([wire.HELLO, protocol.dumps({"pid": os.getpid(), "slot": spec.slot,
+                                                    "generation": spec.generation, "methods": methods})])
     link.reader.wake()
     await link.stop_requested.wait()
     await link.drain()

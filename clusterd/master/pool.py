@@ -1,9 +1,8 @@
-"""The worker table: worker records and their states, slots, calls in flight, and the balancer."""
+"""The worker table: worker records, slots, and calls in flight."""
 
 from __future__ import annotations
 
 import asyncio
-import enum
 import time
 from collections import deque
 from dataclasses import dataclass, field
@@ -11,16 +10,7 @@ from typing import Any
 
 import zmq
 
-
-class WorkerState(enum.Enum):
-    STARTING = "starting"   # spawned, not yet ready: gets no calls
-    READY = "ready"         # serving
-    DRAINING = "draining"   # a replacement serves its slot; it finishes what it holds
-    STOPPING = "stopping"   # told to stop (stop_services), or killed
-    EXITED = "exited"
-
-    def __str__(self) -> str:
-        return self.value
+from .states import ExitReason, WorkerState
 
 
 class Call:
@@ -66,9 +56,10 @@ class Worker:
     stalled: float = 0.0
     rss_bytes: int | None = None
     cpu_percent: float | None = None
-    retire_reason: str | None = None   # why the master is replacing or stopping it
+    retire_reason: ExitReason | None = None   # why the master is replacing or stopping it
     stop_deadline: float | None = None
     boot_error: dict | None = None
+    boot_reported: bool = False    # its start-up failure is known (message or output line, whichever came first)
     output_tail: deque = field(default_factory=lambda: deque(maxlen=60))
     process: Any = None            # the local process handle, None for a remote worker
     host: str | None = None
@@ -97,51 +88,3 @@ class Slot:
     restart_handle: asyncio.TimerHandle | None = None
     agent: str | None = None           # the agent (another host) that runs this slot's workers
     retired: bool = False              # scaled away: its workers finish and are not replaced
-
-
-class Balancer:
-    """Picks a ready worker: fewest calls in flight, round robin among equals (or plain round robin)."""
-
-    def __init__(self, least_busy: bool = True) -> None:
-        self.least_busy = least_busy
-        self.ready: list[Worker] = []
-        self._next = 0
-
-    def add(self, worker: Worker) -> None:
-        if worker not in self.ready:
-            self.ready.append(worker)
-            self.ready.sort(key=lambda w: w.slot)
-
-    def remove(self, worker: Worker) -> None:
-        try:
-            self.ready.remove(worker)
-        except ValueError:
-            pass
-
-    def pick(self, exclude: Worker | None = None) -> Worker | None:
-        ready = self.ready
-        n = len(ready)
-        if n == 0:
-            return None
-        start = self._next % n
-        self._next = start + 1
-        best = ready[start]
-        if n == 1:
-            return None if best is exclude else best
-        if not self.least_busy:
-            if best is exclude:
-                best = ready[(start + 1) % n]
-            return best
-        best_load = len(best.calls) if best is not exclude else 1 << 60
-        if best_load == 0:
-            return best
-        for i in range(1, n):
-            w = ready[(start + i) % n]
-            if w is exclude:
-                continue
-            load = len(w.calls)
-            if load < best_load:
-                best, best_load = w, load
-                if load == 0:
-                    break
-        return None if best is exclude else best

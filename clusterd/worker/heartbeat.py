@@ -18,7 +18,7 @@ import time
 import psutil
 import zmq
 
-from . import protocol
+from .. import protocol, wire
 
 _IDLE_CODES = {getattr(selectors, name).select.__code__
                for name in ("EpollSelector", "PollSelector", "SelectSelector") if hasattr(selectors, name)}
@@ -119,7 +119,7 @@ def _run(context: zmq.Context, endpoint: str, ident: bytes, interval: float, tim
 
 def _beat(sock: zmq.Socket, endpoint: str, ident: bytes, interval: float, timeout: float, configure,
           watch_ident: int | None, stop: threading.Event | None, master_pid: int | None) -> None:
-    sock.setsockopt(zmq.ROUTING_ID, b"hb:" + ident)
+    sock.setsockopt(zmq.ROUTING_ID, wire.HEARTBEAT_PREFIX + ident)
     sock.setsockopt(zmq.LINGER, 0)
     if configure is not None:
         configure(sock)
@@ -134,7 +134,7 @@ def _beat(sock: zmq.Socket, endpoint: str, ident: bytes, interval: float, timeou
         now = time.monotonic()
         stalled = watch.stalled_for(now)
         try:
-            sock.send_multipart([b"b", protocol.dumps({"stalled": round(stalled, 3)})], zmq.NOBLOCK)
+            sock.send_multipart([wire.BEAT, protocol.dumps({"stalled": round(stalled, 3)})], zmq.NOBLOCK)
         except zmq.ZMQError:
             pass
         deadline = now + interval

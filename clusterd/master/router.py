@@ -1,0 +1,439 @@
+"""The master's sockets and the routing of every call between clients, master and workers.
+
+The per-call path is kept short: a client's request is decoded once (to learn its method and id),
+then its original bytes go to a worker with a routing token; the worker's answer bytes go back to
+the client untouched. No future, task or timer is created per forwarded call.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import secrets
+import time
+from typing import Any
+
+import psutil
+import zmq
+
+from .. import log, protocol, systemd, wire
+from ..config import Config
+from ..endpoint import Dispatcher, method_table
+from ..protocol import NO_ID, RPCError
+from ..runtime_dir import RuntimeDir
+from ..wire import CALL, ERROR, RESULT, TOKEN_SIZE
+from ..worker.spawn import OnExit, OnLine, Spawner, make_spawner
+from ..worker_log import CallErrors
+from ..zmqloop import NOBLOCK, SocketReader, send_frames
+from .admin import Admin
+from .batch import Batches
+from .dir_keeper import DirKeeper
+from .endpoint import WorkersProxy, internal_methods
+from .local import LocalMethods, master_lacks
+from .pool import Call, Worker
+from .reload import ReloadManager
+from .sockets import Sockets
+from .states import ClusterState, ExitReason, WorkerState
+from .supervisor import Supervisor
+from .waiting import CallQueue, Deadlines
+from .worker_events import WorkerEvents
+
+_BODY = 1 + wire.TOKEN_SIZE  # where an answer frame's response starts, after its kind and token
+# Enum members as module constants: on the per-call path a global lookup, not an Enum class attribute
+_STOPPING = ClusterState.STOPPING
+_READY = WorkerState.READY
+
+
+class Router:
+    """Implements the workers proxy's caller (WorkerCaller); WorkerEvents is its SupervisorHost."""
+
+    STALLED = "Too many answers not taken by this client: read them first"
+
+    def __init__(self, config: Config, master_cls: type, worker_cls: type,
+                 notifier: systemd.Notifier | None = None, version: str | None = None) -> None:
+        self.config = config
+        self.loop = asyncio.get_running_loop()
+        self.started_at = time.time()
+        self.state = ClusterState.STARTING
+        self.notifier = notifier
+        self.version = version
+        self.graceful = True
+        self.ctx = zmq.Context()
+        self.sockets = Sockets(self.loop, self.ctx, config)
+        self.dir = RuntimeDir(config.instance_dir)
+        self.worker_endpoint = f"ipc://{config.instance_dir / 'workers.sock'}"
+        # in every worker identity: a worker of another master (a shared or recreated runtime dir) is refused
+        self.token = secrets.token_hex(4)
+        self.keeper = DirKeeper(self)
+        self.shared: Any = None
+        self.agents: Any = None        # the AgentRegistry, with --worker-bind
+        self.rsock: zmq.Socket | None = None
+        self.endpoint = master_cls()
+        self.endpoint.name = config.name
+        self.endpoint.pid = os.getpid()
+        self.endpoint._caller = self
+        self.endpoint.workers = WorkersProxy(self)
+        self.dispatcher = Dispatcher(self.endpoint, config.debug)
+        self.dispatcher.report = CallErrors(log.logger).report  # a master method that raises is logged
+        self.worker_identity = config.worker_identity  # --user/--group: who the workers run as
+        self.log_ring: Any = None      # set by the runner: the recent log for `clusterd logs`
+        self.master_code: Any = None   # set by the runner: tells when the master's own code changed
+        self.worker_methods: dict[str, dict] = {name: m.describe() for name, m in method_table(worker_cls).items()}
+        self.supervisor = Supervisor(config, WorkerEvents(self), self._make_spawner)
+        self.reloads = ReloadManager(self)
+        self.admin = Admin(self)
+        self.local = LocalMethods(self, self.dispatcher, self.admin.handlers,
+                                  internal_methods(self.endpoint.workers, self))
+        self.batches = Batches(self)
+        self.queue = CallQueue(self)
+        self.deadlines = Deadlines(self)
+        self._token = 0
+        self.stopped = asyncio.Event()
+        self.hurried = asyncio.Event()  # stop at once: what a graceful stop still waits for is cut short
+        self._tasks: set[asyncio.Task] = set()
+        self.readers: dict[zmq.Socket, SocketReader] = {}
+        # calls in flight per client, by client socket then ROUTER identity (--max-client-inflight)
+        self.client_calls: dict[zmq.Socket, dict[bytes, int]] = {}
+        self.inflight_limit = config.max_client_inflight or 1 << 62
+        # clients whose answer queue is full (they do not read): their calls get -32005 until it drains
+        self.stalled: dict[zmq.Socket, set[bytes]] = {}
+        self.process = psutil.Process()
+        self.process.cpu_percent(None)
+        self._faults = log.RateLimited()
+
+    # ------------------------------------------------------------------ the instance
+    def claim(self) -> None:
+        """Take the instance name (or raise InstanceBusy), then the shared memory that goes with it."""
+        self.dir.claim(self.config.name)
+        try:
+            from ..shared import SharedBlocks
+            self.shared = SharedBlocks(self.config.name)
+        except ImportError:
+            self.shared = None
+
+    def release(self) -> None:
+        if self.shared is not None:
+            self.shared.close()
+        self.close_sockets()
+        self.dir.release()
+
+    def set_state(self, state: ClusterState) -> None:
+        """The one place the instance's state changes: systemd and the status line follow it."""
+        self.state = state
+        if self.notifier is not None:
+            if state is ClusterState.RUNNING:
+                self.notifier.ready()
+            elif state is ClusterState.RELOADING:
+                self.notifier.reloading()
+            elif state is ClusterState.STOPPING:
+                self.notifier.stopping()
+        self.update_status_line()
+
+    def update_status_line(self) -> None:
+        if self.notifier is not None:
+            ready, wanted = self.supervisor.slot_summary()
+            self.notifier.status(f"{self.state}: {ready}/{wanted} workers ready, generation "
+                                 f"{self.supervisor.generation}")
+
+    def request_stop(self, graceful: bool = True) -> None:
+        """Stop; a fast stop asked for during a graceful one cuts it short (a second Ctrl-C, SIGQUIT)."""
+        if not self.stopped.is_set():
+            self.graceful = graceful
+            self.stopped.set()
+        elif not graceful:
+            self.hurried.set()
+
+    def _make_spawner(self, on_line: OnLine, on_exit: OnExit) -> Spawner:
+        identity = self.worker_identity
+        return make_spawner(self.loop, self.config, self.ctx, self.child_environ(), on_line, on_exit,
+                            identity.popen_kwargs() if identity is not None else None)
+
+    def child_environ(self) -> dict[str, str]:
+        """The environment a worker process starts with (the user's own with --user)."""
+        env = systemd.child_environ(os.environ)
+        return self.worker_identity.environ(env) if self.worker_identity is not None else env
+
+    # ------------------------------------------------------------------ sockets
+    def open_sockets(self) -> None:
+        socks = self.sockets
+        socks.open(self.keeper.bind_ipc, self.on_client_message, self._on_worker_message)
+        self.keeper.start()
+        self.readers = socks.readers
+        self.control, self.public, self.wsock, self.rsock = socks.control, socks.public, socks.workers, socks.remote
+        self.client_calls = {sock: {} for sock in socks.client_sockets()}
+        self.stalled = {sock: set() for sock in socks.client_sockets()}
+        if self.rsock is not None:
+            from .remote import AgentRegistry
+            self.agents = AgentRegistry(self)
+
+    def close_sockets(self) -> None:
+        self.keeper.close()
+        if self.agents is not None:
+            self.agents.close()
+        self.sockets.close(term=not self.supervisor.spawner.alive())
+
+    # ------------------------------------------------------------------ client requests
+    def on_client_message(self, frames: list[bytes], sock: zmq.Socket, source: str) -> None:
+        payload = frames[-1]
+        envelope = frames[:-1]
+        try:
+            try:
+                obj = protocol.fast_loads(payload)
+            except ValueError:
+                obj = protocol.loads(payload)  # numbers past a double's range: only the exact parse reads them
+            else:
+                if type(obj) is not dict or type(obj.get("id")) is float or obj.get("method") in self.local:
+                    obj = protocol.loads(payload)  # a batch, a big-integer id, or params the master itself reads
+        except ValueError as exc:
+            return self.send(sock, envelope, protocol.dumps(protocol.parse_error(exc)))
+        try:
+            if type(obj) is dict:
+                req = protocol.parse_request(obj)
+                if type(req) is dict:
+                    return self.send(sock, envelope, protocol.dumps(req))
+                self.route(req, payload, sock, envelope, source)
+            elif type(obj) is list:
+                self.batches.answer(obj, sock, envelope, source)
+            else:
+                self.send(sock, envelope, protocol.encode_error(None, protocol.INVALID_REQUEST))
+        except Exception:  # a fault of ours: the client still gets an answer, the socket is still read
+            self._faults.exception("handling a client's message failed")
+            self.send(sock, envelope, protocol.encode_error(None, protocol.INTERNAL_ERROR))
+
+    def route(self, req: protocol.Request, payload: bytes, sock: zmq.Socket, envelope: list[bytes],
+              source: str) -> None:
+        """Send one request where it belongs: the master itself, an admin method, or a worker."""
+        method = req.method
+        if method in self.local:
+            self.spawn_task(self.local.answer(req, sock, envelope, source))
+            return
+        if source == "worker":  # a worker's self.master.call is never forwarded back to a worker (DESIGN.md 2)
+            if req.id is not NO_ID:
+                self.send(sock, envelope, protocol.dumps(master_lacks(req)))
+            return
+        meta = self.worker_methods.get(method)
+        if meta is None:
+            if req.id is not NO_ID:
+                self.send(sock, envelope, protocol.dumps(protocol.method_not_found(req.id, method)))
+            return
+        if self.state is _STOPPING:
+            if req.id is not NO_ID:
+                self.send(sock, envelope, protocol.encode_error(req.id, protocol.SHUTTING_DOWN))
+            return
+        if req.id is NO_ID:
+            worker = self.supervisor.balancer.pick()
+            if worker is not None:
+                self.to_worker([worker.ident, wire.NOTIFY, payload], worker.sock)
+            return
+        counts = self.client_calls.get(sock)
+        if counts is not None:  # a client's call (not a worker's): bounded per client
+            held = counts.get(envelope[0], 0)
+            if held >= self.inflight_limit:
+                self.send(sock, envelope, protocol.encode_error(req.id, protocol.TOO_BUSY, self.busy_message()))
+                return
+            stalled = self.stalled[sock]
+            if stalled and envelope[0] in stalled:
+                # its answers are not taken: this call is refused; once that refusal finds room in the
+                # client's queue (it reads again) the next call runs, else send() marks it again
+                stalled.discard(envelope[0])
+                self.send(sock, envelope, protocol.encode_error(req.id, protocol.TOO_BUSY, self.STALLED))
+                return
+            counts[envelope[0]] = held + 1
+        self.dispatch(self.new_call(payload, req.id, meta, sock, envelope))
+
+    def new_call(self, payload: bytes, rid: Any, meta: dict, sock: zmq.Socket | None = None,
+                 envelope: list[bytes] | None = None, future: asyncio.Future | None = None) -> Call:
+        call = Call(payload, rid, sock, envelope, future)
+        call.idempotent = meta.get("idempotent", False)
+        call.timeout = meta.get("timeout") or self.config.call_timeout
+        return call
+
+    def busy_message(self) -> str:
+        return f"Too many calls in flight from this client (at most {self.config.max_client_inflight})"
+
+    @staticmethod
+    def release_calls(counts: dict[bytes, int], ident: bytes, n: int = 1) -> None:
+        """Calls of a client were answered (or dropped): they no longer count against its limit."""
+        left = counts.get(ident, 0) - n
+        if left > 0:
+            counts[ident] = left
+        else:
+            counts.pop(ident, None)
+
+    def client_inflight(self) -> int:
+        return sum(sum(c.values()) for c in self.client_calls.values())
+
+    def dispatch(self, call: Call, exclude: Worker | None = None) -> None:
+        worker = self.supervisor.balancer.pick(exclude)
+        if worker is None:
+            self.queue.add(call)
+        else:
+            self.send_call(worker, call)
+
+    def send_call(self, worker: Worker, call: Call) -> None:
+        self._token += 1
+        token = self._token.to_bytes(TOKEN_SIZE, "little")  # wire.token_bytes, inlined: per call
+        call.token = token
+        call.worker = worker
+        worker.calls[token] = call
+        if call.timeout:
+            call.deadline = self.loop.time() + call.timeout
+            self.deadlines.arm(call.timeout)
+        try:
+            send_frames(worker.sock, [worker.ident, CALL + token + call.payload])  # wire.call_frame
+        except zmq.ZMQError:
+            # its connection is already gone (ROUTER_MANDATORY): the worker never got the call
+            del worker.calls[token]
+            self.supervisor.balancer.remove(worker)
+            self.dispatch(call, exclude=worker)
+        self.readers[worker.sock].wake()
+
+    def flush_worker_messages(self) -> None:
+        """Handle every message workers already sent: before judging them by what has not arrived."""
+        for sock in (getattr(self, "wsock", None), self.rsock):
+            reader = self.readers.get(sock) if sock is not None else None
+            if reader is not None:
+                reader.flush()
+
+    def to_worker(self, frames: list[bytes], sock: zmq.Socket | None = None) -> None:
+        sock = sock or self.wsock
+        try:
+            send_frames(sock, frames)
+        except zmq.ZMQError:
+            pass  # that worker's connection is gone; its exit is handled on its own
+        self.readers[sock].wake()
+
+    def send(self, sock: zmq.Socket, envelope: list[bytes], payload: bytes) -> None:
+        try:
+            send_frames(sock, envelope + [payload], NOBLOCK)
+        except zmq.ZMQError as exc:
+            # the client is gone (EHOSTUNREACH) or does not take its answers (EAGAIN: its queue is at the
+            # high-water mark): the answer is dropped, nothing accumulates, and a client that does not
+            # read gets -32005 for its calls until its queue has room again
+            if exc.errno == zmq.EAGAIN:
+                stalled = self.stalled.get(sock)
+                if stalled is not None:
+                    if len(stalled) >= self.sockets.max_clients:
+                        stalled.clear()  # idents of clients long gone: kept bounded
+                    stalled.add(envelope[0])
+        self.readers[sock].wake()
+
+    def reply(self, call: Call, payload: bytes) -> None:
+        if call.future is None:
+            self.send(call.sock, call.envelope, payload)
+            counts = self.client_calls.get(call.sock)
+            if counts is not None:
+                self.release_calls(counts, call.envelope[0])
+        elif not call.future.done():
+            call.future.set_result(payload)
+
+    def reply_error(self, call: Call, code: int, message: str | None = None) -> None:
+        self.reply(call, protocol.encode_error(call.rid, code, message))
+
+    # ------------------------------------------------------------------ worker socket
+    def _on_worker_message(self, frames: list[bytes], sock: zmq.Socket) -> None:
+        ident = frames[0]
+        head = frames[1] if len(frames) > 1 else b""
+        kind = head[:1]
+        if (kind == RESULT or kind == ERROR) and len(frames) == 2:  # an answer: [RESULT + token + response]
+            self._on_answer(ident, head, kind)
+        elif len(frames) != 3:
+            return  # not a message of ours
+        elif kind == wire.BEAT:
+            worker_ident = ident[len(wire.HEARTBEAT_PREFIX):]
+            if worker_ident in self.supervisor.by_ident:  # a worker of a master that died gets no answer: it exits
+                self.to_worker([ident, wire.BEAT], sock)
+            self.supervisor.on_beat(worker_ident, _loads_dict(frames[2]))
+        elif ident not in self.supervisor.by_ident and kind != wire.AGENT:
+            if kind == wire.HELLO:
+                log.event("foreign-worker", f"a worker this master did not start ({ident!r}) joined its workers "
+                          "socket: ignored (does another instance share this runtime directory?)",
+                          level=logging.WARNING)
+            return  # a worker of another master: it gets nothing from us, and exits for lack of beats
+        elif kind == wire.REQUEST:
+            self._on_worker_request(ident, frames[2], sock)
+        elif kind == wire.HELLO:
+            self.supervisor.by_ident[ident].sock = sock  # the socket its calls go out on
+            self.supervisor.on_hello(ident, _loads_dict(frames[2]))
+        elif kind == wire.FAILURE:
+            self.supervisor.on_boot_failure(ident, _loads_dict(frames[2]))
+        elif kind == wire.AGENT and sock is self.rsock:
+            self.agents.on_message(ident, _loads_dict(frames[2]))
+
+    def _on_answer(self, ident: bytes, head: bytes, kind: bytes) -> None:
+        worker = self.supervisor.by_ident.get(ident)
+        if worker is None:
+            return
+        call = worker.calls.pop(head[1:_BODY], None)
+        if call is None:
+            return  # timed out or the caller is gone: dropped
+        worker.served += 1
+        if kind == ERROR:
+            worker.failed += 1
+        if call.future is None:
+            self.send(call.sock, call.envelope, head[_BODY:])
+            counts = self.client_calls.get(call.sock)
+            if counts is not None:
+                self.release_calls(counts, call.envelope[0])
+        elif not call.future.done():
+            call.future.set_result(head[_BODY:])
+        if worker.state is not _READY:
+            if not worker.calls:
+                if worker.retire_reason is ExitReason.HUNG and worker.state is WorkerState.DRAINING:
+                    self.supervisor.kill(worker, ExitReason.HUNG)
+                else:
+                    self.supervisor.on_idle(worker)
+        elif worker.max_requests and worker.served >= worker.max_requests:
+            self.supervisor.recycle(worker, ExitReason.MAX_REQUESTS)
+
+    def _on_worker_request(self, ident: bytes, payload: bytes, sock: zmq.Socket) -> None:
+        envelope = [ident, wire.ANSWER]
+        try:
+            obj = protocol.loads(payload)
+        except ValueError as exc:
+            return self.send(sock, envelope, protocol.dumps(protocol.parse_error(exc)))
+        req = protocol.parse_request(obj)
+        if type(req) is dict:
+            return self.send(sock, envelope, protocol.dumps(req))
+        try:
+            self.route(req, payload, sock, envelope, "worker")
+        except Exception:
+            self._faults.exception("handling a worker's request failed")
+            if req.id is not NO_ID:
+                self.send(sock, envelope, protocol.encode_error(req.id, protocol.INTERNAL_ERROR))
+
+    # ------------------------------------------------------------------ WorkerCaller
+    def ready_workers(self) -> list[Worker]:
+        return [s.active for _i, s in sorted(self.supervisor.slots.items())
+                if s.active is not None and s.active.state is WorkerState.READY]
+
+    async def call_worker(self, method: str, params: list | dict, worker: Worker | None = None) -> Any:
+        """A call from the master (or on behalf of a worker) to a worker; its result, or RemoteError."""
+        if self.state is ClusterState.STOPPING and worker is None:
+            raise RPCError(protocol.SHUTTING_DOWN)
+        fut = self.loop.create_future()
+        call = self.new_call(protocol.dumps(protocol.make_request(method, params, 0)), 0,
+                             self.worker_methods.get(method) or {}, future=fut)
+        call.idempotent = call.idempotent and worker is None
+        if worker is None:
+            self.dispatch(call)
+        else:
+            self.send_call(worker, call)
+        return protocol.response_outcome(protocol.loads(await fut))
+
+    def spawn_task(self, coro) -> None:
+        task = self.loop.create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+
+def _loads_dict(payload: bytes) -> dict:
+    try:
+        obj = protocol.loads(payload)
+    except ValueError:
+        return {}
+    return obj if isinstance(obj, dict) else {}
+
+
+__all__ = ["Router"]
