@@ -778,6 +778,11 @@ def worker_agent(worker: str, connect: str, workers: int, curve_dir: str | None,
     sys.exit(code)
 
 
+from .help_examples import teach  # noqa: E402 - after every command is defined
+
+teach(cli)
+
+
 def main() -> None:
     try:
         rv = cli.main(standalone_mode=False, prog_name="clusterd")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import click
+
 EXAMPLES: dict[str, list[tuple[str, str]]] = {
     "run": [
         ("clusterd run myapp.rpc:Master myapp.rpc:Worker -w 4 -b tcp://127.0.0.1:7000", "4 workers, one TCP bind"),
@@ -72,3 +74,23 @@ def epilog(command: str) -> str | None:
         if why:
             lines.append(f"      {why}")
     return "\n".join(lines)
+
+
+def teach(group: click.Group) -> None:
+    """Make every command's help teach: examples at its end, each option with its default and its
+    CLUSTERD_* variable (a command's own options get CLUSTERD_<COMMAND>_<OPTION>), and the
+    top-level list with each command's first sentence whole (click cuts it at 45 characters)."""
+    for name, command in group.commands.items():
+        if command.epilog is None:
+            command.epilog = epilog(name)
+        if not command.short_help and command.help:
+            command.short_help = command.help.strip().split("\n\n")[0].replace("\n", " ")
+        for param in command.params:
+            if not isinstance(param, click.Option) or param.name in (None, "help"):
+                continue
+            if not param.envvar:
+                flag = next((o for o in param.opts if o.startswith("--")), param.name or "")
+                param.envvar = f"CLUSTERD_{name}_{flag.lstrip('-')}".upper().replace("-", "_")
+            param.show_envvar = True
+            if param.default not in (None, False, (), []) and not param.is_flag:
+                param.show_default = True
