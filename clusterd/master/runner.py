@@ -11,11 +11,12 @@ import signal
 import sys
 import time
 
-from .. import log, protocol
-from ..config import Config
+from .. import protocol
 from ..log_ring import LogRing
+from ..ops import log
+from ..ops.systemd import Notifier
 from ..proctitle import set_title
-from ..systemd import Notifier
+from ..settings import Config
 from .host import BootFailure
 from .master_code import MasterCode
 from .reload import installed_version, read_version, watch_sources, watch_version

@@ -15,8 +15,9 @@ import logging
 import time
 from collections.abc import Callable
 
-from .. import log, protocol
-from ..config import Config
+from .. import protocol
+from ..ops import log
+from ..settings import Config
 from ..worker.spawn import OnExit, OnLine, Spawner
 from .balancer import Balancer
 from .health import HealthCheck

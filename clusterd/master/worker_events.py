@@ -9,7 +9,8 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from .. import log, protocol, wire
+from .. import protocol, wire
+from ..ops import log
 from ..wire import WorkerSpec
 from ..worker.spawn import WorkerHandle
 from .endpoint import worker_info

@@ -19,8 +19,9 @@ from typing import Any
 
 import zmq
 
-from .. import log, protocol, wire, worker_log
+from .. import protocol, wire, worker_log
 from ..endpoint import Dispatcher, encode_response
+from ..ops import log
 from ..proctitle import set_title
 from ..protocol import RemoteError, RPCError
 from ..wire import ANSWER, CALL, ERROR, NOTIFY, RESULT, STOP, TOKEN_SIZE, WorkerSpec

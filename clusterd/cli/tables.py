@@ -1,4 +1,5 @@
-"""The status document as a table a person reads at a glance, fitted to the terminal's width."""
+"""The status document as tables a person reads at a glance, fitted to the terminal's width:
+`clusterd status` (one block per instance) and `clusterd ls`."""
 
 from __future__ import annotations
 
