@@ -76,6 +76,17 @@ def _addresses(ctx: Any, param: click.Parameter, value: Any) -> Any:
     return value
 
 
+def _metrics_bind(ctx: Any, param: click.Parameter, value: Any) -> Any:
+    if value is None:
+        return value
+    from .ops.metrics_server import parse_bind
+    try:
+        parse_bind(value)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc).removeprefix("--metrics-bind ")) from None
+    return value
+
+
 def _load_config_file(ctx: click.Context, param: click.Parameter, path: str | None) -> str | None:
     """-c FILE: TOML keys become defaults under flags and CLUSTERD_* variables (click's own order).
 
@@ -195,6 +206,11 @@ def run_options(func: Any) -> Any:
                      help="Accept workers from agents on this address (see --curve-dir)."),
         click.option("--curve-dir", type=click.Path(), default=None, envvar=_env("curve-dir"),
                      help="Directory of keys from `clusterd keygen`: encrypt and authenticate the worker link."),
+        click.option("--metrics-bind", default=None, metavar="HOST:PORT", callback=_metrics_bind,
+                     envvar=_env("metrics-bind"),
+                     help="The master serves Prometheus metrics at /metrics here (no authentication)."),
+        click.option("--dashboard", is_flag=True, default=False, envvar=_env("dashboard"),
+                     help="Serve a live dashboard at /dashboard on the --metrics-bind port."),
     ]
     for opt in reversed(opts):
         func = opt(func)
@@ -272,6 +288,12 @@ def run(master: str | None, worker: str | None, config: str | None, **opts: Any)
         if not _is_loopback(addr) and not cfg.curve_dir:
             log.event("insecure-bind", f"--bind {addr} is reachable from other hosts and is not encrypted",
                       level=30)
+    if cfg.dashboard and not cfg.metrics_bind:
+        fail("--dashboard needs --metrics-bind HOST:PORT (the page is served on the metrics port)")
+    if cfg.metrics_bind and not _is_loopback_host(cfg.metrics_bind):
+        log.event("insecure-metrics-bind", f"--metrics-bind {cfg.metrics_bind} is reachable from other hosts "
+                  "and has no authentication: metrics and the dashboard show method names, pids and load",
+                  level=30)
     try:
         code = run_instance(cfg, master_cls, worker_cls)
     except InstanceBusy as exc:
@@ -286,7 +308,11 @@ def run(master: str | None, worker: str | None, config: str | None, **opts: Any)
 def _is_loopback(addr: str) -> bool:
     if not addr.startswith("tcp://"):
         return True
-    host = addr[len("tcp://"):].rsplit(":", 1)[0].strip("[]")
+    return _is_loopback_host(addr[len("tcp://"):])
+
+
+def _is_loopback_host(host_port: str) -> bool:
+    host = host_port.rsplit(":", 1)[0].strip("[]")
     return host in ("localhost", "::1") or host.startswith("127.")
 
 

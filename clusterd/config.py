@@ -107,6 +107,8 @@ class Config:
     curve_dir: str | None = None
     runtime_dir: str = ""
     isolation: str = "process"     # "thread": workers as threads of the master (threads.py)
+    metrics_bind: str | None = None    # HOST:PORT the master serves /metrics (and /dashboard) on
+    dashboard: bool = False            # serve the live page at /dashboard
 
     @property
     def instance_dir(self) -> Path:
@@ -131,4 +133,5 @@ class Config:
             "max_client_inflight": self.max_client_inflight, "log_format": self.log_format,
             "debug": self.debug, "worker_binds": self.worker_binds, "curve_dir": self.curve_dir,
             "runtime_dir": self.runtime_dir, "isolation": self.isolation,
+            "metrics_bind": self.metrics_bind, "dashboard": self.dashboard,
         }

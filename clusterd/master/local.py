@@ -3,7 +3,9 @@ control socket only) and the internal methods workers use to reach each other (f
 
 from __future__ import annotations
 
+import contextvars
 from collections.abc import Awaitable, Callable
+from time import perf_counter
 from typing import Any
 
 import zmq
@@ -15,6 +17,11 @@ from .view import MasterView
 
 
 Handler = Callable[..., Awaitable[Any]]
+
+# The door the master's calls to workers are counted under: "master" for its own (WorkersProxy), "worker"
+# while it relays a worker's self.workers.* call (set for the task running the internal method).
+calling_door: contextvars.ContextVar[str] = contextvars.ContextVar("calling_door", default="master")
+DOORS = {"admin": "zmq", "client": "zmq", "worker": "worker", "forwarded": None}
 
 
 class LocalMethods:
@@ -55,13 +62,21 @@ class LocalMethods:
         """Run a master, admin or internal method; the encoded response, None for a notification."""
         method = req.method
         if method in self.methods:
+            started = perf_counter()
             response = await self.dispatcher.run(req)
+            door = DOORS.get(source)
+            if door is not None and req.id is not NO_ID:
+                error = response.get("error")
+                self.router.telemetry.record_code(method, door, error.get("code") if error else None,
+                                                  perf_counter() - started)
         else:
             handler = self._handler(method, source)
             if handler is None:
                 response = master_lacks(req) if source == "worker" else protocol.error_response(
                     req.id, protocol.METHOD_NOT_FOUND)
             else:
+                if source == "worker":
+                    calling_door.set("worker")
                 response = await _call(handler, req)
         if req.id is NO_ID:
             return None

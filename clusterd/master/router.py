@@ -11,6 +11,7 @@ import asyncio
 import logging
 import os
 import time
+from time import perf_counter
 from typing import Any
 
 import psutil
@@ -22,20 +23,26 @@ from ..endpoint import Dispatcher, method_table
 from ..protocol import NO_ID, RPCError
 from ..wire import ERROR, RESULT, WorkerSpec
 from ..worker.spawn import OnExit, OnLine, Spawner, WorkerHandle, make_spawner
+from ..ops.telemetry import OK, Telemetry
 from ..zmqloop import NOBLOCK, SocketReader, send_frames
 from .admin import Admin
 from .batch import Batches
 from .endpoint import WorkersProxy, internal_methods, worker_info
-from .local import LocalMethods, master_lacks
+from .local import DOORS, LocalMethods, calling_door, master_lacks
 from .pool import Call, Worker
 from .reload import ReloadManager
 from .waiting import CallQueue, Deadlines
 from .runtime_dir import RuntimeDir
 from .sockets import Sockets
 from .states import ClusterState, ExitReason, WorkerState
+from .status import status_document
 from .supervisor import Supervisor
 
 _BODY = 1 + wire.TOKEN_SIZE  # where an answer frame's response starts, after its kind and token
+REFUSALS = frozenset({protocol.NO_WORKER, protocol.SHUTTING_DOWN, protocol.TOO_BUSY})
+# Exits after which a slot gets a new worker: what clusterd_worker_restarts_total counts.
+RESTART_REASONS = frozenset({ExitReason.CRASHED, ExitReason.HUNG, ExitReason.MAX_MEMORY, ExitReason.MAX_REQUESTS,
+                             ExitReason.RELOAD})
 
 
 class Router:
@@ -82,6 +89,10 @@ class Router:
         self.process = psutil.Process()
         self.process.cpu_percent(None)
         self._faults = log.RateLimited()
+        self.telemetry = Telemetry(lambda: status_document(self), _clusterd_version(), config.metrics_bind,
+                                   config.dashboard)
+        self.local.internal["clusterd.metrics"] = self._metrics_for_worker
+        self.record = self.telemetry.record   # the per-call path: record(method, door, outcome, seconds)
 
     # ------------------------------------------------------------------ the instance
     def claim(self) -> None:
@@ -157,11 +168,13 @@ class Router:
                 if type(obj) is not dict or type(obj.get("id")) is float or obj.get("method") in self.local:
                     obj = protocol.loads(payload)  # a batch, a big-integer id, or params the master itself reads
         except ValueError as exc:
+            self.telemetry.count("rejected", "malformed")
             return self.send(sock, envelope, protocol.dumps(protocol.parse_error(exc)))
         try:
             if type(obj) is dict:
                 req = protocol.parse_request(obj)
                 if type(req) is dict:
+                    self.telemetry.count("rejected", "malformed")
                     return self.send(sock, envelope, protocol.dumps(req))
                 self.route(req, payload, sock, envelope, source)
             elif type(obj) is list:
@@ -179,18 +192,24 @@ class Router:
         if method in self.local:
             self.spawn_task(self.local.answer(req, sock, envelope, source))
             return
-        if source == "worker":  # a worker's self.master.call is never forwarded back to a worker (DESIGN.md 2)
+        door = DOORS[source]
+        if source == "worker" or source == "forwarded":
+            # a worker's self.master.call is never forwarded back to a worker (DESIGN.md 2)
             if req.id is not NO_ID:
                 self.send(sock, envelope, protocol.dumps(master_lacks(req)))
+                if door is not None:
+                    self.telemetry.record_code(method, door, protocol.METHOD_NOT_FOUND, 0.0)
             return
         meta = self.worker_methods.get(method)
         if meta is None:
             if req.id is not NO_ID:
                 self.send(sock, envelope, protocol.encode_error(req.id, protocol.METHOD_NOT_FOUND))
+                self.telemetry.record_code(method, door, protocol.METHOD_NOT_FOUND, 0.0)
             return
         if self.state is ClusterState.STOPPING:
             if req.id is not NO_ID:
                 self.send(sock, envelope, protocol.encode_error(req.id, protocol.SHUTTING_DOWN))
+                self.telemetry.refused(method, door, protocol.SHUTTING_DOWN)
             return
         if req.id is NO_ID:
             worker = self.supervisor.balancer.pick()
@@ -202,15 +221,19 @@ class Router:
             held = counts.get(envelope[0], 0)
             if held >= self.inflight_limit:
                 self.send(sock, envelope, protocol.encode_error(req.id, protocol.TOO_BUSY, self.busy_message()))
+                self.telemetry.refused(method, door, protocol.TOO_BUSY)
                 return
             counts[envelope[0]] = held + 1
-        self.dispatch(self.new_call(payload, req.id, meta, sock, envelope))
+        call = self.new_call(payload, req.id, meta, sock, envelope)
+        call.method, call.door = method, door
+        self.dispatch(call)
 
     def new_call(self, payload: bytes, rid: Any, meta: dict, sock: zmq.Socket | None = None,
                  envelope: list[bytes] | None = None, future: asyncio.Future | None = None) -> Call:
         call = Call(payload, rid, sock, envelope, future)
         call.idempotent = meta.get("idempotent", False)
         call.timeout = meta.get("timeout") or self.config.call_timeout
+        call.started = perf_counter()
         return call
 
     def busy_message(self) -> str:
@@ -276,6 +299,7 @@ class Router:
         self.readers[sock].wake()
 
     def reply(self, call: Call, payload: bytes) -> None:
+        """Answer a call with the master's own response (the worker's answers go by _on_answer)."""
         if call.future is None:
             self.send(call.sock, call.envelope, payload)
             counts = self.client_calls.get(call.sock)
@@ -285,6 +309,10 @@ class Router:
             call.future.set_result(payload)
 
     def reply_error(self, call: Call, code: int, message: str | None = None) -> None:
+        if call.door is not None:
+            self.telemetry.record_code(call.method, call.door, code, perf_counter() - call.started)
+            if code in REFUSALS and call.token == b"":   # it never reached a worker
+                self.telemetry.count("refused", code)
         self.reply(call, protocol.encode_error(call.rid, code, message))
 
     # ------------------------------------------------------------------ worker socket
@@ -297,12 +325,18 @@ class Router:
         elif len(frames) != 3:
             return  # not a message of ours
         elif kind == wire.REQUEST:
-            self._on_worker_request(ident, frames[2], sock)
+            self._on_worker_request(ident, frames[2], sock, "worker")
+        elif kind == wire.FORWARDED:
+            self._on_worker_request(ident, frames[2], sock, "forwarded")
         elif kind == wire.BEAT:
             worker_ident = ident[len(wire.HEARTBEAT_PREFIX):]
             if worker_ident in self.supervisor.by_ident:  # a worker of a master that died gets no answer: it exits
                 self.to_worker([ident, wire.BEAT], sock)
-            self.supervisor.on_beat(worker_ident, _loads_dict(frames[2]))
+            beat = _loads_dict(frames[2])
+            self.supervisor.on_beat(worker_ident, beat)
+            stats = beat.get("stats")
+            if stats is not None:
+                self.telemetry.merge(stats)
         elif kind == wire.HELLO:
             worker = self.supervisor.by_ident.get(ident)
             if worker is not None:
@@ -323,6 +357,11 @@ class Router:
         worker.served += 1
         if kind == ERROR:
             worker.failed += 1
+        if call.door is not None:
+            if kind == RESULT:
+                self.record(call.method, call.door, OK, perf_counter() - call.started)
+            else:
+                self.telemetry.record_error(call.method, call.door, head[_BODY:], perf_counter() - call.started)
         if call.future is None:
             self.send(call.sock, call.envelope, head[_BODY:])
             counts = self.client_calls.get(call.sock)
@@ -339,7 +378,7 @@ class Router:
         elif worker.max_requests and worker.served >= worker.max_requests:
             self.supervisor.recycle(worker, ExitReason.MAX_REQUESTS)
 
-    def _on_worker_request(self, ident: bytes, payload: bytes, sock: zmq.Socket) -> None:
+    def _on_worker_request(self, ident: bytes, payload: bytes, sock: zmq.Socket, source: str) -> None:
         envelope = [ident, wire.ANSWER]
         try:
             obj = protocol.loads(payload)
@@ -349,7 +388,7 @@ class Router:
         if type(req) is dict:
             return self.send(sock, envelope, protocol.dumps(req))
         try:
-            self.route(req, payload, sock, envelope, "worker")
+            self.route(req, payload, sock, envelope, source)
         except Exception:
             self._faults.exception("handling a worker's request failed")
             if req.id is not NO_ID:
@@ -373,6 +412,9 @@ class Router:
 
     def on_worker_gone(self, worker: Worker, exit_info: dict) -> None:
         """Answer every call the worker held: -32002, or a retry elsewhere for idempotent ones."""
+        reason = exit_info.get("reason")
+        if reason in RESTART_REASONS and self.state is not ClusterState.STOPPING:
+            self.telemetry.count("restarts", reason)
         calls = list(worker.calls.values())
         worker.calls.clear()
         for call in calls:
@@ -402,6 +444,7 @@ class Router:
         fut = self.loop.create_future()
         call = self.new_call(protocol.dumps(protocol.make_request(method, params, 0)), 0,
                              self.worker_methods.get(method) or {}, future=fut)
+        call.method, call.door = method, calling_door.get()
         call.idempotent = call.idempotent and worker is None
         if worker is None:
             self.dispatch(call)
@@ -409,10 +452,20 @@ class Router:
             self.send_call(worker, call)
         return protocol.response_outcome(protocol.loads(await fut))
 
+    async def _metrics_for_worker(self, accept: str = "") -> dict:
+        """clusterd.metrics (workers only): the instance's Prometheus text, for a worker's HTTP door."""
+        body, content_type = self.telemetry.exporter.render(accept)
+        return {"content_type": content_type, "text": body.decode()}
+
     def spawn_task(self, coro) -> None:
         task = self.loop.create_task(coro)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
+
+
+def _clusterd_version() -> str:
+    from .. import __version__
+    return __version__
 
 
 def _loads_dict(payload: bytes) -> dict:

@@ -29,12 +29,23 @@ async def serve(config: Config, master_cls: type, worker_cls: type) -> int:
     try:
         return await _serve(loop, router, config)
     finally:
+        await router.telemetry.close()
         router.release()
 
 
 async def _serve(loop: asyncio.AbstractEventLoop, router: Router, config: Config) -> int:
     notifier = router.notifier
     router.open_sockets()
+    try:
+        await router.telemetry.start()
+    except OSError as exc:
+        sys.stderr.write(f"clusterd: --metrics-bind {config.metrics_bind}: cannot listen: {exc.strerror or exc}\n")
+        return EXIT_USAGE
+    if router.telemetry.address is not None:
+        host, port = router.telemetry.address
+        log.event("metrics-listening", f"metrics at http://{_url_host(host)}:{port}/metrics"
+                  + (f", dashboard at http://{_url_host(host)}:{port}/dashboard" if config.dashboard else ""),
+                  host=host, port=port)
     router.admin.install_signals()
     log.event("master-start", f"{config.name}: master pid {router.endpoint.pid} starting {config.workers} "
               f"workers ({config.worker})", instance=config.name)
@@ -121,6 +132,10 @@ def _keep_watchdog(loop: asyncio.AbstractEventLoop, notifier: Notifier, interval
             notifier.watchdog()
             loop.call_later(interval, beat)
     loop.call_soon(beat)
+
+
+def _url_host(host: str) -> str:
+    return f"[{host}]" if ":" in host else host
 
 
 def run(config: Config, master_cls: type, worker_cls: type) -> int:

@@ -32,6 +32,7 @@ class MasterView(Protocol):
     agents: Any                   # the AgentRegistry (remote.py), with --worker-bind
     rsock: zmq.Socket | None      # the socket agents and their workers connect to
     local: Any                    # the LocalMethods (local.py)
+    telemetry: Any                # the Telemetry (ops/telemetry.py): metrics, per-method statistics
     worker_methods: dict[str, dict]
     client_calls: dict[zmq.Socket, dict[bytes, int]]
     inflight_limit: int

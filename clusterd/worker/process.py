@@ -20,6 +20,7 @@ import zmq
 
 from .. import log, protocol, wire
 from ..endpoint import Dispatcher, encode_response
+from ..ops.method_stats import MethodStats
 from ..protocol import RemoteError, RPCError
 from ..wire import WorkerSpec
 from ..zmqloop import SocketReader, send_frames
@@ -92,6 +93,8 @@ class WorkerLink:
 
     def __init__(self, loop: asyncio.AbstractEventLoop, sock: zmq.Socket, debug: bool) -> None:
         self.loop = loop
+        # the HTTP/WS door records each call it answers here: stats.record(method, door, outcome, seconds)
+        self.stats = MethodStats()
         self.sock = sock
         self.debug = debug
         self.dispatcher: Dispatcher | None = None
@@ -117,6 +120,29 @@ class WorkerLink:
             return protocol.response_outcome(await fut)
         finally:
             self._pending.pop(rid, None)
+
+    async def forward(self, request: dict) -> dict:
+        """A client's call to a master method, from this worker's HTTP/WS door: the master's response,
+        with the client's id. Marked FORWARDED, so the master neither counts it again (the door
+        records it in self.stats) nor lets it reach admin or internal methods."""
+        self._next_id += 1
+        rid = self._next_id
+        fut = self.loop.create_future()
+        self._pending[rid] = fut
+        try:
+            self.sock.send_multipart([wire.FORWARDED, protocol.dumps({**request, "id": rid})])
+            self.reader.wake()
+            response = await fut
+        finally:
+            self._pending.pop(rid, None)
+        response["id"] = request.get("id")
+        return response
+
+    async def master_metrics(self, accept: str = "") -> tuple[bytes, str]:
+        """The whole instance's Prometheus text and its content type, from the master (for GET /metrics
+        on the HTTP door: the master holds every process's counters)."""
+        answer = await self.request("clusterd.metrics", [accept])
+        return answer["text"].encode(), answer["content_type"]
 
     # -- messages from the master
     def _on_message(self, frames: list[bytes]) -> None:
@@ -249,21 +275,22 @@ async def _run(spec: WorkerSpec, embedded: Any = None) -> int:
     if spec.curve:
         from ..curve import client_configurer
         configure = client_configurer(spec.curve)
+    stats = MethodStats()   # the calls this worker's HTTP/WS door answers; the heartbeat reports them
     if embedded is None:
         heartbeat.start(context, spec.endpoint, ident, spec.heartbeat_interval, spec.heartbeat_timeout, configure,
-                        master_pid=spec.master_pid)
+                        master_pid=spec.master_pid, stats=stats)
     else:
         heartbeat.start(context, spec.endpoint, ident, spec.heartbeat_interval, spec.heartbeat_timeout,
-                        watch=threading.get_ident(), stop=embedded.beat_stop)
+                        watch=threading.get_ident(), stop=embedded.beat_stop, stats=stats)
     sock = context.socket(zmq.DEALER)
     try:
-        return await _serve(loop, spec, sock, configure, embedded)
+        return await _serve(loop, spec, sock, configure, embedded, stats)
     finally:
         sock.close(linger=1000)  # idempotent; a cancelled (killed) thread worker must still close it
 
 
 async def _serve(loop: asyncio.AbstractEventLoop, spec: WorkerSpec, sock: zmq.Socket, configure: Any,
-                 embedded: Any) -> int:
+                 embedded: Any, stats: MethodStats | None = None) -> int:
     ident = spec.ident.encode()
     sock.setsockopt(zmq.ROUTING_ID, ident)
     sock.setsockopt(zmq.LINGER, 2000)
@@ -273,6 +300,7 @@ async def _serve(loop: asyncio.AbstractEventLoop, spec: WorkerSpec, sock: zmq.So
         configure(sock)
     sock.connect(spec.endpoint)
     link = WorkerLink(loop, sock, spec.debug)
+    link.stats = stats if stats is not None else MethodStats()
     if embedded is None:
         loop.add_signal_handler(signal.SIGTERM, link.stop_requested.set)
     else:
