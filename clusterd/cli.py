@@ -338,17 +338,22 @@ def _admin(name: str | None, method: str, params: Any = None, timeout: float | N
 @click.option("--name", envvar="CLUSTERD_NAME")
 @click.option("--json", "as_json", is_flag=True, help="Print the status document.")
 @click.option("--watch", is_flag=True, help="Redraw every second until Ctrl-C.")
-def status(name: str | None, as_json: bool, watch: bool) -> None:
+@click.option("--methods", is_flag=True, help="Also show calls, errors and p50/p99 per method (last minute).")
+def status(name: str | None, as_json: bool, watch: bool, methods: bool) -> None:
     """Show the workers of a running instance."""
-    from .status import render_table
+    from .status import render_methods, render_table
+
+    def render(doc: dict) -> str:
+        if as_json:
+            return protocol.dumps(doc).decode()
+        return render_table(doc) + ("\n\n" + render_methods(doc) if methods else "")
     if not watch:
-        doc = _admin(name, "clusterd.status")
-        click.echo(protocol.dumps(doc).decode() if as_json else render_table(doc))
+        click.echo(render(_admin(name, "clusterd.status")))
         return
     try:
         while True:
             doc = _admin(name, "clusterd.status")
-            text = protocol.dumps(doc).decode() if as_json else render_table(doc)
+            text = render(doc)
             click.echo("\x1b[H\x1b[2J" + text, nl=True)
             sys.stdout.flush()
             time.sleep(1.0)  # a screen refresh for a person, like top
