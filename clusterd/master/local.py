@@ -41,9 +41,10 @@ class LocalMethods:
     def __contains__(self, name: object) -> bool:
         return isinstance(name, str) and (name in self.methods or name.startswith("clusterd."))
 
-    async def answer(self, req: protocol.Request, sock: zmq.Socket, envelope: list[bytes], source: str) -> None:
+    async def answer(self, req: protocol.Request, sock: zmq.Socket, envelope: list[bytes], source: str,
+                     request: dict | None = None) -> None:
         try:
-            response = await self.run(req, source)
+            response = await self.run(req, source, request)
         except Exception:  # a fault of ours (user code is answered -32000 by the dispatcher)
             self._faults.exception(f"answering {req.method!r} failed")
             response = None if req.id is NO_ID else protocol.encode_error(req.id, protocol.INTERNAL_ERROR)
@@ -58,8 +59,19 @@ class LocalMethods:
                                                  else None)
         return None
 
-    async def run(self, req: protocol.Request, source: str) -> bytes | None:
-        """Run a master, admin or internal method; the encoded response, None for a notification."""
+    async def run(self, req: protocol.Request, source: str, request: dict | None = None) -> bytes | None:
+        """Run a master, admin or internal method; the encoded response, None for a notification.
+        `request` (the decoded object) is given when tracing: it may carry the caller's trace context."""
+        tracing = self.router.tracing
+        if tracing is None or (source == "admin" and req.method not in self.methods):  # control commands: no span
+            return await self._run(req, source)
+        span = tracing.start(req.method, request, door=DOORS.get(source))
+        with tracing.use(span):
+            response = await self._run(req, source)
+        tracing.end(span, _error_code(response))
+        return response
+
+    async def _run(self, req: protocol.Request, source: str) -> bytes | None:
         method = req.method
         if method in self.methods:
             started = perf_counter()
@@ -81,6 +93,15 @@ class LocalMethods:
         if req.id is NO_ID:
             return None
         return encode_response(response, self.router.config.debug)
+
+
+def _error_code(response: bytes | None) -> int | None:
+    if response is None or b'"error"' not in response:
+        return None
+    try:
+        return protocol.loads(response)["error"]["code"]
+    except (ValueError, KeyError, TypeError):
+        return protocol.INTERNAL_ERROR
 
 
 def master_lacks(req: protocol.Request) -> dict:

@@ -23,7 +23,8 @@ from ..endpoint import Dispatcher, method_table
 from ..protocol import NO_ID, RPCError
 from ..wire import ERROR, RESULT, WorkerSpec
 from ..worker.spawn import OnExit, OnLine, Spawner, WorkerHandle, make_spawner
-from ..ops.telemetry import OK, Telemetry
+from ..ops.telemetry import OK, Telemetry, error_outcome
+from ..ops.tracing import Tracing
 from ..zmqloop import NOBLOCK, SocketReader, send_frames
 from .admin import Admin
 from .batch import Batches
@@ -93,6 +94,7 @@ class Router:
                                    config.dashboard)
         self.local.internal["clusterd.metrics"] = self._metrics_for_worker
         self.record = self.telemetry.record   # the per-call path: record(method, door, outcome, seconds)
+        self.tracing: Tracing | None = None    # set once the master's services ran (ops/tracing.py)
 
     # ------------------------------------------------------------------ the instance
     def claim(self) -> None:
@@ -190,7 +192,8 @@ class Router:
         """Send one request where it belongs: the master itself, an admin method, or a worker."""
         method = req.method
         if method in self.local:
-            self.spawn_task(self.local.answer(req, sock, envelope, source))
+            request = protocol.loads(payload) if self.tracing is not None else None
+            self.spawn_task(self.local.answer(req, sock, envelope, source, request))
             return
         door = DOORS[source]
         if source == "worker" or source == "forwarded":
@@ -226,7 +229,16 @@ class Router:
             counts[envelope[0]] = held + 1
         call = self.new_call(payload, req.id, meta, sock, envelope)
         call.method, call.door = method, door
+        if self.tracing is not None:
+            self._trace(call)
         self.dispatch(call)
+
+    def _trace(self, call: Call) -> None:
+        """A span for a call the master passes to a worker; the worker's span becomes its child."""
+        request = protocol.loads(call.payload)
+        span = self.tracing.start(call.method, request, door=call.door)
+        call.payload = protocol.dumps(self.tracing.inject(request, span))
+        self.tracing.open(call, span)
 
     def new_call(self, payload: bytes, rid: Any, meta: dict, sock: zmq.Socket | None = None,
                  envelope: list[bytes] | None = None, future: asyncio.Future | None = None) -> Call:
@@ -309,6 +321,8 @@ class Router:
             call.future.set_result(payload)
 
     def reply_error(self, call: Call, code: int, message: str | None = None) -> None:
+        if self.tracing is not None:
+            self.tracing.close(call, code)
         if call.door is not None:
             self.telemetry.record_code(call.method, call.door, code, perf_counter() - call.started)
             if code in REFUSALS and call.token == b"":   # it never reached a worker
@@ -362,6 +376,8 @@ class Router:
                 self.record(call.method, call.door, OK, perf_counter() - call.started)
             else:
                 self.telemetry.record_error(call.method, call.door, head[_BODY:], perf_counter() - call.started)
+        if self.tracing is not None:
+            self.tracing.close(call, None if kind == RESULT else _code(head[_BODY:]))
         if call.future is None:
             self.send(call.sock, call.envelope, head[_BODY:])
             counts = self.client_calls.get(call.sock)
@@ -442,8 +458,10 @@ class Router:
         if self.state is ClusterState.STOPPING and worker is None:
             raise RPCError(protocol.SHUTTING_DOWN)
         fut = self.loop.create_future()
-        call = self.new_call(protocol.dumps(protocol.make_request(method, params, 0)), 0,
-                             self.worker_methods.get(method) or {}, future=fut)
+        request = protocol.make_request(method, params, 0)
+        if self.tracing is not None:
+            self.tracing.inject(request)   # the worker's span is a child of the master's current one
+        call = self.new_call(protocol.dumps(request), 0, self.worker_methods.get(method) or {}, future=fut)
         call.method, call.door = method, calling_door.get()
         call.idempotent = call.idempotent and worker is None
         if worker is None:
@@ -466,6 +484,11 @@ class Router:
 def _clusterd_version() -> str:
     from .. import __version__
     return __version__
+
+
+def _code(response: bytes) -> int:
+    outcome = error_outcome(response)
+    return int(outcome) if outcome.lstrip("-").isdigit() else protocol.INTERNAL_ERROR
 
 
 def _loads_dict(payload: bytes) -> dict:

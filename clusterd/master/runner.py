@@ -11,6 +11,7 @@ import sys
 
 from .. import log, protocol
 from ..config import Config
+from ..ops import tracing
 from ..systemd import Notifier
 from .host import BootFailure
 from .reload import installed_version, read_version, watch_sources, watch_version
@@ -55,6 +56,7 @@ async def _serve(loop: asyncio.AbstractEventLoop, router: Router, config: Config
     except Exception:
         log.logger.exception("the master's start_services failed")
         return EXIT_FAILURE
+    router.tracing = tracing.load(router.telemetry.exporter_version)  # after start_services: it may set a provider
 
     boot = loop.create_task(router.supervisor.start())
     stop_wait = loop.create_task(router.stopped.wait())

@@ -33,6 +33,7 @@ class MasterView(Protocol):
     rsock: zmq.Socket | None      # the socket agents and their workers connect to
     local: Any                    # the LocalMethods (local.py)
     telemetry: Any                # the Telemetry (ops/telemetry.py): metrics, per-method statistics
+    tracing: Any                  # the Tracing (ops/tracing.py), or None: OpenTelemetry off
     worker_methods: dict[str, dict]
     client_calls: dict[zmq.Socket, dict[bytes, int]]
     inflight_limit: int

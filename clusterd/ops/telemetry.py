@@ -72,6 +72,7 @@ class Telemetry:
         self.counters: dict[str, dict[str, int]] = {kind: dict.fromkeys(labels, 0)
                                                      for kind, labels in COUNTER_LABELS.items()}
         self.exporter = Exporter(status, self.stats, clusterd_version)
+        self.exporter_version = clusterd_version
         self.feed = DashboardFeed(status, self.stats, self.window, self.events) if dashboard else None
         self.bind = parse_bind(metrics_bind) if metrics_bind else None   # ValueError: a usage error
         self.server: OpsServer | None = None

@@ -20,7 +20,9 @@ import zmq
 
 from .. import log, protocol, wire
 from ..endpoint import Dispatcher, encode_response
+from ..ops import tracing
 from ..ops.method_stats import MethodStats
+from ..ops.tracing import Tracing
 from ..protocol import RemoteError, RPCError
 from ..wire import WorkerSpec
 from ..zmqloop import SocketReader, send_frames
@@ -95,6 +97,8 @@ class WorkerLink:
         self.loop = loop
         # the HTTP/WS door records each call it answers here: stats.record(method, door, outcome, seconds)
         self.stats = MethodStats()
+        self.tracing: Tracing | None = None   # ops/tracing.py: None unless OpenTelemetry is installed and wanted
+        self.slot: int | None = None
         self.sock = sock
         self.debug = debug
         self.dispatcher: Dispatcher | None = None
@@ -116,7 +120,10 @@ class WorkerLink:
         fut = self.loop.create_future()
         self._pending[rid] = fut
         try:
-            self.send_request(protocol.make_request(method, params, rid))
+            msg = protocol.make_request(method, params, rid)
+            if self.tracing is not None:
+                self.tracing.inject(msg)
+            self.send_request(msg)
             return protocol.response_outcome(await fut)
         finally:
             self._pending.pop(rid, None)
@@ -190,6 +197,8 @@ class WorkerLink:
         if isinstance(prepared, dict):
             return self._answer(token, prepared)
         func, method = prepared
+        if self.tracing is not None:
+            return self._serve_traced(token, func, method.is_async, req, obj)
         if method.is_async:
             task = self.loop.create_task(self._serve_async(token, func, req))
             self._tasks.add(task)
@@ -197,11 +206,30 @@ class WorkerLink:
         else:
             self._answer(token, self.dispatcher.run_sync(func, req.params, req.id))
 
-    async def _serve_async(self, token: bytes | None, func, req: protocol.Request) -> None:
+    async def _serve_async(self, token: bytes | None, func, req: protocol.Request, span: Any = None) -> None:
+        response = None
         try:
-            self._answer(token, await self.dispatcher.run_async(func, req.params, req.id))
+            response = await self.dispatcher.run_async(func, req.params, req.id)
+            self._answer(token, response)
         except Exception:
             self._fault(token, req.id)
+        finally:
+            if span is not None:
+                self.tracing.end(span, _error_code(response))
+
+    def _serve_traced(self, token: bytes | None, func, is_async: bool, req: protocol.Request, obj: dict) -> None:
+        """_serve's end with a span around the call, its context current for the calls the method makes."""
+        tracing = self.tracing
+        span = tracing.start(req.method, obj, slot=self.slot)
+        with tracing.use(span):
+            if is_async:
+                task = self.loop.create_task(self._serve_async(token, func, req, span))  # copies the context
+                self._tasks.add(task)
+                task.add_done_callback(self._tasks.discard)
+                return
+            response = self.dispatcher.run_sync(func, req.params, req.id)
+        tracing.end(span, _error_code(response))
+        self._answer(token, response)
 
     def _answer(self, token: bytes | None, response: dict) -> None:
         if token is None:
@@ -213,6 +241,16 @@ class WorkerLink:
         """Wait for the calls this worker is running to finish."""
         while self._tasks:
             await asyncio.gather(*list(self._tasks), return_exceptions=True)
+
+
+def _clusterd_version() -> str:
+    from .. import __version__  # the package imports this module before it defines its version
+    return __version__
+
+
+def _error_code(response: dict | None) -> int | None:
+    error = response.get("error") if isinstance(response, dict) else -32603
+    return None if error is None else error.get("code") if isinstance(error, dict) else -32603
 
 
 def import_class(path: str) -> type:
@@ -315,6 +353,8 @@ async def _serve(loop: asyncio.AbstractEventLoop, spec: WorkerSpec, sock: zmq.So
         endpoint.master = MasterProxy(link)
         endpoint.workers = WorkersProxyViaMaster(endpoint.master)
         await endpoint.start_services()
+        link.slot = spec.slot
+        link.tracing = tracing.load(_clusterd_version())
         link.dispatcher = Dispatcher(endpoint, spec.debug)
     except BaseException as exc:  # any failure to start is reported to the master, then we exit
         text = "".join(traceback.format_exception(exc))
