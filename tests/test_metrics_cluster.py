@@ -17,7 +17,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from clusterd import __version__, wire
 from clusterd.ops.method_stats import MethodStats
 from clusterd.worker import heartbeat
-from tests.conftest import free_port, wait_for
+from tests.conftest import ROOT, free_port, wait_for
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -52,7 +52,7 @@ def metrics_port() -> int:
 
 
 def test_exact_values_after_calls_errors_a_killed_worker_and_a_reload(cluster, metrics_port):
-    inst = cluster("tests.apps.basic:Master", "tests.apps.basic:Worker", "--workers", "2",
+    inst = cluster("tests.apps.basic:Master", "tests.apps.basic:Worker", "--workers", "2", "--max-batch", "2",
                    "--metrics-bind", f"127.0.0.1:{metrics_port}")
     c = inst.client()
     for i in range(3):
@@ -64,6 +64,8 @@ def test_exact_values_after_calls_errors_a_killed_worker_and_a_reload(cluster, m
     assert c.result("total", 5) == 10                   # the master calls `count` on both workers
     c.send_raw(b"{not json")
     assert c.recv_raw()                                  # -32700, and one message rejected
+    c.send_raw(b"[" + b",".join([b'{"jsonrpc": "2.0", "method": "add", "params": [1, 1], "id": 1}'] * 3) + b"]")
+    assert c.recv_raw()                                  # over --max-batch 2: rejected as too large
 
     parsed = samples(scrape(metrics_port))
     assert calls(parsed, "add", "zmq", "ok") == 3
@@ -77,6 +79,7 @@ def test_exact_values_after_calls_errors_a_killed_worker_and_a_reload(cluster, m
     assert value(parsed, "clusterd_call_duration_seconds_bucket", method="add", le="+Inf") == 3
     assert value(parsed, "clusterd_call_duration_seconds_bucket", method="add", le="60.0") == 3
     assert value(parsed, "clusterd_messages_rejected_total", reason="malformed") == 1
+    assert value(parsed, "clusterd_messages_rejected_total", reason="too-large") == 1
     assert value(parsed, "clusterd_workers", state="ready") == 2
     assert value(parsed, "clusterd_generation") == 1
     assert value(parsed, "clusterd_calls_in_flight") == 0
@@ -244,7 +247,7 @@ def test_metric_names_follow_prometheus_conventions(cluster, metrics_port):
     inst = cluster("tests.apps.basic:Master", "tests.apps.basic:Worker", "--workers", "1",
                    "--metrics-bind", f"127.0.0.1:{metrics_port}")
     inst.client().result("add", 1, 2)
-    wait_for(lambda: "clusterd_worker_cpu_seconds_total" in scrape(metrics_port), message="cpu measured")
+    wait_for(lambda: "\nclusterd_worker_cpu_seconds_total{" in scrape(metrics_port), message="workers measured")
     text = scrape(metrics_port)
     families = list(text_string_to_metric_families(text))
     names = {f.name for f in families}
@@ -262,6 +265,10 @@ def test_metric_names_follow_prometheus_conventions(cluster, metrics_port):
               "clusterd_workers", "clusterd_worker_restarts", "clusterd_reloads", "clusterd_worker_rss_bytes",
               "clusterd_master_loop_lag_seconds", "clusterd_open_fds", "clusterd_build_info"}
     assert design <= names, design - names
+    sample_names = {s.name for f in families for s in f.samples}
+    grafana = (ROOT / "deploy" / "grafana" / "clusterd-dashboard.json").read_text()
+    used = set(re.findall(r"\bclusterd_[a-z_]+", grafana))
+    assert used and used <= sample_names, used - sample_names   # the dashboard asks for what is served
     promtool = shutil.which("promtool")
     if promtool is None:
         pytest.skip("promtool is not installed (Debian: prometheus); names checked above")
