@@ -179,35 +179,35 @@ def test_worker_door_calls_reach_the_metrics_with_heartbeats():
 
 
 def test_forwarded_calls_are_not_counted_twice_and_reach_no_admin_method(cluster, metrics_port):
-    """A worker's HTTP door forwards a client's call to a master method with FORWARDED: answered, not
-    counted by the master (the worker's door counts it), and never an admin or internal method. The
-    internal clusterd.metrics answers workers only."""
-    inst = cluster("tests.apps.basic:Master", "tests.apps.basic:Worker", "--workers", "1",
+    """What a worker's HTTP/WS door does, through its link: calls it answers itself reach the master's
+    metrics with the heartbeats (door http/ws); a client's call it forwards to a master method
+    (FORWARDED) is answered but not counted again, and never reaches an admin or internal method; the
+    workers-only clusterd.metrics gives it the instance's metrics."""
+    inst = cluster("tests.apps.linkprobe:Master", "tests.apps.linkprobe:Worker", "--workers", "1",
                    "--metrics-bind", f"127.0.0.1:{metrics_port}")
-    ctx = zmq.Context()
-    link = ctx.socket(zmq.DEALER)
-    link.setsockopt(zmq.RCVTIMEO, 5000)
-    link.connect(f"ipc://{inst.dir / 'workers.sock'}")
-    try:
-        def ask(kind: bytes, request: dict) -> dict:
-            link.send_multipart([kind, __import__("json").dumps(request).encode()])
-            answer_kind, body = link.recv_multipart()
-            assert answer_kind == wire.ANSWER
-            return __import__("json").loads(body)
-
-        assert ask(wire.FORWARDED, {"jsonrpc": "2.0", "method": "master_add", "params": [1, 2], "id": 7}) == \
-            {"jsonrpc": "2.0", "result": 3, "id": 7}
-        assert ask(wire.FORWARDED, {"jsonrpc": "2.0", "method": "clusterd.status", "id": 8})["error"]["code"] == -32601
-        assert ask(wire.FORWARDED, {"jsonrpc": "2.0", "method": "clusterd.metrics", "id": 9})["error"]["code"] == -32601
-        text = ask(wire.REQUEST, {"jsonrpc": "2.0", "method": "clusterd.metrics", "params": [], "id": 10})["result"]
-        assert text["content_type"].startswith("text/plain") and "clusterd_calls_total" in text["text"]
-    finally:
-        link.close(0)
-        ctx.term()
-    assert inst.client().call("clusterd.metrics")["error"]["code"] == -32601
+    c = inst.client()
+    c.result("door_call", "echo", "http", "ok", 0.002)
+    c.result("door_call", "echo", "http", "ok", 0.003)
+    c.result("door_call", "echo", "ws", "-32000", 0.004)
+    wait_for(lambda: calls(samples(scrape(metrics_port)), "echo", "http", "ok") == 2, message="the door's calls")
     parsed = samples(scrape(metrics_port))
-    assert calls(parsed, "master_add", "worker", "ok") is None
+    assert calls(parsed, "echo", "ws", "-32000") == 1
+    assert value(parsed, "clusterd_call_duration_seconds_count", method="echo") == 3
+
+    assert c.result("forward", {"jsonrpc": "2.0", "method": "master_add", "params": [1, 2], "id": "x"}) == \
+        {"jsonrpc": "2.0", "result": 3, "id": "x"}
+    for method in ("clusterd.status", "clusterd.stop", "clusterd.metrics", "clusterd.workers.call"):
+        answer = c.result("forward", {"jsonrpc": "2.0", "method": method, "params": [], "id": 1})
+        assert answer["error"]["code"] == -32601, method
+    content_type, text = c.result("master_metrics")
+    assert content_type.startswith("text/plain") and "clusterd_calls_total" in text
+    assert c.call("clusterd.metrics")["error"]["code"] == -32601      # not for clients
+
+    parsed = samples(scrape(metrics_port))
+    assert calls(parsed, "master_add", "worker", "ok") is None     # the forwarded call: the door counts it
     assert calls(parsed, "master_add", "zmq", "ok") is None
+    assert calls(parsed, "forward", "zmq", "ok") == 5
+    assert inst.status()["workers"][0]["state"] == "ready"
 
 
 def test_bad_metrics_bind_is_a_usage_error(cluster, metrics_port):

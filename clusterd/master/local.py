@@ -15,7 +15,6 @@ from ..endpoint import Dispatcher, encode_response
 from ..protocol import NO_ID, RPCError
 from .view import MasterView
 
-
 Handler = Callable[..., Awaitable[Any]]
 
 # The door the master's calls to workers are counted under: "master" for its own (WorkersProxy), "worker"

@@ -16,7 +16,6 @@ from .supervisor import Supervisor
 from .view import MasterView
 
 
-
 def status_document(router: MasterView) -> dict:
     now = time.time()
     try:
@@ -43,6 +42,7 @@ def status_document(router: MasterView) -> dict:
         "calls_inflight": sum(w["inflight"] for w in workers),
         "counters": telemetry.counters_document(),
         "methods": telemetry.methods(),
+        "clients": router.sockets.clients_document(),
     }
     if router.reloads is not None:
         doc["reload"] = router.reloads.summary()

@@ -14,6 +14,7 @@ import psutil
 import zmq
 
 from ..config import Config
+from ..runtime_dir import RuntimeDir
 from .pool import Call, Worker
 from .states import ClusterState
 from .supervisor import Supervisor
@@ -34,9 +35,20 @@ class MasterView(Protocol):
     local: Any                    # the LocalMethods (local.py)
     telemetry: Any                # the Telemetry (ops/telemetry.py): metrics, per-method statistics
     tracing: Any                  # the Tracing (ops/tracing.py), or None: OpenTelemetry off
+    admin: Any                    # the Admin commands (admin.py)
+    dir: RuntimeDir
+    token: str                    # in every worker's identity
+    worker_endpoint: str
+    control: zmq.Socket
+    wsock: zmq.Socket
+    stopped: asyncio.Event
+    keeper: Any                   # the DirKeeper (dir_keeper.py)
+    endpoint: Any                 # the user's MasterEndpoint
     worker_methods: dict[str, dict]
     client_calls: dict[zmq.Socket, dict[bytes, int]]
     inflight_limit: int
+    stalled: dict[zmq.Socket, set[bytes]]
+    sockets: Any                  # the Sockets (sockets.py)
 
     def set_state(self, state: ClusterState) -> None: ...
 
