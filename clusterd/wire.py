@@ -13,10 +13,6 @@ routing id, its `ident`, first):
                        STOP                      stop gracefully (finish the calls, stop_services)
     worker -> master   RESULT|ERROR + token + response   one frame: the answer to a call
                        REQUEST, request          the worker's own request to the master
-                       FORWARDED, request        a client's request its HTTP/WS door passes on to the
-                                                 master (answered as REQUEST; counted by the worker, so
-                                                 the master does not count it again; never an admin or
-                                                 internal method)
                        HELLO, hello              ready, with its method table
                        FAILURE, failure          could not start: the error and traceback
 
@@ -48,7 +44,6 @@ STOP = b"s"
 RESULT = b"r"
 ERROR = b"e"
 REQUEST = b"q"
-FORWARDED = b"p"
 HELLO = b"h"
 FAILURE = b"f"
 BEAT = b"b"
@@ -126,6 +121,6 @@ class WorkerSpec:
         return cls(**{k: v for k, v in {**data, **overrides}.items() if k in names})
 
 
-__all__ = ["CALL", "NOTIFY", "ANSWER", "STOP", "RESULT", "ERROR", "REQUEST", "FORWARDED", "HELLO", "FAILURE", "BEAT", "AGENT",
+__all__ = ["CALL", "NOTIFY", "ANSWER", "STOP", "RESULT", "ERROR", "REQUEST", "HELLO", "FAILURE", "BEAT", "AGENT",
            "HEARTBEAT_PREFIX", "TOKEN_SIZE", "SPEC_ENV", "WorkerSpec", "token_bytes", "call_frame", "answer_frame",
            "split_token"]

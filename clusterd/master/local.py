@@ -20,7 +20,9 @@ Handler = Callable[..., Awaitable[Any]]
 # The door the master's calls to workers are counted under: "master" for its own (WorkersProxy), "worker"
 # while it relays a worker's self.workers.* call (set for the task running the internal method).
 calling_door: contextvars.ContextVar[str] = contextvars.ContextVar("calling_door", default="master")
-DOORS = {"admin": "zmq", "client": "zmq", "worker": "worker", "forwarded": None}
+# The metrics' door of a call, by the source the router gives it. A call a worker's HTTP/WebSocket
+# door passed on to the master ("http") is not counted here: that door counts it, in the worker.
+DOORS: dict[str, str | None] = {"admin": "zmq", "client": "zmq", "worker": "worker", "http": None}
 
 
 class LocalMethods:

@@ -206,8 +206,8 @@ class Router:
             request = protocol.loads(payload) if self.tracing is not None else None
             self.spawn_task(self.local.answer(req, sock, envelope, source, request))
             return
-        door = DOORS[source]
-        if source == "worker" or source == "forwarded":
+        door = DOORS.get(source)
+        if source == "worker":
             # a worker's self.master.call is never forwarded back to a worker (DESIGN.md 2)
             if req.id is not NO_ID:
                 self.send(sock, envelope, protocol.dumps(master_lacks(req)))
@@ -380,9 +380,7 @@ class Router:
                           level=logging.WARNING)
             return  # a worker of another master: it gets nothing from us, and exits for lack of beats
         elif kind == wire.REQUEST:
-            self._on_worker_request(ident, frames[2], sock, "worker")
-        elif kind == wire.FORWARDED:
-            self._on_worker_request(ident, frames[2], sock, "forwarded")
+            self._on_worker_request(ident, frames[2], sock)
         elif kind == wire.HELLO:
             self.supervisor.by_ident[ident].sock = sock  # the socket its calls go out on
             self.supervisor.on_hello(ident, _loads_dict(frames[2]))
@@ -424,7 +422,7 @@ class Router:
         elif worker.max_requests and worker.served >= worker.max_requests:
             self.supervisor.recycle(worker, ExitReason.MAX_REQUESTS)
 
-    def _on_worker_request(self, ident: bytes, payload: bytes, sock: zmq.Socket, source: str) -> None:
+    def _on_worker_request(self, ident: bytes, payload: bytes, sock: zmq.Socket) -> None:
         envelope = [ident, wire.ANSWER]
         try:
             obj = protocol.loads(payload)
@@ -434,7 +432,7 @@ class Router:
         if type(req) is dict:
             return self.send(sock, envelope, protocol.dumps(req))
         try:
-            self.route(req, payload, sock, envelope, source)
+            self.route(req, payload, sock, envelope, "worker")
         except Exception:
             self._faults.exception("handling a worker's request failed")
             if req.id is not NO_ID:

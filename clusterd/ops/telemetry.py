@@ -104,13 +104,15 @@ class Telemetry:
         outcome = error_outcome(response)
         self.stats.record(UNKNOWN if outcome == METHOD_NOT_FOUND else method, door, outcome, seconds)
 
-    def record_code(self, method: str, door: str, code: int | None, seconds: float) -> None:
+    def record_code(self, method: str, door: str | None, code: int | None, seconds: float) -> None:
         """A call the master answered itself: with an error code of its own (-32001, -32003, ...), or
-        None for a result."""
+        None for a result. Door None: a call counted elsewhere (a worker's HTTP door), not here."""
+        if door is None:
+            return
         outcome = OK if code is None else str(code)
         self.stats.record(UNKNOWN if outcome == METHOD_NOT_FOUND else method, door, outcome, seconds)
 
-    def refused(self, method: str, door: str, code: int) -> None:
+    def refused(self, method: str, door: str | None, code: int) -> None:
         """A call answered -32004/-32005 at once, without reaching a worker."""
         self.record_code(method, door, code, 0.0)
         self.count("refused", code)

@@ -128,26 +128,10 @@ class WorkerLink:
         finally:
             self._pending.pop(rid, None)
 
-    async def forward(self, request: dict) -> dict:
-        """A client's call to a master method, from this worker's HTTP/WS door: the master's response,
-        with the client's id. Marked FORWARDED, so the master neither counts it again (the door
-        records it in self.stats) nor lets it reach admin or internal methods."""
-        self._next_id += 1
-        rid = self._next_id
-        fut = self.loop.create_future()
-        self._pending[rid] = fut
-        try:
-            self.sock.send_multipart([wire.FORWARDED, protocol.dumps({**request, "id": rid})])
-            self.reader.wake()
-            response = await fut
-        finally:
-            self._pending.pop(rid, None)
-        response["id"] = request.get("id")
-        return response
-
     async def master_metrics(self, accept: str = "") -> tuple[bytes, str]:
         """The whole instance's Prometheus text and its content type, from the master (for GET /metrics
-        on the HTTP door: the master holds every process's counters)."""
+        on the HTTP door: the master holds every process's counters; the workers-only internal
+        method clusterd.metrics)."""
         answer = await self.request("clusterd.metrics", [accept])
         return answer["text"].encode(), answer["content_type"]
 

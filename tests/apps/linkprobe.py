@@ -1,5 +1,5 @@
 """basic's app, with a worker that uses its link as its HTTP/WebSocket door does: records calls into the
-worker's statistics, forwards a client's call to a master method, fetches the instance's metrics."""
+worker's statistics and fetches the instance's metrics."""
 
 from __future__ import annotations
 
@@ -13,10 +13,6 @@ class Worker(BasicWorker):
     @rpc
     def door_call(self, method: str, door: str, outcome: str, seconds: float) -> None:
         self.master._link.stats.record(method, door, outcome, seconds)
-
-    @rpc
-    async def forward(self, request: dict) -> dict:
-        return await self.master._link.forward(request)
 
     @rpc
     async def master_metrics(self) -> list[str]:
