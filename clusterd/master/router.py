@@ -243,6 +243,7 @@ class Router:
                 # client's queue (it reads again) the next call runs, else send() marks it again
                 stalled.discard(envelope[0])
                 self.send(sock, envelope, protocol.encode_error(req.id, protocol.TOO_BUSY, self.STALLED))
+                self.telemetry.refused(method, door, protocol.TOO_BUSY)
                 return
             counts[envelope[0]] = held + 1
         call = self.new_call(payload, req.id, meta, sock, envelope)
