@@ -125,6 +125,31 @@ def test_exact_values_after_calls_errors_a_killed_worker_and_a_reload(cluster, m
         assert doc["master"][key] is not None, key
 
 
+def test_a_refused_deploy_recycles_and_the_app_version(cluster, metrics_port, tmp_path):
+    """reloads{failed} after a deploy that does not import; restarts{max-requests} after recycling;
+    the app's version (--watch-version) in clusterd_build_info."""
+    from tests.test_reload import write_app
+    write_app(tmp_path, "1.0")
+    (tmp_path / "VERSION").write_text("1.0\n")
+    inst = cluster("app.rpc:Master", "app.rpc:Worker", "--workers", "1", "--max-requests", "3",
+                   "--watch-version", "VERSION", "--metrics-bind", f"127.0.0.1:{metrics_port}", cwd=tmp_path)
+    c = inst.client()
+    first = inst.wait_ready(1)[0]["pid"]
+    for _ in range(3):
+        assert c.result("version") == "1.0"
+    wait_for(lambda: (lambda ws: len(ws) == 1 and ws[0]["pid"] != first)(inst.ready_workers()), message="recycled")
+    write_app(tmp_path, "2.0", broken=True)
+    assert inst.cli("reload", "--name", inst.name).returncode != 0
+    parsed = samples(scrape(metrics_port))
+    assert value(parsed, "clusterd_reloads_total", outcome="failed") == 1
+    assert value(parsed, "clusterd_reloads_total", outcome="ok") == 0
+    assert value(parsed, "clusterd_worker_restarts_total", reason="max-requests") == 1
+    assert value(parsed, "clusterd_worker_restarts_total", reason="crashed") == 0
+    assert value(parsed, "clusterd_generation") == 1
+    assert value(parsed, "clusterd_build_info", version=__version__, app_version="1.0") == 1
+    assert calls(parsed, "version", "zmq", "ok") == 3
+
+
 def test_status_methods_section_and_cli(cluster):
     inst = cluster("tests.apps.basic:Master", "tests.apps.basic:Worker", "--workers", "1")
     c = inst.client()

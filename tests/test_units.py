@@ -488,6 +488,8 @@ def test_a_reload_that_fails_in_its_first_slot_keeps_the_running_generation():
         assert result["ok"] is False and result["error"] == "RuntimeError: bad code"
         assert router.supervisor.generation == 1 and router.supervisor.replaced == []
         assert router.state is ClusterState.RUNNING
+        await asyncio.sleep(0)
+        assert router.telemetry.counters["reloads"] == {"ok": 0, "failed": 1}
     asyncio.run(main())
 
 

@@ -66,7 +66,9 @@ class WorkerEvents:
         """Answer every call the worker held: -32002, or a retry elsewhere for idempotent ones."""
         router = self.router
         reason = exit_info.get("reason")
-        if reason in RESTART_REASONS and router.state is not ClusterState.STOPPING:
+        slot = router.supervisor.slots.get(worker.slot)
+        refused = slot is not None and slot.incoming is worker and worker.ready_at is None  # its slot keeps its worker
+        if reason in RESTART_REASONS and router.state is not ClusterState.STOPPING and not refused:
             router.telemetry.count("restarts", reason)
         calls = list(worker.calls.values())
         worker.calls.clear()
