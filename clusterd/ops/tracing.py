@@ -1,7 +1,7 @@
 """OpenTelemetry spans for calls (the optional extra `clusterd[otel]`).
 
-Off, and free of cost, unless opentelemetry-sdk is installed AND either the app installed an SDK
-TracerProvider itself or the standard variables ask for traces (OTEL_TRACES_EXPORTER other than
+Off, and free of cost (not even imported), unless opentelemetry-sdk is installed AND either the app
+installed an SDK TracerProvider itself or the standard variables ask for traces (OTEL_TRACES_EXPORTER other than
 "none", or OTEL_EXPORTER_OTLP[_TRACES]_ENDPOINT; OTEL_SDK_DISABLED=true turns it off). `load()` then
 returns a Tracing, else None, and the master and the workers hold that one value: the per-call path
 pays one `is not None` test when tracing is off.
@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
 from typing import Any
 
 log = logging.getLogger("clusterd")
@@ -133,7 +134,12 @@ def _configure_from_environment(provider_cls: type) -> Any:
 
 
 def load(version: str = "") -> Tracing | None:
-    """Tracing when it is installed and wanted (see the module's docstring), else None."""
+    """Tracing when it is installed and wanted (see the module's docstring), else None.
+
+    Nothing is imported unless the app already imported the SDK or the OTEL_* variables ask for
+    traces: importing the SDK costs a worker about 170 ms of start-up."""
+    if "opentelemetry.sdk.trace" not in sys.modules and not _wanted_by_environment():
+        return None
     try:
         from opentelemetry import trace
         from opentelemetry.sdk.trace import TracerProvider
