@@ -174,3 +174,13 @@ def test_cluster_env_ignores_the_developers_clusterd_variables(monkeypatch, requ
     env = request.getfixturevalue("cluster_env")
     assert env["CLUSTERD_RUNTIME_DIR"] == str(runtime_dir)
     assert not [k for k in env if k.startswith("CLUSTERD_") and k != "CLUSTERD_RUNTIME_DIR"]
+
+
+def test_the_old_module_names_still_import():
+    import clusterd.config
+    import clusterd.log
+    import clusterd.ops.log
+    import clusterd.ops.systemd
+    import clusterd.systemd
+    assert clusterd.log is clusterd.ops.log and clusterd.systemd is clusterd.ops.systemd
+    assert clusterd.config.Config is settings.Config and clusterd.config.parse_workers("2") == 2

@@ -20,7 +20,8 @@ import time
 import psutil
 import zmq
 
-from .. import log, protocol, wire
+from .. import protocol, wire
+from ..ops import log
 from ..ops.systemd import child_environ
 from ..settings import AgentConfig, heartbeat_interval
 from ..wire import WorkerSpec

@@ -18,9 +18,9 @@ from typing import Any
 
 import zmq
 
-from .. import log, protocol, wire
+from .. import protocol, wire
 from ..endpoint import Dispatcher, encode_response
-from ..ops import tracing
+from ..ops import log, tracing
 from ..ops.method_stats import MethodStats
 from ..ops.tracing import Tracing
 from ..protocol import RemoteError, RPCError
