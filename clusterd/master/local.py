@@ -86,8 +86,8 @@ class LocalMethods:
         else:
             handler = self._handler(method, source)
             if handler is None:
-                response = master_lacks(req) if source == "worker" else protocol.error_response(
-                    req.id, protocol.METHOD_NOT_FOUND)
+                response = master_lacks(req) if source == "worker" else protocol.method_not_found(
+                    req.id, method)
             else:
                 if source == "worker":
                     calling_door.set("worker")
