@@ -61,6 +61,25 @@ def test_call_params_are_json_values(inst):
     assert json.loads(proc.stdout) == 6
 
 
+def test_call_takes_negative_numbers_as_params_and_still_its_options(inst):
+    proc = inst.cli("call", "subtract", "-5", "-3", "--timeout", "10")
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout) == -2
+    proc = inst.cli("call", "sum", "-1.5", "-2.5")
+    assert json.loads(proc.stdout) == -4
+    proc = inst.cli("call", "echo", "--", "--timeout")  # after --, anything is a param
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout) == "--timeout"
+
+
+def test_call_timeout_is_not_read_from_the_run_call_timeout_variable(inst):
+    env = dict(inst.env, CLUSTERD_CALL_TIMEOUT="abc")  # means `run --call-timeout`, not `call --timeout`
+    proc = subprocess.run([sys.executable, "-m", "clusterd", "call", "add", "2", "3"], cwd=inst.cwd, env=env,
+                          text=True, capture_output=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout) == 5
+
+
 def test_call_with_named_params(inst):
     proc = inst.cli("call", "subtract", "--json-params", '{"subtrahend": 23, "minuend": 42}')
     assert proc.returncode == 0, proc.stderr

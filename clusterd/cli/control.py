@@ -276,16 +276,19 @@ def _running(pid: int) -> bool:
 
 
 # ---------------------------------------------------------------------------- call
-@click.command()
+@click.command(context_settings={"ignore_unknown_options": True})
 @click.argument("method")
-@click.argument("params", nargs=-1)
+@click.argument("params", nargs=-1, type=click.UNPROCESSED)
 @setting_options("call")
 @click.option("--connect", "address", help="Call this address (a --bind endpoint) instead of an instance.")
 @click.option("--json-params", help="Params as one JSON array or object, e.g. '{\"n\": 30}'.")
 @click.option("--timeout", type=float, default=None, help="Seconds to wait for the answer.")
 def call(method: str, params: tuple[str, ...], name: str | None, address: str | None, json_params: str | None,
          timeout: float | None) -> None:
-    """Call METHOD with PARAMS (JSON values; a bare word is a string) and print the JSON result."""
+    """Call METHOD with PARAMS (JSON values; a bare word is a string) and print the JSON result.
+
+    A negative number is a param (`clusterd call add -5 3`); put `--` before params that look like
+    an option of call (`clusterd call echo -- --timeout`)."""
     values = _call_params(params, json_params)
     if address is None:
         address = _find(name).control_address
