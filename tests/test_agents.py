@@ -70,6 +70,8 @@ def test_agents_join_and_calls_reach_every_worker(cluster, agents, keys):
     a1 = agents(addr, keys, 2)
     a2 = agents(addr, keys, 1)
     wait_for(lambda: len(remote_workers(inst)) == 3, timeout=20, message="3 remote workers")
+    agent_log = Path(a2.log.name).read_text()
+    assert "[agent]" in agent_log and "[master]" not in agent_log, agent_log  # an agent's own lines
     doc = inst.status()
     slots = [w["slot"] for w in doc["workers"]]
     assert len(slots) == len(set(slots)) == 4  # unique across the cluster

@@ -71,7 +71,9 @@ def test_operating_it_table_runs_as_printed(tmp_path):
     examples = [e.replace("7100", port) for e in table_examples()]
     run, rest = examples[0], examples[1:]
     assert run.startswith("clusterd run ")
-    master = started(f"{run} --worker-bind tcp://127.0.0.1:{port}", tmp_path, env, tmp_path / "run.log")
+    # the agent row works only if the run row, as printed, opens the worker link it connects to
+    assert f"--worker-bind tcp://127.0.0.1:{port}" in run, run
+    master = started(run, tmp_path, env, tmp_path / "run.log")
     agent = None
     try:
         wait_for(lambda: master.poll() is None and '"state":"running"' in subprocess.run(

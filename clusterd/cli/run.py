@@ -101,7 +101,7 @@ def worker_agent(worker: str, **opts: Any) -> None:
         fail(str(exc))
     from ..worker.agent import run as run_agent
     from ..ops import log
-    log.setup(cfg.log_format)
+    log.setup(cfg.log_format, source="agent")
     try:
         code = run_agent(cfg)
     except KeyboardInterrupt:

@@ -15,6 +15,9 @@ logger = logging.getLogger("clusterd")
 INSTANCE: str | None = None
 """The instance name, set by setup(): every JSON line carries it."""
 
+SOURCE = "master"
+"""The tag of this process's own lines, set by setup(): "master", or "agent" in `clusterd worker`."""
+
 WORKER_RECORD = b"\x1eclusterd-log "
 """How a line a worker writes starts when it is a `logging` record (worker_log.py writes them)."""
 
@@ -22,7 +25,7 @@ WORKER_RECORD = b"\x1eclusterd-log "
 class TextFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
         stamp = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(record.created))
-        source = getattr(record, "source", None) or "master"
+        source = getattr(record, "source", None) or SOURCE
         name = getattr(record, "logger", None)
         line = (f"{stamp}.{int(record.msecs):03d} {record.levelname:<7} [{source}] "
                 f"{name + ': ' if name else ''}{record.getMessage()}")
@@ -47,16 +50,19 @@ class JsonFormatter(logging.Formatter):
             value = getattr(record, key, None)
             if value is not None:
                 obj[key] = value
+        if SOURCE != "master" and "source" not in obj:
+            obj["source"] = SOURCE
         if record.exc_info:
             obj["exc"] = self.formatException(record.exc_info)
         return orjson.dumps(obj).decode()
 
 
 def setup(log_format: str = "text", debug: bool = False, instance: str | None = None,
-          log_file: str | None = None) -> None:
-    """Where and how the master logs. A --log-file is reopened when logrotate moves it away."""
-    global INSTANCE
-    INSTANCE = instance
+          log_file: str | None = None, source: str = "master") -> None:
+    """Where and how the master (or an agent: source="agent") logs. A --log-file is reopened when
+    logrotate moves it away."""
+    global INSTANCE, SOURCE
+    INSTANCE, SOURCE = instance, source
     if log_file:
         handler: logging.Handler = logging.handlers.WatchedFileHandler(log_file, encoding="utf-8")
     else:
