@@ -146,6 +146,18 @@ def test_bad_deploy_is_refused_and_old_workers_keep_serving(cluster, tmp_path):
     wait_for(lambda: c.result("version") == "2.1", timeout=5)
 
 
+def test_a_syntax_error_in_the_new_code_shows_the_users_file_not_clusterds_frames(cluster, tmp_path):
+    write_app(tmp_path, "1.0")
+    inst = cluster("app.rpc:Master", "app.rpc:Worker", "--workers", "1", cwd=tmp_path)
+    inst.wait_ready(1)
+    module = tmp_path / "app" / "rpc.py"
+    module.write_text(module.read_text() + "\ndef broken(:\n")
+    r = inst.cli("reload", "--name", inst.name)
+    assert r.returncode == 1
+    assert f'File "{module}", line' in r.stderr and "SyntaxError" in r.stderr, r.stderr
+    assert "clusterd/" not in r.stderr and "importlib" not in r.stderr, r.stderr
+
+
 def test_reload_no_wait_returns_at_once(cluster):
     inst = cluster("tests.apps.basic:Master", "tests.apps.basic:Worker", "--workers", "1")
     old = inst.wait_ready(1)[0]["pid"]

@@ -30,6 +30,7 @@ from ..protocol import RemoteError, RPCError
 from ..wire import ANSWER, CALL, ERROR, NOTIFY, REQUEST, RESULT, STOP, TOKEN_SIZE, WorkerSpec
 from ..zmqloop import Outbox, SocketReader
 from . import heartbeat
+from .user_frames import user_traceback
 
 _BODY = 1 + TOKEN_SIZE  # where a call frame's request starts, after its kind and token
 
@@ -380,7 +381,7 @@ async def _serve(loop: asyncio.AbstractEventLoop, spec: WorkerSpec, sock: zmq.So
         link.dispatcher = Dispatcher(endpoint, spec.debug)
         link.dispatcher.report = worker_log.CallErrors().report
     except BaseException as exc:  # any failure to start is reported to the master, then we exit
-        text = "".join(traceback.format_exception(exc))
+        text = user_traceback(exc)
         failure = {"error": f"{type(exc).__name__}: {exc}", "traceback": text}
         if embedded is not None:
             embedded.failure = failure  # the master logs the traceback once, from the message below

@@ -27,7 +27,6 @@ import signal
 import sys
 import threading
 import time
-import traceback
 from collections.abc import Callable
 from typing import Any
 
@@ -82,6 +81,7 @@ class ThreadWorker:
 
     def _main(self) -> None:
         from .process import _run
+        from .user_frames import user_traceback
         try:
             code = asyncio.run(_run(self.spec, embedded=self))
         except SystemExit as exc:   # sys.exit() in user code ends this thread's loop, not the master
@@ -90,7 +90,7 @@ class ThreadWorker:
             code = -signal.SIGKILL if self.killed else 1
             if not self.killed:
                 self.failure = self.failure or {"error": f"{type(exc).__name__}: {exc}",
-                                                "traceback": "".join(traceback.format_exception(exc))}
+                                                "traceback": user_traceback(exc)}
         self.beat_stop.set()
         self.returncode = code
         self._on_end(self)

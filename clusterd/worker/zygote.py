@@ -42,6 +42,7 @@ def main() -> None:
         os._exit(3)
     sock = socket.socket(fileno=int(sys.argv[3]))
     sys.path.insert(0, os.getcwd())
+    from .user_frames import user_traceback
     try:
         from . import process
         process.import_class(worker_path)
@@ -49,7 +50,7 @@ def main() -> None:
 
         import zmq  # noqa: F401
     except BaseException as exc:  # the new code does not import: the master falls back and reports it
-        _send(sock, {"error": f"{type(exc).__name__}: {exc}", "traceback": "".join(traceback.format_exception(exc))})
+        _send(sock, {"error": f"{type(exc).__name__}: {exc}", "traceback": user_traceback(exc)})
         os._exit(1)
     _send(sock, {"ready": True})
     _serve(sock)
