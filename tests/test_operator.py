@@ -267,7 +267,7 @@ def test_usage_errors_exit_2_and_failures_exit_1(cluster):
     assert inst.cli("health").returncode == 0
 
 
-def test_health_is_1_when_degraded(cluster):
+def test_health_is_1_when_scaled_to_0_on_purpose(cluster):
     inst = cluster(*OPS, "--workers", "1")
     assert inst.cli("scale", "0").returncode == 0
     wait_for(lambda: inst.status()["workers"] == [], message="no worker left")

@@ -145,14 +145,17 @@ def logs(name: str | None, follow: bool, slot: int | None, lines: int, as_json: 
 @click.command()
 @setting_options("health")
 def health(name: str | None) -> None:
-    """Exit 0 when every wanted worker is ready, 1 when degraded, 3 when not running (for probes)."""
+    """Exit 0 when every wanted worker is ready, 1 when degraded or scaled to 0, 3 when not running (for probes)."""
     from .tables import counts
     doc = _admin(name, "clusterd.status")
     ready, wanted = counts(doc)
     if doc.get("state") in ("running", "reloading") and ready >= wanted and ready > 0:
         click.echo(f"{doc['name']}: healthy, {ready}/{wanted} workers ready")
         return
-    click.echo(f"{doc['name']}: degraded, {doc.get('state')}, {ready}/{wanted} workers ready")
+    if wanted == 0:  # scaled to 0 on purpose: nothing serves, so not healthy (a readiness probe says 503)
+        click.echo(f"{doc['name']}: not serving, scaled to 0 workers")
+    else:
+        click.echo(f"{doc['name']}: degraded, {doc.get('state')}, {ready}/{wanted} workers ready")
     sys.exit(EXIT_FAILURE)
 
 
