@@ -531,3 +531,13 @@ def test_no_reload_while_stopping():
         result = await ReloadManager(router).request(wait=True)
         assert result["ok"] is False and router.supervisor.generation == 1
     asyncio.run(main())
+
+
+def test_log_lines_name_only_what_is_known_and_count_in_english():
+    from clusterd.master.supervisor import _how
+    from clusterd.ops.log import plural
+    assert Worker(slot=0, generation=1, ident=b"0").label() == "worker 0 (generation 1)"  # not yet spawned
+    assert Worker(slot=0, generation=1, ident=b"0", pid=42).label() == "worker 0 (pid 42, generation 1)"
+    assert _how({"code": None, "signal": 9}) == "signal 9, " and _how({"code": 1, "signal": None}) == "code 1, "
+    assert _how({"code": None, "signal": None}) == ""
+    assert (plural(1, "worker"), plural(0, "worker"), plural(2, "worker")) == ("1 worker", "0 workers", "2 workers")

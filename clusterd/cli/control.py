@@ -238,7 +238,7 @@ def scale(workers: str, name: str | None) -> None:
     except settings.ConfigError:
         fail(f"scale needs a number of workers (0 or more) or 'auto', not {workers!r}")
     result = _admin(name, "clusterd.scale", {"workers": count})
-    click.echo(f"scaled from {result['from']} to {result['to']} workers")
+    click.echo(f"scaled from {result['from']} to {result['to']} worker{'' if result['to'] == 1 else 's'}")
 
 
 @click.command()

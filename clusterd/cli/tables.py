@@ -197,8 +197,8 @@ def render_table(doc: dict, colour: bool | None = None, width: int | None = -1) 
         head.append("MASTER STALE: its code changed, restart it to run the new code")
     text = _wrap(head, width)
     if wanted == 0:
-        text += "\n" + _wrap(["scaled to 0 workers: calls wait, then get -32001", "`clusterd scale N` to serve again"],
-                             width)
+        text += "\n" + _wrap(["scaled to 0 workers: calls wait, then get -32001;", "`clusterd scale N` serves again."],
+                             width, sep=" ")
     text += "\n\n" + render_workers(workers, width, colour)
     text += "\n" + _wrap(_totals(workers, m.get("rss_bytes"), doc.get("queued", 0)), width)
     abandoned = (doc.get("threads") or {}).get("abandoned")

@@ -77,7 +77,8 @@ class Worker:
         return len(self.calls)
 
     def label(self) -> str:
-        return f"worker {self.slot} (pid {self.pid}, generation {self.generation})"
+        pid = f"pid {self.pid}, " if self.pid is not None else ""  # a process not yet spawned has none
+        return f"worker {self.slot} ({pid}generation {self.generation})"
 
 
 @dataclass

@@ -154,7 +154,7 @@ class AgentRegistry:
         agent.slots = sup.add_remote_slots(agent.name, wanted)
         # the welcome goes first: an agent kills the workers of an earlier session when welcomed
         self._send(ident, {"welcome": {"slots": agent.slots, "generation": sup.generation}})
-        log.event("agent-join", f"agent {agent.name} joined with {wanted} workers (slots {agent.slots})")
+        log.event("agent-join", f"agent {agent.name} joined with {log.plural(wanted, 'worker')} (slots {agent.slots})")
         sup.start_slots(agent.slots)
 
     # -- what the supervisor asks

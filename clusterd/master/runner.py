@@ -135,7 +135,7 @@ async def _run_until_stopped(loop: asyncio.AbstractEventLoop, router: Router, st
     """Running: the watchdog and the reload triggers, until a stop or a crash loop."""
     config = router.config
     router.set_state(ClusterState.RUNNING)
-    log.event("master-ready", f"{config.name}: {config.workers} workers ready", instance=config.name)
+    log.event("master-ready", f"{config.name}: {log.plural(config.workers, 'worker')} ready", instance=config.name)
     interval = router.notifier.watchdog_interval() if router.notifier is not None else None
     if interval:
         _keep_watchdog(loop, router.notifier, interval, router)
@@ -204,7 +204,7 @@ async def _shutdown(router: Router, graceful: bool) -> None:
         starting = sum(1 for w in workers if w.ready_at is None)
         calls = sum(len(w.calls) for w in workers)
         log.event("master-stop", f"{config.name}: stopping (graceful): waiting at most {config.graceful_timeout:g}s "
-                  f"for {len(workers)} workers ({starting} still starting, {calls} calls in flight); "
+                  f"for {log.plural(len(workers), 'worker')} ({starting} still starting, {calls} calls in flight); "
                   "press Ctrl-C again to stop at once")
         stopping = asyncio.ensure_future(sup.stop(graceful=True))
         if not await _finished_unless_hurried(stopping, router, None):

@@ -31,6 +31,11 @@ from .states import ExitReason, WorkerState
 RESTART_REASONS = (ExitReason.HUNG, ExitReason.MAX_MEMORY, ExitReason.MAX_REQUESTS, ExitReason.CRASHED)
 
 
+def _how(info: dict) -> str:
+    """ "code 1, " or "signal 9, " for an exit line: only what is known (an agent's worker may have neither)."""
+    return "".join(f"{key} {info[key]}, " for key in ("code", "signal") if info[key] is not None)
+
+
 def _methods_running(worker: Worker) -> list[str]:
     """Which methods a worker held when it exited, for its exit line (decoded only then: it is rare)."""
     names: set[str] = set()
@@ -208,8 +213,8 @@ class Supervisor:
         reason = worker.retire_reason or ExitReason.CRASHED
         info = exit_info(returncode, reason)
         running = _methods_running(worker) if worker.calls else None
-        log.event("worker-exit", f"{worker.label()} exited (code {info['code']}, signal {info['signal']},"
-                  f" {reason})" + (f" while running {', '.join(map(repr, running))}" if running else ""),
+        log.event("worker-exit", f"{worker.label()} exited ({_how(info)}{reason})"
+                  + (f" while running {', '.join(map(repr, running))}" if running else ""),
                   level=logging.WARNING if reason.failure else logging.INFO,
                   slot=worker.slot, pid=worker.pid, reason=reason, code=info["code"], signal=info["signal"],
                   methods=running)
@@ -356,7 +361,7 @@ class Supervisor:
             local.append(index)
         for index in sorted(local, reverse=True)[:max(0, len(local) - wanted)]:
             self.retire_slot(index, ExitReason.SCALE)
-        log.event("scale", f"scaled from {old} to {wanted} workers")
+        log.event("scale", f"scaled from {old} to {log.plural(wanted, 'worker')}")
 
     def add_remote_slots(self, agent: str, count: int) -> list[int]:
         """Slots for an agent's workers (the lowest free numbers); start_slots() starts them."""

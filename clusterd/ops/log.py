@@ -74,6 +74,11 @@ def setup(log_format: str = "text", debug: bool = False, instance: str | None = 
     logger.propagate = False
 
 
+def plural(count: int, noun: str) -> str:
+    """ "1 worker", "2 workers": counts in log lines read as English."""
+    return f"{count} {noun}{'' if count == 1 else 's'}"
+
+
 def is_json() -> bool:
     """Whether setup() chose one JSON object per line."""
     return any(isinstance(h.formatter, JsonFormatter) for h in logger.handlers)

@@ -247,6 +247,8 @@ _HARDENING = (
     "NoNewPrivileges=yes",
     "ProtectSystem=strict",
     "ProtectHome=read-only",
+    "# PrivateTmp= gives the service a /tmp of its own: a venv or an app under /tmp is not seen by it;",
+    "# install them elsewhere (/opt, /srv) rather than drop this line.",
     "PrivateTmp=yes",
     "PrivateDevices=yes",
     "ProtectKernelTunables=yes",
