@@ -105,8 +105,8 @@ def _status_text(name: str | None, as_json: bool, methods: bool = False) -> str:
 @click.option("-f", "--follow", is_flag=True, help="Keep printing new lines as they are logged, until Ctrl-C.")
 @click.option("--slot", type=click.IntRange(min=0), default=None,
               help="Only the lines of this worker slot (its output and the master's lines about it).")
-@click.option("-n", "--lines", type=click.IntRange(min=0), default=50, show_default=True,
-              help="How many recent lines to print first.")
+@click.option("-n", "--lines", type=click.IntRange(min=0), default=50, show_default=True, metavar="LINES",
+              help="How many recent lines to print first. Here -n is --lines, not --name (as in `tail -n`).")
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per line.")
 def logs(name: str | None, follow: bool, slot: int | None, lines: int, as_json: bool) -> None:
     """Print the recent log of a running instance, kept in memory by its master (as `pm2 logs`)."""

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from .table import CONTROL, OPTIONS, RUN
+from .table import CONTROL, OPTIONS, RUN, Option
 
 
 def options_markdown() -> str:
@@ -16,6 +16,10 @@ def options_markdown() -> str:
         "`[clusterd]` table). Flags win over variables, which win over the file. The MASTER and WORKER",
         "arguments of `run` (and WORKER of `worker`) may come from `CLUSTERD_MASTER` and `CLUSTERD_WORKER`.",
         "",
+        "This table covers the settings several commands share. A command's own options (`call --timeout`,",
+        "`logs -n/--lines`, `logs -f`, `stop --timeout`, `status --json`, the `bench` options...) are in",
+        "`clusterd COMMAND --help`, each with its `CLUSTERD_<COMMAND>_<OPTION>` variable where it has one.",
+        "",
         "| Flag | Commands | Default | Variable | TOML | Description |",
         "|---|---|---|---|---|---|",
     ]
@@ -27,12 +31,12 @@ def options_markdown() -> str:
         if o.multiple:
             text += " A list in TOML; space-separated in the variable."
         text += "".join(f" `{c}`: {h}" for c, h in o.help_for.items() if c not in CONTROL)
-        cells = [flag, _commands_label(o.commands), shown, f"`{o.envvar}`", toml, text]
+        cells = [flag, _commands_label(o), shown, f"`{o.envvar}`", toml, text]
         lines.append("| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |")
     return "\n".join(lines) + "\n"
 
 
-def _commands_label(commands: tuple[str, ...]) -> str:
-    control = [c for c in commands if c in CONTROL]
-    named = [c for c in commands if c not in CONTROL]
-    return ", ".join(named + (["status, reload, scale, stop, call"] if control else []))
+def _commands_label(option: Option) -> str:
+    """Every command that takes the option, in the table's order; "logs (`--name` only)" where the
+    short flag means something else there."""
+    return ", ".join(f"{c} (`--{option.name}` only)" if c in option.no_short else c for c in option.commands)
