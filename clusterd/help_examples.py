@@ -80,8 +80,6 @@ def teach(group: click.Group) -> None:
     """Make every command's help teach: examples at its end, each option with its default and its
     CLUSTERD_* variable (a command's own options get CLUSTERD_<COMMAND>_<OPTION>), and the
     top-level list with each command's first sentence whole (click cuts it at 45 characters)."""
-    from .settings.table import OPTIONS
-    settings_envvars = {option.envvar for option in OPTIONS}
     for name, command in group.commands.items():
         if command.epilog is None:
             command.epilog = epilog(name)
@@ -92,10 +90,7 @@ def teach(group: click.Group) -> None:
                 continue
             if not param.envvar:
                 flag = next((o for o in param.opts if o.startswith("--")), param.name or "")
-                envvar = f"CLUSTERD_{name}_{flag.lstrip('-')}".upper().replace("-", "_")
-                # `call --timeout` would be CLUSTERD_CALL_TIMEOUT, the variable of `run --call-timeout`:
-                # one variable must not mean two things, so such an option gets none.
-                param.envvar = None if envvar in settings_envvars else envvar
-            param.show_envvar = bool(param.envvar)
+                param.envvar = f"CLUSTERD_{name}_{flag.lstrip('-')}".upper().replace("-", "_")
+            param.show_envvar = True
             if param.default not in (None, False, (), []) and not param.is_flag:
                 param.show_default = True

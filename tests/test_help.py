@@ -33,6 +33,15 @@ def test_every_option_has_a_description_and_a_variable(command):
             assert param.show_envvar, (command, param.opts)
 
 
+def test_no_variable_means_two_options():
+    seen: dict[str, tuple[str, str]] = {}
+    for command, cmd in cli.commands.items():
+        for param in cmd.params:
+            if isinstance(param, click.Option) and param.envvar:
+                first = seen.setdefault(str(param.envvar), (command, param.name or ""))
+                assert first[1] == param.name, (param.envvar, first, (command, param.name))
+
+
 @pytest.mark.parametrize("command", COMMANDS)
 def test_each_commands_help_ends_with_examples_and_shows_variables(command):
     text = help_text(command)

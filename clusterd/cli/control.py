@@ -285,7 +285,8 @@ def _running(pid: int) -> bool:
 @setting_options("call")
 @click.option("--connect", "address", help="Call this address (a --bind endpoint) instead of an instance.")
 @click.option("--json-params", help="Params as one JSON array or object, e.g. '{\"n\": 30}'.")
-@click.option("--timeout", type=float, default=None, help="Seconds to wait for the answer.")
+@click.option("--timeout", type=float, default=None, envvar="CLUSTERD_CLIENT_TIMEOUT",
+              help="Seconds to wait for the answer (not --call-timeout of run: that is CLUSTERD_CALL_TIMEOUT).")
 def call(method: str, params: tuple[str, ...], name: str | None, address: str | None, json_params: str | None,
          timeout: float | None) -> None:
     """Call METHOD with PARAMS (JSON values; a bare word is a string) and print the JSON result.
