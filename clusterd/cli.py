@@ -76,6 +76,16 @@ def _addresses(ctx: Any, param: click.Parameter, value: Any) -> Any:
     return value
 
 
+def _http_binds(ctx: Any, param: click.Parameter, value: Any) -> Any:
+    from .httpdoor import BindError, parse_bind
+    for bind in value or ():
+        try:
+            parse_bind(bind)
+        except BindError as exc:
+            raise click.BadParameter(str(exc)) from None
+    return value
+
+
 def _load_config_file(ctx: click.Context, param: click.Parameter, path: str | None) -> str | None:
     """-c FILE: TOML keys become defaults under flags and CLUSTERD_* variables (click's own order).
 
@@ -101,7 +111,7 @@ def _load_config_file(ctx: click.Context, param: click.Parameter, path: str | No
     defaults: dict[str, Any] = {}
     for key, value in data.items():
         name = key.replace("-", "_")
-        name = {"bind": "binds", "worker_bind": "worker_binds"}.get(name, name)
+        name = {"bind": "binds", "worker_bind": "worker_binds", "http_bind": "http_binds"}.get(name, name)
         target = params.get(name)
         if target is None:
             raise UserError(f"{path}: unknown key {key!r}")
@@ -195,6 +205,20 @@ def run_options(func: Any) -> Any:
                      help="Accept workers from agents on this address (see --curve-dir)."),
         click.option("--curve-dir", type=click.Path(), default=None, envvar=_env("curve-dir"),
                      help="Directory of keys from `clusterd keygen`: encrypt and authenticate the worker link."),
+        click.option("--http-bind", "http_binds", multiple=True, envvar=_env("http-bind"), callback=_http_binds,
+                     help="Serve JSON-RPC over HTTP and WebSocket, and the probes, on HOST:PORT or unix:/path "
+                          "(repeatable; the workers serve it)."),
+        click.option("--http-token-file", type=click.Path(dir_okay=False), default=None,
+                     envvar=_env("http-token-file"),
+                     help="Require 'Authorization: Bearer <token in this file>' on the HTTP RPC path and WebSocket."),
+        click.option("--http-cors", default=None, envvar=_env("http-cors"), metavar="ORIGIN",
+                     help="Allow browser calls from ORIGIN (or *): answer preflights, send CORS headers."),
+        click.option("--http-status", is_flag=True, default=False, envvar=_env("http-status"),
+                     help="Serve the status document at GET /status (it names pids and memory: off by default)."),
+        click.option("--drain-delay", type=float, default=0.0, show_default=True, callback=_positive,
+                     envvar=_env("drain-delay"),
+                     help="On SIGTERM: /readyz answers 503 at once, calls are served this many seconds more, "
+                          "then the graceful stop."),
     ]
     for opt in reversed(opts):
         func = opt(func)
@@ -258,14 +282,24 @@ def run(master: str | None, worker: str | None, config: str | None, **opts: Any)
             server_keys(opts["curve_dir"])
         except ValueError as exc:
             fail(f"--curve-dir: {exc}")
+    if opts["http_token_file"] is not None:
+        from .httpdoor.tokens import TokenError, read_token
+        try:
+            read_token(opts["http_token_file"])
+        except TokenError as exc:
+            fail(f"--http-token-file: {exc}")
+    if opts["http_cors"] is not None and not opts["http_binds"]:
+        fail("--http-cors needs --http-bind")
     if opts["watch_version"] and not Path(opts["watch_version"]).is_file():
         fail(f"--watch-version: no such file {opts['watch_version']}")
     if opts["reload_on_change"] and not Path(opts["reload_on_change"]).is_dir():
         fail(f"--reload-on-change: no such directory {opts['reload_on_change']}")
     cfg = Config(master=master, worker=worker, name=name, binds=list(opts.pop("binds")),
-                 worker_binds=list(opts.pop("worker_binds")), runtime_dir=str(runtime_root()), **opts)
+                 worker_binds=list(opts.pop("worker_binds")), http_binds=list(opts.pop("http_binds")),
+                 runtime_dir=str(runtime_root()), **opts)
     from . import log
     from .master import InstanceBusy
+    from .httpdoor import BindError
     from .master.runner import run as run_instance
     log.setup(cfg.log_format, cfg.debug)
     for addr in cfg.binds:
@@ -276,6 +310,8 @@ def run(master: str | None, worker: str | None, config: str | None, **opts: Any)
         code = run_instance(cfg, master_cls, worker_cls)
     except InstanceBusy as exc:
         fail(str(exc))
+    except BindError as exc:
+        fail(f"--http-bind: {exc}", EXIT_FAILURE)
     except KeyboardInterrupt:
         code = EXIT_OK
     except __import__("zmq").ZMQError as exc:

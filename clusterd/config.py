@@ -107,6 +107,11 @@ class Config:
     curve_dir: str | None = None
     runtime_dir: str = ""
     isolation: str = "process"     # "thread": workers as threads of the master (threads.py)
+    http_binds: list[str] = field(default_factory=list)  # the HTTP/WebSocket front door (DESIGN.md 12)
+    http_token_file: str | None = None
+    http_cors: str | None = None
+    http_status: bool = False
+    drain_delay: float = 0.0       # on SIGTERM: /readyz 503 at once, serve on this long, then stop
 
     @property
     def instance_dir(self) -> Path:
@@ -131,4 +136,6 @@ class Config:
             "max_client_inflight": self.max_client_inflight, "log_format": self.log_format,
             "debug": self.debug, "worker_binds": self.worker_binds, "curve_dir": self.curve_dir,
             "runtime_dir": self.runtime_dir, "isolation": self.isolation,
+            "http_binds": self.http_binds, "http_token_file": self.http_token_file, "http_cors": self.http_cors,
+            "http_status": self.http_status, "drain_delay_s": self.drain_delay,
         }

@@ -11,8 +11,13 @@ routing id, its `ident`, first):
                        NOTIFY, request           a notification (no answer)
                        ANSWER, response          the answer to one of the worker's own requests
                        STOP                      stop gracefully (finish the calls, stop_services)
+                       STATE, state              whether the instance is ready (/readyz), on change
+                       FORWARDED + token, response   the answer to a FORWARD
     worker -> master   RESULT|ERROR + token + response   one frame: the answer to a call
                        REQUEST, request          the worker's own request to the master
+                       FORWARD + token, request  a request from an HTTP/WebSocket caller the worker
+                                                 does not serve itself: the master routes it as
+                                                 one from a --bind client (same exposure rules)
                        HELLO, hello              ready, with its method table
                        FAILURE, failure          could not start: the error and traceback
 
@@ -46,6 +51,9 @@ HELLO = b"h"
 FAILURE = b"f"
 BEAT = b"b"
 AGENT = b"A"
+STATE = b"t"
+FORWARD = b"w"
+FORWARDED = b"W"
 
 HEARTBEAT_PREFIX = b"hb:"
 TOKEN_SIZE = 8
@@ -95,6 +103,15 @@ class WorkerSpec:
     die_with_parent: bool = True
     curve: dict | None = None      # CURVE client settings for a worker connecting from another host
     host: str | None = None        # set by an agent: the host the worker runs on
+    # The HTTP/WebSocket front door (DESIGN.md 12): the listening sockets the master made, inherited
+    # at these descriptor numbers, and how to serve them (worker/http.py).
+    http_fds: list[int] = dataclasses.field(default_factory=list)
+    http_token_file: str | None = None
+    http_cors: str | None = None
+    http_status: bool = False
+    max_message_size: int = 16 * 1024 * 1024
+    call_timeout: float | None = None
+    graceful_timeout: float = 30.0
 
     # -- through the environment
     def to_env(self, env: MutableMapping[str, str]) -> MutableMapping[str, str]:
@@ -109,7 +126,8 @@ class WorkerSpec:
     # -- through an agent's spawn message
     def for_agent(self) -> dict[str, Any]:
         """The spec an agent receives: the endpoint and parent are the agent's own."""
-        return {k: v for k, v in dataclasses.asdict(self).items() if k not in ("endpoint", "parent_pid")}
+        return {k: v for k, v in dataclasses.asdict(self).items()
+                if k not in ("endpoint", "parent_pid", "http_fds")}
 
     @classmethod
     def from_dict(cls, data: dict[str, Any], **overrides: Any) -> "WorkerSpec":
@@ -118,5 +136,6 @@ class WorkerSpec:
 
 
 __all__ = ["CALL", "NOTIFY", "ANSWER", "STOP", "RESULT", "ERROR", "REQUEST", "HELLO", "FAILURE", "BEAT", "AGENT",
+           "STATE", "FORWARD", "FORWARDED",
            "HEARTBEAT_PREFIX", "TOKEN_SIZE", "SPEC_ENV", "WorkerSpec", "token_bytes", "call_frame", "answer_frame",
            "split_token"]

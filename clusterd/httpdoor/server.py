@@ -137,10 +137,11 @@ class HttpDoor:
     def open_connections(self) -> int:
         return len(self._connections) + len(self._sessions)
 
-    async def drain(self, timeout: float | None = None) -> bool:
+    async def drain(self, timeout: float | None = None, *, cut_off: bool = True) -> bool:
         """Stop accepting, answer every call already read, close connections as they go idle.
 
-        True when everything closed within ``timeout``; otherwise the rest is cut off and False.
+        True when everything closed within ``timeout``; otherwise False, and the rest is cut off
+        (unless ``cut_off`` is false: the caller then answers what is left and drains again).
         The listening sockets stay open in the process that created them (the master), so other
         workers keep accepting.
         """
@@ -157,7 +158,8 @@ class HttpDoor:
             await asyncio.wait_for(self._idle.wait(), timeout)
             return True
         except asyncio.TimeoutError:
-            self.close()
+            if cut_off:
+                self.close()
             return False
 
     def close(self) -> None:

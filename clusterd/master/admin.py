@@ -66,6 +66,19 @@ class Admin:
         self.router.loop.call_soon(self.router.request_stop, graceful)
         return {"stopping": True, "pid": os.getpid()}
 
+    async def stop_after_drain_delay(self) -> dict:
+        """SIGTERM/SIGINT (DESIGN.md 14): /readyz answers 503 at once, calls are served on for
+        --drain-delay seconds (load balancers take the instance out meanwhile), then the graceful stop.
+        A second signal during the delay stops at once."""
+        router = self.router
+        delay = router.config.drain_delay
+        if delay <= 0 or router.drain_delay_started or router.state is ClusterState.STOPPING:
+            return await self.stop(graceful=True)
+        router.begin_drain_delay()
+        log.event("drain-delay", f"{router.config.name}: not ready; stopping in {delay:g}s (--drain-delay)")
+        router.loop.call_later(delay, router.request_stop, True)
+        return {"stopping": True, "pid": os.getpid()}
+
     async def reload(self, wait: bool = True) -> dict:
         return await self._reload(wait, "clusterd reload")
 
@@ -84,8 +97,8 @@ class Admin:
     def install_signals(self) -> None:
         """Each signal runs its command on the loop; a refusal is logged, never raised."""
         commands: dict[int, tuple[str, Callable[[], Awaitable[Any]]]] = {
-            signal.SIGTERM: ("stop", lambda: self.stop(graceful=True)),
-            signal.SIGINT: ("stop", lambda: self.stop(graceful=True)),
+            signal.SIGTERM: ("stop", self.stop_after_drain_delay),
+            signal.SIGINT: ("stop", self.stop_after_drain_delay),
             signal.SIGQUIT: ("stop", lambda: self.stop(graceful=False)),
             signal.SIGHUP: ("reload", lambda: self._reload(wait=False, source="SIGHUP")),
             signal.SIGTTIN: ("scale", lambda: self.scale(delta=1)),

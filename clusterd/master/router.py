@@ -26,6 +26,7 @@ from ..zmqloop import NOBLOCK, SocketReader, send_frames
 from .admin import Admin
 from .batch import Batches
 from .endpoint import WorkersProxy, internal_methods, worker_info
+from .front import FrontDoor, state_frames
 from .local import LocalMethods
 from .pool import Call, Worker
 from .reload import ReloadManager
@@ -57,6 +58,8 @@ class Router:
         self.shared: Any = None
         self.agents: Any = None        # the AgentRegistry, with --worker-bind
         self.rsock: zmq.Socket | None = None
+        self.front = FrontDoor(config.http_binds)
+        self.drain_delay_started = False  # --drain-delay: /readyz says 503 while calls are still served
         self.endpoint = master_cls()
         self.endpoint.name = config.name
         self.endpoint.pid = os.getpid()
@@ -96,6 +99,7 @@ class Router:
         if self.shared is not None:
             self.shared.close()
         self.close_sockets()
+        self.front.close()
         self.dir.release()
 
     def set_state(self, state: ClusterState) -> None:
@@ -109,6 +113,34 @@ class Router:
             elif state is ClusterState.STOPPING:
                 self.notifier.stopping()
         self.update_status_line()
+        self.publish_readiness()
+
+    # ------------------------------------------------------------------ readiness (/readyz)
+    def instance_ready(self) -> bool:
+        """At least one ready worker, and no stop (nor the --drain-delay before one) begun."""
+        if self.drain_delay_started or self.state in (ClusterState.STOPPING, ClusterState.STOPPED):
+            return False
+        return any(w.state is WorkerState.READY for w in self.supervisor.by_ident.values())
+
+    def publish_readiness(self, worker: Worker | None = None) -> None:
+        """Tell the workers serving the HTTP door whether the instance is ready: all of them when it
+        changed, or one that just became ready."""
+        if not self.front.sockets:
+            return
+        ready = self.instance_ready()
+        if worker is not None:
+            self.to_worker(state_frames(worker.ident, ready), worker.sock)
+        if ready == self.front.ready:
+            return
+        self.front.ready = ready
+        for other in list(self.supervisor.by_ident.values()):
+            if other.agent is None and other.ready_at is not None and other is not worker:
+                self.to_worker(state_frames(other.ident, ready), other.sock)
+
+    def begin_drain_delay(self) -> None:
+        """SIGTERM with --drain-delay: /readyz answers 503 now; the graceful stop follows the delay."""
+        self.drain_delay_started = True
+        self.publish_readiness()
 
     def update_status_line(self) -> None:
         if self.notifier is not None:
@@ -122,7 +154,8 @@ class Router:
             self.stopped.set()
 
     def _make_spawner(self, on_line: OnLine, on_exit: OnExit) -> Spawner:
-        return make_spawner(self.loop, self.config, self.ctx, self.child_environ(), on_line, on_exit)
+        return make_spawner(self.loop, self.config, self.ctx, self.child_environ(), on_line, on_exit,
+                            pass_fds=lambda: self.front.fds)
 
     # ------------------------------------------------------------------ sockets
     def open_sockets(self) -> None:
@@ -278,6 +311,11 @@ class Router:
             return  # not a message of ours
         elif kind == wire.REQUEST:
             self._on_worker_request(ident, frames[2], sock)
+        elif kind == wire.FORWARD:
+            # an HTTP/WebSocket caller's request a worker does not serve itself: routed exactly as one
+            # from a --bind client; the answer goes back to that worker with the same token
+            if ident in self.supervisor.by_ident:
+                self.on_client_message([ident, wire.FORWARDED + head[1:], frames[2]], sock, "http")
         elif kind == wire.BEAT:
             worker_ident = ident[len(wire.HEARTBEAT_PREFIX):]
             if worker_ident in self.supervisor.by_ident:  # a worker of a master that died gets no answer: it exits
@@ -341,8 +379,12 @@ class Router:
     def learn_methods(self, methods: dict) -> None:
         self.worker_methods = methods
 
+    def http_fds(self) -> list[int]:
+        return self.front.fds
+
     def on_worker_ready(self, worker: Worker) -> None:
         self.queue.flush()
+        self.publish_readiness(worker)
         self.spawn_task(self._hook(self.endpoint.on_worker_ready, worker_info(worker)))
         self.update_status_line()
 
@@ -358,6 +400,7 @@ class Router:
                 self.reply_error(call, protocol.WORKER_DIED)
         self.spawn_task(self._hook(self.endpoint.on_worker_exit, worker_info(worker), exit_info))
         self.update_status_line()
+        self.publish_readiness()
 
     async def _hook(self, func, *args: Any) -> None:
         try:

@@ -27,6 +27,7 @@ async def serve(config: Config, master_cls: type, worker_cls: type) -> int:
     router = Router(config, master_cls, worker_cls, Notifier.from_environ(), version)
     router.claim()  # raises InstanceBusy: the CLI turns it into exit status 2
     try:
+        router.front.open()  # raises BindError: the CLI prints its one line, exit status 1
         return await _serve(loop, router, config)
     finally:
         router.release()
@@ -68,6 +69,8 @@ async def _serve(loop: asyncio.AbstractEventLoop, router: Router, config: Config
     if not router.stopped.is_set():
         router.set_state(ClusterState.RUNNING)
         log.event("master-ready", f"{config.name}: {config.workers} workers ready", instance=config.name)
+        for bind in config.http_binds:
+            log.event("http-listen", f"{config.name}: HTTP and WebSocket on {bind}", bind=bind)
         interval = notifier.watchdog_interval()
         if interval:
             _keep_watchdog(loop, notifier, interval, router)

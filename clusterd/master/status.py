@@ -26,6 +26,8 @@ def status_document(router: MasterView) -> dict:
     sup = router.supervisor
     doc = {
         "name": router.config.name, "state": router.state,
+        # what /readyz answers: a ready worker, and no stop (nor --drain-delay before one) begun
+        "ready": router.instance_ready(),
         "master": {"pid": os.getpid(), "started_at": router.started_at, "uptime_s": round(now - router.started_at, 3),
                    "version": router.version, "rss_bytes": rss, "cpu_percent": cpu, "host": os.uname().nodename},
         "workers": workers_document(sup),

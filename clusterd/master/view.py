@@ -36,7 +36,13 @@ class MasterView(Protocol):
     client_calls: dict[zmq.Socket, dict[bytes, int]]
     inflight_limit: int
 
+    drain_delay_started: bool
+
     def set_state(self, state: ClusterState) -> None: ...
+
+    def begin_drain_delay(self) -> None: ...
+
+    def instance_ready(self) -> bool: ...
 
     def update_status_line(self) -> None: ...
 

@@ -65,24 +65,38 @@ class MainThreadWatch:
         return now - self.stalled_since
 
 
+class MasterSeen:
+    """When the heartbeat thread last heard the master (time.monotonic()): the HTTP door's /livez.
+
+    The master answers beats from its event loop, so a recent answer means that loop is alive."""
+
+    def __init__(self) -> None:
+        self.at = time.monotonic()
+
+    def within(self, seconds: float) -> bool:
+        return time.monotonic() - self.at < seconds
+
+
 def start(context: zmq.Context, endpoint: str, ident: bytes, interval: float, timeout: float,
-          configure=None, watch: int | None = None, stop: threading.Event | None = None) -> threading.Thread:
+          configure=None, watch: int | None = None, stop: threading.Event | None = None,
+          seen: MasterSeen | None = None) -> threading.Thread:
     """Start beating to the master; exit the process when the master has been silent for timeout.
 
     A thread worker (--isolation thread) passes the thread to watch and a `stop` event: it shares its
     process with the master, so it never exits the process, and the beats end when `stop` is set.
     """
     thread = threading.Thread(target=_run, name="clusterd-heartbeat", daemon=True,
-                              args=(context, endpoint, ident, interval, timeout, configure, watch, stop))
+                              args=(context, endpoint, ident, interval, timeout, configure, watch, stop,
+                                    seen or MasterSeen()))
     thread.start()
     return thread
 
 
 def _run(context: zmq.Context, endpoint: str, ident: bytes, interval: float, timeout: float,
-         configure, watch_ident: int | None = None, stop: threading.Event | None = None) -> None:
+         configure, watch_ident: int | None, stop: threading.Event | None, seen: MasterSeen) -> None:
     sock = context.socket(zmq.DEALER)
     try:
-        _beat(sock, endpoint, ident, interval, timeout, configure, watch_ident, stop)
+        _beat(sock, endpoint, ident, interval, timeout, configure, watch_ident, stop, seen)
     except zmq.ContextTerminated:
         pass  # a thread worker's master is closing the shared context: nothing left to beat to
     finally:
@@ -90,7 +104,7 @@ def _run(context: zmq.Context, endpoint: str, ident: bytes, interval: float, tim
 
 
 def _beat(sock: zmq.Socket, endpoint: str, ident: bytes, interval: float, timeout: float, configure,
-          watch_ident: int | None, stop: threading.Event | None) -> None:
+          watch_ident: int | None, stop: threading.Event | None, seen: MasterSeen) -> None:
     sock.setsockopt(zmq.ROUTING_ID, wire.HEARTBEAT_PREFIX + ident)
     sock.setsockopt(zmq.LINGER, 0)
     if configure is not None:
@@ -119,7 +133,7 @@ def _beat(sock: zmq.Socket, endpoint: str, ident: bytes, interval: float, timeou
                 try:
                     while True:
                         sock.recv_multipart(zmq.NOBLOCK)
-                        last_answer = time.monotonic()
+                        last_answer = seen.at = time.monotonic()
                 except zmq.Again:
                     pass
         if stop is None and time.monotonic() - last_answer > timeout:

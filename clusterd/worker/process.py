@@ -97,6 +97,9 @@ class WorkerLink:
         self._next_id = 0
         self._pending: dict[int, asyncio.Future] = {}
         self._tasks: set[asyncio.Task] = set()
+        self._forwards: dict[bytes, tuple[asyncio.Future, Any]] = {}  # token -> (answer, request id)
+        self._next_forward = 0
+        self.instance_ready = False  # what the master last said: /readyz (wire.STATE)
         self.stop_requested = asyncio.Event()
         self.reader = SocketReader(loop, sock, self._on_message)
 
@@ -116,16 +119,43 @@ class WorkerLink:
         finally:
             self._pending.pop(rid, None)
 
+    # -- an HTTP/WebSocket caller's request for the master (worker/http.py)
+    def forward(self, payload: bytes, rid: Any) -> "asyncio.Future[bytes] | None":
+        """Send the request to the master, routed as a --bind client's; a future of the answer bytes
+        (None for a notification, which gets no answer)."""
+        self._next_forward += 1
+        token = wire.token_bytes(self._next_forward)
+        self.sock.send_multipart([wire.FORWARD + token, payload])
+        self.reader.wake()
+        if rid is protocol.NO_ID:
+            return None
+        fut = self.loop.create_future()
+        self._forwards[token] = (fut, rid)
+        return fut
+
+    def fail_forwards(self, code: int) -> None:
+        """Answer every forwarded call still waiting for the master with this error."""
+        forwards, self._forwards = self._forwards, {}
+        for fut, rid in forwards.values():
+            if not fut.done():
+                fut.set_result(protocol.encode_error(rid, code))
+
     # -- messages from the master
     def _on_message(self, frames: list[bytes]) -> None:
         head = frames[0]
         kind = head[:1]
         if kind == wire.CALL:
             self._serve(*wire.split_token(head))
+        elif kind == wire.FORWARDED:
+            entry = self._forwards.pop(head[1:], None)
+            if entry is not None and not entry[0].done():
+                entry[0].set_result(frames[1])
         elif kind == wire.ANSWER:
             self._on_answer(frames[1])
         elif kind == wire.NOTIFY:
             self._serve(None, frames[1])
+        elif kind == wire.STATE:
+            self.instance_ready = frames[1] == b"1"
         elif kind == wire.STOP:
             self.stop_requested.set()
 
@@ -152,15 +182,16 @@ class WorkerLink:
         if isinstance(prepared, dict):
             return self._answer(token, prepared)
         func, method = prepared
-        if method.is_async:
-            task = self.loop.create_task(self._serve_async(token, func, req))
+        if method.is_async or method.offload:
+            task = self.loop.create_task(self._serve_async(token, func, req, method.offload))
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
         else:
             self._answer(token, self.dispatcher.run_sync(func, req.params, req.id))
 
-    async def _serve_async(self, token: bytes | None, func, req: protocol.Request) -> None:
-        self._answer(token, await self.dispatcher.run_async(func, req.params, req.id))
+    async def _serve_async(self, token: bytes | None, func, req: protocol.Request, offload: bool = False) -> None:
+        run = self.dispatcher.run_offloaded if offload else self.dispatcher.run_async
+        self._answer(token, await run(func, req.params, req.id))
 
     def _answer(self, token: bytes | None, response: dict) -> None:
         if token is None:
@@ -205,6 +236,8 @@ def main() -> None:
     for sig in (signal.SIGINT, signal.SIGHUP, signal.SIGQUIT, signal.SIGTTIN, signal.SIGTTOU):
         signal.signal(sig, signal.SIG_IGN)
     sys.path.insert(0, os.getcwd())
+    if spec.http_fds:
+        _use_uvloop()
     try:
         code = asyncio.run(_run(spec))
     except KeyboardInterrupt:
@@ -212,6 +245,15 @@ def main() -> None:
     sys.stdout.flush()
     sys.stderr.flush()
     os._exit(code)
+
+
+def _use_uvloop() -> None:
+    """The HTTP door serves faster on uvloop: used when it is installed (pip install clusterd[http])."""
+    try:
+        import uvloop
+    except ImportError:
+        return
+    asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
 
 
 async def _run(spec: WorkerSpec, embedded: Any = None) -> int:
@@ -234,20 +276,22 @@ async def _run(spec: WorkerSpec, embedded: Any = None) -> int:
     if spec.curve:
         from ..curve import client_configurer
         configure = client_configurer(spec.curve)
+    seen = heartbeat.MasterSeen()
     if embedded is None:
-        heartbeat.start(context, spec.endpoint, ident, spec.heartbeat_interval, spec.heartbeat_timeout, configure)
+        heartbeat.start(context, spec.endpoint, ident, spec.heartbeat_interval, spec.heartbeat_timeout, configure,
+                        seen=seen)
     else:
         heartbeat.start(context, spec.endpoint, ident, spec.heartbeat_interval, spec.heartbeat_timeout,
-                        watch=threading.get_ident(), stop=embedded.beat_stop)
+                        watch=threading.get_ident(), stop=embedded.beat_stop, seen=seen)
     sock = context.socket(zmq.DEALER)
     try:
-        return await _serve(loop, spec, sock, configure, embedded)
+        return await _serve(loop, spec, sock, configure, embedded, seen)
     finally:
         sock.close(linger=1000)  # idempotent; a cancelled (killed) thread worker must still close it
 
 
 async def _serve(loop: asyncio.AbstractEventLoop, spec: WorkerSpec, sock: zmq.Socket, configure: Any,
-                 embedded: Any) -> int:
+                 embedded: Any, seen: heartbeat.MasterSeen) -> int:
     ident = spec.ident.encode()
     sock.setsockopt(zmq.ROUTING_ID, ident)
     sock.setsockopt(zmq.LINGER, 2000)
@@ -272,6 +316,10 @@ async def _serve(loop: asyncio.AbstractEventLoop, spec: WorkerSpec, sock: zmq.So
         endpoint.workers = WorkersProxyViaMaster(endpoint.master)
         await endpoint.start_services()
         link.dispatcher = Dispatcher(endpoint, spec.debug)
+        door = None
+        if spec.http_fds:
+            from .http import WorkerDoor
+            door = WorkerDoor(spec, link, link.dispatcher, seen, embedded is not None)
     except BaseException as exc:  # any failure to start is reported to the master, then we exit
         text = "".join(traceback.format_exception(exc))
         failure = {"error": f"{type(exc).__name__}: {exc}", "traceback": text}
@@ -288,7 +336,11 @@ async def _serve(loop: asyncio.AbstractEventLoop, spec: WorkerSpec, sock: zmq.So
     sock.send_multipart([wire.HELLO, protocol.dumps({"pid": os.getpid(), "slot": spec.slot,
                                                     "generation": spec.generation, "methods": methods})])
     link.reader.wake()
+    if door is not None:
+        await door.serve()
     await link.stop_requested.wait()
+    if door is not None:
+        await door.drain()
     await link.drain()
     try:
         await endpoint.stop_services()
@@ -297,6 +349,7 @@ async def _serve(loop: asyncio.AbstractEventLoop, spec: WorkerSpec, sock: zmq.So
     for fut in link._pending.values():
         if not fut.done():
             fut.set_exception(RemoteError(protocol.SHUTTING_DOWN))
+    link.fail_forwards(protocol.SHUTTING_DOWN)
     link.reader.close()
     sock.close(linger=1000)
     return 0

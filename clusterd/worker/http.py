@@ -1,0 +1,197 @@
+"""The HTTP/WebSocket front door as a worker serves it (DESIGN.md 12): the worker's JSON-RPC handling
+of one HTTP body or WebSocket message, its probes, and its drain.
+
+The master made the listening sockets and keeps them; this worker inherited them (master/front.py)
+and serves them in its own event loop beside its link, so the master is not on this path:
+
+- a method of this worker runs here: a plain `def` at once (the answer goes out without a task), an
+  `async def` as a coroutine under its timeout (`@rpc(timeout=...)`, else --call-timeout: -32003);
+- any other method is forwarded over the link (a FORWARD frame) and the master routes it exactly as
+  a call from a --bind client: master methods, worker methods of another generation, and -32601 for
+  the rest, admin methods included (one set of exposure rules for both doors);
+- at the end of a graceful stop, calls still running get -32002 (idempotent ones are sent to the
+  master, which runs them on another worker) before the connections close.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import socket
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+from .. import protocol
+from ..endpoint import Dispatcher, Method, encode_response, error_for_exception
+from ..httpdoor import HttpDoor, Probes, adopt
+from ..httpdoor.tokens import read_token
+from ..protocol import NO_ID
+from ..wire import WorkerSpec
+from .heartbeat import MasterSeen
+
+if TYPE_CHECKING:
+    from .process import WorkerLink
+
+_PARSE_ERROR = protocol.encode_error(None, protocol.PARSE_ERROR)
+_INVALID_REQUEST = protocol.encode_error(None, protocol.INVALID_REQUEST)
+# Of the graceful timeout, the share calls get to finish before the rest are answered -32002; the
+# remainder lets those answers (and retries of idempotent calls) out before the master's deadline.
+CALLS_SHARE = 0.8
+FLUSH_LIMIT_S = 2.0
+
+
+class DoorCalls:
+    """``dispatch(payload)`` for HttpDoor: the answer bytes, None (notifications), or an awaitable."""
+
+    def __init__(self, link: "WorkerLink", dispatcher: Dispatcher, debug: bool, call_timeout: float | None) -> None:
+        self.link = link
+        self.dispatcher = dispatcher
+        self.methods: dict[str, Method] = dispatcher.methods
+        self.bound: dict[str, Callable] = dispatcher._bound
+        self.debug = debug
+        self.call_timeout = call_timeout
+        self.running: set[asyncio.Task] = set()   # tasks of async calls, to answer at the stop deadline
+        self.dying = False
+
+    def __call__(self, payload: bytes) -> Any:
+        try:
+            obj = protocol.loads(payload)
+        except ValueError:
+            return _PARSE_ERROR
+        if type(obj) is dict:
+            return self._one(obj, payload)
+        if type(obj) is list and obj:
+            return self._batch(obj)
+        return _INVALID_REQUEST
+
+    # ------------------------------------------------------------------ one request
+    def _one(self, obj: dict, payload: bytes | None) -> Any:
+        req = protocol.parse_request(obj)
+        if type(req) is dict:
+            return protocol.dumps(req)
+        method = self.methods.get(req.method)
+        if method is None:
+            return self.link.forward(payload if payload is not None else protocol.dumps(obj), req.id)
+        notification = req.id is NO_ID
+        why = method.arity.check(req.params)
+        if why is not None:
+            return None if notification else protocol.encode_error(req.id, protocol.INVALID_PARAMS, data=why)
+        func = self.bound[req.method]
+        if method.is_async or method.offload:
+            return self._run(func, req, method, payload if payload is not None else obj)
+        response = self.dispatcher.run_sync(func, req.params, req.id)
+        return None if notification else encode_response(response, self.debug)
+
+    async def _run(self, func: Callable, req: protocol.Request, method: Method, original: bytes | dict) -> bytes | None:
+        task = asyncio.current_task()
+        assert task is not None
+        self.running.add(task)
+        try:
+            response = await self._run_timed(func, req, method)
+        except asyncio.CancelledError:
+            if not self.dying:
+                raise
+            task.uncancel()
+            response = await self._after_death(req, method, original)
+        finally:
+            self.running.discard(task)
+        if req.id is NO_ID:
+            return None
+        return response if type(response) is bytes else encode_response(response, self.debug)
+
+    async def _run_timed(self, func: Callable, req: protocol.Request, method: Method) -> dict:
+        timeout = method.timeout or self.call_timeout
+        params = req.params
+        try:
+            if method.offload:
+                return await self.dispatcher.run_offloaded(func, params, req.id)
+            call = func(*params) if isinstance(params, list) else func(**params)
+            if timeout is None:
+                result = await call
+            else:
+                deadline = asyncio.timeout(timeout)
+                try:
+                    async with deadline:
+                        result = await call
+                except TimeoutError:
+                    if not deadline.expired():
+                        raise  # the method's own TimeoutError: an application error
+                    return protocol.error_response(req.id, protocol.CALL_TIMEOUT)
+        except Exception as exc:  # user code: any failure becomes an error response
+            return {"jsonrpc": "2.0", "error": error_for_exception(exc, self.debug), "id": req.id}
+        return {"jsonrpc": "2.0", "result": result, "id": req.id}
+
+    async def _after_death(self, req: protocol.Request, method: Method, original: bytes | dict) -> bytes | dict:
+        """The worker stops with this call unfinished: an idempotent call runs again on another worker
+        (through the master); any other gets -32002."""
+        if method.idempotent and req.id is not NO_ID:
+            payload = original if isinstance(original, bytes) else protocol.dumps(original)
+            return await self.link.forward(payload, req.id)
+        return protocol.error_response(req.id, protocol.WORKER_DIED)
+
+    # ------------------------------------------------------------------ batches
+    def _batch(self, items: list) -> Any:
+        answers = [self._one(item, None) if type(item) is dict else _INVALID_REQUEST for item in items]
+        if all(a is None or type(a) is bytes for a in answers):
+            return _join(answers)
+        return self._gather(answers)
+
+    async def _gather(self, answers: list[Any]) -> bytes | None:
+        done = [a if a is None or type(a) is bytes else await a for a in answers]
+        return _join(done)
+
+    # ------------------------------------------------------------------ the stop deadline
+    def answer_unfinished(self) -> None:
+        """Cancel every call still running: each answers -32002, or is retried elsewhere if idempotent."""
+        self.dying = True
+        for task in list(self.running):
+            task.cancel()
+
+
+def _join(answers: list[bytes | None]) -> bytes | None:
+    """A batch's answer: the non-empty answers as one array, nothing at all if every one was a notification."""
+    parts = [a for a in answers if a is not None]
+    return b"[" + b",".join(parts) + b"]" if parts else None
+
+
+class WorkerDoor:
+    """The door of one worker: serving the inherited sockets, the probes, and the drain on stop."""
+
+    def __init__(self, spec: WorkerSpec, link: "WorkerLink", dispatcher: Dispatcher, seen: MasterSeen,
+                 embedded: bool) -> None:
+        self.spec = spec
+        self.link = link
+        self.calls = DoorCalls(link, dispatcher, spec.debug, spec.call_timeout)
+        # /livez: the master answered a heartbeat lately (its loop runs); half the timeout after
+        # which a worker gives its master up
+        live_for = max(spec.heartbeat_timeout / 2, 2 * spec.heartbeat_interval)
+        probes = Probes(livez=lambda: seen.within(live_for), readyz=lambda: link.instance_ready,
+                        status=self._status if spec.http_status else None)
+        token = read_token(spec.http_token_file) if spec.http_token_file else None
+        self.door = HttpDoor(self.calls, probes=probes, max_message_size=spec.max_message_size, token=token,
+                             cors_origin=spec.http_cors)
+        self.embedded = embedded
+
+    async def _status(self) -> bytes:
+        return protocol.dumps(await self.link.request("clusterd.status", []))
+
+    async def serve(self) -> None:
+        for fd in self.spec.http_fds:
+            # a thread worker shares the master's descriptors: it serves a copy the door may close
+            sock = adopt(os.dup(fd) if self.embedded else fd)
+            if sock.type != socket.SOCK_STREAM:
+                continue
+            await self.door.serve(sock)
+
+    async def drain(self) -> None:
+        """Stop accepting; let calls finish within most of the graceful timeout; answer the rest
+        (-32002, or a retry elsewhere for idempotent calls); close every connection."""
+        budget = self.spec.graceful_timeout
+        if await self.door.drain(budget * CALLS_SHARE, cut_off=False):
+            return
+        self.calls.answer_unfinished()
+        self.link.fail_forwards(protocol.WORKER_DIED)
+        await self.door.drain(min(FLUSH_LIMIT_S, budget * (1 - CALLS_SHARE) / 2))
+
+
+__all__ = ["DoorCalls", "WorkerDoor"]
