@@ -368,6 +368,32 @@ def status(name: str | None, as_json: bool, watch: bool) -> None:
 
 @cli.command()
 @click.option("--name", envvar="CLUSTERD_NAME")
+@click.option("--timeout", type=float, default=5.0, show_default=True, help="Seconds to wait for the master.")
+def health(name: str | None, timeout: float) -> None:
+    """For exec probes: exit 0 ready, 1 degraded, 3 not running, with one line saying why."""
+    from .status import DEGRADED, NOT_RUNNING, health_verdict
+    try:
+        instance = find_instance(name)
+    except NoInstance as exc:
+        several = "several instances" in str(exc)
+        click.echo(f"clusterd: {exc}", err=several)
+        sys.exit(EXIT_USAGE if several else NOT_RUNNING)
+    try:
+        with ControlClient(instance.control_address, timeout) as conn:
+            doc = conn.call("clusterd.status")
+    except TimeoutError:
+        click.echo(f"{instance.name}: the master (pid {instance.pid}) did not answer within {timeout:g}s")
+        sys.exit(DEGRADED)
+    except RemoteError as exc:
+        click.echo(f"{instance.name}: status failed: {exc.message}")
+        sys.exit(DEGRADED)
+    code, line = health_verdict(doc)
+    click.echo(line)
+    sys.exit(code)
+
+
+@cli.command()
+@click.option("--name", envvar="CLUSTERD_NAME")
 @click.option("--no-wait", is_flag=True, help="Return as soon as the reload is started.")
 def reload(name: str | None, no_wait: bool) -> None:
     """Rolling reload: replace every worker with one running the code on disk now."""

@@ -102,3 +102,30 @@ def render_list(docs: list[dict]) -> str:
                      str(m.get("version") or "-"), human_duration(m.get("uptime_s"))])
         states.append(d["state"])
     return _table(headers, rows, states, sys.stdout.isatty() and not os.environ.get("NO_COLOR"), 2)
+
+
+HEALTHY, DEGRADED, NOT_RUNNING = 0, 1, 3
+
+
+def health_verdict(doc: dict) -> tuple[int, str]:
+    """`clusterd health`: (exit status, one line why) from the status document.
+
+    0 every slot has a ready worker and the instance takes calls; 1 degraded: fewer ready workers
+    than slots, starting, reloading, stopping, or not ready (--drain-delay); 3 is for an instance
+    that is not running at all (the CLI decides that one).
+    """
+    name = doc.get("name", "?")
+    workers = doc.get("workers") or []
+    slots = {w["slot"] for w in workers}
+    ready = {w["slot"] for w in workers if w.get("state") == "ready"}
+    counts = f"{len(ready)}/{len(slots)} workers ready"
+    state = doc.get("state")
+    if state == "stopping" or state == "stopped":
+        return DEGRADED, f"{name}: stopping ({counts})"
+    if doc.get("ready") is False and ready:
+        return DEGRADED, f"{name}: not taking new connections: a stop is due (--drain-delay) ({counts})"
+    if state != "running":
+        return DEGRADED, f"{name}: {state} ({counts})"
+    if len(ready) < len(slots) or not slots:
+        return DEGRADED, f"{name}: degraded: {counts}"
+    return HEALTHY, f"{name}: ready: {counts}"
