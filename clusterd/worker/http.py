@@ -34,10 +34,12 @@ if TYPE_CHECKING:
 
 _PARSE_ERROR = protocol.encode_error(None, protocol.PARSE_ERROR)
 _INVALID_REQUEST = protocol.encode_error(None, protocol.INVALID_REQUEST)
-# Of the graceful timeout, the share calls get to finish before the rest are answered -32002; the
-# remainder lets those answers (and retries of idempotent calls) out before the master's deadline.
-CALLS_SHARE = 0.8
-FLUSH_LIMIT_S = 2.0
+# The graceful timeout is cut in three: calls finish; then the rest are answered -32002 or retried
+# on another worker (idempotent) within RETRY_SHARE of it (at most RETRY_LIMIT_S); MARGIN_SHARE is
+# left for stop_services and the exit before the master's deadline.
+RETRY_SHARE = 0.4
+RETRY_LIMIT_S = 5.0
+MARGIN_SHARE = 0.1
 
 
 class DoorCalls:
@@ -186,12 +188,13 @@ class WorkerDoor:
     async def drain(self) -> None:
         """Stop accepting; let calls finish within most of the graceful timeout; answer the rest
         (-32002, or a retry elsewhere for idempotent calls); close every connection."""
-        budget = self.spec.graceful_timeout
-        if await self.door.drain(budget * CALLS_SHARE, cut_off=False):
+        graceful = self.spec.graceful_timeout
+        retries = min(RETRY_LIMIT_S, graceful * RETRY_SHARE)
+        if await self.door.drain(graceful * (1 - MARGIN_SHARE) - retries, cut_off=False):
             return
-        self.calls.answer_unfinished()
         self.link.fail_forwards(protocol.WORKER_DIED)
-        await self.door.drain(min(FLUSH_LIMIT_S, budget * (1 - CALLS_SHARE) / 2))
+        self.calls.answer_unfinished()
+        await self.door.drain(retries)
 
 
 __all__ = ["DoorCalls", "WorkerDoor"]
