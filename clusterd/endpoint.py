@@ -121,10 +121,16 @@ def error_for_exception(exc: BaseException, debug: bool) -> dict:
     """The JSON-RPC error object an exception raised by user code becomes."""
     if isinstance(exc, RPCError):
         return exc.to_dict()
-    data: dict = {"type": type(exc).__name__, "message": str(exc)}
+    try:
+        text = str(exc)
+    except Exception:  # an exception whose __str__ fails still becomes an answer
+        text = f"<{type(exc).__name__} that cannot be shown>"
+    data: dict = {"type": type(exc).__name__, "message": text}
     if debug:
-        data["traceback"] = "".join(traceback.format_exception(exc))
-    text = str(exc)
+        try:
+            data["traceback"] = "".join(traceback.format_exception(exc))
+        except Exception:
+            pass
     return {"code": protocol.APPLICATION_ERROR,
             "message": f"{type(exc).__name__}: {text}" if text else type(exc).__name__, "data": data}
 
@@ -185,6 +191,7 @@ def encode_response(response: dict, debug: bool = False) -> bytes:
     """Encode a response; a result JSON cannot carry becomes an error instead of a lost answer."""
     try:
         return protocol.dumps(response)
-    except TypeError as exc:
+    except (TypeError, ValueError) as exc:
+        what = "Result" if "result" in response else "Error data"
         return protocol.encode_error(response.get("id"), protocol.INTERNAL_ERROR,
-                                     "Result is not JSON serialisable", data=str(exc))
+                                     f"{what} is not JSON serialisable", data=str(exc))

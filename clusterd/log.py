@@ -52,3 +52,23 @@ def event(kind: str, message: str, level: int = logging.INFO, **fields) -> None:
     """Log one lifecycle event; the fields go into JSON lines as keys."""
     if logger.isEnabledFor(level):
         logger.log(level, message, extra={"event": kind, **fields})
+
+
+class RateLimited:
+    """Reports a recurring fault at most once per period, with how many were held back: a flood of
+    bad input must not become a flood of log lines (nor stop whoever reports it)."""
+
+    def __init__(self, period: float = 10.0) -> None:
+        self.period = period
+        self._next = 0.0
+        self._held = 0
+
+    def exception(self, message: str) -> None:
+        """Log message with the exception being handled, unless one was logged within the period."""
+        now = time.monotonic()
+        if now < self._next:
+            self._held += 1
+            return
+        held, self._held = self._held, 0
+        self._next = now + self.period
+        logger.error(message + (f" ({held} more since the last report)" if held else ""), exc_info=True)

@@ -6,12 +6,13 @@ clients all share this module, so the wire format is decided in one place.
 
 from __future__ import annotations
 
-import json
 import re
 from dataclasses import dataclass
 from typing import Any
 
 import orjson
+
+from . import exactjson
 
 PARSE_ERROR = -32700
 INVALID_REQUEST = -32600
@@ -56,35 +57,33 @@ fast_loads = orjson.loads
 
 
 def loads(data: bytes | bytearray | memoryview | str) -> Any:
-    """Decode one JSON document; ValueError when it is not valid JSON (NaN and Infinity are not)."""
-    obj = orjson.loads(data)
-    if isinstance(data, str):
-        if _LONG_DIGITS_STR.search(data) is None:
-            return obj
-    else:
-        data = bytes(data) if isinstance(data, memoryview) else data
-        if _LONG_DIGITS.search(data) is None:
-            return obj
-    return json.loads(data, parse_constant=_refuse_constant)
+    """Decode one JSON document; ValueError when it is not valid JSON (NaN and Infinity are not).
+
+    Integers are exact up to sys.get_int_max_str_digits() digits, at any depth orjson reads."""
+    if isinstance(data, memoryview):
+        data = bytes(data)
+    try:
+        obj = orjson.loads(data)
+    except orjson.JSONDecodeError:
+        if _long_digits(data):  # a number past a double's range: only the exact parse reads it
+            return exactjson.loads(data)
+        raise
+    if _long_digits(data):
+        return exactjson.loads(data)
+    return obj
 
 
-def _refuse_constant(name: str) -> Any:
-    raise ValueError(f"{name} is not valid JSON")
+def _long_digits(data: bytes | bytearray | str) -> bool:
+    return (_LONG_DIGITS_STR if isinstance(data, str) else _LONG_DIGITS).search(data) is not None
 
 
 def dumps(obj: Any) -> bytes:
-    """Encode to JSON bytes; integers past 64 bits fall back to the standard library."""
+    """Encode to JSON bytes; TypeError for what JSON cannot carry (a cycle, an unknown type, an
+    integer past sys.get_int_max_str_digits()). Integers past 64 bits take the exact encoder."""
     try:
         return orjson.dumps(obj, option=_OPTIONS)
     except TypeError:
-        try:
-            return json.dumps(obj, separators=(",", ":"), default=_refuse).encode()
-        except RecursionError:  # nested deeper than the standard library goes: not encodable
-            raise TypeError("value nested too deeply to encode as JSON") from None
-
-
-def _refuse(value: Any) -> Any:
-    raise TypeError(f"{type(value).__name__} is not JSON serialisable")
+        return exactjson.dumps(obj)
 
 
 class RPCError(Exception):
@@ -155,6 +154,12 @@ def error_response(rid: Any, code: int, message: str | None = None, data: Any = 
     if data is not None:
         error["data"] = data
     return {"jsonrpc": "2.0", "error": error, "id": None if rid is NO_ID else rid}
+
+
+def parse_error(exc: ValueError, rid: Any = None) -> dict:
+    """The answer to bytes that are not a JSON document this side can read; says why when it is a
+    limit (an integer too long) rather than plain bad JSON."""
+    return error_response(rid, PARSE_ERROR, data=str(exc) if isinstance(exc, exactjson.TooManyDigits) else None)
 
 
 def result_response(rid: Any, result: Any) -> dict:

@@ -100,6 +100,7 @@ class WorkerSpec:
     debug: bool = False
     endpoint: str = ""             # the master's workers socket address
     parent_pid: int | None = None  # the process the worker must die with (master, zygote or agent)
+    master_pid: int | None = None  # the master, on the worker's host: while it is paused, its silence is no death
     die_with_parent: bool = True
     curve: dict | None = None      # CURVE client settings for a worker connecting from another host
     host: str | None = None        # set by an agent: the host the worker runs on
@@ -125,9 +126,9 @@ class WorkerSpec:
 
     # -- through an agent's spawn message
     def for_agent(self) -> dict[str, Any]:
-        """The spec an agent receives: the endpoint and parent are the agent's own."""
+        """The spec an agent receives: the endpoint and parent are the agent's own, the master is elsewhere."""
         return {k: v for k, v in dataclasses.asdict(self).items()
-                if k not in ("endpoint", "parent_pid", "http_fds")}
+                if k not in ("endpoint", "parent_pid", "master_pid", "http_fds")}
 
     @classmethod
     def from_dict(cls, data: dict[str, Any], **overrides: Any) -> "WorkerSpec":

@@ -14,6 +14,8 @@ from collections.abc import Callable
 import zmq
 from zmq.backend import Socket as _Backend
 
+from .log import RateLimited
+
 BATCH = 512
 
 # pyzmq's send_multipart/recv_multipart combine flags as enum.IntFlag objects, which costs more than
@@ -54,9 +56,12 @@ def recv_frames(sock: zmq.Socket) -> list[bytes]:
 
 
 class SocketReader:
-    """Calls handler(frames) for each message arriving on sock."""
+    """Calls handler(frames) for each message arriving on sock.
 
-    __slots__ = ("loop", "sock", "handler", "_fd", "_scheduled", "closed", "_recv")
+    Nothing a handler raises stops the reader: the handler answers what it can, the reader logs the
+    rest (rate-limited) and reads on."""
+
+    __slots__ = ("loop", "sock", "handler", "_fd", "_scheduled", "closed", "_recv", "_faults", "_draining")
 
     def __init__(self, loop: asyncio.AbstractEventLoop, sock: zmq.Socket,
                  handler: Callable[[list[bytes]], None]) -> None:
@@ -64,16 +69,25 @@ class SocketReader:
         self.sock = sock
         self.handler = handler
         self._fd = sock.getsockopt(zmq.FD)
-        self._recv = recv_routed if sock.socket_type == zmq.ROUTER else recv_frames
+        self._recv = recv_routed if sock.type == zmq.ROUTER else recv_frames
         self._scheduled = False
         self.closed = False
+        self._faults = RateLimited()
+        self._draining = False
         loop.add_reader(self._fd, self._drain)
         self.wake()
 
     def _drain(self) -> None:
         self._scheduled = False
-        if self.closed:
+        if self.closed or self._draining:
             return
+        self._draining = True
+        try:
+            self._drain_batch()
+        finally:
+            self._draining = False
+
+    def _drain_batch(self) -> None:
         sock = self.sock
         handler = self.handler
         recv = self._recv
@@ -86,12 +100,26 @@ class SocketReader:
                 if self.closed:
                     return
                 raise
-            handler(frames)
+            try:
+                handler(frames)
+            except Exception:
+                self._faults.exception("a message handler failed; the socket is still read")
             if self.closed:
                 return
         if not self._scheduled:  # more may be queued: continue on the next loop turn, after other events
             self._scheduled = True
             self.loop.call_soon(self._drain)
+
+    def flush(self) -> None:
+        """Handle every message already queued, now: before judging what has not arrived."""
+        if self.closed or self._draining:
+            return
+        self._draining = True
+        try:
+            while not self.closed and _get(self.sock, _EVENTS) & _POLLIN:
+                self._drain_batch()
+        finally:
+            self._draining = False
 
     def wake(self) -> None:
         if not self._scheduled and not self.closed:

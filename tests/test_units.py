@@ -166,6 +166,10 @@ class FakeSpawner:
 
 class FakeHost:
     worker_endpoint = "ipc:///nowhere"
+    token = "t0ken"
+
+    def keep_runtime_dir(self) -> None:
+        pass
 
     def __init__(self) -> None:
         self.events: list[tuple[str, object]] = []
@@ -187,6 +191,9 @@ class FakeHost:
 
     def send_stop(self, worker: Worker) -> None:
         self.events.append(("stop", worker.slot))
+
+    def flush_worker_messages(self) -> None:
+        pass
 
 
 def _supervisor(**options) -> tuple[Supervisor, FakeHost, FakeSpawner]:

@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from typing import Protocol
+from typing import Any, Protocol
 
 from .. import log
 from ..config import Config
@@ -42,6 +42,7 @@ class Supervised(Protocol):
     config: Config
     loop: asyncio.AbstractEventLoop
     by_ident: dict[bytes, Worker]
+    host: Any          # the SupervisorHost: flush_worker_messages()
 
     def kill(self, worker: Worker, reason: ExitReason) -> None: ...
 
@@ -55,6 +56,7 @@ class HealthCheck:
     def __init__(self, sup: Supervised) -> None:
         self.sup = sup
         self._handle: asyncio.TimerHandle | None = None
+        self._due = 0.0
 
     def start(self) -> None:
         self._schedule()
@@ -65,14 +67,30 @@ class HealthCheck:
             self._handle = None
 
     def _schedule(self) -> None:
+        self._due = time.monotonic() + self.sup.config.heartbeat_interval
         self._handle = self.sup.loop.call_later(self.sup.config.heartbeat_interval, self._tick)
 
     def _tick(self) -> None:
         try:
+            self._credit_own_lateness(time.monotonic())
+            self.sup.host.flush_worker_messages()  # judge on what the workers sent, not on what is still queued
             self.check(time.monotonic())
-        except Exception:  # a bug here must not end the health checks
-            log.logger.exception("the health check failed")
+        except Exception:  # the health check must outlive any fault: log it, go on
+            log.logger.exception("the periodic health check failed")
         self._schedule()
+
+    def _credit_own_lateness(self, now: float) -> None:
+        """Count missed beats in the master's own loop time: when this loop ran late (the master was
+        stopped, or starved of CPU), that gap is not the workers' silence nor their stop deadlines'."""
+        late = now - self._due - self.sup.config.heartbeat_interval
+        if late <= 0:
+            return
+        log.event("master-late", f"the master's loop ran {late:.1f}s late: that time is not held against "
+                  "workers", level=logging.WARNING)
+        for worker in self.sup.by_ident.values():
+            worker.last_beat = min(worker.last_beat + late, now)
+            if worker.stop_deadline is not None:
+                worker.stop_deadline += late
 
     def check(self, now: float) -> None:
         """Kill workers past their stop deadline or hung; recycle those over --max-memory."""

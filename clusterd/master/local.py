@@ -29,12 +29,17 @@ class LocalMethods:
         self.methods = dispatcher.methods
         self.admin = admin
         self.internal = internal
+        self._faults = log.RateLimited()
 
     def __contains__(self, name: object) -> bool:
         return isinstance(name, str) and (name in self.methods or name.startswith("clusterd."))
 
     async def answer(self, req: protocol.Request, sock: zmq.Socket, envelope: list[bytes], source: str) -> None:
-        response = await self.run(req, source)
+        try:
+            response = await self.run(req, source)
+        except Exception:  # a fault of ours (user code is answered -32000 by the dispatcher)
+            self._faults.exception(f"answering {req.method!r} failed")
+            response = None if req.id is NO_ID else protocol.encode_error(req.id, protocol.INTERNAL_ERROR)
         if response is not None:
             self.router.send(sock, envelope, response)
 
@@ -54,12 +59,19 @@ class LocalMethods:
         else:
             handler = self._handler(method, source)
             if handler is None:
-                response = protocol.error_response(req.id, protocol.METHOD_NOT_FOUND)
+                response = master_lacks(req) if source == "worker" else protocol.error_response(
+                    req.id, protocol.METHOD_NOT_FOUND)
             else:
                 response = await _call(handler, req)
         if req.id is NO_ID:
             return None
         return encode_response(response, self.router.config.debug)
+
+
+def master_lacks(req: protocol.Request) -> dict:
+    """The answer to a worker asking the master for a method it does not have."""
+    return protocol.error_response(req.id, protocol.METHOD_NOT_FOUND,
+                                   f"Method not found: the master has no method {req.method!r}")
 
 
 async def _call(handler: Handler, req: protocol.Request) -> dict:
@@ -76,4 +88,4 @@ async def _call(handler: Handler, req: protocol.Request) -> dict:
         return protocol.error_response(req.id, protocol.INTERNAL_ERROR, data=str(exc))
 
 
-__all__ = ["LocalMethods"]
+__all__ = ["LocalMethods", "master_lacks"]

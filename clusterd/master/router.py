@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import secrets
 import time
 from typing import Any
 
@@ -20,27 +21,29 @@ from .. import log, protocol, systemd, wire
 from ..config import Config
 from ..endpoint import Dispatcher, method_table
 from ..protocol import NO_ID, RPCError
-from ..wire import ERROR, RESULT, WorkerSpec
-from ..worker.spawn import OnExit, OnLine, Spawner, WorkerHandle, make_spawner
+from ..runtime_dir import RuntimeDir
+from ..wire import ERROR, RESULT
+from ..worker.spawn import OnExit, OnLine, Spawner, make_spawner
 from ..zmqloop import NOBLOCK, SocketReader, send_frames
 from .admin import Admin
 from .batch import Batches
-from .endpoint import WorkersProxy, internal_methods, worker_info
+from .dir_keeper import DirKeeper
+from .endpoint import WorkersProxy, internal_methods
 from .front import FrontDoor, state_frames
-from .local import LocalMethods
+from .local import LocalMethods, master_lacks
 from .pool import Call, Worker
 from .reload import ReloadManager
 from .waiting import CallQueue, Deadlines
-from .runtime_dir import RuntimeDir
 from .sockets import Sockets
 from .states import ClusterState, ExitReason, WorkerState
 from .supervisor import Supervisor
+from .worker_events import WorkerEvents
 
 _BODY = 1 + wire.TOKEN_SIZE  # where an answer frame's response starts, after its kind and token
 
 
 class Router:
-    """Implements the supervisor's host (SupervisorHost) and the workers proxy's caller (WorkerCaller)."""
+    """Implements the workers proxy's caller (WorkerCaller); WorkerEvents is its SupervisorHost."""
 
     def __init__(self, config: Config, master_cls: type, worker_cls: type,
                  notifier: systemd.Notifier | None = None, version: str | None = None) -> None:
@@ -55,6 +58,9 @@ class Router:
         self.sockets = Sockets(self.loop, self.ctx, config)
         self.dir = RuntimeDir(config.instance_dir)
         self.worker_endpoint = f"ipc://{config.instance_dir / 'workers.sock'}"
+        # in every worker identity: a worker of another master (a shared or recreated runtime dir) is refused
+        self.token = secrets.token_hex(4)
+        self.keeper = DirKeeper(self)
         self.shared: Any = None
         self.agents: Any = None        # the AgentRegistry, with --worker-bind
         self.rsock: zmq.Socket | None = None
@@ -67,7 +73,7 @@ class Router:
         self.endpoint.workers = WorkersProxy(self)
         self.dispatcher = Dispatcher(self.endpoint, config.debug)
         self.worker_methods: dict[str, dict] = {name: m.describe() for name, m in method_table(worker_cls).items()}
-        self.supervisor = Supervisor(config, self, self._make_spawner)
+        self.supervisor = Supervisor(config, WorkerEvents(self), self._make_spawner)
         self.reloads = ReloadManager(self)
         self.admin = Admin(self)
         self.local = LocalMethods(self, self.dispatcher, self.admin.handlers,
@@ -77,6 +83,7 @@ class Router:
         self.deadlines = Deadlines(self)
         self._token = 0
         self.stopped = asyncio.Event()
+        self.hurried = asyncio.Event()  # stop at once: what a graceful stop still waits for is cut short
         self._tasks: set[asyncio.Task] = set()
         self.readers: dict[zmq.Socket, SocketReader] = {}
         # calls in flight per client, by client socket then ROUTER identity (--max-client-inflight)
@@ -84,6 +91,7 @@ class Router:
         self.inflight_limit = config.max_client_inflight or 1 << 62
         self.process = psutil.Process()
         self.process.cpu_percent(None)
+        self._faults = log.RateLimited()
 
     # ------------------------------------------------------------------ the instance
     def claim(self) -> None:
@@ -149,18 +157,22 @@ class Router:
                                  f"{self.supervisor.generation}")
 
     def request_stop(self, graceful: bool = True) -> None:
+        """Stop; a fast stop asked for during a graceful one cuts it short (a second Ctrl-C, SIGQUIT)."""
         if not self.stopped.is_set():
             self.graceful = graceful
             self.stopped.set()
+        elif not graceful:
+            self.hurried.set()
 
     def _make_spawner(self, on_line: OnLine, on_exit: OnExit) -> Spawner:
-        return make_spawner(self.loop, self.config, self.ctx, self.child_environ(), on_line, on_exit,
+        return make_spawner(self.loop, self.config, self.ctx, systemd.child_environ(os.environ), on_line, on_exit,
                             pass_fds=lambda: self.front.fds)
 
     # ------------------------------------------------------------------ sockets
     def open_sockets(self) -> None:
         socks = self.sockets
-        socks.open(self.worker_endpoint, self.on_client_message, self._on_worker_message)
+        socks.open(self.keeper.bind_ipc, self.on_client_message, self._on_worker_message)
+        self.keeper.start()
         self.readers = socks.readers
         self.control, self.public, self.wsock, self.rsock = socks.control, socks.public, socks.workers, socks.remote
         self.client_calls = {sock: {} for sock in socks.client_sockets()}
@@ -169,32 +181,38 @@ class Router:
             self.agents = AgentRegistry(self)
 
     def close_sockets(self) -> None:
+        self.keeper.close()
         if self.agents is not None:
             self.agents.close()
         self.sockets.close(term=not self.supervisor.spawner.alive())
-
-    def child_environ(self) -> dict:
-        return systemd.child_environ(os.environ)
 
     # ------------------------------------------------------------------ client requests
     def on_client_message(self, frames: list[bytes], sock: zmq.Socket, source: str) -> None:
         payload = frames[-1]
         envelope = frames[:-1]
         try:
-            obj = protocol.fast_loads(payload)
-            if type(obj) is not dict or type(obj.get("id")) is float or obj.get("method") in self.local:
-                obj = protocol.loads(payload)  # a batch, a big-integer id, or params the master itself reads
-        except ValueError:
-            return self.send(sock, envelope, protocol.encode_error(None, protocol.PARSE_ERROR))
-        if type(obj) is dict:
-            req = protocol.parse_request(obj)
-            if type(req) is dict:
-                return self.send(sock, envelope, protocol.dumps(req))
-            self.route(req, payload, sock, envelope, source)
-        elif type(obj) is list:
-            self.batches.answer(obj, sock, envelope, source)
-        else:
-            self.send(sock, envelope, protocol.encode_error(None, protocol.INVALID_REQUEST))
+            try:
+                obj = protocol.fast_loads(payload)
+            except ValueError:
+                obj = protocol.loads(payload)  # numbers past a double's range: only the exact parse reads them
+            else:
+                if type(obj) is not dict or type(obj.get("id")) is float or obj.get("method") in self.local:
+                    obj = protocol.loads(payload)  # a batch, a big-integer id, or params the master itself reads
+        except ValueError as exc:
+            return self.send(sock, envelope, protocol.dumps(protocol.parse_error(exc)))
+        try:
+            if type(obj) is dict:
+                req = protocol.parse_request(obj)
+                if type(req) is dict:
+                    return self.send(sock, envelope, protocol.dumps(req))
+                self.route(req, payload, sock, envelope, source)
+            elif type(obj) is list:
+                self.batches.answer(obj, sock, envelope, source)
+            else:
+                self.send(sock, envelope, protocol.encode_error(None, protocol.INVALID_REQUEST))
+        except Exception:  # a fault of ours: the client still gets an answer, the socket is still read
+            self._faults.exception("handling a client's message failed")
+            self.send(sock, envelope, protocol.encode_error(None, protocol.INTERNAL_ERROR))
 
     def route(self, req: protocol.Request, payload: bytes, sock: zmq.Socket, envelope: list[bytes],
               source: str) -> None:
@@ -202,6 +220,10 @@ class Router:
         method = req.method
         if method in self.local:
             self.spawn_task(self.local.answer(req, sock, envelope, source))
+            return
+        if source == "worker":  # a worker's self.master.call is never forwarded back to a worker (DESIGN.md 2)
+            if req.id is not NO_ID:
+                self.send(sock, envelope, protocol.dumps(master_lacks(req)))
             return
         meta = self.worker_methods.get(method)
         if meta is None:
@@ -273,6 +295,13 @@ class Router:
             self.dispatch(call, exclude=worker)
         self.readers[worker.sock].wake()
 
+    def flush_worker_messages(self) -> None:
+        """Handle every message workers already sent: before judging them by what has not arrived."""
+        for sock in (getattr(self, "wsock", None), self.rsock):
+            reader = self.readers.get(sock) if sock is not None else None
+            if reader is not None:
+                reader.flush()
+
     def to_worker(self, frames: list[bytes], sock: zmq.Socket | None = None) -> None:
         sock = sock or self.wsock
         try:
@@ -309,22 +338,25 @@ class Router:
             self._on_answer(ident, head, kind)
         elif len(frames) != 3:
             return  # not a message of ours
-        elif kind == wire.REQUEST:
-            self._on_worker_request(ident, frames[2], sock)
-        elif kind == wire.FORWARD:
-            # an HTTP/WebSocket caller's request a worker does not serve itself: routed exactly as one
-            # from a --bind client; the answer goes back to that worker with the same token
-            if ident in self.supervisor.by_ident:
-                self.on_client_message([ident, wire.FORWARDED + head[1:], frames[2]], sock, "http")
         elif kind == wire.BEAT:
             worker_ident = ident[len(wire.HEARTBEAT_PREFIX):]
             if worker_ident in self.supervisor.by_ident:  # a worker of a master that died gets no answer: it exits
                 self.to_worker([ident, wire.BEAT], sock)
             self.supervisor.on_beat(worker_ident, _loads_dict(frames[2]))
+        elif ident not in self.supervisor.by_ident and kind != wire.AGENT:
+            if kind == wire.HELLO:
+                log.event("foreign-worker", f"a worker this master did not start ({ident!r}) joined its workers "
+                          "socket: ignored (does another instance share this runtime directory?)",
+                          level=logging.WARNING)
+            return  # a worker of another master: it gets nothing from us, and exits for lack of beats
+        elif kind == wire.REQUEST:
+            self._on_worker_request(ident, frames[2], sock)
+        elif kind == wire.FORWARD:
+            # an HTTP/WebSocket caller's request a worker does not serve itself: routed exactly as one
+            # from a --bind client; the answer goes back to that worker with the same token
+            self.on_client_message([ident, wire.FORWARDED + head[1:], frames[2]], sock, "http")
         elif kind == wire.HELLO:
-            worker = self.supervisor.by_ident.get(ident)
-            if worker is not None:
-                worker.sock = sock  # the socket its calls go out on
+            self.supervisor.by_ident[ident].sock = sock  # the socket its calls go out on
             self.supervisor.on_hello(ident, _loads_dict(frames[2]))
         elif kind == wire.FAILURE:
             self.supervisor.on_boot_failure(ident, _loads_dict(frames[2]))
@@ -361,52 +393,17 @@ class Router:
         envelope = [ident, wire.ANSWER]
         try:
             obj = protocol.loads(payload)
-        except ValueError:
-            return self.send(sock, envelope, protocol.encode_error(None, protocol.PARSE_ERROR))
+        except ValueError as exc:
+            return self.send(sock, envelope, protocol.dumps(protocol.parse_error(exc)))
         req = protocol.parse_request(obj)
         if type(req) is dict:
             return self.send(sock, envelope, protocol.dumps(req))
-        self.route(req, payload, sock, envelope, "worker")
-
-    # ------------------------------------------------------------------ SupervisorHost
-    def start_remote(self, agent: str, worker: Worker, spec: WorkerSpec) -> WorkerHandle:
-        worker.sock = self.rsock
-        return self.agents.spawn(agent, worker, spec)
-
-    def send_stop(self, worker: Worker) -> None:
-        self.to_worker([worker.ident, wire.STOP], worker.sock)
-
-    def learn_methods(self, methods: dict) -> None:
-        self.worker_methods = methods
-
-    def http_fds(self) -> list[int]:
-        return self.front.fds
-
-    def on_worker_ready(self, worker: Worker) -> None:
-        self.queue.flush()
-        self.publish_readiness(worker)
-        self.spawn_task(self._hook(self.endpoint.on_worker_ready, worker_info(worker)))
-        self.update_status_line()
-
-    def on_worker_gone(self, worker: Worker, exit_info: dict) -> None:
-        """Answer every call the worker held: -32002, or a retry elsewhere for idempotent ones."""
-        calls = list(worker.calls.values())
-        worker.calls.clear()
-        for call in calls:
-            if call.idempotent and self.state is not ClusterState.STOPPING:
-                call.deadline = 0.0
-                self.dispatch(call, exclude=worker)
-            else:
-                self.reply_error(call, protocol.WORKER_DIED)
-        self.spawn_task(self._hook(self.endpoint.on_worker_exit, worker_info(worker), exit_info))
-        self.update_status_line()
-        self.publish_readiness()
-
-    async def _hook(self, func, *args: Any) -> None:
         try:
-            await func(*args)
+            self.route(req, payload, sock, envelope, "worker")
         except Exception:
-            log.logger.exception("a master hook raised")
+            self._faults.exception("handling a worker's request failed")
+            if req.id is not NO_ID:
+                self.send(sock, envelope, protocol.encode_error(req.id, protocol.INTERNAL_ERROR))
 
     # ------------------------------------------------------------------ WorkerCaller
     def ready_workers(self) -> list[Worker]:

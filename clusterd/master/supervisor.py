@@ -170,6 +170,8 @@ class Supervisor:
     def worker_exited(self, worker: Worker, returncode: int | None) -> None:
         if worker.state is WorkerState.EXITED:
             return
+        if worker.calls:
+            self.host.flush_worker_messages()  # answers it sent before it died are delivered, not -32002
         was_ready = worker.ready_at is not None
         self.set_worker_state(worker, WorkerState.EXITED)
         self.by_ident.pop(worker.ident, None)

@@ -14,6 +14,7 @@ import psutil
 import zmq
 
 from ..config import Config
+from ..runtime_dir import RuntimeDir
 from .pool import Call, Worker
 from .states import ClusterState
 from .supervisor import Supervisor
@@ -32,17 +33,29 @@ class MasterView(Protocol):
     agents: Any                   # the AgentRegistry (remote.py), with --worker-bind
     rsock: zmq.Socket | None      # the socket agents and their workers connect to
     local: Any                    # the LocalMethods (local.py)
+    admin: Any                    # the Admin commands (admin.py)
+    dir: RuntimeDir
+    token: str                    # in every worker's identity
+    worker_endpoint: str
+    control: zmq.Socket
+    wsock: zmq.Socket
+    stopped: asyncio.Event
+    keeper: Any                   # the DirKeeper (dir_keeper.py)
+    endpoint: Any                 # the user's MasterEndpoint
     worker_methods: dict[str, dict]
     client_calls: dict[zmq.Socket, dict[bytes, int]]
     inflight_limit: int
 
     drain_delay_started: bool
+    front: Any                    # the FrontDoor (front.py): --http-bind sockets and what workers were told
 
     def set_state(self, state: ClusterState) -> None: ...
 
     def begin_drain_delay(self) -> None: ...
 
     def instance_ready(self) -> bool: ...
+
+    def publish_readiness(self, worker: Worker | None = None) -> None: ...
 
     def update_status_line(self) -> None: ...
 
@@ -68,6 +81,8 @@ class MasterView(Protocol):
     def release_calls(self, counts: dict[bytes, int], ident: bytes, n: int = 1) -> None: ...
 
     def client_inflight(self) -> int: ...
+
+    def flush_worker_messages(self) -> None: ...
 
 
 __all__ = ["MasterView"]

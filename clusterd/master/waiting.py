@@ -77,6 +77,7 @@ class Deadlines:
     def _sweep(self) -> None:
         self._handle = None
         router = self.router
+        router.flush_worker_messages()  # an answer already sent is delivered, not timed out
         now = router.loop.time()
         pending = False
         for worker in list(router.supervisor.by_ident.values()):

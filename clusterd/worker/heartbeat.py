@@ -15,6 +15,7 @@ import sys
 import threading
 import time
 
+import psutil
 import zmq
 
 from .. import protocol, wire
@@ -65,10 +66,33 @@ class MainThreadWatch:
         return now - self.stalled_since
 
 
+class MasterWatch:
+    """Tells a paused master (SIGSTOP, a debugger) from a gone one, for a worker on the master's host:
+    the time the master spends stopped is not counted as its silence."""
+
+    def __init__(self, pid: int) -> None:
+        try:
+            self._proc: psutil.Process | None = psutil.Process(pid)
+        except psutil.Error:
+            self._proc = None
+
+    def paused(self) -> bool:
+        if self._proc is None:
+            return False
+        try:
+            return self._proc.is_running() and self._proc.status() in _PAUSED
+        except psutil.Error:
+            return False
+
+
+_PAUSED = (psutil.STATUS_STOPPED, psutil.STATUS_TRACING_STOP)
+
+
 class MasterSeen:
     """When the heartbeat thread last heard the master (time.monotonic()): the HTTP door's /livez.
 
-    The master answers beats from its event loop, so a recent answer means that loop is alive."""
+    The master answers beats from its event loop, so a recent answer means that loop is alive (a
+    paused master is not dead for the worker, but it is not live for a probe either)."""
 
     def __init__(self) -> None:
         self.at = time.monotonic()
@@ -79,24 +103,27 @@ class MasterSeen:
 
 def start(context: zmq.Context, endpoint: str, ident: bytes, interval: float, timeout: float,
           configure=None, watch: int | None = None, stop: threading.Event | None = None,
-          seen: MasterSeen | None = None) -> threading.Thread:
+          master_pid: int | None = None, seen: MasterSeen | None = None) -> threading.Thread:
     """Start beating to the master; exit the process when the master has been silent for timeout.
 
     A thread worker (--isolation thread) passes the thread to watch and a `stop` event: it shares its
     process with the master, so it never exits the process, and the beats end when `stop` is set.
+    A worker on the master's host passes master_pid: while that process is stopped, its silence does
+    not count (a paused master is not a dead one, and finished calls must outlive the pause).
     """
     thread = threading.Thread(target=_run, name="clusterd-heartbeat", daemon=True,
                               args=(context, endpoint, ident, interval, timeout, configure, watch, stop,
-                                    seen or MasterSeen()))
+                                    master_pid, seen or MasterSeen()))
     thread.start()
     return thread
 
 
 def _run(context: zmq.Context, endpoint: str, ident: bytes, interval: float, timeout: float,
-         configure, watch_ident: int | None, stop: threading.Event | None, seen: MasterSeen) -> None:
+         configure, watch_ident: int | None = None, stop: threading.Event | None = None,
+         master_pid: int | None = None, seen: MasterSeen | None = None) -> None:
     sock = context.socket(zmq.DEALER)
     try:
-        _beat(sock, endpoint, ident, interval, timeout, configure, watch_ident, stop, seen)
+        _beat(sock, endpoint, ident, interval, timeout, configure, watch_ident, stop, master_pid, seen or MasterSeen())
     except zmq.ContextTerminated:
         pass  # a thread worker's master is closing the shared context: nothing left to beat to
     finally:
@@ -104,13 +131,14 @@ def _run(context: zmq.Context, endpoint: str, ident: bytes, interval: float, tim
 
 
 def _beat(sock: zmq.Socket, endpoint: str, ident: bytes, interval: float, timeout: float, configure,
-          watch_ident: int | None, stop: threading.Event | None, seen: MasterSeen) -> None:
+          watch_ident: int | None, stop: threading.Event | None, master_pid: int | None, seen: MasterSeen) -> None:
     sock.setsockopt(zmq.ROUTING_ID, wire.HEARTBEAT_PREFIX + ident)
     sock.setsockopt(zmq.LINGER, 0)
     if configure is not None:
         configure(sock)
     sock.connect(endpoint)
     watch = MainThreadWatch(watch_ident)
+    master = MasterWatch(master_pid) if master_pid is not None and stop is None else None
     step = interval if stop is None else min(interval, 0.1)
     last_answer = time.monotonic()
     poller = zmq.Poller()
@@ -136,6 +164,8 @@ def _beat(sock: zmq.Socket, endpoint: str, ident: bytes, interval: float, timeou
                         last_answer = seen.at = time.monotonic()
                 except zmq.Again:
                     pass
+        if master is not None and time.monotonic() - last_answer > interval and master.paused():
+            last_answer = time.monotonic()  # stopped, not gone: the pause is not the master's silence
         if stop is None and time.monotonic() - last_answer > timeout:
             # The master is gone (or cut off): a worker must never outlive it.
             os._exit(3)

@@ -18,12 +18,13 @@ from typing import Any
 
 import zmq
 
-from .. import protocol, wire
-from . import heartbeat
+from .. import log, protocol, wire
 from ..endpoint import Dispatcher, encode_response
 from ..protocol import RemoteError, RPCError
 from ..wire import WorkerSpec
 from ..zmqloop import SocketReader, send_frames
+from . import heartbeat
+
 
 class MasterProxy:
     """The worker's handle on its master: `await self.master.call("config")`."""
@@ -101,6 +102,7 @@ class WorkerLink:
         self._next_forward = 0
         self.instance_ready = False  # what the master last said: /readyz (wire.STATE)
         self.stop_requested = asyncio.Event()
+        self._faults = log.RateLimited()
         self.reader = SocketReader(loop, sock, self._on_message)
 
     # -- requests from this worker to the master
@@ -145,7 +147,7 @@ class WorkerLink:
         head = frames[0]
         kind = head[:1]
         if kind == wire.CALL:
-            self._serve(*wire.split_token(head))
+            self._serve_safely(*wire.split_token(head))
         elif kind == wire.FORWARDED:
             entry = self._forwards.pop(head[1:], None)
             if entry is not None and not entry[0].done():
@@ -153,7 +155,7 @@ class WorkerLink:
         elif kind == wire.ANSWER:
             self._on_answer(frames[1])
         elif kind == wire.NOTIFY:
-            self._serve(None, frames[1])
+            self._serve_safely(None, frames[1])
         elif kind == wire.STATE:
             self.instance_ready = frames[1] == b"1"
         elif kind == wire.STOP:
@@ -168,11 +170,21 @@ class WorkerLink:
         if fut is not None and not fut.done():
             fut.set_result(msg)
 
+    def _serve_safely(self, token: bytes | None, payload: bytes) -> None:
+        try:
+            self._serve(token, payload)
+        except Exception:  # a fault of ours, not of user code (that is answered -32000): still answered
+            self._fault(token, None)
+
+    def _fault(self, token: bytes | None, rid: Any) -> None:
+        self._faults.exception("serving a call failed")
+        self._answer(token, protocol.error_response(rid, protocol.INTERNAL_ERROR))
+
     def _serve(self, token: bytes | None, payload: bytes) -> None:
         try:
             obj = protocol.loads(payload)
-        except ValueError:
-            return self._answer(token, protocol.error_response(None, protocol.PARSE_ERROR))
+        except ValueError as exc:
+            return self._answer(token, protocol.parse_error(exc))
         req = protocol.parse_request(obj)
         if isinstance(req, dict):
             return self._answer(token, req)
@@ -191,7 +203,10 @@ class WorkerLink:
 
     async def _serve_async(self, token: bytes | None, func, req: protocol.Request, offload: bool = False) -> None:
         run = self.dispatcher.run_offloaded if offload else self.dispatcher.run_async
-        self._answer(token, await run(func, req.params, req.id))
+        try:
+            self._answer(token, await run(func, req.params, req.id))
+        except Exception:
+            self._fault(token, req.id)
 
     def _answer(self, token: bytes | None, response: dict) -> None:
         if token is None:
@@ -224,6 +239,19 @@ def _die_with_parent() -> None:
         pass
 
 
+# Signals sent to the whole process group or cgroup (Ctrl-C, `kill -TERM -- -PGID`, `timeout`,
+# supervisord's stopasgroup, systemd's KillMode=control-group) are the master's to act on: it drains
+# and stops the workers in order. A worker stops when its master says so, or dies with it.
+GROUP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGQUIT, signal.SIGTTIN, signal.SIGTTOU)
+
+
+def ignore_group_signals() -> None:
+    """Ignore the group's signals, then unblock those the master blocked for us while it started us."""
+    for sig in GROUP_SIGNALS:
+        signal.signal(sig, signal.SIG_IGN)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, GROUP_SIGNALS)
+
+
 def main() -> None:
     """Entry point of a worker process; the master passes its spec in the environment."""
     spec = WorkerSpec.from_env(os.environ, pop=True)
@@ -231,10 +259,7 @@ def main() -> None:
         _die_with_parent()
         if os.getppid() != spec.parent_pid:
             os._exit(3)  # the master died before we could ask to follow it
-    # Signals sent to the whole process group (Ctrl-C, Ctrl-\, a terminal hang-up) are the master's to
-    # act on: it stops or reloads the workers in order.
-    for sig in (signal.SIGINT, signal.SIGHUP, signal.SIGQUIT, signal.SIGTTIN, signal.SIGTTOU):
-        signal.signal(sig, signal.SIG_IGN)
+    ignore_group_signals()
     sys.path.insert(0, os.getcwd())
     if spec.http_fds:
         _use_uvloop()
@@ -279,7 +304,7 @@ async def _run(spec: WorkerSpec, embedded: Any = None) -> int:
     seen = heartbeat.MasterSeen()
     if embedded is None:
         heartbeat.start(context, spec.endpoint, ident, spec.heartbeat_interval, spec.heartbeat_timeout, configure,
-                        seen=seen)
+                        master_pid=spec.master_pid, seen=seen)
     else:
         heartbeat.start(context, spec.endpoint, ident, spec.heartbeat_interval, spec.heartbeat_timeout,
                         watch=threading.get_ident(), stop=embedded.beat_stop, seen=seen)
@@ -301,9 +326,7 @@ async def _serve(loop: asyncio.AbstractEventLoop, spec: WorkerSpec, sock: zmq.So
         configure(sock)
     sock.connect(spec.endpoint)
     link = WorkerLink(loop, sock, spec.debug)
-    if embedded is None:
-        loop.add_signal_handler(signal.SIGTERM, link.stop_requested.set)
-    else:
+    if embedded is not None:
         embedded.link = link
 
     try:

@@ -142,6 +142,20 @@ class ProcessHandle:
             self.send_signal(sig)
 
 
+# Blocked while a child starts, so that a signal to the whole group cannot kill it before it ignores
+# them (worker.ignore_group_signals); the blocked mask is inherited through fork and exec.
+_GROUP_SIGNALS = {signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGQUIT}
+
+
+def _popen_shielded(*args, **kwargs) -> subprocess.Popen:
+    """Popen with the group's signals blocked in this thread (a signal meanwhile is taken by another)."""
+    old = signal.pthread_sigmask(signal.SIG_BLOCK, _GROUP_SIGNALS)
+    try:
+        return subprocess.Popen(*args, **kwargs)
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, old)
+
+
 PassFds = Callable[[], "list[int]"]
 
 
@@ -162,9 +176,9 @@ class DirectSpawner:
         self.pass_fds = pass_fds
 
     def spawn(self, worker: object, env: dict, label: str, generation: int = 0) -> ProcessHandle:
-        proc = subprocess.Popen([sys.executable, "-c", WORKER_ENTRY, label], stdin=subprocess.DEVNULL,
-                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env, close_fds=True,
-                                pass_fds=self.pass_fds())
+        proc = _popen_shielded([sys.executable, "-c", WORKER_ENTRY, label], stdin=subprocess.DEVNULL,
+                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env, close_fds=True,
+                               pass_fds=self.pass_fds())
         handle = ProcessHandle()
         handle._known(proc.pid)
         out = OutputPipe(self.loop, os.dup(proc.stdout.fileno()), worker, self.on_line)
@@ -257,7 +271,7 @@ class ZygoteSpawner:
         self.zygotes[generation] = z
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         try:
-            z.proc = subprocess.Popen([sys.executable, "-c", ZYGOTE_ENTRY, f"{self.label}:zygote", self.worker_path,
+            z.proc = _popen_shielded([sys.executable, "-c", ZYGOTE_ENTRY, f"{self.label}:zygote", self.worker_path,
                                        str(theirs.fileno())],
                                       stdin=subprocess.DEVNULL, env=self.env, close_fds=True,
                                       pass_fds=(theirs.fileno(), *self.pass_fds()))
