@@ -606,7 +606,9 @@ def _value_origin(exc: click.UsageError) -> str:
               help="Workers of the measured instance; the speedup compares it with 1.")
 @click.option("--chaos", type=float, default=None, metavar="SECONDS",
               help="Instead: clients call while workers are SIGKILLed at random; print the tallies.")
-def bench(quick: bool, as_json: bool, workers: int, chaos: float | None) -> None:
+@click.option("--http", "http_only", is_flag=True,
+              help="Instead: the HTTP and WebSocket front door against bare echo servers (1 and N processes).")
+def bench(quick: bool, as_json: bool, workers: int, chaos: float | None, http_only: bool) -> None:
     """Measure clusterd against a C zmq.proxy, a hand-written master and ProcessPoolExecutor."""
     from .bench import BenchError, format_table, run_bench
 
@@ -614,6 +616,18 @@ def bench(quick: bool, as_json: bool, workers: int, chaos: float | None) -> None
 
     def progress(message: str) -> None:
         click.echo(f"\r\x1b[K{message}" if live else message, err=True, nl=not live)
+
+    if http_only:
+        from .bench_http import HttpBenchError, format_http_table, run_http_bench
+        try:
+            http_result = run_http_bench(quick=quick, workers=workers, progress=progress)
+        except (HttpBenchError, RuntimeError, OSError) as exc:
+            fail(f"bench failed: {exc}", EXIT_FAILURE)
+        finally:
+            if live:
+                click.echo("\r\x1b[K", err=True, nl=False)
+        click.echo(protocol.dumps(http_result).decode() if as_json else format_http_table(http_result))
+        return
 
     if chaos is not None:
         from .chaos import run_chaos_bench

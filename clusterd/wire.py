@@ -111,6 +111,7 @@ class WorkerSpec:
     http_cors: str | None = None
     http_status: bool = False
     max_message_size: int = 16 * 1024 * 1024
+    max_batch: int = 1000
     call_timeout: float | None = None
     graceful_timeout: float = 30.0
 

@@ -39,10 +39,7 @@ KUBERNETES_VERSION = "1.29.0"
 # absence and say so in a NotYetImplementedWarning; the lead empties this set at integration (the
 # cross-check fails on an entry that already exists, so it cannot go stale).
 NOT_YET_IMPLEMENTED = {
-    ("run", "--http-bind"),
-    ("run", "--drain-delay"),
     ("run", "--metrics-bind"),
-    ("health", None),          # the `clusterd health` command itself
 }
 
 # DESIGN.md 12: what the HTTP port answers.

@@ -27,7 +27,7 @@ pytestmark = pytest.mark.timeout(120)
 def inst():
     port = free_port()
     with running_instance("--workers", "2", "--http-bind", f"127.0.0.1:{port}", "--max-message-size", "64K",
-                          "--http-status", name="door") as inst:
+                          "--max-batch", "20", "--http-status", name="door") as inst:
         inst.port = port
         yield inst
 
@@ -120,6 +120,13 @@ def test_the_rpc_path_answers_wrong_requests_with_http_status_codes(inst, http):
     big = json.dumps({"jsonrpc": "2.0", "method": "echo", "params": ["x" * 70_000], "id": 1}).encode()
     status, headers, _body = http.post(big)
     assert status == 413 and headers.get("connection") == "close"
+
+
+def test_a_batch_over_max_batch_is_refused_whole(http):
+    batch = [{"jsonrpc": "2.0", "method": "add", "params": [i, 1], "id": i} for i in range(21)]
+    reply = http.request(batch)
+    assert reply["error"]["code"] == protocol.INVALID_REQUEST and reply["id"] is None
+    assert len(http.request(batch[:20])) == 20
 
 
 def test_keep_alive_serves_many_calls_on_one_connection(http):

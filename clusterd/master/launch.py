@@ -38,6 +38,7 @@ class Launcher:
                           generation=generation, name=cfg.name, heartbeat_interval=cfg.heartbeat_interval,
                           heartbeat_timeout=max(cfg.heartbeat_timeout, 2.0), debug=cfg.debug,
                           parent_pid=os.getpid(), master_pid=os.getpid(), max_message_size=cfg.max_message_size,
+                          max_batch=cfg.max_batch,
                           call_timeout=cfg.call_timeout, graceful_timeout=cfg.graceful_timeout)
         if agent is None and cfg.http_binds:
             # the HTTP/WebSocket door: the listening sockets are inherited (front.py); not across hosts

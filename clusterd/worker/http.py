@@ -19,7 +19,7 @@ import asyncio
 import os
 import socket
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from .. import protocol
 from ..endpoint import Dispatcher, Method, encode_response, error_for_exception
@@ -29,8 +29,17 @@ from ..protocol import NO_ID
 from ..wire import WorkerSpec
 from .heartbeat import MasterSeen
 
-if TYPE_CHECKING:
-    from .process import WorkerLink
+
+class Link(Protocol):
+    """What the door uses of the worker's link to the master (process.WorkerLink)."""
+
+    instance_ready: bool
+
+    def forward(self, payload: bytes, rid: Any) -> "asyncio.Future[bytes] | None": ...
+
+    def fail_forwards(self, code: int) -> None: ...
+
+    async def request(self, method: str, params: list | dict) -> Any: ...
 
 _PARSE_ERROR = protocol.encode_error(None, protocol.PARSE_ERROR)
 _INVALID_REQUEST = protocol.encode_error(None, protocol.INVALID_REQUEST)
@@ -45,13 +54,15 @@ MARGIN_SHARE = 0.1
 class DoorCalls:
     """``dispatch(payload)`` for HttpDoor: the answer bytes, None (notifications), or an awaitable."""
 
-    def __init__(self, link: "WorkerLink", dispatcher: Dispatcher, debug: bool, call_timeout: float | None) -> None:
+    def __init__(self, link: Link, dispatcher: Dispatcher, debug: bool, call_timeout: float | None,
+                 max_batch: int = 1000) -> None:
         self.link = link
         self.dispatcher = dispatcher
         self.methods: dict[str, Method] = dispatcher.methods
         self.bound: dict[str, Callable] = dispatcher._bound
         self.debug = debug
         self.call_timeout = call_timeout
+        self.max_batch = max_batch
         self.running: set[asyncio.Task] = set()   # tasks of async calls, to answer at the stop deadline
         self.dying = False
 
@@ -63,6 +74,9 @@ class DoorCalls:
         if type(obj) is dict:
             return self._one(obj, payload)
         if type(obj) is list and obj:
+            if len(obj) > self.max_batch:
+                return protocol.encode_error(None, protocol.INVALID_REQUEST,
+                                             f"Batch too large (at most {self.max_batch} requests)")
             return self._batch(obj)
         return _INVALID_REQUEST
 
@@ -139,8 +153,11 @@ class DoorCalls:
         return self._gather(answers)
 
     async def _gather(self, answers: list[Any]) -> bytes | None:
-        done = [a if a is None or type(a) is bytes else await a for a in answers]
-        return _join(done)
+        """The batch's calls that did not answer at once run concurrently; the answer keeps their order."""
+        waiting = [i for i, a in enumerate(answers) if not (a is None or type(a) is bytes)]
+        for i, answer in zip(waiting, await asyncio.gather(*(answers[i] for i in waiting))):
+            answers[i] = answer
+        return _join(answers)
 
     # ------------------------------------------------------------------ the stop deadline
     def answer_unfinished(self) -> None:
@@ -159,11 +176,11 @@ def _join(answers: list[bytes | None]) -> bytes | None:
 class WorkerDoor:
     """The door of one worker: serving the inherited sockets, the probes, and the drain on stop."""
 
-    def __init__(self, spec: WorkerSpec, link: "WorkerLink", dispatcher: Dispatcher, seen: MasterSeen,
+    def __init__(self, spec: WorkerSpec, link: Link, dispatcher: Dispatcher, seen: MasterSeen,
                  embedded: bool) -> None:
         self.spec = spec
         self.link = link
-        self.calls = DoorCalls(link, dispatcher, spec.debug, spec.call_timeout)
+        self.calls = DoorCalls(link, dispatcher, spec.debug, spec.call_timeout, spec.max_batch)
         # /livez: the master answered a heartbeat lately (its loop runs); half the timeout after
         # which a worker gives its master up
         live_for = max(spec.heartbeat_timeout / 2, 2 * spec.heartbeat_interval)
