@@ -46,7 +46,7 @@ def post(c: HttpRpc, text: str) -> tuple[int, object]:
 
 # ---------------------------------------------------------------------------- the specification's examples
 # https://www.jsonrpc.org/specification section 7, sent as HTTP bodies: errors answer 200 with the
-# error in the body; notifications alone answer 204 with no body.
+# error in the body; notifications alone answer 204 with no body. (The test app has no get_data.)
 SPEC_EXAMPLES = [
     ('{"jsonrpc": "2.0", "method": "subtract", "params": [42, 23], "id": 1}',
      200, {"jsonrpc": "2.0", "result": 19, "id": 1}),
@@ -77,7 +77,7 @@ SPEC_EXAMPLES = [
            {"jsonrpc": "2.0", "result": 19, "id": "2"},
            {"jsonrpc": "2.0", "error": {"code": -32600, "message": "Invalid Request"}, "id": None},
            {"jsonrpc": "2.0", "error": {"code": -32601, "message": "Method not found"}, "id": "5"},
-           {"jsonrpc": "2.0", "result": ["hello", 5], "id": "9"}]),
+           {"jsonrpc": "2.0", "error": {"code": -32601, "message": "Method not found"}, "id": "9"}]),
     ('''[{"jsonrpc": "2.0", "method": "notify_sum", "params": [1,2,4]},
         {"jsonrpc": "2.0", "method": "notify_hello", "params": [7]}]''', 204, None),
 ]

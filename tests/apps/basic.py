@@ -178,10 +178,6 @@ class Worker(WorkerEndpoint):
             await asyncio.sleep(seconds)
         return os.getpid()
 
-    @rpc
-    def get_data(self) -> list:
-        return ["hello", 5]
-
     @rpc(timeout=0.3)
     async def async_with_timeout(self, seconds: float) -> int:
         await asyncio.sleep(seconds)
