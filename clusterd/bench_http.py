@@ -47,8 +47,19 @@ import orjson
 import psutil
 
 from .httpdoor import bench_refs
-from .httpdoor.bench_refs import (BODY, ServerGroup, _count_http, _count_ws, drive, http_connect, http_request,
-                                  percentile, sequential, ws_connect, ws_frame)
+from .httpdoor.bench_refs import (
+    BODY,
+    ServerGroup,
+    _count_http,
+    _count_ws,
+    drive,
+    http_connect,
+    http_request,
+    percentile,
+    sequential,
+    ws_connect,
+    ws_frame,
+)
 
 RESULT_VERSION = 1
 START_TIMEOUT_S = 30.0

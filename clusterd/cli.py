@@ -298,8 +298,8 @@ def run(master: str | None, worker: str | None, config: str | None, **opts: Any)
                  worker_binds=list(opts.pop("worker_binds")), http_binds=list(opts.pop("http_binds")),
                  runtime_dir=str(runtime_root()), **opts)
     from . import log
-    from .master import InstanceBusy
     from .httpdoor import BindError
+    from .master import InstanceBusy
     from .master.runner import run as run_instance
     log.setup(cfg.log_format, cfg.debug)
     for addr in cfg.binds:

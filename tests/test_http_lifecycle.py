@@ -63,7 +63,7 @@ class HttpCaller(threading.Thread):
         while not self.stop.is_set():
             i += 1
             body = json.dumps({"jsonrpc": "2.0", "method": "add", "params": [i, 1], "id": i})
-            for attempt in range(3):
+            for _attempt in range(3):
                 try:
                     conn.request("POST", "/", body=body, headers={"Content-Type": "application/json"})
                     resp = conn.getresponse()
@@ -129,7 +129,8 @@ def test_rolling_reload_under_keep_alive_http_and_websocket_clients_loses_no_cal
         before = [c.calls for c in callers]
         done = inst.cli("reload", "--name", "rollhttp")
         assert done.returncode == 0, done.stderr
-        wait_for(lambda: all(c.calls > b + 20 for c, b in zip(callers, before)), message="calls after the reload")
+        wait_for(lambda before=before: all(c.calls > b + 20 for c, b in zip(callers, before)),
+                 message="calls after the reload")
     for caller in callers:
         caller.stop.set()
     for caller in callers:
@@ -264,7 +265,8 @@ def test_scale_and_crashes_of_other_workers_never_refuse_a_connection(cluster):
         for _ in range(2):
             victim = inst.ready_workers()[0]["pid"]
             os.kill(victim, signal.SIGKILL)
-            wait_for(lambda: (lambda ws: ws and ws[0]["pid"] != victim)(inst.ready_workers()), timeout=20)
+            wait_for(lambda victim=victim: (lambda ws: ws and ws[0]["pid"] != victim)(inst.ready_workers()),
+                     timeout=20)
         before = answered[0]
         wait_for(lambda: answered[0] > before + 20)
     finally:

@@ -157,7 +157,7 @@ class HttpDoor:
         try:
             await asyncio.wait_for(self._idle.wait(), timeout)
             return True
-        except asyncio.TimeoutError:
+        except TimeoutError:
             if cut_off:
                 self.close()
             return False

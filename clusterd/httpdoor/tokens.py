@@ -4,8 +4,9 @@ A client gives it as ``Authorization: Bearer <token>``. Browsers cannot set head
 so the upgrade also accepts it as a ``Sec-WebSocket-Protocol`` entry ``bearer.<token>`` (the way
 Kubernetes' API server does); the server then answers with the other protocol the client offered
 (``jsonrpc``): a browser fails a handshake whose answer names none of the protocols it offered, and
-this way the token is not sent back (it is only when the client offered nothing else). Tokens are therefore limited to characters an HTTP token
-may hold (RFC 9110 ``tchar``): what ``secrets.token_urlsafe`` and ``openssl rand -hex`` give.
+this way the token is not sent back (it is only when the client offered nothing else). Tokens are
+therefore limited to characters an HTTP token may hold (RFC 9110 ``tchar``): what
+``secrets.token_urlsafe`` and ``openssl rand -hex`` give.
 """
 
 from __future__ import annotations

@@ -16,8 +16,15 @@ import socket
 from collections.abc import Awaitable
 from typing import TYPE_CHECKING, Any
 
-from picows import (WSCloseCode, WSFrame, WSListener, WSMsgType, WSTransport, WSUpgradeResponse,
-                    WSUpgradeResponseWithListener)
+from picows import (
+    WSCloseCode,
+    WSFrame,
+    WSListener,
+    WSMsgType,
+    WSTransport,
+    WSUpgradeResponse,
+    WSUpgradeResponseWithListener,
+)
 from picows.picows import WSAutoPingStrategy, WSProtocol
 
 if TYPE_CHECKING:

@@ -33,10 +33,10 @@ from .front import FrontDoor, state_frames
 from .local import LocalMethods, master_lacks
 from .pool import Call, Worker
 from .reload import ReloadManager
-from .waiting import CallQueue, Deadlines
 from .sockets import Sockets
 from .states import ClusterState, ExitReason, WorkerState
 from .supervisor import Supervisor
+from .waiting import CallQueue, Deadlines
 from .worker_events import WorkerEvents
 
 _BODY = 1 + wire.TOKEN_SIZE  # where an answer frame's response starts, after its kind and token
