@@ -386,3 +386,25 @@ def test_many_connections_are_spread_over_the_workers(inst):
         for t in threads:
             t.join()
     assert len(pids) == 2
+
+
+def test_the_token_is_rotated_by_a_reload(cluster, tmp_path):
+    token_file = tmp_path / "token"
+    token_file.write_text("first-token")
+    port = free_port()
+    inst = cluster("tests.apps.basic:Master", "tests.apps.basic:Worker", "--workers", "1", "--http-bind",
+                   f"127.0.0.1:{port}", "--http-token-file", str(token_file), name="rotate")
+    call = b'{"jsonrpc": "2.0", "method": "add", "params": [1, 2], "id": 1}'
+
+    def status_with(token: str) -> int:
+        c = HttpRpc(port)
+        try:
+            return c.post(call, headers={"Authorization": f"Bearer {token}"})[0]
+        finally:
+            c.close()
+
+    assert status_with("first-token") == 200
+    token_file.write_text("second-token")
+    assert inst.cli("reload", "--name", "rotate").returncode == 0
+    assert status_with("first-token") == 401
+    assert status_with("second-token") == 200
