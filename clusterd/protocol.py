@@ -48,8 +48,11 @@ NO_ID = object()
 _OPTIONS = orjson.OPT_NON_STR_KEYS
 # orjson turns integers past 64 bits into floats: an id or a param of 2**70 would come back changed.
 # Such a long run of digits is rare, so only messages holding one take the slower exact path.
-_LONG_DIGITS = re.compile(rb"\d{19}")
 _LONG_DIGITS_STR = re.compile(r"\d{19}")
+# For bytes, a run of 19 digits is found by mapping every digit to "0" and everything else to a space
+# (two passes in C): a few times faster than the regular expression \d{19}, on the per-call path.
+_DIGITS_TO_ZEROS = bytes(48 if 48 <= i <= 57 else 32 for i in range(256))
+_LONG_RUN = b"0" * 19
 
 
 fast_loads = orjson.loads
@@ -74,7 +77,9 @@ def loads(data: bytes | bytearray | memoryview | str) -> Any:
 
 
 def _long_digits(data: bytes | bytearray | str) -> bool:
-    return (_LONG_DIGITS_STR if isinstance(data, str) else _LONG_DIGITS).search(data) is not None
+    if isinstance(data, str):
+        return _LONG_DIGITS_STR.search(data) is not None
+    return _LONG_RUN in data.translate(_DIGITS_TO_ZEROS)
 
 
 def dumps(obj: Any) -> bytes:
