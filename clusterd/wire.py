@@ -10,7 +10,8 @@ routing id, its `ident`, first):
     master -> worker   CALL + token + request    one frame: a call to answer with the same token
                        NOTIFY, request           a notification (no answer)
                        ANSWER, response          the answer to one of the worker's own requests
-                       STOP                      stop gracefully (finish the calls, stop_services)
+                       STOP [, seconds]          stop gracefully (finish the calls, stop_services)
+                                                 within the seconds left before the master kills it
                        STATE, state              whether the instance is ready (/readyz), on change
                        FORWARDED + token, response   the answer to a FORWARD
     worker -> master   RESULT|ERROR + token + response   one frame: the answer to a call

@@ -369,3 +369,18 @@ def test_http_options_come_from_the_environment_and_the_config_file(cluster, tmp
     assert probe(port, "/status") == 200
     config = inst.status()["config"]
     assert config["http_binds"] == [f"127.0.0.1:{port}"] and config["drain_delay_s"] == 0.5
+
+
+def test_stop_with_a_timeout_answers_http_calls_that_cannot_finish(cluster):
+    inst = start(cluster, "--workers", "1", name="stoptimeout")  # --graceful-timeout stays 30
+    c = HttpRpc(inst.port)
+    box: dict = {}
+    caller = threading.Thread(target=lambda: box.update(reply=c.call("sleep", 60)))
+    caller.start()
+    time.sleep(0.3)  # the call reaches the worker (nothing to wait on from outside)
+    t0 = time.monotonic()
+    assert inst.cli("stop", "--name", "stoptimeout", "--timeout", "2").returncode == 0
+    caller.join(30)
+    assert box["reply"]["error"]["code"] == protocol.WORKER_DIED
+    assert time.monotonic() - t0 < 15
+    c.close()

@@ -7,6 +7,7 @@ retried elsewhere when idempotent); the master's hooks (on_worker_ready, on_work
 from __future__ import annotations
 
 import os
+import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -47,7 +48,10 @@ class WorkerEvents:
         return self.router.agents.spawn(agent, worker, spec)
 
     def send_stop(self, worker: Worker) -> None:
-        self.router.to_worker([worker.ident, wire.STOP], worker.sock)
+        # with the time it has left (a worker's HTTP door answers what it cannot finish before then)
+        left = worker.stop_deadline - time.monotonic() if worker.stop_deadline is not None else None
+        frames = [worker.ident, wire.STOP] if left is None else [worker.ident, wire.STOP, b"%.3f" % max(left, 0.0)]
+        self.router.to_worker(frames, worker.sock)
 
     def learn_methods(self, methods: dict) -> None:
         self.router.worker_methods = methods

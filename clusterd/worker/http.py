@@ -34,6 +34,7 @@ class Link(Protocol):
     """What the door uses of the worker's link to the master (process.WorkerLink)."""
 
     instance_ready: bool
+    stop_within: float | None
 
     def forward(self, payload: bytes, rid: Any) -> "asyncio.Future[bytes] | None": ...
 
@@ -205,7 +206,7 @@ class WorkerDoor:
     async def drain(self) -> None:
         """Stop accepting; let calls finish within most of the graceful timeout; answer the rest
         (-32002, or a retry elsewhere for idempotent calls); close every connection."""
-        graceful = self.spec.graceful_timeout
+        graceful = self.link.stop_within if self.link.stop_within is not None else self.spec.graceful_timeout
         retries = min(RETRY_LIMIT_S, graceful * RETRY_SHARE)
         if await self.door.drain(graceful * (1 - MARGIN_SHARE) - retries, cut_off=False):
             return

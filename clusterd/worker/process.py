@@ -101,6 +101,7 @@ class WorkerLink:
         self._forwards: dict[bytes, tuple[asyncio.Future, Any]] = {}  # token -> (answer, request id)
         self._next_forward = 0
         self.instance_ready = False  # what the master last said: /readyz (wire.STATE)
+        self.stop_within: float | None = None  # from the STOP frame: the time left before the master kills
         self.stop_requested = asyncio.Event()
         self._faults = log.RateLimited()
         self.reader = SocketReader(loop, sock, self._on_message)
@@ -159,6 +160,11 @@ class WorkerLink:
         elif kind == wire.STATE:
             self.instance_ready = frames[1] == b"1"
         elif kind == wire.STOP:
+            if len(frames) > 1:  # the seconds the master gives this worker to stop
+                try:
+                    self.stop_within = float(frames[1])
+                except ValueError:
+                    pass
             self.stop_requested.set()
 
     def _on_answer(self, payload: bytes) -> None:
