@@ -22,7 +22,7 @@ from ..config import Config
 from ..endpoint import Dispatcher, method_table
 from ..protocol import NO_ID, RPCError
 from ..runtime_dir import RuntimeDir
-from ..wire import ERROR, RESULT
+from ..wire import CALL, ERROR, RESULT, TOKEN_SIZE
 from ..worker.spawn import OnExit, OnLine, Spawner, make_spawner
 from ..zmqloop import NOBLOCK, SocketReader, send_frames
 from .admin import Admin
@@ -40,10 +40,15 @@ from .waiting import CallQueue, Deadlines
 from .worker_events import WorkerEvents
 
 _BODY = 1 + wire.TOKEN_SIZE  # where an answer frame's response starts, after its kind and token
+# Enum members as module constants: on the per-call path a global lookup, not an Enum class attribute
+_STOPPING = ClusterState.STOPPING
+_READY = WorkerState.READY
 
 
 class Router:
     """Implements the workers proxy's caller (WorkerCaller); WorkerEvents is its SupervisorHost."""
+
+    STALLED = "Too many answers not taken by this client: read them first"
 
     def __init__(self, config: Config, master_cls: type, worker_cls: type,
                  notifier: systemd.Notifier | None = None, version: str | None = None) -> None:
@@ -89,6 +94,8 @@ class Router:
         # calls in flight per client, by client socket then ROUTER identity (--max-client-inflight)
         self.client_calls: dict[zmq.Socket, dict[bytes, int]] = {}
         self.inflight_limit = config.max_client_inflight or 1 << 62
+        # clients whose answer queue is full (they do not read): their calls get -32005 until it drains
+        self.stalled: dict[zmq.Socket, set[bytes]] = {}
         self.process = psutil.Process()
         self.process.cpu_percent(None)
         self._faults = log.RateLimited()
@@ -176,6 +183,7 @@ class Router:
         self.readers = socks.readers
         self.control, self.public, self.wsock, self.rsock = socks.control, socks.public, socks.workers, socks.remote
         self.client_calls = {sock: {} for sock in socks.client_sockets()}
+        self.stalled = {sock: set() for sock in socks.client_sockets()}
         if self.rsock is not None:
             from .remote import AgentRegistry
             self.agents = AgentRegistry(self)
@@ -230,7 +238,7 @@ class Router:
             if req.id is not NO_ID:
                 self.send(sock, envelope, protocol.encode_error(req.id, protocol.METHOD_NOT_FOUND))
             return
-        if self.state is ClusterState.STOPPING:
+        if self.state is _STOPPING:
             if req.id is not NO_ID:
                 self.send(sock, envelope, protocol.encode_error(req.id, protocol.SHUTTING_DOWN))
             return
@@ -244,6 +252,13 @@ class Router:
             held = counts.get(envelope[0], 0)
             if held >= self.inflight_limit:
                 self.send(sock, envelope, protocol.encode_error(req.id, protocol.TOO_BUSY, self.busy_message()))
+                return
+            stalled = self.stalled[sock]
+            if stalled and envelope[0] in stalled:
+                # its answers are not taken: this call is refused; once that refusal finds room in the
+                # client's queue (it reads again) the next call runs, else send() marks it again
+                stalled.discard(envelope[0])
+                self.send(sock, envelope, protocol.encode_error(req.id, protocol.TOO_BUSY, self.STALLED))
                 return
             counts[envelope[0]] = held + 1
         self.dispatch(self.new_call(payload, req.id, meta, sock, envelope))
@@ -279,7 +294,7 @@ class Router:
 
     def send_call(self, worker: Worker, call: Call) -> None:
         self._token += 1
-        token = wire.token_bytes(self._token)
+        token = self._token.to_bytes(TOKEN_SIZE, "little")  # wire.token_bytes, inlined: per call
         call.token = token
         call.worker = worker
         worker.calls[token] = call
@@ -287,7 +302,7 @@ class Router:
             call.deadline = self.loop.time() + call.timeout
             self.deadlines.arm(call.timeout)
         try:
-            send_frames(worker.sock, [worker.ident, wire.call_frame(token, call.payload)])
+            send_frames(worker.sock, [worker.ident, CALL + token + call.payload])  # wire.call_frame
         except zmq.ZMQError:
             # its connection is already gone (ROUTER_MANDATORY): the worker never got the call
             del worker.calls[token]
@@ -313,8 +328,16 @@ class Router:
     def send(self, sock: zmq.Socket, envelope: list[bytes], payload: bytes) -> None:
         try:
             send_frames(sock, envelope + [payload], NOBLOCK)
-        except zmq.ZMQError:
-            pass  # the client is gone or not reading: the answer is dropped, nothing accumulates
+        except zmq.ZMQError as exc:
+            # the client is gone (EHOSTUNREACH) or does not take its answers (EAGAIN: its queue is at the
+            # high-water mark): the answer is dropped, nothing accumulates, and a client that does not
+            # read gets -32005 for its calls until its queue has room again
+            if exc.errno == zmq.EAGAIN:
+                stalled = self.stalled.get(sock)
+                if stalled is not None:
+                    if len(stalled) >= self.sockets.max_clients:
+                        stalled.clear()  # idents of clients long gone: kept bounded
+                    stalled.add(envelope[0])
         self.readers[sock].wake()
 
     def reply(self, call: Call, payload: bytes) -> None:
@@ -380,7 +403,7 @@ class Router:
                 self.release_calls(counts, call.envelope[0])
         elif not call.future.done():
             call.future.set_result(head[_BODY:])
-        if worker.state is not WorkerState.READY:
+        if worker.state is not _READY:
             if not worker.calls:
                 if worker.retire_reason is ExitReason.HUNG and worker.state is WorkerState.DRAINING:
                     self.supervisor.kill(worker, ExitReason.HUNG)

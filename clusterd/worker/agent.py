@@ -21,10 +21,10 @@ import psutil
 import zmq
 
 from .. import log, protocol, wire
-from ..wire import WorkerSpec
-from .spawn import DirectSpawner, ZygoteSpawner
 from ..systemd import child_environ
+from ..wire import WorkerSpec
 from ..zmqloop import SocketReader
+from .spawn import DirectSpawner, ZygoteSpawner
 
 
 class Agent:

@@ -42,7 +42,6 @@ class Link(Protocol):
 
     async def request(self, method: str, params: list | dict) -> Any: ...
 
-_PARSE_ERROR = protocol.encode_error(None, protocol.PARSE_ERROR)
 _INVALID_REQUEST = protocol.encode_error(None, protocol.INVALID_REQUEST)
 # The graceful timeout is cut in three: calls finish; then the rest are answered -32002 or retried
 # on another worker (idempotent) within RETRY_SHARE of it (at most RETRY_LIMIT_S); MARGIN_SHARE is
@@ -70,8 +69,8 @@ class DoorCalls:
     def __call__(self, payload: bytes) -> Any:
         try:
             obj = protocol.loads(payload)
-        except ValueError:
-            return _PARSE_ERROR
+        except ValueError as exc:
+            return protocol.dumps(protocol.parse_error(exc))
         if type(obj) is dict:
             return self._one(obj, payload)
         if type(obj) is list and obj:
