@@ -17,7 +17,7 @@ from websockets.sync.client import connect as ws_connect
 
 from clusterd import protocol
 
-from .conftest import free_port, running_instance
+from .conftest import free_port, running_instance, wait_for
 from .http_clients import HttpRpc, WsRpc
 
 pytestmark = pytest.mark.timeout(120)
@@ -408,3 +408,16 @@ def test_the_token_is_rotated_by_a_reload(cluster, tmp_path):
     assert inst.cli("reload", "--name", "rotate").returncode == 0
     assert status_with("first-token") == 401
     assert status_with("second-token") == 200
+
+
+def test_the_status_document_counts_each_workers_http_calls(inst, http):
+    pid = http.result("pid")
+
+    def figures() -> dict:
+        return next(w for w in inst.status()["workers"] if w["pid"] == pid)["http"] or {"served": 0}
+    before = figures()["served"]
+    for i in range(30):
+        http.result("add", i, 1)
+    after = wait_for(lambda: (lambda f: f if f["served"] >= before + 30 else None)(figures()), timeout=10,
+                     message="HTTP calls in the status document")
+    assert after["connections"] >= 1 and after["inflight"] == 0

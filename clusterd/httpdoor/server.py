@@ -111,6 +111,7 @@ class HttpDoor:
         self._sessions: set[Any] = set()      # websocket.WebSocketSession
         self._tasks: set[asyncio.Task[Any]] = set()
         self._in_flight = 0
+        self.served = 0   # calls answered (or failed) since the door opened
         self._idle: asyncio.Event | None = None
         self._sweeper: asyncio.TimerHandle | None = None
 
@@ -190,6 +191,7 @@ class HttpDoor:
 
     def _call_finished(self) -> None:
         self._in_flight -= 1
+        self.served += 1
 
     def _connection_gone(self) -> None:
         if self._idle is not None and not self._connections and not self._sessions:

@@ -54,6 +54,7 @@ class Worker:
     max_requests: int = 0          # 0: no limit
     last_beat: float = field(default_factory=time.monotonic)
     stalled: float = 0.0
+    http: dict | None = None       # its HTTP door's calls and connections, from its last heartbeat
     rss_bytes: int | None = None
     cpu_percent: float | None = None
     retire_reason: ExitReason | None = None   # why the master is replacing or stopping it

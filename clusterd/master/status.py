@@ -61,6 +61,8 @@ def workers_document(sup: Supervisor) -> list[dict]:
             "failed": worker.failed, "last_exit": slot.last_exit if slot else None,
             "max_requests": worker.max_requests or None, "host": worker.host, "agent": worker.agent,
             "isolation": worker.process.isolation if worker.process is not None else "process",
+            # with --http-bind: {"inflight", "served", "connections"} of its HTTP/WebSocket door
+            "http": worker.http,
         })
     for slot in sup.slots.values():
         if slot.active is None and slot.incoming is None and not slot.retired:

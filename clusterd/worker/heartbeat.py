@@ -14,6 +14,7 @@ import selectors
 import sys
 import threading
 import time
+from collections.abc import Callable
 
 import psutil
 import zmq
@@ -96,6 +97,8 @@ class MasterSeen:
 
     def __init__(self) -> None:
         self.at = time.monotonic()
+        # what the beats carry besides "stalled": the HTTP door's figures, for the status document
+        self.figures: Callable[[], dict] | None = None
 
     def within(self, seconds: float) -> bool:
         return time.monotonic() - self.at < seconds
@@ -147,7 +150,10 @@ def _beat(sock: zmq.Socket, endpoint: str, ident: bytes, interval: float, timeou
         now = time.monotonic()
         stalled = watch.stalled_for(now)
         try:
-            sock.send_multipart([wire.BEAT, protocol.dumps({"stalled": round(stalled, 3)})], zmq.NOBLOCK)
+            beat: dict = {"stalled": round(stalled, 3)}
+            if seen.figures is not None:
+                beat["http"] = seen.figures()
+            sock.send_multipart([wire.BEAT, protocol.dumps(beat)], zmq.NOBLOCK)
         except zmq.ZMQError:
             pass
         deadline = now + interval

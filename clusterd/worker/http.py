@@ -191,6 +191,11 @@ class WorkerDoor:
                              cors_origin=spec.http_cors)
         self.embedded = embedded
 
+    def figures(self) -> dict:
+        """For the status document (sent with the heartbeats): calls and connections of this door."""
+        door = self.door
+        return {"inflight": door.in_flight, "served": door.served, "connections": door.open_connections}
+
     async def _status(self) -> bytes:
         return protocol.dumps(await self.link.request("clusterd.status", []))
 

@@ -103,6 +103,7 @@ class WorkerLink:
         self._forwards: dict[bytes, tuple[asyncio.Future, Any]] = {}  # token -> (answer, request id)
         self._next_forward = 0
         self.instance_ready = False  # what the master last said: /readyz (wire.STATE)
+        self.state_known = asyncio.Event()  # the first STATE: the master counts this worker ready
         self.stop_within: float | None = None  # from the STOP frame: the time left before the master kills
         self.stop_requested = asyncio.Event()
         self._faults = log.RateLimited()
@@ -161,6 +162,7 @@ class WorkerLink:
             self._serve_safely(None, frames[1])
         elif kind == wire.STATE:
             self.instance_ready = frames[1] == b"1"
+            self.state_known.set()
         elif kind == STOP:
             if len(frames) > 1:  # the seconds the master gives this worker to stop
                 try:
@@ -227,6 +229,16 @@ class WorkerLink:
         """Wait for the calls this worker is running to finish."""
         while self._tasks:
             await asyncio.gather(*list(self._tasks), return_exceptions=True)
+
+
+async def _first(*events: asyncio.Event) -> None:
+    """Wait until one of the events is set."""
+    waiters = [asyncio.ensure_future(e.wait()) for e in events]
+    try:
+        await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for waiter in waiters:
+            waiter.cancel()
 
 
 def import_class(path: str) -> type:
@@ -352,6 +364,7 @@ async def _serve(loop: asyncio.AbstractEventLoop, spec: WorkerSpec, sock: zmq.So
         if spec.http_fds:
             from .http import WorkerDoor
             door = WorkerDoor(spec, link, link.dispatcher, seen, embedded is not None)
+            seen.figures = door.figures
     except BaseException as exc:  # any failure to start is reported to the master, then we exit
         text = "".join(traceback.format_exception(exc))
         failure = {"error": f"{type(exc).__name__}: {exc}", "traceback": text}
@@ -369,7 +382,11 @@ async def _serve(loop: asyncio.AbstractEventLoop, spec: WorkerSpec, sock: zmq.So
                                                     "generation": spec.generation, "methods": methods})])
     link.reader.wake()
     if door is not None:
-        await door.serve()
+        # accept connections once the master counts this worker ready (its first STATE frame), so that
+        # what it answers on /readyz is already the instance's state; a stop may come first
+        await _first(link.state_known, link.stop_requested)
+        if not link.stop_requested.is_set():
+            await door.serve()
     await link.stop_requested.wait()
     if door is not None:
         await door.drain()
