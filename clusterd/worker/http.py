@@ -43,6 +43,8 @@ class Link(Protocol):
     async def request(self, method: str, params: list | dict) -> Any: ...
 
 _INVALID_REQUEST = protocol.encode_error(None, protocol.INVALID_REQUEST)
+_ID_TYPES = frozenset((str, int, float, type(None)))  # a request's id, as JSON decoding gives it (not bool)
+_NO_PARAMS: list = []  # only ever unpacked into a call
 # The graceful timeout is cut in three: calls finish; then the rest are answered -32002 or retried
 # on another worker (idempotent) within RETRY_SHARE of it (at most RETRY_LIMIT_S); MARGIN_SHARE is
 # left for stop_services and the exit before the master's deadline.
@@ -59,6 +61,7 @@ class DoorCalls:
         self.link = link
         self.dispatcher = dispatcher
         self.methods: dict[str, Method] = dispatcher.methods
+        self.plain_methods = {name: m for name, m in self.methods.items() if not (m.is_async or m.offload)}
         self.bound: dict[str, Callable] = dispatcher._bound
         self.debug = debug
         self.call_timeout = call_timeout
@@ -72,6 +75,16 @@ class DoorCalls:
         except ValueError as exc:
             return protocol.dumps(protocol.parse_error(exc))
         if type(obj) is dict:
+            # The common case, checked as parse_request and Dispatcher.prepare would, without their
+            # objects: a call (with an id) of this worker's plain `def`. Anything else takes _one.
+            name = obj.get("method")
+            method = self.plain_methods.get(name) if type(name) is str else None
+            if method is not None and obj.get("jsonrpc") == "2.0":
+                params = obj.get("params", _NO_PARAMS)
+                rid = obj.get("id", NO_ID)
+                if ((type(params) is list or type(params) is dict) and type(rid) in _ID_TYPES
+                        and method.arity.check(params) is None):
+                    return encode_response(self.dispatcher.run_sync(self.bound[name], params, rid), self.debug)
             return self._one(obj, payload)
         if type(obj) is list and obj:
             if len(obj) > self.max_batch:
