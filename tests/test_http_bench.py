@@ -37,6 +37,6 @@ def test_http_bench_reports_clusterd_and_bare_servers_side_by_side() -> None:
         assert isinstance(target["met"], bool) and target["op"] in (">=", "<=")
     assert result["all_met"] == all(t["met"] for t in result["targets"].values())
 
-    from clusterd.bench_http import format_http_table
+    from clusterd.bench.http import format_http_table
     table = format_http_table(result)
     assert all(f["label"] in table for f in systems.values())

@@ -16,7 +16,7 @@ from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import connect as ws_connect
 
 from clusterd import protocol
-from clusterd.status import health_verdict
+from clusterd.cli.tables import health_verdict
 
 from .conftest import free_port, wait_for
 from .http_clients import HttpRpc

@@ -11,9 +11,10 @@ import os
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from .. import log, protocol
-from ..config import ConfigError, parse_workers
+from .. import protocol
+from ..ops import log
 from ..protocol import RPCError
+from ..settings import ConfigError, parse_workers
 from .states import ClusterState
 from .status import status_document
 from .view import MasterView

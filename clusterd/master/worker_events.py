@@ -11,7 +11,8 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from .. import log, protocol, systemd, wire
+from .. import protocol, wire
+from ..ops import log, systemd
 from ..wire import WorkerSpec
 from ..worker.spawn import WorkerHandle
 from .endpoint import worker_info

@@ -3,7 +3,7 @@
 What a Python user would write instead of clusterd: a JSON-RPC echo server on the best stacks we
 measured (httpdoor/bench_refs.py: httptools + picows on uvloop, and aiohttp's low-level server on
 uvloop), in 1 and N processes sharing one listening socket. Against them, ``clusterd run`` of the
-bench app (bench_app.py) with ``--http-bind`` and 1 and N workers, and its ZeroMQ door for the
+bench app (bench/app.py) with ``--http-bind`` and 1 and N workers, and its ZeroMQ door for the
 ratio the issue asks. Every server is started first, then each is measured in turn, ``rounds``
 times, by the same raw-socket load generator (bench_refs: requests built once, ``selectors``):
 
@@ -46,8 +46,8 @@ from typing import Any
 import orjson
 import psutil
 
-from .httpdoor import bench_refs
-from .httpdoor.bench_refs import (
+from ..httpdoor import bench_refs
+from ..httpdoor.bench_refs import (
     BODY,
     ServerGroup,
     _count_http,
@@ -87,11 +87,11 @@ class _Clusterd:
         env = dict(os.environ, CLUSTERD_RUNTIME_DIR=str(runtime))
         for key in [k for k in env if k.startswith("CLUSTERD_") and k != "CLUSTERD_RUNTIME_DIR"]:
             del env[key]
-        root = str(Path(__file__).resolve().parent.parent)
+        root = str(Path(__file__).resolve().parent.parent.parent)
         env["PYTHONPATH"] = os.pathsep.join(p for p in (root, env.get("PYTHONPATH")) if p)
         self.log = tempfile.TemporaryFile()
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "clusterd", "run", "clusterd.bench_app:Master", "clusterd.bench_app:Worker",
+            [sys.executable, "-m", "clusterd", "run", "clusterd.bench.app:Master", "clusterd.bench.app:Worker",
              "--workers", str(workers), "--name", self.name, "--http-bind", f"127.0.0.1:{self.port}",
              "--bind", self.zmq_addr, "--graceful-timeout", "2"],
             env=env, stdout=subprocess.DEVNULL, stderr=self.log, start_new_session=True)
