@@ -295,7 +295,7 @@ def main() -> None:
 
 
 def _use_uvloop() -> None:
-    """The HTTP door serves faster on uvloop: used when it is installed (pip install clusterd[http])."""
+    """The HTTP door serves faster on uvloop: used when it is installed (pip install "clusterd[fast]")."""
     try:
         import uvloop
     except ImportError:
