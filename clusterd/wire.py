@@ -115,6 +115,7 @@ class WorkerSpec:
     max_batch: int = 1000
     call_timeout: float | None = None
     graceful_timeout: float = 30.0
+    log_calls: bool = False        # --log-calls: one access line per call
 
     # -- through the environment
     def to_env(self, env: MutableMapping[str, str]) -> MutableMapping[str, str]:

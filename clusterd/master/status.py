@@ -28,10 +28,12 @@ def status_document(router: MasterView) -> dict:
         # what /readyz answers: a ready worker, and no stop (nor --drain-delay before one) begun
         "ready": router.instance_ready(),
         "master": {"pid": os.getpid(), "started_at": router.started_at, "uptime_s": round(now - router.started_at, 3),
-                   "version": router.version, "rss_bytes": rss, "cpu_percent": cpu, "host": os.uname().nodename},
+                   "version": router.version, "rss_bytes": rss, "cpu_percent": cpu, "host": os.uname().nodename,
+                   "master_stale": bool(router.master_code is not None and router.master_code.stale)},
         "workers": workers_document(sup),
         "config": router.config.document(),
         "generation": sup.generation,
+        **{f"workers_{k}": v for k, v in sup.counts().items()},  # workers_ready, workers_wanted
         "queued": len(router.queue),
         "client_inflight": router.client_inflight(),
         "clients": router.sockets.clients_document(),
