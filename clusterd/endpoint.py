@@ -175,6 +175,10 @@ class Dispatcher:
         """A sync method marked offload: run in the default thread pool, the loop serving on meanwhile."""
         return await asyncio.get_running_loop().run_in_executor(None, self.run_sync, func, params, rid, name)
 
+    def error_of(self, exc: Exception, rid: Any, name: str) -> dict:
+        """The error response for an exception from user code, reported as run_sync's and run_async's are."""
+        return self._failed(exc, rid, name)
+
     def _failed(self, exc: Exception, rid: Any, name: str) -> dict:
         if self.report is not None and not isinstance(exc, RPCError):  # an RPCError is a deliberate answer
             try:

@@ -421,3 +421,25 @@ def test_the_status_document_counts_each_workers_http_calls(inst, http):
     after = wait_for(lambda: (lambda f: f if f["served"] >= before + 30 else None)(figures()), timeout=10,
                      message="HTTP calls in the status document")
     assert after["connections"] >= 1 and after["inflight"] == 0
+
+
+def test_log_calls_logs_http_and_websocket_calls_too(cluster):
+    port = free_port()
+    inst = cluster("tests.apps.basic:Master", "tests.apps.basic:Worker", "--workers", "1", "--http-bind",
+                   f"127.0.0.1:{port}", "--log-format", "json", "--log-calls", name="httplog")
+    c = HttpRpc(port)
+    try:
+        assert c.result("add", 1, 2) == 3
+        assert c.call("fail", "boom")["error"]["code"] == protocol.APPLICATION_ERROR
+    finally:
+        c.close()
+    with ws_connect(f"ws://127.0.0.1:{port}/ws") as ws:
+        ws.send(json.dumps({"jsonrpc": "2.0", "method": "sleep", "params": [0.01], "id": 1}))
+        assert json.loads(ws.recv(10))["result"] > 0
+
+    def access() -> list[dict]:
+        lines = [json.loads(line) for line in inst.stderr().splitlines() if line.startswith("{")]
+        found = [r for r in lines if r.get("logger") == "clusterd.access"]
+        return found if len(found) >= 3 else []
+    lines = wait_for(access, message="access lines")
+    assert [(r["method"], r["msg"].split()[1]) for r in lines] == [("add", "ok"), ("fail", "error"), ("sleep", "ok")]

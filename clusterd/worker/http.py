@@ -18,11 +18,12 @@ from __future__ import annotations
 import asyncio
 import os
 import socket
+import time
 from collections.abc import Callable
 from typing import Any, Protocol
 
-from .. import protocol
-from ..endpoint import Dispatcher, Method, encode_response, error_for_exception
+from .. import protocol, worker_log
+from ..endpoint import Dispatcher, Method, encode_response
 from ..httpdoor import HttpDoor, Probes, adopt
 from ..httpdoor.tokens import read_token
 from ..protocol import NO_ID
@@ -57,11 +58,14 @@ class DoorCalls:
     """``dispatch(payload)`` for HttpDoor: the answer bytes, None (notifications), or an awaitable."""
 
     def __init__(self, link: Link, dispatcher: Dispatcher, debug: bool, call_timeout: float | None,
-                 max_batch: int = 1000) -> None:
+                 max_batch: int = 1000, log_calls: bool = False) -> None:
         self.link = link
         self.dispatcher = dispatcher
         self.methods: dict[str, Method] = dispatcher.methods
-        self.plain_methods = {name: m for name, m in self.methods.items() if not (m.is_async or m.offload)}
+        # --log-calls times every call on the general path; the short one is for the unlogged case
+        self.plain_methods = {} if log_calls else {name: m for name, m in self.methods.items()
+                                                   if not (m.is_async or m.offload)}
+        self.log_calls = log_calls
         self.bound: dict[str, Callable] = dispatcher._bound
         self.debug = debug
         self.call_timeout = call_timeout
@@ -84,7 +88,7 @@ class DoorCalls:
                 rid = obj.get("id", NO_ID)
                 if ((type(params) is list or type(params) is dict) and type(rid) in _ID_TYPES
                         and method.arity.check(params) is None):
-                    return encode_response(self.dispatcher.run_sync(self.bound[name], params, rid), self.debug)
+                    return encode_response(self.dispatcher.run_sync(self.bound[name], params, rid, name), self.debug)
             return self._one(obj, payload)
         if type(obj) is list and obj:
             if len(obj) > self.max_batch:
@@ -108,15 +112,23 @@ class DoorCalls:
         func = self.bound[req.method]
         if method.is_async or method.offload:
             return self._run(func, req, method, payload if payload is not None else obj)
-        response = self.dispatcher.run_sync(func, req.params, req.id)
+        if self.log_calls:
+            started = time.perf_counter()
+            response = self.dispatcher.run_sync(func, req.params, req.id, req.method)
+            worker_log.access(req.method, "error" not in response, started, time.perf_counter())
+        else:
+            response = self.dispatcher.run_sync(func, req.params, req.id, req.method)
         return None if notification else encode_response(response, self.debug)
 
     async def _run(self, func: Callable, req: protocol.Request, method: Method, original: bytes | dict) -> bytes | None:
         task = asyncio.current_task()
         assert task is not None
         self.running.add(task)
+        started = time.perf_counter() if self.log_calls else 0.0
         try:
             response = await self._run_timed(func, req, method)
+            if self.log_calls:
+                worker_log.access(req.method, "error" not in response, started, time.perf_counter())
         except asyncio.CancelledError:
             if not self.dying:
                 raise
@@ -133,7 +145,7 @@ class DoorCalls:
         params = req.params
         try:
             if method.offload:
-                return await self.dispatcher.run_offloaded(func, params, req.id)
+                return await self.dispatcher.run_offloaded(func, params, req.id, req.method)
             call = func(*params) if isinstance(params, list) else func(**params)
             if timeout is None:
                 result = await call
@@ -147,7 +159,7 @@ class DoorCalls:
                         raise  # the method's own TimeoutError: an application error
                     return protocol.error_response(req.id, protocol.CALL_TIMEOUT)
         except Exception as exc:  # user code: any failure becomes an error response
-            return {"jsonrpc": "2.0", "error": error_for_exception(exc, self.debug), "id": req.id}
+            return self.dispatcher.error_of(exc, req.id, req.method)
         return {"jsonrpc": "2.0", "result": result, "id": req.id}
 
     async def _after_death(self, req: protocol.Request, method: Method, original: bytes | dict) -> bytes | dict:
@@ -193,7 +205,7 @@ class WorkerDoor:
                  embedded: bool) -> None:
         self.spec = spec
         self.link = link
-        self.calls = DoorCalls(link, dispatcher, spec.debug, spec.call_timeout, spec.max_batch)
+        self.calls = DoorCalls(link, dispatcher, spec.debug, spec.call_timeout, spec.max_batch, spec.log_calls)
         # /livez: the master answered a heartbeat lately (its loop runs); half the timeout after
         # which a worker gives its master up
         live_for = max(spec.heartbeat_timeout / 2, 2 * spec.heartbeat_interval)
