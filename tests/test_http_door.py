@@ -443,3 +443,20 @@ def test_log_calls_logs_http_and_websocket_calls_too(cluster):
         return found if len(found) >= 3 else []
     lines = wait_for(access, message="access lines")
     assert [(r["method"], r["msg"].split()[1]) for r in lines] == [("add", "ok"), ("fail", "error"), ("sleep", "ok")]
+
+
+def test_metrics_on_the_http_port_count_http_and_websocket_calls(inst, http):
+    assert http.result("add", 40, 2) == 42
+    with ws_connect(f"ws://127.0.0.1:{inst.port}/ws") as ws:
+        ws.send(json.dumps({"jsonrpc": "2.0", "method": "add", "params": [1, 1], "id": 1}))
+        assert json.loads(ws.recv(10))["result"] == 2
+
+    def counted() -> str | None:
+        status, body = http.get("/metrics")
+        text = body.decode()
+        lines = [line for line in text.splitlines() if line.startswith("clusterd_calls_total{")
+                 and 'method="add"' in line and 'outcome="ok"' in line]
+        return text if status == 200 and any('door="http"' in x for x in lines) and any(
+            'door="ws"' in x for x in lines) else None
+    text = wait_for(counted, timeout=15, message="HTTP and WebSocket calls in /metrics")
+    assert "clusterd_workers" in text

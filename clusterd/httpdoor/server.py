@@ -86,8 +86,10 @@ class HttpDoor:
 
     def __init__(self, dispatch: Dispatch, *, probes: Probes | None = None,
                  max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE, token: str | None = None,
-                 cors_origin: str | None = None, idle_timeout: float = DEFAULT_IDLE_TIMEOUT) -> None:
+                 cors_origin: str | None = None, idle_timeout: float = DEFAULT_IDLE_TIMEOUT,
+                 ws_dispatch: Dispatch | None = None) -> None:
         self.dispatch = dispatch
+        self.ws_dispatch = ws_dispatch or dispatch  # WebSocket messages: the same, unless told apart
         self.idle_timeout = idle_timeout
         self.max_message_size = max_message_size
         self.token = token

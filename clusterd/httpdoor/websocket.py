@@ -130,7 +130,7 @@ class WebSocketSession(WSListener):
         door = self.door
         door._call_started()
         try:
-            answer = door.dispatch(payload)
+            answer = door.ws_dispatch(payload)
         except Exception:
             log.exception("dispatch failed on a WebSocket message")
             answer = INTERNAL_ERROR

@@ -18,14 +18,15 @@ from __future__ import annotations
 import asyncio
 import os
 import socket
-import time
 from collections.abc import Callable
+from time import perf_counter
 from typing import Any, Protocol
 
 from .. import protocol, worker_log
 from ..endpoint import Dispatcher, Method, encode_response
 from ..httpdoor import HttpDoor, Probes, adopt
 from ..httpdoor.tokens import read_token
+from ..ops.method_stats import OK, UNKNOWN, MethodStats
 from ..protocol import NO_ID
 from ..wire import WorkerSpec
 from .heartbeat import MasterSeen
@@ -36,6 +37,7 @@ class Link(Protocol):
 
     instance_ready: bool
     stop_within: float | None
+    stats: MethodStats
 
     def forward(self, payload: bytes, rid: Any) -> "asyncio.Future[bytes] | None": ...
 
@@ -43,9 +45,12 @@ class Link(Protocol):
 
     async def request(self, method: str, params: list | dict) -> Any: ...
 
+    async def master_metrics(self, accept: str = "") -> tuple[bytes, str]: ...
+
 _INVALID_REQUEST = protocol.encode_error(None, protocol.INVALID_REQUEST)
 _ID_TYPES = frozenset((str, int, float, type(None)))  # a request's id, as JSON decoding gives it (not bool)
 _NO_PARAMS: list = []  # only ever unpacked into a call
+_NOT_FOUND = str(protocol.METHOD_NOT_FOUND)
 # The graceful timeout is cut in three: calls finish; then the rest are answered -32002 or retried
 # on another worker (idempotent) within RETRY_SHARE of it (at most RETRY_LIMIT_S); MARGIN_SHARE is
 # left for stop_services and the exit before the master's deadline.
@@ -58,8 +63,10 @@ class DoorCalls:
     """``dispatch(payload)`` for HttpDoor: the answer bytes, None (notifications), or an awaitable."""
 
     def __init__(self, link: Link, dispatcher: Dispatcher, debug: bool, call_timeout: float | None,
-                 max_batch: int = 1000, log_calls: bool = False) -> None:
+                 max_batch: int = 1000, log_calls: bool = False, door: str = "http") -> None:
         self.link = link
+        self.door = door            # the metrics label of the calls: "http" or "ws"
+        self.record = link.stats.record  # MethodStats: the heartbeats carry it to the master's metrics
         self.dispatcher = dispatcher
         self.methods: dict[str, Method] = dispatcher.methods
         # --log-calls times every call on the general path; the short one is for the unlogged case
@@ -88,7 +95,10 @@ class DoorCalls:
                 rid = obj.get("id", NO_ID)
                 if ((type(params) is list or type(params) is dict) and type(rid) in _ID_TYPES
                         and method.arity.check(params) is None):
-                    return encode_response(self.dispatcher.run_sync(self.bound[name], params, rid, name), self.debug)
+                    started = perf_counter()
+                    response = self.dispatcher.run_sync(self.bound[name], params, rid, name)
+                    self.record(name, self.door, _outcome(response), perf_counter() - started)
+                    return encode_response(response, self.debug)
             return self._one(obj, payload)
         if type(obj) is list and obj:
             if len(obj) > self.max_batch:
@@ -104,31 +114,44 @@ class DoorCalls:
             return protocol.dumps(req)
         method = self.methods.get(req.method)
         if method is None:
-            return self.link.forward(payload if payload is not None else protocol.dumps(obj), req.id)
+            answer = self.link.forward(payload if payload is not None else protocol.dumps(obj), req.id)
+            return None if answer is None else self._forwarded(req.method, answer)
         notification = req.id is NO_ID
         why = method.arity.check(req.params)
         if why is not None:
-            return None if notification else protocol.encode_error(req.id, protocol.INVALID_PARAMS, data=why)
+            if notification:
+                return None
+            self.record(req.method, self.door, str(protocol.INVALID_PARAMS), 0.0)
+            return protocol.encode_error(req.id, protocol.INVALID_PARAMS, data=why)
         func = self.bound[req.method]
         if method.is_async or method.offload:
             return self._run(func, req, method, payload if payload is not None else obj)
+        started = perf_counter()
+        response = self.dispatcher.run_sync(func, req.params, req.id, req.method)
         if self.log_calls:
-            started = time.perf_counter()
-            response = self.dispatcher.run_sync(func, req.params, req.id, req.method)
-            worker_log.access(req.method, "error" not in response, started, time.perf_counter())
-        else:
-            response = self.dispatcher.run_sync(func, req.params, req.id, req.method)
-        return None if notification else encode_response(response, self.debug)
+            worker_log.access(req.method, "error" not in response, started, perf_counter())
+        if notification:
+            return None
+        self.record(req.method, self.door, _outcome(response), perf_counter() - started)
+        return encode_response(response, self.debug)
+
+    async def _forwarded(self, name: str, answer: "asyncio.Future[bytes]") -> bytes:
+        """A call the master answers (or routes): counted here, since the master leaves this door's calls to it."""
+        started = perf_counter()
+        data = await answer
+        outcome = _answer_outcome(data)
+        self.record(UNKNOWN if outcome == _NOT_FOUND else name, self.door, outcome, perf_counter() - started)
+        return data
 
     async def _run(self, func: Callable, req: protocol.Request, method: Method, original: bytes | dict) -> bytes | None:
         task = asyncio.current_task()
         assert task is not None
         self.running.add(task)
-        started = time.perf_counter() if self.log_calls else 0.0
+        started = perf_counter()
         try:
             response = await self._run_timed(func, req, method)
             if self.log_calls:
-                worker_log.access(req.method, "error" not in response, started, time.perf_counter())
+                worker_log.access(req.method, "error" not in response, started, perf_counter())
         except asyncio.CancelledError:
             if not self.dying:
                 raise
@@ -138,7 +161,11 @@ class DoorCalls:
             self.running.discard(task)
         if req.id is NO_ID:
             return None
-        return response if type(response) is bytes else encode_response(response, self.debug)
+        if type(response) is bytes:  # retried on another worker: the master's answer
+            self.record(req.method, self.door, _answer_outcome(response), perf_counter() - started)
+            return response
+        self.record(req.method, self.door, _outcome(response), perf_counter() - started)
+        return encode_response(response, self.debug)
 
     async def _run_timed(self, func: Callable, req: protocol.Request, method: Method) -> dict:
         timeout = method.timeout or self.call_timeout
@@ -192,6 +219,25 @@ class DoorCalls:
             task.cancel()
 
 
+def _outcome(response: dict) -> str:
+    """The metrics label of an answer: "ok", or its error code."""
+    error = response.get("error")
+    if error is None:
+        return OK
+    code = error.get("code") if isinstance(error, dict) else None
+    return str(code) if isinstance(code, int) else "error"
+
+
+def _answer_outcome(data: bytes) -> str:
+    """The same for an answer as bytes (from the master): decoded only when it is an error."""
+    if b'"error"' not in data:
+        return OK
+    try:
+        return _outcome(protocol.loads(data))
+    except (ValueError, AttributeError):
+        return "error"
+
+
 def _join(answers: list[bytes | None]) -> bytes | None:
     """A batch's answer: the non-empty answers as one array, nothing at all if every one was a notification."""
     parts = [a for a in answers if a is not None]
@@ -206,20 +252,27 @@ class WorkerDoor:
         self.spec = spec
         self.link = link
         self.calls = DoorCalls(link, dispatcher, spec.debug, spec.call_timeout, spec.max_batch, spec.log_calls)
+        self.ws_calls = DoorCalls(link, dispatcher, spec.debug, spec.call_timeout, spec.max_batch, spec.log_calls,
+                                  door="ws")
         # /livez: the master answered a heartbeat lately (its loop runs); half the timeout after
         # which a worker gives its master up
         live_for = max(spec.heartbeat_timeout / 2, 2 * spec.heartbeat_interval)
         probes = Probes(livez=lambda: seen.within(live_for), readyz=lambda: link.instance_ready,
-                        status=self._status if spec.http_status else None)
+                        status=self._status if spec.http_status else None, metrics=self._metrics)
         token = read_token(spec.http_token_file) if spec.http_token_file else None
         self.door = HttpDoor(self.calls, probes=probes, max_message_size=spec.max_message_size, token=token,
-                             cors_origin=spec.http_cors)
+                             cors_origin=spec.http_cors, ws_dispatch=self.ws_calls)
         self.embedded = embedded
 
     def figures(self) -> dict:
         """For the status document (sent with the heartbeats): calls and connections of this door."""
         door = self.door
         return {"inflight": door.in_flight, "served": door.served, "connections": door.open_connections}
+
+    async def _metrics(self) -> bytes:
+        """GET /metrics: the whole instance's Prometheus text, as the master has it (DESIGN.md 13)."""
+        text, _content_type = await self.link.master_metrics()
+        return text
 
     async def _status(self) -> bytes:
         return protocol.dumps(await self.link.request("clusterd.status", []))
@@ -241,6 +294,7 @@ class WorkerDoor:
             return
         self.link.fail_forwards(protocol.WORKER_DIED)
         self.calls.answer_unfinished()
+        self.ws_calls.answer_unfinished()
         await self.door.drain(retries)
 
 

@@ -21,7 +21,9 @@ import zmq
 
 from .. import protocol, wire, worker_log
 from ..endpoint import Dispatcher, encode_response
-from ..ops import log
+from ..ops import log, tracing
+from ..ops.method_stats import MethodStats
+from ..ops.tracing import Tracing
 from ..proctitle import set_title
 from ..protocol import RemoteError, RPCError
 from ..wire import ANSWER, CALL, ERROR, NOTIFY, RESULT, STOP, TOKEN_SIZE, WorkerSpec
@@ -98,6 +100,10 @@ class WorkerLink:
     def __init__(self, loop: asyncio.AbstractEventLoop, sock: zmq.Socket, debug: bool,
                  log_calls: bool = False) -> None:
         self.loop = loop
+        # the HTTP/WS door records each call it answers here: stats.record(method, door, outcome, seconds)
+        self.stats = MethodStats()
+        self.tracing: Tracing | None = None   # ops/tracing.py: None unless OpenTelemetry is installed and wanted
+        self.slot: int | None = None
         self.sock = sock
         self.debug = debug
         self.log_calls = log_calls
@@ -125,7 +131,10 @@ class WorkerLink:
         fut = self.loop.create_future()
         self._pending[rid] = fut
         try:
-            self.send_request(protocol.make_request(method, params, rid))
+            msg = protocol.make_request(method, params, rid)
+            if self.tracing is not None:
+                self.tracing.inject(msg)
+            self.send_request(msg)
             return protocol.response_outcome(await fut)
         finally:
             self._pending.pop(rid, None)
@@ -150,6 +159,12 @@ class WorkerLink:
         for fut, rid in forwards.values():
             if not fut.done():
                 fut.set_result(protocol.encode_error(rid, code))
+    async def master_metrics(self, accept: str = "") -> tuple[bytes, str]:
+        """The whole instance's Prometheus text and its content type, from the master (for GET /metrics
+        on the HTTP door: the master holds every process's counters; the workers-only internal
+        method clusterd.metrics)."""
+        answer = await self.request("clusterd.metrics", [accept])
+        return answer["text"].encode(), answer["content_type"]
 
     # -- messages from the master
     def _on_message(self, frames: list[bytes]) -> None:
@@ -209,8 +224,11 @@ class WorkerLink:
         if isinstance(prepared, dict):
             return self._answer(token, prepared)
         func, method = prepared
+        if self.tracing is not None:
+            return self._serve_traced(token, func, method.is_async or method.offload, method.name, req, obj,
+                                      method.offload)
         if method.is_async or method.offload:
-            task = self.loop.create_task(self._serve_async(token, func, req, method.name, method.offload))
+            task = self.loop.create_task(self._serve_async(token, func, req, method.name, offload=method.offload))
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
         elif self.log_calls:
@@ -222,8 +240,9 @@ class WorkerLink:
             self._answer(token, self.dispatcher.run_sync(func, req.params, req.id, method.name))
 
     async def _serve_async(self, token: bytes | None, func, req: protocol.Request, name: str,
-                           offload: bool = False) -> None:
+                           span: Any = None, offload: bool = False) -> None:
         run = self.dispatcher.run_offloaded if offload else self.dispatcher.run_async
+        response = None
         try:
             started = time.perf_counter() if self.log_calls else 0.0
             response = await run(func, req.params, req.id, name)
@@ -232,6 +251,25 @@ class WorkerLink:
             self._answer(token, response)
         except Exception:
             self._fault(token, req.id)
+        finally:
+            if span is not None:
+                self.tracing.end(span, _error_code(response))
+
+    def _serve_traced(self, token: bytes | None, func, is_async: bool, name: str, req: protocol.Request,
+                      obj: dict, offload: bool = False) -> None:
+        """_serve's end with a span around the call, its context current for the calls the method makes."""
+        tracing = self.tracing
+        span = tracing.start(req.method, obj, slot=self.slot)
+        with tracing.use(span):
+            if is_async:
+                # the task copies the context, so the span stays current in it
+                task = self.loop.create_task(self._serve_async(token, func, req, name, span, offload))
+                self._tasks.add(task)
+                task.add_done_callback(self._tasks.discard)
+                return
+            response = self.dispatcher.run_sync(func, req.params, req.id, name)
+        tracing.end(span, _error_code(response))
+        self._answer(token, response)
 
     def _answer(self, token: bytes | None, response: dict) -> None:
         if token is None:
@@ -254,6 +292,14 @@ async def _first(*events: asyncio.Event) -> None:
     finally:
         for waiter in waiters:
             waiter.cancel()
+def _clusterd_version() -> str:
+    from .. import __version__  # the package imports this module before it defines its version
+    return __version__
+
+
+def _error_code(response: dict | None) -> int | None:
+    error = response.get("error") if isinstance(response, dict) else -32603
+    return None if error is None else error.get("code") if isinstance(error, dict) else -32603
 
 
 def import_class(path: str) -> type:
@@ -340,21 +386,22 @@ async def _run(spec: WorkerSpec, embedded: Any = None) -> int:
         from ..curve import client_configurer
         configure = client_configurer(spec.curve)
     seen = heartbeat.MasterSeen()
+    stats = MethodStats()   # the calls this worker's HTTP/WS door answers; the heartbeat reports them
     if embedded is None:
         heartbeat.start(context, spec.endpoint, ident, spec.heartbeat_interval, spec.heartbeat_timeout, configure,
-                        master_pid=spec.master_pid, seen=seen)
+                        master_pid=spec.master_pid, stats=stats, seen=seen)
     else:
         heartbeat.start(context, spec.endpoint, ident, spec.heartbeat_interval, spec.heartbeat_timeout,
-                        watch=threading.get_ident(), stop=embedded.beat_stop, seen=seen)
+                        watch=threading.get_ident(), stop=embedded.beat_stop, stats=stats, seen=seen)
     sock = context.socket(zmq.DEALER)
     try:
-        return await _serve(loop, spec, sock, configure, embedded, seen)
+        return await _serve(loop, spec, sock, configure, embedded, stats, seen)
     finally:
         sock.close(linger=1000)  # idempotent; a cancelled (killed) thread worker must still close it
 
 
 async def _serve(loop: asyncio.AbstractEventLoop, spec: WorkerSpec, sock: zmq.Socket, configure: Any,
-                 embedded: Any, seen: heartbeat.MasterSeen) -> int:
+                 embedded: Any, stats: MethodStats | None = None, seen: heartbeat.MasterSeen | None = None) -> int:
     ident = spec.ident.encode()
     sock.setsockopt(zmq.ROUTING_ID, ident)
     sock.setsockopt(zmq.LINGER, 2000)
@@ -364,6 +411,8 @@ async def _serve(loop: asyncio.AbstractEventLoop, spec: WorkerSpec, sock: zmq.So
         configure(sock)
     sock.connect(spec.endpoint)
     link = WorkerLink(loop, sock, spec.debug, spec.log_calls)
+    link.stats = stats if stats is not None else MethodStats()
+    seen = seen or heartbeat.MasterSeen()
     if embedded is not None:
         embedded.link = link
 
@@ -376,6 +425,8 @@ async def _serve(loop: asyncio.AbstractEventLoop, spec: WorkerSpec, sock: zmq.So
         endpoint.master = MasterProxy(link)
         endpoint.workers = WorkersProxyViaMaster(endpoint.master)
         await endpoint.start_services()
+        link.slot = spec.slot
+        link.tracing = tracing.load(_clusterd_version())
         link.dispatcher = Dispatcher(endpoint, spec.debug)
         link.dispatcher.report = worker_log.CallErrors().report
         door = None
