@@ -252,6 +252,9 @@ def test_a_token_is_required_on_the_rpc_path_but_not_on_probes(guarded):
         assert status == 200 and json.loads(body)["result"] == 3
         assert headers["access-control-allow-origin"] == "https://app.example"
         assert c.get("/livez")[0] == 200 and c.get("/readyz")[0] == 200
+        assert c.get("/metrics")[0] == 401  # not a probe: it names the methods and the workers' memory
+        status, _body = c.get("/metrics", headers={"Authorization": "Bearer s3cret-token_1"})
+        assert status == 200
     finally:
         c.close()
 

@@ -26,6 +26,7 @@ log = logging.getLogger(__name__)
 
 RPC_PATHS = (b"/", b"/rpc")
 WS_PATHS = (b"/", b"/ws")
+OPEN_PATHS = (b"/livez", b"/readyz")  # with a token, the probes stay open; /status and /metrics do not
 JSON_TYPES = (b"application/json", b"application/json-rpc", b"application/jsonrequest")
 MAX_HEAD_BYTES = 64 * 1024  # request line and headers; httptools itself sets no limit
 MAX_PIPELINED = 64  # requests in flight on one connection before it stops reading
@@ -162,6 +163,8 @@ class HttpConnection(asyncio.Protocol):
                 self._refuse(404, b"not found\n")
             elif method not in (b"GET", b"HEAD"):
                 self._refuse(405, b"use GET\n", b"Allow: GET, HEAD\r\n")
+            elif door.token is not None and path not in OPEN_PATHS and not self._authorized():
+                self._refuse(401, b"missing or wrong bearer token\n", b'WWW-Authenticate: Bearer\r\n')
             else:
                 self.route = Route.HOOK
                 self.hook = hook
