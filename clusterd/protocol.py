@@ -49,10 +49,10 @@ _OPTIONS = orjson.OPT_NON_STR_KEYS
 # orjson turns integers past 64 bits into floats: an id or a param of 2**70 would come back changed.
 # Such a long run of digits is rare, so only messages holding one take the slower exact path.
 _LONG_DIGITS_STR = re.compile(r"\d{19}")
-# For bytes, a run of 19 digits is found by mapping every digit to "0" and everything else to a space
-# (two passes in C): a few times faster than the regular expression \d{19}, on the per-call path.
-_DIGITS_TO_ZEROS = bytes(48 if 48 <= i <= 57 else 32 for i in range(256))
-_LONG_RUN = b"0" * 19
+# For bytes, every digit becomes "9" and a run of nineteen of them is looked for: a third of the
+# time a regular expression takes on a small message.
+_DIGITS_AS_NINES = bytes.maketrans(b"0123456789", b"9" * 10)
+_NINETEEN = b"9" * 19
 
 
 fast_loads = orjson.loads
@@ -79,7 +79,7 @@ def loads(data: bytes | bytearray | memoryview | str) -> Any:
 def _long_digits(data: bytes | bytearray | str) -> bool:
     if isinstance(data, str):
         return _LONG_DIGITS_STR.search(data) is not None
-    return _LONG_RUN in data.translate(_DIGITS_TO_ZEROS)
+    return _NINETEEN in data.translate(_DIGITS_AS_NINES)
 
 
 def dumps(obj: Any) -> bytes:

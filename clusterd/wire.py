@@ -5,21 +5,26 @@ named here, so a reader can follow a frame or a setting from one side to the oth
 payloads inside the frames are the protocol module's; this module only frames them.
 
 A worker's DEALER socket to the master's workers socket (the master's ROUTER sees the worker's
-routing id, its `ident`, first):
+routing id, its `ident`, first). A message carries one or more items, one frame each, that name their
+kind in their first byte; each side gathers the items of a loop turn for a peer into one message
+(zmqloop.Outbox), since a send, not the bytes, is what a small message costs:
 
-    master -> worker   CALL + token + request    one frame: a call to answer with the same token
-                       NOTIFY, request           a notification (no answer)
-                       ANSWER, response          the answer to one of the worker's own requests
-                       STOP [, seconds]          stop gracefully (finish the calls, stop_services)
+    master -> worker   CALL + token + request    a call to answer with the same token
+                       NOTIFY + request          a notification (no answer)
+                       ANSWER + response         the answer to one of the worker's own requests
+                       STOP [+ seconds]          stop gracefully (finish the calls, stop_services),
                                                  within the seconds left before the master kills it
-                       STATE, state              whether the instance is ready (/readyz), on change
-                       FORWARDED + token, response   the answer to a FORWARD
-    worker -> master   RESULT|ERROR + token + response   one frame: the answer to a call
-                       REQUEST, request          the worker's own request to the master
-                       FORWARD + token, request  a request from an HTTP/WebSocket caller the worker
+                       STATE + b"1"|b"0"         whether the instance is ready (/readyz), on change
+                       FORWARDED + token + response   the answer to a FORWARD
+    worker -> master   RESULT|ERROR + token + response   the answer to a call
+                       REQUEST + request         the worker's own request to the master
+                       FORWARD + token + request a request from an HTTP/WebSocket caller the worker
                                                  does not serve itself: the master routes it as
                                                  one from a --bind client (same exposure rules)
-                       HELLO, hello              ready, with its method table
+
+and, alone in a message of two frames (kind, json):
+
+    worker -> master   HELLO, hello              ready, with its method table
                        FAILURE, failure          could not start: the error and traceback
 
 The heartbeat thread has a socket of its own, with routing id HEARTBEAT_PREFIX + ident:
