@@ -38,6 +38,7 @@ async def serve(config: Config, master_cls: type, worker_cls: type) -> int:
     router.master_code = MasterCode(master_cls)
     log.logger.addHandler(router.log_ring)
     try:
+        router.front.open()  # raises BindError: the CLI prints its one line, exit status 1
         return await _serve(loop, router, config)
     finally:
         await router.telemetry.close()
@@ -136,6 +137,8 @@ async def _run_until_stopped(loop: asyncio.AbstractEventLoop, router: Router, st
     config = router.config
     router.set_state(ClusterState.RUNNING)
     log.event("master-ready", f"{config.name}: {log.plural(config.workers, 'worker')} ready", instance=config.name)
+    for bind in config.http_binds:
+        log.event("http-listen", f"{config.name}: HTTP and WebSocket on {bind}", bind=bind)
     interval = router.notifier.watchdog_interval() if router.notifier is not None else None
     if interval:
         _keep_watchdog(loop, router.notifier, interval, router)
