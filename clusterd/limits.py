@@ -6,20 +6,26 @@ hard one (as nginx's worker_rlimit_nofile and systemd services do); each client 
 and every --bind) then holds at most --max-clients connections, chosen so that the sum leaves fds for
 the worker link, the workers' pipes and the master itself, plus headroom for connections libzmq accepts
 before the master has seen them. A connection past the cap is shut down as soon as its ACCEPTED event
-arrives (a socket monitor), and the cap being reached is logged once per episode.
+arrives (a socket monitor), by a process of its own (fdgate.py) so that a busy master loop cannot delay
+it, and the cap being reached is logged once per episode.
 """
 
 from __future__ import annotations
 
 import asyncio
+import ctypes
 import fcntl
 import logging
 import os
 import resource
 import socket
 import struct
+import subprocess
+import sys
 import termios
+import threading
 from collections.abc import Callable
+from pathlib import Path
 
 import zmq
 
@@ -69,13 +75,16 @@ def max_clients(wanted: int, open_files: int, endpoints: int, workers: int) -> i
 class ClientGate:
     """Counts the connections of one client socket per endpoint and shuts down those past the cap.
 
-    It reads the socket's monitor (ACCEPTED/DISCONNECTED carry the connection's fd). The fd is libzmq's:
-    the gate only shuts it down (never closes it), so libzmq sees the peer go away and closes it itself.
+    It reads the socket's monitor (ACCEPTED/DISCONNECTED carry the connection's fd), bound at an ipc
+    address of the instance directory for the fdgate process (GateWatch), which shuts down connections
+    past the cap at once and passes each event on here. The fd is libzmq's: it is only shut down (never
+    closed), so libzmq sees the peer go away and closes it itself.
     """
 
-    def __init__(self, sock: zmq.Socket, cap: int, label: Callable[[str], str] = str) -> None:
+    def __init__(self, sock: zmq.Socket, cap: int, address: str, label: Callable[[str], str] = str) -> None:
         self.cap = cap
         self._label = label
+        self.address = address
         self.open: dict[int, str] = {}          # fd -> the endpoint it was accepted on
         self.counts: dict[str, int] = {}
         self.refusing: set[str] = set()
@@ -83,15 +92,11 @@ class ClientGate:
         self._accept_failed_logged = False
         self.delivered = 0   # bytes of complete messages the master read (for the MessageGuard)
         self.on_accept: Callable[[], None] | None = None
-        address = f"inproc://clusterd-monitor-{id(sock):x}"
         sock.monitor(address, _EVENTS)
-        self.monitor = sock.context.socket(zmq.PAIR)
-        self.monitor.setsockopt(zmq.RCVHWM, 0)  # events are small; libzmq must never block on them
-        self.monitor.setsockopt(zmq.LINGER, 0)
-        self.monitor.connect(address)
 
     def on_events(self, frames: list[bytes]) -> None:
-        """One monitor message: [event id (2 bytes) + value (4 bytes), endpoint]."""
+        """One monitor message: [event id (2 bytes) + value (4 bytes), endpoint], and from fdgate what it
+        did: b"shut" (the connection past the cap is shut down already)."""
         if len(frames) < 2 or len(frames[0]) < 6:
             return
         event, value = struct.unpack("=HI", frames[0][:6])
@@ -101,7 +106,7 @@ class ClientGate:
             held = self.counts.get(endpoint, 0) + 1
             self.counts[endpoint] = held
             if held > self.cap:
-                self._refuse(value, endpoint, held)
+                self._refuse(value, endpoint, len(frames) > 2 and frames[2] == b"shut")
             elif self.on_accept is not None:
                 self.on_accept()
         elif event == _DISCONNECTED:
@@ -117,12 +122,14 @@ class ClientGate:
             log.event("accept-failed", f"{self._label(frames[1].decode('utf-8', 'replace'))}: accept failed "
                       f"(errno {value}); lower --max-clients or raise the open-file limit", level=logging.ERROR)
 
-    def _refuse(self, fd: int, endpoint: str, held: int) -> None:
+    def _refuse(self, fd: int, endpoint: str, done: bool) -> None:
         self.refused += 1
         if endpoint not in self.refusing:
             self.refusing.add(endpoint)
             log.event("max-clients", f"{self._label(endpoint)}: {self.cap} clients connected (--max-clients): "
                       "closing new connections until some leave", level=logging.WARNING)
+        if done:
+            return
         try:
             sock = socket.socket(fileno=fd)
         except OSError:
@@ -131,7 +138,7 @@ class ClientGate:
             # the fd may have been closed and reused since the event: only a connection of a client
             # endpoint of ours (same family and local port or path) is ever shut down
             if sock.family in (socket.AF_INET, socket.AF_INET6, socket.AF_UNIX) and sock.type == socket.SOCK_STREAM \
-                    and _same_place(sock.getsockname(), endpoint):
+                    and same_place(sock.getsockname(), endpoint):
                 sock.shutdown(socket.SHUT_RDWR)
         except OSError:
             pass
@@ -148,7 +155,7 @@ class ClientGate:
         except OSError:
             return
         try:
-            if _same_place(sock.getsockname(), endpoint):
+            if same_place(sock.getsockname(), endpoint):
                 sock.shutdown(socket.SHUT_RDWR)
         except OSError:
             pass
@@ -157,6 +164,129 @@ class ClientGate:
 
     def document(self) -> dict:
         return {"max_per_endpoint": self.cap, "connected": sum(self.counts.values()), "refused": self.refused}
+
+
+class GateWatch:
+    """Brings the gates' monitor events to the fdgate process, which enforces the caps whatever the
+    master is doing, and from it to the master's loop (for the status counts).
+
+    libzmq monitors only over inproc: for each gate a zmq proxy relays its monitor to an ipc socket of the
+    instance directory (0600) that fdgate reads; the proxy runs in C without the GIL, in a thread of its
+    own, so neither a busy loop nor a long C call in the master delays it. If fdgate cannot start, the
+    master reads the monitors itself and enforces the caps on its loop (a busy loop then delays it: logged).
+    """
+
+    def __init__(self, ctx: zmq.Context, directory: Path, gates: list[ClientGate]) -> None:
+        self.ctx = ctx
+        self.gates = gates
+        self.proc: subprocess.Popen | None = None
+        self.enforcing = False
+        self.readers: list[tuple[zmq.Socket, Callable[[list[bytes]], None]]] = []
+        self._relays: list[tuple[threading.Thread, zmq.Socket]] = []
+        monitors = []
+        for gate in gates:
+            pair = ctx.socket(zmq.PAIR)
+            pair.setsockopt(zmq.RCVHWM, 0)  # events are small; libzmq must never block on them
+            pair.setsockopt(zmq.LINGER, 0)
+            pair.connect(gate.address)
+            monitors.append(pair)
+        events = ctx.socket(zmq.PULL)
+        events.setsockopt(zmq.RCVHWM, 0)
+        events.setsockopt(zmq.LINGER, 0)
+        self._bind(events, directory / "gate.sock")
+        outs = []
+        for i in range(len(gates)):
+            out = ctx.socket(zmq.PAIR)
+            out.setsockopt(zmq.SNDHWM, 0)
+            out.setsockopt(zmq.LINGER, 0)
+            self._bind(out, directory / f"gate-{i}.sock")
+            outs.append(out)
+        if gates and self._start(events, directory):
+            self.readers.append((events, self._on_event))
+            for monitor, out in zip(monitors, outs):
+                self._relay(monitor, out)
+            return
+        self.close_process()
+        events.close(linger=0)
+        for out in outs:
+            out.close(linger=0)
+        if gates:
+            log.event("max-clients", "the connection gate process did not start: --max-clients is enforced by "
+                      "the master's loop (a busy loop delays it)", level=logging.WARNING)
+        self.readers.extend(zip(monitors, (gate.on_events for gate in gates)))
+
+    @staticmethod
+    def _bind(sock: zmq.Socket, path: Path) -> None:
+        sock.bind(f"ipc://{path}")
+        os.chmod(path, 0o600)
+
+    def _start(self, events: zmq.Socket, directory: Path) -> bool:
+        env = dict(os.environ)
+        root = str(Path(__file__).resolve().parent.parent)
+        env["PYTHONPATH"] = root + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
+        try:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "clusterd.fdgate", str(os.getpid()), str(self.gates[0].cap),
+                 f"ipc://{directory / 'gate.sock'}",
+                 *(f"ipc://{directory / f'gate-{i}.sock'}" for i in range(len(self.gates)))],
+                stdin=subprocess.DEVNULL, env=env, close_fds=True)
+        except OSError:
+            return False
+        try:  # Yama (ptrace_scope 1) lets only an ancestor take our fds unless we name the process
+            ctypes.CDLL(None).prctl(0x59616D61, self.proc.pid, 0, 0, 0)  # PR_SET_PTRACER
+        except (OSError, AttributeError):
+            pass
+        if not events.poll(READY_TIMEOUT_MS):
+            return False
+        ready = events.recv_multipart()
+        self.enforcing = ready[-1] == b"1"
+        if not self.enforcing:
+            log.event("max-clients", "the connection gate process cannot take the master's fds (pidfd_getfd "
+                      "refused): --max-clients is enforced by the master's loop (a busy loop delays it)",
+                      level=logging.WARNING)
+        return True
+
+    def _relay(self, monitor: zmq.Socket, out: zmq.Socket) -> None:
+        control = self.ctx.socket(zmq.PAIR)
+        address = f"inproc://clusterd-gate-relay-{id(out):x}"
+        control.bind(address)
+        steer = self.ctx.socket(zmq.PAIR)
+        steer.connect(address)
+
+        def run() -> None:
+            try:
+                zmq.proxy_steerable(monitor, out, None, steer)
+            except zmq.ZMQError:
+                pass
+            finally:
+                for sock in (monitor, out, steer):
+                    sock.close(linger=0)
+        thread = threading.Thread(target=run, name="clusterd-gate-relay", daemon=True)
+        thread.start()
+        self._relays.append((thread, control))
+
+    def _on_event(self, frames: list[bytes]) -> None:
+        """[gate index, event, endpoint, what fdgate did]"""
+        self.gates[int(frames[0])].on_events(frames[1:])
+
+    def close_process(self) -> None:
+        """Stop the relays (their sockets closed by their threads) and the fdgate process."""
+        for thread, control in self._relays:
+            try:
+                control.send(b"TERMINATE")
+            except zmq.ZMQError:
+                pass
+            thread.join(2)
+            control.close(linger=0)
+        self._relays = []
+        if self.proc is not None:
+            if self.proc.poll() is None:
+                self.proc.kill()
+            self.proc.wait()
+            self.proc = None
+
+
+READY_TIMEOUT_MS = 10000   # a python start on a loaded machine
 
 
 GUARD_INTERVAL_S = 0.05
@@ -278,7 +408,7 @@ def _bytes_read(fd: int) -> int | None:
         sock.detach()
 
 
-def _same_place(local: object, endpoint: str) -> bool:
+def same_place(local: object, endpoint: str) -> bool:
     """Whether a socket's local address belongs to the endpoint it was accepted on."""
     if isinstance(local, (bytes, str)):
         path = local.decode() if isinstance(local, bytes) else local
@@ -288,4 +418,4 @@ def _same_place(local: object, endpoint: str) -> bool:
     return False
 
 
-__all__ = ["raise_open_files", "client_budget", "max_clients", "ClientGate", "MessageGuard"]
+__all__ = ["raise_open_files", "client_budget", "max_clients", "ClientGate", "GateWatch", "MessageGuard"]

@@ -106,6 +106,47 @@ def test_master_keeps_serving_with_more_connections_than_open_files(cluster):
     assert inst.status()["master"]["pid"] == inst.proc.pid
 
 
+def test_the_cap_holds_while_the_master_is_busy_in_a_long_c_call(cluster):
+    """libzmq accepts while a sync master method holds the GIL for seconds: the connections past the cap
+    are still shut down at once (fdgate), so a client of control.sock never meets EMFILE (which libzmq
+    answers by aborting the whole master)."""
+    port = free_port()
+    address = f"tcp://127.0.0.1:{port}"
+    inst = start_limited(cluster("tests.apps.hardening:Master", "tests.apps.hardening:Worker", "--workers", "2",
+                                 "--bind", address, start=False), 300)
+    busy = Rpc(address)
+    flood: list[socket.socket] = []
+
+    def connect_all() -> None:
+        for _ in range(600):
+            try:
+                s = socket.create_connection(("127.0.0.1", port), timeout=5)
+                s.sendall(zmtp_greeting())
+            except OSError:
+                continue  # the listen queue is full for a moment: that connection is not needed
+            flood.append(s)
+    import threading
+    flooder = threading.Thread(target=connect_all)
+    try:
+        busy.send_raw(protocol.dumps({"jsonrpc": "2.0", "method": "m_factorial", "params": [600000], "id": 1}))
+        wait_for(lambda: psutil.Process(inst.proc.pid).cpu_percent(0.1) > 50, 10, message="the master busy")
+        flooder.start()
+        # more connections than the master has fds, while it is still busy; then a client of control.sock
+        wait_for(lambda: len(flood) >= 300 or not flooder.is_alive(), 60, message="connections opened")
+        out = inst.cli("status", "--json", "--name", inst.name)
+        assert out.returncode == 0, (out.stderr, inst.stderr())
+        assert inst.proc.poll() is None
+        assert protocol.loads(out.stdout)["clients"]["bind"]["refused"] > 0
+        assert psutil.Process(inst.proc.pid).num_fds() < 300
+        assert "error" in protocol.loads(busy.recv_raw(60))  # 600000! has more digits than JSON may carry
+    finally:
+        flooder.join()
+        for s in flood:
+            s.close()
+        busy.close()
+    assert inst.proc.poll() is None
+
+
 def test_max_clients_caps_connections_per_endpoint(cluster):
     port = free_port()
     address = f"tcp://127.0.0.1:{port}"

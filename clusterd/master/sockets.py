@@ -40,17 +40,23 @@ class Sockets:
         self.open_files = limits.raise_open_files()
         self.max_clients = limits.DEFAULT_MAX_CLIENTS
         self.guard: limits.MessageGuard | None = None
+        self.watch: limits.GateWatch | None = None
 
     def open(self, bind_ipc: BindIpc, on_client: ClientHandler, on_worker: WorkerHandler) -> None:
         """bind_ipc(sock, name) binds a socket as a file of the instance's directory."""
         cfg = self.config
         self.max_clients = limits.max_clients(cfg.max_clients, self.open_files, 1 + len(cfg.binds), cfg.workers)
         self.control = self._router_socket(client=True)
-        bind_ipc(self.control, "control.sock")
         if cfg.binds:
             self.public = self._router_socket(client=True)
-            for addr in cfg.binds:
-                self.public.bind(addr)
+        # the gates' enforcer runs before the first bind: every connection is counted
+        self.watch = limits.GateWatch(self.ctx, cfg.instance_dir, list(self.gates.values()))
+        for sock, handler in self.watch.readers:
+            self._made.append(sock)
+            self._read(sock, handler)
+        bind_ipc(self.control, "control.sock")
+        for addr in cfg.binds:
+            self.public.bind(addr)
         self.workers = self._router_socket(client=False)
         self.workers.setsockopt(zmq.ROUTER_MANDATORY, 1)
         bind_ipc(self.workers, "workers.sock")
@@ -113,10 +119,8 @@ class Sockets:
 
     def _open_gate(self, sock: zmq.Socket) -> None:
         """Cap the connections of a client socket per endpoint (--max-clients) so that fds never run out."""
-        gate = limits.ClientGate(sock, self.max_clients, _endpoint_label)
-        self.gates[sock] = gate
-        self._made.append(gate.monitor)
-        self._read(gate.monitor, gate.on_events)
+        address = f"inproc://clusterd-monitor-{id(sock):x}"
+        self.gates[sock] = limits.ClientGate(sock, self.max_clients, address, _endpoint_label)
 
     def clients_document(self) -> dict:
         """The `clients` part of the status document."""
@@ -130,6 +134,8 @@ class Sockets:
         (an abandoned thread worker still holds sockets: term() would wait for ever)."""
         if self.guard is not None:
             self.guard.close()
+        if self.watch is not None:
+            self.watch.close_process()
         for reader in self.readers.values():
             reader.close()
         for sock in self._made:
