@@ -465,7 +465,10 @@ def _json_value(text: str) -> Any:
 @cli.command(name="ls")
 def list_cmd() -> None:
     """List the running instances."""
-    instances = list_instances()
+    unsafe: list[str] = []
+    instances = list_instances(unsafe=unsafe)
+    for problem in unsafe:
+        click.echo(f"clusterd: skipped: {problem}", err=True)
     if not instances:
         click.echo(f"no instances running (in {runtime_root()})")
         return

@@ -58,6 +58,7 @@ class Router:
         self.notifier = notifier
         self.version = version
         self.graceful = True
+        self.interrupted = False  # a Ctrl-C (SIGINT) asked for the stop: a second one hurries it
         self.ctx = zmq.Context()
         self.sockets = Sockets(self.loop, self.ctx, config)
         self.dir = RuntimeDir(config.instance_dir)

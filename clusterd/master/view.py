@@ -40,6 +40,7 @@ class MasterView(Protocol):
     control: zmq.Socket
     wsock: zmq.Socket
     stopped: asyncio.Event
+    interrupted: bool             # a Ctrl-C asked for the stop
     keeper: Any                   # the DirKeeper (dir_keeper.py)
     endpoint: Any                 # the user's MasterEndpoint
     worker_methods: dict[str, dict]
