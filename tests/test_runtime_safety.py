@@ -141,6 +141,22 @@ def test_deleted_runtime_dir_is_made_again_and_the_name_stays_taken(cluster):
     assert not (a.dir / "control.sock").exists() and not (a.dir / "master.pid").exists()
 
 
+@pytest.mark.timeout(60)
+def test_ls_skips_an_unsafe_instance_dir(runtime_dir, cluster_env):
+    fake, lock = _plant_fake_instance(runtime_dir / "t")
+    try:
+        os.chmod(runtime_dir / "t", 0o777)
+        proc = clusterd(cluster_env, "ls")
+        assert proc.returncode == 0, proc.stderr
+        assert not fake.poll(500), "ls talked to the planted socket"
+        warning = proc.stderr.strip().splitlines()
+        assert len(warning) == 1 and str(runtime_dir / "t") in warning[0], proc.stderr
+        assert "unresponsive" not in proc.stdout
+    finally:
+        fake.close()
+        os.close(lock)
+
+
 @pytest.mark.timeout(120)
 def test_instances_sharing_a_deleted_runtime_dir_never_cross(cluster):
     port = free_port()
