@@ -211,11 +211,13 @@ def bounded(cluster):
 
 
 def per_client_bound() -> int:
-    """SECURITY.md's formula for one client: (5 x --max-client-inflight + 64) x --max-message-size."""
-    return (5 * INFLIGHT + 64) * MESSAGE
+    """SECURITY.md's formula for one client: (5 x --max-client-inflight + 65) x --max-message-size."""
+    return (5 * INFLIGHT + 65) * MESSAGE
 
 
 def test_a_client_that_never_reads_answers_cannot_grow_the_master(bounded):
+    """Its answers wait for it (those past its queue in a backlog counted as in flight), its calls past
+    the limit get -32005, the master stays under the bound, and once it reads every call has its answer."""
     inst = bounded
     master = psutil.Process(inst.proc.pid)
     before = master.memory_info().rss
@@ -225,24 +227,47 @@ def test_a_client_that_never_reads_answers_cannot_grow_the_master(bounded):
     sock.setsockopt(zmq.SNDHWM, 0)
     sock.setsockopt(zmq.LINGER, 0)
     sock.connect(inst.tcp)
-    blob = "x" * (MESSAGE - 200)
+    blob = "x" * 900_000
+    calls = 400
     peak = before
+
+    def answered(n: int):  # n calls ran or were refused: all their answers are out or kept
+        doc = inst.status()
+        return sum(w["served"] for w in doc["workers"]) + doc["clients"].get("refused_busy", 0) >= n and doc
     try:
-        for i in range(1500):  # 1.5 GB of echoes, none read
+        # 360 MB of echoes, none read for now: the first ones fill its in-flight limit, and their answers
+        # wait in its queue; the refusals of the others fill the rest of it, and then its backlog
+        for i in range(calls):
             sock.send(protocol.dumps({"jsonrpc": "2.0", "method": "echo", "params": [blob], "id": i}))
+            if i + 1 == INFLIGHT:
+                wait_for(lambda: answered(INFLIGHT), 60, message="the first calls answered")
             if i % 50 == 0:
                 peak = max(peak, master.memory_info().rss)
-        wait_for(lambda: inst.status()["client_inflight"] == 0, 60, message="every call answered or refused")
+        doc = wait_for(lambda: answered(calls), 60, message="every call answered or refused")
+        assert doc["clients"]["answers_kept"] > 0, "the client's queue never filled: the test proves nothing"
         peak = max(peak, master.memory_info().rss)
         print(f"\nmaster RSS before {before / 2**20:.0f} MiB, peak {peak / 2**20:.0f} MiB")
         assert peak - before < per_client_bound(), (before, peak)
-        assert inst.status()["clients"]["unfinished_closed"] == 0  # its messages are whole: never cut
         # the master is fine and serves others
         other = Rpc(inst.tcp)
         try:
             assert other.result("add", 1, 2) == 3
         finally:
             other.close()
+        # the client reads at last: every call has its result or -32005, none is lost
+        answers: dict[int, dict] = {}
+        while len(answers) < calls and sock.poll(15000):
+            reply = protocol.loads(sock.recv())
+            answers[reply["id"]] = reply
+        results = [r for r in answers.values() if "result" in r]
+        refused = [r for r in answers.values() if "error" in r]
+        assert all(r["error"]["code"] == protocol.TOO_BUSY for r in refused), refused[:3]
+        assert all(r["result"] == blob for r in results)
+        assert sorted(answers) == list(range(calls)), f"{calls - len(answers)} calls got no answer"
+        assert len(results) >= INFLIGHT
+        doc = inst.status()
+        assert doc["client_inflight"] == 0 and doc["clients"]["answers_kept"] == 0
+        assert doc["clients"]["unfinished_closed"] == 0  # its messages are whole: never cut
     finally:
         sock.close(linger=0)
 

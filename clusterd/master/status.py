@@ -32,7 +32,8 @@ def status_document(router: MasterView) -> dict:
         "generation": sup.generation,
         "queued": len(router.queue),
         "client_inflight": router.client_inflight(),
-        "clients": router.sockets.clients_document(),
+        "clients": {**router.sockets.clients_document(), "answers_kept": router.backlogs.held(),
+                    "answers_dropped": router.backlogs.dropped, "refused_busy": router.refused_busy},
     }
     if router.reloads is not None:
         doc["reload"] = router.reloads.summary()

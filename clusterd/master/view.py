@@ -45,8 +45,10 @@ class MasterView(Protocol):
     endpoint: Any                 # the user's MasterEndpoint
     worker_methods: dict[str, dict]
     client_calls: dict[zmq.Socket, dict[bytes, int]]
+    readers: dict[zmq.Socket, Any]   # the SocketReader of each socket
     inflight_limit: int
-    stalled: dict[zmq.Socket, set[bytes]]
+    backlogs: Any                 # the Backlogs (backlog.py)
+    refused_busy: int
     sockets: Any                  # the Sockets (sockets.py)
 
     def set_state(self, state: ClusterState) -> None: ...
@@ -57,7 +59,9 @@ class MasterView(Protocol):
 
     def spawn_task(self, coro: Coroutine[Any, Any, Any]) -> None: ...
 
-    def send(self, sock: zmq.Socket, envelope: list[bytes], payload: bytes) -> None: ...
+    def send(self, sock: zmq.Socket, envelope: list[bytes], payload: bytes, counted: bool = False) -> bool: ...
+
+    def stalled(self, sock: zmq.Socket, ident: bytes) -> bool: ...
 
     def to_worker(self, frames: list[bytes], sock: zmq.Socket | None = None) -> None: ...
 

@@ -65,13 +65,20 @@ class RateLimited:
 
     def exception(self, message: str) -> None:
         """Log message with the exception being handled, unless one was logged within the period."""
+        self._report(logging.ERROR, message, True)
+
+    def warning(self, message: str) -> None:
+        """Log message as a warning, unless one was logged within the period."""
+        self._report(logging.WARNING, message, False)
+
+    def _report(self, level: int, message: str, exc_info: bool) -> None:
         now = time.monotonic()
         if now < self._next:
             self._held += 1
             return
         held, self._held = self._held, 0
         self._next = now + self.period
-        logger.error(message + (f" ({held} more since the last report)" if held else ""), exc_info=True)
+        logger.log(level, message + (f" ({held} more since the last report)" if held else ""), exc_info=exc_info)
 
 
 def survive(what: str, func, *args) -> bool:
