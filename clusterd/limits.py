@@ -176,7 +176,9 @@ class GateWatch:
     master reads the monitors itself and enforces the caps on its loop (a busy loop then delays it: logged).
     """
 
-    def __init__(self, ctx: zmq.Context, directory: Path, gates: list[ClientGate]) -> None:
+    def __init__(self, ctx: zmq.Context, directory: Path, bind_ipc: Callable[[zmq.Socket, str], None],
+                 gates: list[ClientGate]) -> None:
+        """bind_ipc(sock, name) binds a socket as a file of the instance directory (0600, ours)."""
         self.ctx = ctx
         self.gates = gates
         self.proc: subprocess.Popen | None = None
@@ -193,13 +195,13 @@ class GateWatch:
         events = ctx.socket(zmq.PULL)
         events.setsockopt(zmq.RCVHWM, 0)
         events.setsockopt(zmq.LINGER, 0)
-        self._bind(events, directory / "gate.sock")
+        bind_ipc(events, "gate.sock")
         outs = []
         for i in range(len(gates)):
             out = ctx.socket(zmq.PAIR)
             out.setsockopt(zmq.SNDHWM, 0)
             out.setsockopt(zmq.LINGER, 0)
-            self._bind(out, directory / f"gate-{i}.sock")
+            bind_ipc(out, f"gate-{i}.sock")
             outs.append(out)
         if gates and self._start(events, directory):
             self.readers.append((events, self._on_event))
@@ -214,11 +216,6 @@ class GateWatch:
             log.event("max-clients", "the connection gate process did not start: --max-clients is enforced by "
                       "the master's loop (a busy loop delays it)", level=logging.WARNING)
         self.readers.extend(zip(monitors, (gate.on_events for gate in gates)))
-
-    @staticmethod
-    def _bind(sock: zmq.Socket, path: Path) -> None:
-        sock.bind(f"ipc://{path}")
-        os.chmod(path, 0o600)
 
     def _start(self, events: zmq.Socket, directory: Path) -> bool:
         env = dict(os.environ)

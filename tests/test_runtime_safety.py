@@ -194,6 +194,38 @@ def test_instances_sharing_a_deleted_runtime_dir_never_cross(cluster):
         a_client.close()
 
 
+@pytest.mark.timeout(120)
+def test_a_displaced_master_takes_its_name_back_once_it_is_free(cluster):
+    a = cluster(*BASIC, "--workers", "1", "--heartbeat-timeout", "30")
+    a.wait_ready(1)
+    a.signal(signal.SIGSTOP)
+    try:  # a tmp cleaner deletes A's directory, then B takes the name
+        shutil.rmtree(a.dir)
+        b = cluster(*BASIC, "--workers", "1", start=False)
+        b.stderr_path = a.runtime_dir / "b.stderr"
+        b.start()
+        b.wait_ready(1)
+    finally:
+        a.signal(signal.SIGCONT)
+    wait_for(lambda: "runtime-dir-taken" in a.stderr() or "held by another instance" in a.stderr(), 10,
+             message="A notices that B holds its name")
+    assert b.status()["master"]["pid"] == b.proc.pid
+    b.signal(signal.SIGTERM)
+    assert b.wait_exit(20) == 0, b.stderr()
+    # the name is free again: A holds it, and `clusterd status/stop --name` reach A
+    wait_for(lambda: a.status()["master"]["pid"] == a.proc.pid, 20, message="A holds its name again")
+    old = {w["pid"] for w in a.ready_workers()}
+    for pid in old:
+        os.kill(pid, signal.SIGKILL)
+    wait_for(lambda: len([w for w in a.ready_workers() if w["pid"] not in old]) == 1, 30,
+             message="A's replacement worker joined")
+    assert a.client().result("add", 2, 3) == 5
+    out = a.cli("stop", "--name", a.name)
+    assert out.returncode == 0, out.stderr
+    assert a.wait_exit(20) == 0, a.stderr()
+    assert not (a.dir / "control.sock").exists() and not (a.dir / "master.pid").exists()
+
+
 @pytest.mark.timeout(60)
 def test_a_worker_of_another_master_gets_nothing(cluster):
     inst = cluster(*BASIC, "--workers", "1")

@@ -50,7 +50,7 @@ class Sockets:
         if cfg.binds:
             self.public = self._router_socket(client=True)
         # the gates' enforcer runs before the first bind: every connection is counted
-        self.watch = limits.GateWatch(self.ctx, cfg.instance_dir, list(self.gates.values()))
+        self.watch = limits.GateWatch(self.ctx, cfg.instance_dir, bind_ipc, list(self.gates.values()))
         for sock, handler in self.watch.readers:
             self._made.append(sock)
             self._read(sock, handler)
