@@ -331,3 +331,20 @@ def test_a_message_that_never_ends_cannot_grow_the_master(bounded):
     finally:
         peer.close()
         pusher.join()
+
+
+def test_an_ipc_bind_others_can_connect_to_is_warned_about(cluster, tmp_path):
+    """Linux counts no bytes per unix-socket connection: the unfinished-message guard cannot cover ipc
+    peers, so a --bind ipc:// that other users can connect to is said to be unbounded for them."""
+    import json
+    path = tmp_path / "open.sock"
+    inst = cluster("tests.apps.basic:Master", "tests.apps.basic:Worker", "--workers", "1",
+                   "--bind", f"ipc://{path}", "--log-format", "json", start=False)
+    inst._stderr = open(inst.stderr_path, "wb")
+    inst.proc = subprocess.Popen([sys.executable, "-m", "clusterd", "run", *inst.args, "--name", inst.name],
+                                 cwd=inst.cwd, env=inst.env, stdout=subprocess.PIPE, stderr=inst._stderr,
+                                 start_new_session=True, preexec_fn=lambda: os.umask(0))
+    inst.wait_running()
+    events = [json.loads(line).get("event") for line in inst.stderr().splitlines() if line.startswith("{")]
+    assert "ipc-bind-open" in events
+    os.chmod(path, 0o600)

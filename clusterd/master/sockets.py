@@ -9,12 +9,16 @@
 from __future__ import annotations
 
 import asyncio
+import logging
+import os
+import stat
 from collections.abc import Callable
 from typing import Any
 
 import zmq
 
 from .. import limits
+from ..ops import log
 from ..settings import Config
 from ..zmqloop import SocketReader
 
@@ -57,6 +61,8 @@ class Sockets:
         bind_ipc(self.control, "control.sock")
         for addr in cfg.binds:
             self.public.bind(addr)
+            if addr.startswith("ipc://"):
+                _warn_if_others_connect(addr[len("ipc://"):])
         self.workers = self._router_socket(client=False)
         self.workers.setsockopt(zmq.ROUTER_MANDATORY, 1)
         bind_ipc(self.workers, "workers.sock")
@@ -144,6 +150,21 @@ class Sockets:
             self.authenticator.stop()
         if term:
             self.ctx.term()
+
+
+def _warn_if_others_connect(path: str) -> None:
+    """Linux keeps no byte count per unix-socket connection, so the unfinished-message guard cannot
+    tell which ipc peer sends a message that never ends (SECURITY.md): such a --bind is for trusted
+    local peers only, and its file mode is what keeps the others out."""
+    try:
+        mode = os.stat(path).st_mode
+    except OSError:
+        return
+    if mode & (stat.S_IWGRP | stat.S_IWOTH):
+        log.event("ipc-bind-open", f"--bind ipc://{path} can be connected to by other users (mode "
+                  f"{stat.S_IMODE(mode):o}): the master's memory per client is not bounded for ipc peers that "
+                  f"never finish a message; `chmod 600 {path}` (or a private directory) unless they are trusted",
+                  level=logging.WARNING)
 
 
 def _endpoint_label(endpoint: str) -> str:
