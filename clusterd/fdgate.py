@@ -108,7 +108,7 @@ def main(argv: list[str]) -> int:
     out.setsockopt(zmq.LINGER, 0)
     out.connect(events_address)
     ins = []
-    for address in monitors:
+    for _ in monitors:
         sock = ctx.socket(zmq.PAIR)
         sock.setsockopt(zmq.RCVHWM, 0)
         sock.setsockopt(zmq.LINGER, 0)
