@@ -18,7 +18,9 @@ routing id, its `ident`, first):
 
 The heartbeat thread has a socket of its own, with routing id HEARTBEAT_PREFIX + ident:
 
-    worker -> master   BEAT, {"stalled": s}      alive; how long the main thread made no progress
+    worker -> master   BEAT, {"stalled": s, "stats": delta}   alive; how long the main thread made no
+                                                 progress; the calls its HTTP/WS door answered since the
+                                                 last beat (ops/method_stats.py, only when there were any)
     master -> worker   BEAT                      the master is alive (a worker of a dead master exits)
 
 An agent on another host speaks on the remote workers socket as [AGENT, json] (see master/remote.py).
@@ -96,6 +98,7 @@ class WorkerSpec:
     die_with_parent: bool = True
     curve: dict | None = None      # CURVE client settings for a worker connecting from another host
     host: str | None = None        # set by an agent: the host the worker runs on
+    log_calls: bool = False        # --log-calls: one access line per call
 
     # -- through the environment
     def to_env(self, env: MutableMapping[str, str]) -> MutableMapping[str, str]:

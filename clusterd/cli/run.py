@@ -21,20 +21,28 @@ def run(master: str | None, worker: str | None, config: str | None, **opts: Any)
     """Run MASTER and WORKER (package.module:ClassName) in the foreground."""
     if not master or not worker:
         fail("run needs MASTER and WORKER, e.g. clusterd run myapp.rpc:Master myapp.rpc:Worker")
+    identity = _process_options(opts)
     cwd_on_path()
     master_cls = import_endpoint(master, "MasterEndpoint", "MASTER")
     worker_cls = import_endpoint(worker, "WorkerEndpoint", "WORKER")
     try:
-        cfg = run_config(master, worker, opts)
+        cfg = run_config(master, worker, opts, identity)
     except ConfigError as exc:
         fail(str(exc))
     from ..master import InstanceBusy
     from ..ops import log
     from ..master.runner import run as run_instance
     from ..runtime_dir import RuntimeDirError
-    log.setup(cfg.log_format, cfg.debug)
+    try:
+        log.setup(cfg.log_format, cfg.debug, cfg.name, cfg.log_file)
+    except OSError as exc:
+        fail(f"--log-file {cfg.log_file}: {exc.strerror}")
     for addr in settings.unencrypted_binds(cfg):
         log.event("insecure-bind", f"--bind {addr} is reachable from other hosts and is not encrypted", level=30)
+    public = settings.public_metrics_bind(cfg)
+    if public:
+        log.event("insecure-metrics-bind", f"--metrics-bind {public} is reachable from other hosts and has no "
+                  "authentication: metrics and the dashboard show method names, pids and load", level=30)
     try:
         code = run_instance(cfg, master_cls, worker_cls)
     except (InstanceBusy, RuntimeDirError) as exc:
@@ -46,14 +54,43 @@ def run(master: str | None, worker: str | None, config: str | None, **opts: Any)
     sys.exit(code)
 
 
-def run_config(master: str, worker: str, opts: dict[str, Any]) -> settings.Config:
+def run_config(master: str, worker: str, opts: dict[str, Any], identity: Any = None) -> settings.Config:
     """The Config of `run` from its parsed options, checked as `run` checks it (systemd-unit too)."""
     opts = dict(opts)
     name = settings.instance_name(opts.pop("name"), master)
     cfg = settings.Config(master=master, worker=worker, name=name, runtime_dir=str(settings.runtime_root()),
+                          worker_identity=identity,
                           **{k: list(v) if isinstance(v, tuple) else v for k, v in opts.items()})
     settings.validate_run(cfg)
     return cfg
+
+
+def _process_options(opts: dict) -> Any:
+    """--chdir, --env, --pythonpath (before anything is imported) and --user/--group: the workers' identity."""
+    import os
+    if opts["chdir"]:
+        try:
+            os.chdir(opts["chdir"])
+        except OSError as exc:
+            fail(f"--chdir {opts['chdir']}: {exc.strerror}")
+    for item in opts["env"]:
+        key, _sep, value = item.partition("=")
+        os.environ[key] = value  # checked by the settings table: KEY=VALUE
+    if opts["pythonpath"]:
+        dirs = [os.path.abspath(d) for d in opts["pythonpath"].replace(",", os.pathsep).split(os.pathsep) if d]
+        missing = [d for d in dirs if not os.path.isdir(d)]
+        if missing:
+            fail(f"--pythonpath: no such directory {missing[0]}")
+        sys.path[0:0] = dirs
+        os.environ["PYTHONPATH"] = os.pathsep.join(dirs + [p for p in [os.environ.get("PYTHONPATH")] if p])
+    from ..privileges import PrivilegeError, resolve
+    try:
+        identity = resolve(opts["user"], opts["group"])
+    except PrivilegeError as exc:
+        fail(str(exc))
+    if identity is not None and opts["isolation"] == "thread":
+        fail("--user/--group apply to worker processes: with --isolation thread, start clusterd as that user")
+    return identity
 
 
 @click.command(name="worker")

@@ -23,8 +23,11 @@ class Batches:
     def answer(self, items: list, sock: zmq.Socket, envelope: list[bytes], source: str) -> None:
         router = self.router
         if not items:
+            router.telemetry.count("rejected", "malformed")
             return router.send(sock, envelope, protocol.encode_error(None, protocol.INVALID_REQUEST))
         if len(items) > router.config.max_batch:
+            # (a message over --max-message-size never arrives: ZeroMQ drops it and the connection)
+            router.telemetry.count("rejected", "too-large")
             return router.send(sock, envelope, protocol.encode_error(
                 None, protocol.INVALID_REQUEST, f"Batch too large (at most {router.config.max_batch} requests)"))
         counts = router.client_calls[sock]
@@ -77,7 +80,7 @@ class Batches:
             return router.local.run(req, source)
         meta = router.worker_methods.get(req.method)
         if meta is None:
-            return None if req.id is NO_ID else protocol.encode_error(req.id, protocol.METHOD_NOT_FOUND)
+            return None if req.id is NO_ID else protocol.dumps(protocol.method_not_found(req.id, req.method))
         if router.state is ClusterState.STOPPING:
             return None if req.id is NO_ID else protocol.encode_error(req.id, protocol.SHUTTING_DOWN)
         try:

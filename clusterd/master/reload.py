@@ -146,6 +146,8 @@ class ReloadManager:
                 self.current.ok = False
                 self.current.add("failed", error=str(task.exception()))
                 self.current.done.set_result(None)
+        if self.current is not None:
+            self.router.telemetry.count("reloads", "ok" if self.current.ok else "failed")
         self.last = self.current
         self.current = None
         if self.queued is not None and self.router.state is not ClusterState.STOPPING:
@@ -226,6 +228,7 @@ async def watch_version(router: MasterView, path: str) -> None:
             current = version
             router.version = version
             router.reloads.trigger(f"version {version}")
+            note_master_code(router)
 
 
 async def watch_sources(router: MasterView, directory: str) -> None:
@@ -234,3 +237,14 @@ async def watch_sources(router: MasterView, directory: str) -> None:
     async for changes in awatch(directory, watch_filter=PythonFilter(), debounce=400, step=50):
         names = sorted({Path(p).name for _c, p in changes})
         router.reloads.trigger("changed: " + ", ".join(names[:5]))
+        note_master_code(router)
+
+
+def note_master_code(router: MasterView) -> None:
+    """The workers reload; when the master's own files changed too, say once that it needs a restart."""
+    code = getattr(router, "master_code", None)
+    stale = code.check() if code is not None else None
+    if stale:
+        log.event("master-stale", f"the master's code changed ({', '.join(Path(p).name for p in stale)}): the "
+                  "workers reload, the master keeps its old code until restarted (systemctl restart)",
+                  level=logging.WARNING)

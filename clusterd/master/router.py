@@ -12,6 +12,7 @@ import logging
 import os
 import secrets
 import time
+from time import perf_counter
 from typing import Any
 
 import psutil
@@ -21,26 +22,31 @@ from .. import protocol, wire
 from ..endpoint import Dispatcher, method_table
 from ..ops import log, systemd
 from ..protocol import NO_ID, RPCError
+from ..ops.telemetry import OK, Telemetry, error_outcome
+from ..ops.tracing import Tracing
 from ..runtime_dir import RuntimeDir
 from ..settings import Config
 from ..wire import CALL, ERROR, RESULT, TOKEN_SIZE
 from ..worker.spawn import OnExit, OnLine, Spawner, make_spawner
+from ..worker_log import CallErrors
 from ..zmqloop import NOBLOCK, SocketReader, send_frames
 from .admin import Admin
 from .backlog import Backlogs
 from .batch import Batches
 from .dir_keeper import DirKeeper
 from .endpoint import WorkersProxy, internal_methods
-from .local import LocalMethods, master_lacks
+from .local import DOORS, LocalMethods, calling_door, master_lacks
 from .pool import Call, Worker
 from .reload import ReloadManager
 from .sockets import Sockets
 from .states import ClusterState, ExitReason, WorkerState
+from .status import status_document
 from .supervisor import Supervisor
 from .waiting import CallQueue, Deadlines
 from .worker_events import WorkerEvents
 
 _BODY = 1 + wire.TOKEN_SIZE  # where an answer frame's response starts, after its kind and token
+REFUSALS = frozenset({protocol.NO_WORKER, protocol.SHUTTING_DOWN, protocol.TOO_BUSY})
 # Enum members as module constants: on the per-call path a global lookup, not an Enum class attribute
 _STOPPING = ClusterState.STOPPING
 _READY = WorkerState.READY
@@ -77,6 +83,10 @@ class Router:
         self.endpoint._caller = self
         self.endpoint.workers = WorkersProxy(self)
         self.dispatcher = Dispatcher(self.endpoint, config.debug)
+        self.dispatcher.report = CallErrors(log.logger).report  # a master method that raises is logged
+        self.worker_identity = config.worker_identity  # --user/--group: who the workers run as
+        self.log_ring: Any = None      # set by the runner: the recent log for `clusterd logs`
+        self.master_code: Any = None   # set by the runner: tells when the master's own code changed
         self.worker_methods: dict[str, dict] = {name: m.describe() for name, m in method_table(worker_cls).items()}
         self.supervisor = Supervisor(config, WorkerEvents(self), self._make_spawner)
         self.reloads = ReloadManager(self)
@@ -100,6 +110,11 @@ class Router:
         self.process = psutil.Process()
         self.process.cpu_percent(None)
         self._faults = log.RateLimited()
+        self.telemetry = Telemetry(lambda: status_document(self), _clusterd_version(), config.metrics_bind,
+                                   config.dashboard)
+        self.local.internal["clusterd.metrics"] = self._metrics_for_worker
+        self.record = self.telemetry.record   # the per-call path: record(method, door, outcome, seconds)
+        self.tracing: Tracing | None = None    # set once the master's services ran (ops/tracing.py)
 
     # ------------------------------------------------------------------ the instance
     def claim(self) -> None:
@@ -144,7 +159,14 @@ class Router:
             self.hurried.set()
 
     def _make_spawner(self, on_line: OnLine, on_exit: OnExit) -> Spawner:
-        return make_spawner(self.loop, self.config, self.ctx, systemd.child_environ(os.environ), on_line, on_exit)
+        identity = self.worker_identity
+        return make_spawner(self.loop, self.config, self.ctx, self.child_environ(), on_line, on_exit,
+                            identity.popen_kwargs() if identity is not None else None)
+
+    def child_environ(self) -> dict[str, str]:
+        """The environment a worker process starts with (the user's own with --user)."""
+        env = systemd.child_environ(os.environ)
+        return self.worker_identity.environ(env) if self.worker_identity is not None else env
 
     # ------------------------------------------------------------------ sockets
     def open_sockets(self) -> None:
@@ -178,11 +200,13 @@ class Router:
                 if type(obj) is not dict or type(obj.get("id")) is float or obj.get("method") in self.local:
                     obj = protocol.loads(payload)  # a batch, a big-integer id, or params the master itself reads
         except ValueError as exc:
+            self.telemetry.count("rejected", "malformed")
             return self.send(sock, envelope, protocol.dumps(protocol.parse_error(exc)))
         try:
             if type(obj) is dict:
                 req = protocol.parse_request(obj)
                 if type(req) is dict:
+                    self.telemetry.count("rejected", "malformed")
                     return self.send(sock, envelope, protocol.dumps(req))
                 self.route(req, payload, sock, envelope, source)
             elif type(obj) is list:
@@ -198,20 +222,27 @@ class Router:
         """Send one request where it belongs: the master itself, an admin method, or a worker."""
         method = req.method
         if method in self.local:
-            self.spawn_task(self.local.answer(req, sock, envelope, source))
+            request = protocol.loads(payload) if self.tracing is not None else None
+            self.spawn_task(self.local.answer(req, sock, envelope, source, request))
             return
-        if source == "worker":  # a worker's self.master.call is never forwarded back to a worker (DESIGN.md 2)
+        door = DOORS.get(source)
+        if source == "worker":
+            # a worker's self.master.call is never forwarded back to a worker (DESIGN.md 2)
             if req.id is not NO_ID:
                 self.send(sock, envelope, protocol.dumps(master_lacks(req)))
+                if door is not None:
+                    self.telemetry.record_code(method, door, protocol.METHOD_NOT_FOUND, 0.0)
             return
         meta = self.worker_methods.get(method)
         if meta is None:
             if req.id is not NO_ID:
-                self.send(sock, envelope, protocol.encode_error(req.id, protocol.METHOD_NOT_FOUND))
+                self.send(sock, envelope, protocol.dumps(protocol.method_not_found(req.id, method)))
+                self.telemetry.record_code(method, door, protocol.METHOD_NOT_FOUND, 0.0)
             return
         if self.state is _STOPPING:
             if req.id is not NO_ID:
                 self.send(sock, envelope, protocol.encode_error(req.id, protocol.SHUTTING_DOWN))
+                self.telemetry.refused(method, door, protocol.SHUTTING_DOWN)
             return
         if req.id is NO_ID:
             worker = self.supervisor.balancer.pick()
@@ -224,20 +255,34 @@ class Router:
                 # its answers are not taken: this call is refused until its kept answers are all out
                 self.refused_busy += 1
                 self.send(sock, envelope, protocol.encode_error(req.id, protocol.TOO_BUSY, self.STALLED))
+                self.telemetry.refused(method, door, protocol.TOO_BUSY)
                 return
             held = counts.get(envelope[0], 0)
             if held >= self.inflight_limit:
                 self.refused_busy += 1
                 self.send(sock, envelope, protocol.encode_error(req.id, protocol.TOO_BUSY, self.busy_message()))
+                self.telemetry.refused(method, door, protocol.TOO_BUSY)
                 return
             counts[envelope[0]] = held + 1
-        self.dispatch(self.new_call(payload, req.id, meta, sock, envelope))
+        call = self.new_call(payload, req.id, meta, sock, envelope)
+        call.method, call.door = method, door
+        if self.tracing is not None:
+            self._trace(call)
+        self.dispatch(call)
+
+    def _trace(self, call: Call) -> None:
+        """A span for a call the master passes to a worker; the worker's span becomes its child."""
+        request = protocol.loads(call.payload)
+        span = self.tracing.start(call.method, request, door=call.door)
+        call.payload = protocol.dumps(self.tracing.inject(request, span))
+        self.tracing.open(call, span)
 
     def new_call(self, payload: bytes, rid: Any, meta: dict, sock: zmq.Socket | None = None,
                  envelope: list[bytes] | None = None, future: asyncio.Future | None = None) -> Call:
         call = Call(payload, rid, sock, envelope, future)
         call.idempotent = meta.get("idempotent", False)
         call.timeout = meta.get("timeout") or self.config.call_timeout
+        call.started = perf_counter()
         return call
 
     def stalled(self, sock: zmq.Socket, ident: bytes) -> bool:
@@ -319,6 +364,7 @@ class Router:
         return True
 
     def reply(self, call: Call, payload: bytes) -> None:
+        """Answer a call with the master's own response (the worker's answers go by _on_answer)."""
         if call.future is None:
             counts = self.client_calls.get(call.sock)
             if self.send(call.sock, call.envelope, payload, counts is not None) and counts is not None:
@@ -327,6 +373,12 @@ class Router:
             call.future.set_result(payload)
 
     def reply_error(self, call: Call, code: int, message: str | None = None) -> None:
+        if self.tracing is not None:
+            self.tracing.close(call, code)
+        if call.door is not None:
+            self.telemetry.record_code(call.method, call.door, code, perf_counter() - call.started)
+            if code in REFUSALS and call.token == b"":   # it never reached a worker
+                self.telemetry.count("refused", code)
         self.reply(call, protocol.encode_error(call.rid, code, message))
 
     # ------------------------------------------------------------------ worker socket
@@ -342,7 +394,11 @@ class Router:
             worker_ident = ident[len(wire.HEARTBEAT_PREFIX):]
             if worker_ident in self.supervisor.by_ident:  # a worker of a master that died gets no answer: it exits
                 self.to_worker([ident, wire.BEAT], sock)
-            self.supervisor.on_beat(worker_ident, _loads_dict(frames[2]))
+            beat = _loads_dict(frames[2])
+            self.supervisor.on_beat(worker_ident, beat)
+            stats = beat.get("stats")
+            if stats is not None:
+                self.telemetry.merge(stats)
         elif ident not in self.supervisor.by_ident and kind != wire.AGENT:
             if kind == wire.HELLO:
                 log.event("foreign-worker", f"a worker this master did not start ({ident!r}) joined its workers "
@@ -369,6 +425,13 @@ class Router:
         worker.served += 1
         if kind == ERROR:
             worker.failed += 1
+        if call.door is not None:
+            if kind == RESULT:
+                self.record(call.method, call.door, OK, perf_counter() - call.started)
+            else:
+                self.telemetry.record_error(call.method, call.door, head[_BODY:], perf_counter() - call.started)
+        if self.tracing is not None:
+            self.tracing.close(call, None if kind == RESULT else _code(head[_BODY:]))
         if call.future is None:
             counts = self.client_calls.get(call.sock)
             if self.send(call.sock, call.envelope, head[_BODY:], counts is not None) and counts is not None:
@@ -410,8 +473,11 @@ class Router:
         if self.state is ClusterState.STOPPING and worker is None:
             raise RPCError(protocol.SHUTTING_DOWN)
         fut = self.loop.create_future()
-        call = self.new_call(protocol.dumps(protocol.make_request(method, params, 0)), 0,
-                             self.worker_methods.get(method) or {}, future=fut)
+        request = protocol.make_request(method, params, 0)
+        if self.tracing is not None:
+            self.tracing.inject(request)   # the worker's span is a child of the master's current one
+        call = self.new_call(protocol.dumps(request), 0, self.worker_methods.get(method) or {}, future=fut)
+        call.method, call.door = method, calling_door.get()
         call.idempotent = call.idempotent and worker is None
         if worker is None:
             self.dispatch(call)
@@ -419,10 +485,25 @@ class Router:
             self.send_call(worker, call)
         return protocol.response_outcome(protocol.loads(await fut))
 
+    async def _metrics_for_worker(self, accept: str = "") -> dict:
+        """clusterd.metrics (workers only): the instance's Prometheus text, for a worker's HTTP door."""
+        body, content_type = self.telemetry.exporter.render(accept)
+        return {"content_type": content_type, "text": body.decode()}
+
     def spawn_task(self, coro) -> None:
         task = self.loop.create_task(coro)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
+
+
+def _clusterd_version() -> str:
+    from .. import __version__
+    return __version__
+
+
+def _code(response: bytes) -> int:
+    outcome = error_outcome(response)
+    return int(outcome) if outcome.lstrip("-").isdigit() else protocol.INTERNAL_ERROR
 
 
 def _loads_dict(payload: bytes) -> dict:

@@ -33,6 +33,8 @@ class MasterView(Protocol):
     agents: Any                   # the AgentRegistry (remote.py), with --worker-bind
     rsock: zmq.Socket | None      # the socket agents and their workers connect to
     local: Any                    # the LocalMethods (local.py)
+    telemetry: Any                # the Telemetry (ops/telemetry.py): metrics, per-method statistics
+    tracing: Any                  # the Tracing (ops/tracing.py), or None: OpenTelemetry off
     admin: Any                    # the Admin commands (admin.py)
     dir: RuntimeDir
     token: str                    # in every worker's identity
@@ -50,6 +52,9 @@ class MasterView(Protocol):
     backlogs: Any                 # the Backlogs (backlog.py)
     refused_busy: int
     sockets: Any                  # the Sockets (sockets.py)
+    log_ring: Any                 # the LogRing (log_ring.py): the recent log for `clusterd logs`
+    master_code: Any              # the MasterCode (master_code.py): has the master's own code changed
+    worker_identity: Any          # privileges.WorkerIdentity with --user/--group, else None
 
     def set_state(self, state: ClusterState) -> None: ...
 

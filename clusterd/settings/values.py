@@ -109,6 +109,23 @@ def check_address(addr: str) -> str:
     return str(addr)
 
 
+def check_host_port(value: Any) -> str:
+    """HOST:PORT (or [IPv6]:PORT) to listen on over HTTP (--metrics-bind); ConfigError otherwise."""
+    if not isinstance(single_value(value), str):
+        raise ConfigError(f"expected HOST:PORT, e.g. 127.0.0.1:9187, not {value!r}")
+    host, sep, port = value.rpartition(":")
+    if not sep or not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise ConfigError(f"expected HOST:PORT, e.g. 127.0.0.1:9187, not {value!r}")
+    return value
+
+
+def is_loopback_host(host_port: str) -> bool:
+    """Whether HOST:PORT can only be reached from this host (127.x, ::1, localhost; an empty host
+    means 127.0.0.1)."""
+    host = host_port.rsplit(":", 1)[0].strip("[]")
+    return host in ("", "localhost", "::1") or host.startswith("127.")
+
+
 def is_loopback(addr: str) -> bool:
     """Whether an address can only be reached from this host (ipc://, 127.x, ::1, localhost)."""
     if not addr.startswith("tcp://"):
@@ -121,6 +138,15 @@ def parse_text(value: Any) -> str:
     if isinstance(single_value(value), bool) or not isinstance(value, (str, int, float)):
         raise ConfigError(f"expected a string, got {value!r}")
     return str(value)
+
+
+def parse_env(value: Any) -> str:
+    """--env KEY=VALUE: KEY made of letters, digits and _ (not first a digit), VALUE anything."""
+    text = parse_text(value)
+    key, sep, _value = text.partition("=")
+    if not sep or not key or "\0" in text or not key.replace("_", "a").isalnum() or key[0].isdigit():
+        raise ConfigError(f"{text!r} is not KEY=VALUE (KEY made of letters, digits and _)")
+    return text
 
 
 def parse_bool(value: Any) -> bool:

@@ -13,14 +13,18 @@ import os
 import signal
 import sys
 import threading
+import time
 import traceback
 from typing import Any
 
 import zmq
 
-from .. import protocol, wire
+from .. import protocol, wire, worker_log
 from ..endpoint import Dispatcher, encode_response
-from ..ops import log
+from ..ops import log, tracing
+from ..ops.method_stats import MethodStats
+from ..ops.tracing import Tracing
+from ..proctitle import set_title
 from ..protocol import RemoteError, RPCError
 from ..wire import ANSWER, CALL, ERROR, NOTIFY, RESULT, STOP, TOKEN_SIZE, WorkerSpec
 from ..zmqloop import SocketReader, send_frames
@@ -93,10 +97,16 @@ class WorkerEndpoint:
 class WorkerLink:
     """The worker's side of its socket to the master: serves calls, sends its own requests."""
 
-    def __init__(self, loop: asyncio.AbstractEventLoop, sock: zmq.Socket, debug: bool) -> None:
+    def __init__(self, loop: asyncio.AbstractEventLoop, sock: zmq.Socket, debug: bool,
+                 log_calls: bool = False) -> None:
         self.loop = loop
+        # the HTTP/WS door records each call it answers here: stats.record(method, door, outcome, seconds)
+        self.stats = MethodStats()
+        self.tracing: Tracing | None = None   # ops/tracing.py: None unless OpenTelemetry is installed and wanted
+        self.slot: int | None = None
         self.sock = sock
         self.debug = debug
+        self.log_calls = log_calls
         self.dispatcher: Dispatcher | None = None
         self._next_id = 0
         self._pending: dict[int, asyncio.Future] = {}
@@ -116,10 +126,20 @@ class WorkerLink:
         fut = self.loop.create_future()
         self._pending[rid] = fut
         try:
-            self.send_request(protocol.make_request(method, params, rid))
+            msg = protocol.make_request(method, params, rid)
+            if self.tracing is not None:
+                self.tracing.inject(msg)
+            self.send_request(msg)
             return protocol.response_outcome(await fut)
         finally:
             self._pending.pop(rid, None)
+
+    async def master_metrics(self, accept: str = "") -> tuple[bytes, str]:
+        """The whole instance's Prometheus text and its content type, from the master (for GET /metrics
+        on the HTTP door: the master holds every process's counters; the workers-only internal
+        method clusterd.metrics)."""
+        answer = await self.request("clusterd.metrics", [accept])
+        return answer["text"].encode(), answer["content_type"]
 
     # -- messages from the master
     def _on_message(self, frames: list[bytes]) -> None:
@@ -167,18 +187,49 @@ class WorkerLink:
         if isinstance(prepared, dict):
             return self._answer(token, prepared)
         func, method = prepared
+        if self.tracing is not None:
+            return self._serve_traced(token, func, method.is_async, method.name, req, obj)
         if method.is_async:
-            task = self.loop.create_task(self._serve_async(token, func, req))
+            task = self.loop.create_task(self._serve_async(token, func, req, method.name))
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
+        elif self.log_calls:
+            started = time.perf_counter()
+            response = self.dispatcher.run_sync(func, req.params, req.id, method.name)
+            worker_log.access(method.name, "error" not in response, started, time.perf_counter())
+            self._answer(token, response)
         else:
-            self._answer(token, self.dispatcher.run_sync(func, req.params, req.id))
+            self._answer(token, self.dispatcher.run_sync(func, req.params, req.id, method.name))
 
-    async def _serve_async(self, token: bytes | None, func, req: protocol.Request) -> None:
+    async def _serve_async(self, token: bytes | None, func, req: protocol.Request, name: str,
+                           span: Any = None) -> None:
+        response = None
         try:
-            self._answer(token, await self.dispatcher.run_async(func, req.params, req.id))
+            started = time.perf_counter() if self.log_calls else 0.0
+            response = await self.dispatcher.run_async(func, req.params, req.id, name)
+            if self.log_calls:
+                worker_log.access(name, "error" not in response, started, time.perf_counter())
+            self._answer(token, response)
         except Exception:
             self._fault(token, req.id)
+        finally:
+            if span is not None:
+                self.tracing.end(span, _error_code(response))
+
+    def _serve_traced(self, token: bytes | None, func, is_async: bool, name: str, req: protocol.Request,
+                      obj: dict) -> None:
+        """_serve's end with a span around the call, its context current for the calls the method makes."""
+        tracing = self.tracing
+        span = tracing.start(req.method, obj, slot=self.slot)
+        with tracing.use(span):
+            if is_async:
+                task = self.loop.create_task(self._serve_async(token, func, req, name, span))  # copies the context
+                self._tasks.add(task)
+                task.add_done_callback(self._tasks.discard)
+                return
+            response = self.dispatcher.run_sync(func, req.params, req.id, name)
+        tracing.end(span, _error_code(response))
+        self._answer(token, response)
 
     def _answer(self, token: bytes | None, response: dict) -> None:
         if token is None:
@@ -191,6 +242,16 @@ class WorkerLink:
         """Wait for the calls this worker is running to finish."""
         while self._tasks:
             await asyncio.gather(*list(self._tasks), return_exceptions=True)
+
+
+def _clusterd_version() -> str:
+    from .. import __version__  # the package imports this module before it defines its version
+    return __version__
+
+
+def _error_code(response: dict | None) -> int | None:
+    error = response.get("error") if isinstance(response, dict) else -32603
+    return None if error is None else error.get("code") if isinstance(error, dict) else -32603
 
 
 def import_class(path: str) -> type:
@@ -234,6 +295,8 @@ def main() -> None:
             os._exit(3)  # the master died before we could ask to follow it
     ignore_group_signals()
     sys.path.insert(0, os.getcwd())
+    worker_log.install(spec.debug)
+    set_title(f"clusterd: {spec.name} worker {spec.slot} gen {spec.generation}")
     try:
         code = asyncio.run(_run(spec))
     except KeyboardInterrupt:
@@ -263,21 +326,22 @@ async def _run(spec: WorkerSpec, embedded: Any = None) -> int:
     if spec.curve:
         from ..curve import client_configurer
         configure = client_configurer(spec.curve)
+    stats = MethodStats()   # the calls this worker's HTTP/WS door answers; the heartbeat reports them
     if embedded is None:
         heartbeat.start(context, spec.endpoint, ident, spec.heartbeat_interval, spec.heartbeat_timeout, configure,
-                        master_pid=spec.master_pid)
+                        master_pid=spec.master_pid, stats=stats)
     else:
         heartbeat.start(context, spec.endpoint, ident, spec.heartbeat_interval, spec.heartbeat_timeout,
-                        watch=threading.get_ident(), stop=embedded.beat_stop)
+                        watch=threading.get_ident(), stop=embedded.beat_stop, stats=stats)
     sock = context.socket(zmq.DEALER)
     try:
-        return await _serve(loop, spec, sock, configure, embedded)
+        return await _serve(loop, spec, sock, configure, embedded, stats)
     finally:
         sock.close(linger=1000)  # idempotent; a cancelled (killed) thread worker must still close it
 
 
 async def _serve(loop: asyncio.AbstractEventLoop, spec: WorkerSpec, sock: zmq.Socket, configure: Any,
-                 embedded: Any) -> int:
+                 embedded: Any, stats: MethodStats | None = None) -> int:
     ident = spec.ident.encode()
     sock.setsockopt(zmq.ROUTING_ID, ident)
     sock.setsockopt(zmq.LINGER, 2000)
@@ -286,7 +350,8 @@ async def _serve(loop: asyncio.AbstractEventLoop, spec: WorkerSpec, sock: zmq.So
     if configure is not None:
         configure(sock)
     sock.connect(spec.endpoint)
-    link = WorkerLink(loop, sock, spec.debug)
+    link = WorkerLink(loop, sock, spec.debug, spec.log_calls)
+    link.stats = stats if stats is not None else MethodStats()
     if embedded is not None:
         embedded.link = link
 
@@ -299,14 +364,17 @@ async def _serve(loop: asyncio.AbstractEventLoop, spec: WorkerSpec, sock: zmq.So
         endpoint.master = MasterProxy(link)
         endpoint.workers = WorkersProxyViaMaster(endpoint.master)
         await endpoint.start_services()
+        link.slot = spec.slot
+        link.tracing = tracing.load(_clusterd_version())
         link.dispatcher = Dispatcher(endpoint, spec.debug)
+        link.dispatcher.report = worker_log.CallErrors().report
     except BaseException as exc:  # any failure to start is reported to the master, then we exit
         text = "".join(traceback.format_exception(exc))
         failure = {"error": f"{type(exc).__name__}: {exc}", "traceback": text}
-        if embedded is None:
-            sys.stderr.write(text)
+        if embedded is not None:
+            embedded.failure = failure  # the master logs the traceback once, from the message below
         else:
-            embedded.failure = failure
+            worker_log.write_record({"boot_failure": failure})  # read before the master sees this exit
         sock.send_multipart([wire.FAILURE, protocol.dumps(failure)])
         link.reader.close()
         sock.close(linger=2000)
