@@ -12,7 +12,11 @@ then libzmq, seeing the peer gone, closes its fd in its I/O thread, with no help
 Every event is passed on to the master (its status counts), with what was done: "shut" (done here)
 or "over" (past the cap but not shut here: the master does it on its loop, as it does without us).
 
-    python -m clusterd.fdgate MASTER_PID CAP EVENTS_ADDRESS MONITOR_ADDRESS...
+It also watches the master's RSS, every WATCH_S while client connections are open, and tells the
+master each time it has grown by STEP bytes more: the master's guard against messages that never end
+(limits.MessageGuard) then looks, instead of polling all the time.
+
+    python -m clusterd.fdgate MASTER_PID CAP STEP EVENTS_ADDRESS MONITOR_ADDRESS...
 """
 
 from __future__ import annotations
@@ -32,6 +36,30 @@ _SYS_PIDFD_GETFD = 438  # the same number on every Linux architecture
 _ACCEPTED = int(zmq.EVENT_ACCEPTED)
 _DISCONNECTED = int(zmq.EVENT_DISCONNECTED)
 READY_TIMEOUT_MS = 5000
+WATCH_MS = 50
+
+
+class RssWatch:
+    """The master's resident memory, from /proc; says when it has grown by step since its low point."""
+
+    def __init__(self, master: int, step: int) -> None:
+        self.step = step
+        self._page = os.sysconf("SC_PAGE_SIZE")
+        self._statm = os.open(f"/proc/{master}/statm", os.O_RDONLY | os.O_CLOEXEC)
+        self._mark = self._rss()
+
+    def _rss(self) -> int:
+        return int(os.pread(self._statm, 128, 0).split()[1]) * self._page
+
+    def grew(self) -> bool:
+        rss = self._rss()
+        if rss < self._mark:
+            self._mark = rss
+            return False
+        if rss - self._mark > self.step:
+            self._mark = rss  # told once per step of growth
+            return True
+        return False
 
 
 class FdTaker:
@@ -96,7 +124,7 @@ def _connect_all(sockets: list[zmq.Socket], addresses: list[str]) -> bool:
 
 
 def main(argv: list[str]) -> int:
-    master, cap, events_address, monitors = int(argv[0]), int(argv[1]), argv[2], argv[3:]
+    master, cap, step, events_address, monitors = int(argv[0]), int(argv[1]), int(argv[2]), argv[3], argv[4:]
     ctypes.CDLL(None).prctl(1, signal.SIGKILL, 0, 0, 0)  # PR_SET_PDEATHSIG: never outlive the master
     if os.getppid() != master:
         return 0
@@ -116,6 +144,7 @@ def main(argv: list[str]) -> int:
     taker = FdTaker(master)
     if not _connect_all(ins, monitors):
         return 1
+    rss = RssWatch(master, step)
     out.send_multipart([b"ready", b"1" if taker.works else b"0"])
     poller = zmq.Poller()
     for sock in ins:
@@ -124,7 +153,10 @@ def main(argv: list[str]) -> int:
     opened: list[dict[int, str]] = [{} for _ in ins]
     held: list[dict[str, int]] = [{} for _ in ins]
     while True:
-        for sock, _ in poller.poll():
+        ready = poller.poll(WATCH_MS if any(any(h.values()) for h in held) else None)
+        if rss.grew():
+            out.send_multipart([b"rss"])
+        for sock, _ in ready:
             frames = sock.recv_multipart()
             if len(frames) < 2 or len(frames[0]) < 6:
                 continue

@@ -177,10 +177,12 @@ class GateWatch:
     """
 
     def __init__(self, ctx: zmq.Context, directory: Path, bind_ipc: Callable[[zmq.Socket, str], None],
-                 gates: list[ClientGate]) -> None:
+                 gates: list[ClientGate], rss_step: int) -> None:
         """bind_ipc(sock, name) binds a socket as a file of the instance directory (0600, ours)."""
         self.ctx = ctx
         self.gates = gates
+        self.rss_step = rss_step
+        self.on_rss_growth: Callable[[], None] | None = None   # the MessageGuard's wake
         self.proc: subprocess.Popen | None = None
         self.enforcing = False
         self.readers: list[tuple[zmq.Socket, Callable[[list[bytes]], None]]] = []
@@ -223,7 +225,7 @@ class GateWatch:
         env["PYTHONPATH"] = root + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
         try:
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", "clusterd.fdgate", str(os.getpid()), str(self.gates[0].cap),
+                [sys.executable, "-m", "clusterd.fdgate", str(os.getpid()), str(self.gates[0].cap), str(self.rss_step),
                  f"ipc://{directory / 'gate.sock'}",
                  *(f"ipc://{directory / f'gate-{i}.sock'}" for i in range(len(self.gates)))],
                 stdin=subprocess.DEVNULL, env=env, close_fds=True)
@@ -263,7 +265,11 @@ class GateWatch:
         self._relays.append((thread, control))
 
     def _on_event(self, frames: list[bytes]) -> None:
-        """[gate index, event, endpoint, what fdgate did]"""
+        """[gate index, event, endpoint, what fdgate did], or [b"rss"]: the master's RSS grew."""
+        if frames[0] == b"rss":
+            if self.on_rss_growth is not None:
+                self.on_rss_growth()
+            return
         self.gates[int(frames[0])].on_events(frames[1:])
 
     def close_process(self) -> None:
@@ -296,8 +302,11 @@ class MessageGuard:
     """Bounds what libzmq holds of messages that never end.
 
     ZMQ_MAXMSGSIZE limits frames, not messages, and libzmq keeps every frame of a multipart message
-    (invisible to the master, not counted by the high-water mark) until its last one arrives. While
-    client tcp connections are open, the guard reads the master's RSS every GUARD_INTERVAL_S. Once it
+    (invisible to the master, not counted by the high-water mark) until its last one arrives. The
+    fdgate process watches the master's RSS while client connections are open and wakes the guard
+    (wake()) each time it has grown by `limit` more; the guard then reads it every GUARD_INTERVAL_S
+    until it is calm again, so a master whose memory does not grow does no work here (without fdgate,
+    it reads it every GUARD_INTERVAL_S while client connections are open). Once it
     has grown by more than `limit` bytes, the guard takes a baseline: per connection, what libzmq has
     read from it (TCP_INFO minus what the kernel still queues), and the bytes of complete messages the
     master has received. At each turn while the RSS stays up, if the connections have sent more than
@@ -305,8 +314,12 @@ class MessageGuard:
     the one that sent the most is shut down (libzmq then frees its unfinished message).
     """
 
-    def __init__(self, loop: asyncio.AbstractEventLoop, gates: list[ClientGate], limit: int) -> None:
+    def __init__(self, loop: asyncio.AbstractEventLoop, gates: list[ClientGate], limit: int,
+                 woken: bool = False) -> None:
+        """woken: the fdgate process calls wake() when the RSS grows (else: polled while clients are on)."""
         self.loop = loop
+        self.woken = woken
+        self._high = False
         self.gates = gates
         self.limit = limit
         self.dropped = 0
@@ -317,8 +330,14 @@ class MessageGuard:
         self._base: dict[int, int] | None = None   # fd -> bytes read, at the baseline
         self._base_delivered = 0
         self._over = 0
-        for gate in gates:
-            gate.on_accept = self.arm
+        if not woken:
+            for gate in gates:
+                gate.on_accept = self.arm
+
+    def wake(self) -> None:
+        """The RSS grew by `limit` more (fdgate): look until it is calm again."""
+        self._high = True
+        self.arm()
 
     def arm(self) -> None:
         if self._handle is None:
@@ -336,7 +355,7 @@ class MessageGuard:
     def _turn(self) -> None:
         self._handle = None
         log.survive("the unfinished-message guard", self._check)
-        if any(gate.open for gate in self.gates):
+        if self._high if self.woken else any(gate.open for gate in self.gates):
             self._handle = self.loop.call_later(GUARD_INTERVAL_S, self._turn)
 
     def _delivered(self) -> int:
@@ -353,7 +372,8 @@ class MessageGuard:
 
     def _check(self) -> None:
         rss = self._rss()
-        if rss - self._calm_rss <= self.limit:
+        self._high = rss - self._calm_rss > self.limit
+        if not self._high:
             self._calm_rss = min(self._calm_rss, rss)
             self._base = None
             return
@@ -365,7 +385,7 @@ class MessageGuard:
         sent = {fd: n - self._base[fd] for fd, (n, _) in reads.items() if fd in self._base}
         unfinished = sum(sent.values()) - (self._delivered() - self._base_delivered)
         if unfinished <= 0:  # all that arrived was whole messages: the memory is the calls' own
-            self._calm_rss, self._base = rss, None
+            self._calm_rss, self._base, self._high = rss, None, False
             return
         if unfinished <= self.limit or not sent:
             self._over = 0

@@ -348,3 +348,26 @@ def test_an_ipc_bind_others_can_connect_to_is_warned_about(cluster, tmp_path):
     events = [json.loads(line).get("event") for line in inst.stderr().splitlines() if line.startswith("{")]
     assert "ipc-bind-open" in events
     os.chmod(path, 0o600)
+
+
+def test_an_idle_master_with_clients_connected_does_not_poll(cluster):
+    """The guard against messages that never end only looks while the master's memory grows (fdgate
+    tells it): an idle master with a client connected stays asleep between heartbeats."""
+    import time
+    port = free_port()
+    inst = cluster("tests.apps.basic:Master", "tests.apps.basic:Worker", "--workers", "1",
+                   "--bind", f"tcp://127.0.0.1:{port}")
+    client = Rpc(f"tcp://127.0.0.1:{port}")
+    try:
+        assert client.result("add", 1, 2) == 3
+
+        def wakeups() -> int:
+            with open(f"/proc/{inst.proc.pid}/task/{inst.proc.pid}/status") as f:
+                return int(next(line for line in f if line.startswith("voluntary_ctxt_switches")).split()[1])
+        before = wakeups()
+        time.sleep(3)  # the point: what the master's main thread does in 3 idle seconds
+        woke = wakeups() - before
+        # heartbeat ticks and beats: a few per second; polling every 50 ms would be 60 more
+        assert woke < 30, woke
+    finally:
+        client.close()

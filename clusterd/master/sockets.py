@@ -54,7 +54,8 @@ class Sockets:
         if cfg.binds:
             self.public = self._router_socket(client=True)
         # the gates' enforcer runs before the first bind: every connection is counted
-        self.watch = limits.GateWatch(self.ctx, cfg.instance_dir, bind_ipc, list(self.gates.values()))
+        unfinished = limits.UNFINISHED_FRAMES * (cfg.max_message_size or 16 * 2 ** 20)
+        self.watch = limits.GateWatch(self.ctx, cfg.instance_dir, bind_ipc, list(self.gates.values()), unfinished)
         for sock, handler in self.watch.readers:
             self._made.append(sock)
             self._read(sock, handler)
@@ -79,8 +80,9 @@ class Sockets:
         if self.public is not None:
             self._read(self.public, self._client_handler(self.public, "client", on_client))
         self._read(self.workers, lambda frames, sock=self.workers: on_worker(frames, sock))
-        self.guard = limits.MessageGuard(self.loop, list(self.gates.values()),
-                                         limits.UNFINISHED_FRAMES * (cfg.max_message_size or 16 * 2 ** 20))
+        woken = self.watch.proc is not None
+        self.guard = limits.MessageGuard(self.loop, list(self.gates.values()), unfinished, woken)
+        self.watch.on_rss_growth = self.guard.wake
 
     def _client_handler(self, sock: zmq.Socket, source: str, on_client: ClientHandler) -> Callable[[list[bytes]], None]:
         gate = self.gates[sock]
