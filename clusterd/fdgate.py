@@ -9,8 +9,8 @@ limits.GateWatch), counts the connections per endpoint and shuts down each one p
 as it is accepted: it takes a
 copy of the master's fd with pidfd_getfd(2) (Linux 5.6+, same uid) and shuts the connection down,
 then libzmq, seeing the peer gone, closes its fd in its I/O thread, with no help from the master.
-Every event is passed on to the master (its status counts), with what was done: "shut" (done here)
-or "over" (past the cap but not shut here: the master does it on its loop, as it does without us).
+The master's loop sees the same events (its status counts) and shuts the same connections down again
+when it gets to them: a backstop, harmless when done already.
 
 It also watches the master's RSS, every WATCH_S while client connections are open, and tells the
 master each time it has grown by STEP bytes more: the master's guard against messages that never end
@@ -137,7 +137,8 @@ def main(argv: list[str]) -> int:
     out.connect(events_address)
     ins = []
     for _ in monitors:
-        sock = ctx.socket(zmq.PAIR)
+        sock = ctx.socket(zmq.SUB)
+        sock.setsockopt(zmq.SUBSCRIBE, b"")
         sock.setsockopt(zmq.RCVHWM, 0)
         sock.setsockopt(zmq.LINGER, 0)
         ins.append(sock)
@@ -149,7 +150,6 @@ def main(argv: list[str]) -> int:
     poller = zmq.Poller()
     for sock in ins:
         poller.register(sock, zmq.POLLIN)
-    index = {sock: str(i).encode() for i, sock in enumerate(ins)}
     opened: list[dict[int, str]] = [{} for _ in ins]
     held: list[dict[str, int]] = [{} for _ in ins]
     while True:
@@ -162,18 +162,16 @@ def main(argv: list[str]) -> int:
                 continue
             i = ins.index(sock)
             event, fd = struct.unpack("=HI", frames[0][:6])
-            verdict = b""
             if event == _ACCEPTED:
                 endpoint = frames[1].decode("utf-8", "replace")
                 opened[i][fd] = endpoint
                 count = held[i][endpoint] = held[i].get(endpoint, 0) + 1
-                if count > cap:
-                    verdict = b"shut" if taker.works and shut(taker, fd, endpoint) else b"over"
+                if count > cap and taker.works:
+                    shut(taker, fd, endpoint)
             elif event == _DISCONNECTED:
                 endpoint = opened[i].pop(fd, None)
                 if endpoint is not None:
                     held[i][endpoint] -= 1
-            out.send_multipart([index[sock], frames[0], frames[1], verdict])
 
 
 if __name__ == "__main__":

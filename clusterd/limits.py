@@ -92,11 +92,12 @@ class ClientGate:
         self._accept_failed_logged = False
         self.delivered = 0   # bytes of complete messages the master read (for the MessageGuard)
         self.on_accept: Callable[[], None] | None = None
+        self.sock = sock
         sock.monitor(address, _EVENTS)
 
     def on_events(self, frames: list[bytes]) -> None:
-        """One monitor message: [event id (2 bytes) + value (4 bytes), endpoint], and from fdgate what it
-        did: b"shut" (the connection past the cap is shut down already)."""
+        """One monitor message: [event id (2 bytes) + value (4 bytes), endpoint]. A connection past the
+        cap is shut down here too: fdgate has done it already, or it is not running."""
         if len(frames) < 2 or len(frames[0]) < 6:
             return
         event, value = struct.unpack("=HI", frames[0][:6])
@@ -168,12 +169,15 @@ class ClientGate:
 
 class GateWatch:
     """Brings the gates' monitor events to the fdgate process, which enforces the caps whatever the
-    master is doing, and from it to the master's loop (for the status counts).
+    master is doing, and to the master's loop (status counts, and the caps again as a backstop).
 
-    libzmq monitors only over inproc: for each gate a zmq proxy relays its monitor to an ipc socket of the
-    instance directory (0600) that fdgate reads; the proxy runs in C without the GIL, in a thread of its
-    own, so neither a busy loop nor a long C call in the master delays it. If fdgate cannot start, the
-    master reads the monitors itself and enforces the caps on its loop (a busy loop then delays it: logged).
+    libzmq monitors only over inproc: for each gate a zmq proxy reads its monitor in a thread of its own,
+    in C without the GIL (so neither a busy loop nor a long C call in the master delays it), publishes
+    each event on an ipc socket of the instance directory (0600) that fdgate subscribes to, and copies it
+    to an inproc socket the master's loop reads. The monitor's reader never goes away while the master
+    lives: libzmq's I/O thread would block on a monitor without a peer. A PUB never blocks: if fdgate
+    dies, events to it are dropped, the master's loop still enforces the caps and its guard goes back
+    to polling. If fdgate cannot start, the master reads the monitors itself (logged).
     """
 
     def __init__(self, ctx: zmq.Context, directory: Path, bind_ipc: Callable[[zmq.Socket, str], None],
@@ -187,37 +191,45 @@ class GateWatch:
         self.enforcing = False
         self.readers: list[tuple[zmq.Socket, Callable[[list[bytes]], None]]] = []
         self._relays: list[tuple[threading.Thread, zmq.Socket]] = []
-        monitors = []
-        for gate in gates:
-            pair = ctx.socket(zmq.PAIR)
-            pair.setsockopt(zmq.RCVHWM, 0)  # events are small; libzmq must never block on them
-            pair.setsockopt(zmq.LINGER, 0)
-            pair.connect(gate.address)
-            monitors.append(pair)
+        self._exit_fd: int | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        monitors = [self._pair(gate.address, connect=True) for gate in gates]
+        if not gates:
+            return
         events = ctx.socket(zmq.PULL)
         events.setsockopt(zmq.RCVHWM, 0)
         events.setsockopt(zmq.LINGER, 0)
         bind_ipc(events, "gate.sock")
         outs = []
         for i in range(len(gates)):
-            out = ctx.socket(zmq.PAIR)
+            out = ctx.socket(zmq.PUB)
             out.setsockopt(zmq.SNDHWM, 0)
             out.setsockopt(zmq.LINGER, 0)
             bind_ipc(out, f"gate-{i}.sock")
             outs.append(out)
-        if gates and self._start(events, directory):
+        if self._start(events, directory):
             self.readers.append((events, self._on_event))
-            for monitor, out in zip(monitors, outs):
-                self._relay(monitor, out)
+            for gate, monitor, out in zip(gates, monitors, outs):
+                address = f"inproc://clusterd-gate-copy-{id(out):x}"
+                copy_in = self._pair(address, connect=False)
+                self._relay(monitor, out, self._pair(address, connect=True))
+                self.readers.append((copy_in, gate.on_events))
             return
         self.close_process()
         events.close(linger=0)
         for out in outs:
             out.close(linger=0)
-        if gates:
-            log.event("max-clients", "the connection gate process did not start: --max-clients is enforced by "
-                      "the master's loop (a busy loop delays it)", level=logging.WARNING)
+        log.event("max-clients", "the connection gate process did not start: --max-clients is enforced by "
+                  "the master's loop (a busy loop delays it)", level=logging.WARNING)
         self.readers.extend(zip(monitors, (gate.on_events for gate in gates)))
+
+    def _pair(self, address: str, connect: bool) -> zmq.Socket:
+        pair = self.ctx.socket(zmq.PAIR)
+        pair.setsockopt(zmq.SNDHWM, 0)  # events are small; libzmq must never block on them
+        pair.setsockopt(zmq.RCVHWM, 0)
+        pair.setsockopt(zmq.LINGER, 0)
+        pair.connect(address) if connect else pair.bind(address)
+        return pair
 
     def _start(self, events: zmq.Socket, directory: Path) -> bool:
         env = dict(os.environ)
@@ -245,7 +257,7 @@ class GateWatch:
                       level=logging.WARNING)
         return True
 
-    def _relay(self, monitor: zmq.Socket, out: zmq.Socket) -> None:
+    def _relay(self, monitor: zmq.Socket, out: zmq.Socket, copy: zmq.Socket) -> None:
         control = self.ctx.socket(zmq.PAIR)
         address = f"inproc://clusterd-gate-relay-{id(out):x}"
         control.bind(address)
@@ -254,29 +266,58 @@ class GateWatch:
 
         def run() -> None:
             try:
-                zmq.proxy_steerable(monitor, out, None, steer)
+                zmq.proxy_steerable(monitor, out, copy, steer)
             except zmq.ZMQError:
                 pass
             finally:
-                for sock in (monitor, out, steer):
+                for sock in (monitor, out, copy, steer):
                     sock.close(linger=0)
         thread = threading.Thread(target=run, name="clusterd-gate-relay", daemon=True)
         thread.start()
         self._relays.append((thread, control))
 
-    def _on_event(self, frames: list[bytes]) -> None:
-        """[gate index, event, endpoint, what fdgate did], or [b"rss"]: the master's RSS grew."""
-        if frames[0] == b"rss":
-            if self.on_rss_growth is not None:
-                self.on_rss_growth()
+    def watch_exit(self, loop: asyncio.AbstractEventLoop, on_exit: Callable[[], None]) -> None:
+        """Should fdgate ever die, on_exit() is called (told by a pidfd, no polling)."""
+        if self.proc is None:
             return
-        self.gates[int(frames[0])].on_events(frames[1:])
+        try:
+            self._exit_fd = os.pidfd_open(self.proc.pid)
+        except (OSError, AttributeError):
+            return
+        self._loop = loop
+
+        def exited() -> None:
+            self._stop_exit_watch()
+            code = self.proc.wait() if self.proc is not None else None
+            self.proc = None
+            log.event("max-clients", f"the connection gate process exited (status {code}): --max-clients is "
+                      "now enforced by the master's loop alone (a busy loop delays it)", level=logging.ERROR)
+            on_exit()
+        loop.add_reader(self._exit_fd, exited)
+
+    def _stop_exit_watch(self) -> None:
+        if self._exit_fd is not None:
+            if self._loop is not None:
+                self._loop.remove_reader(self._exit_fd)
+            os.close(self._exit_fd)
+            self._exit_fd = None
+
+    def _on_event(self, frames: list[bytes]) -> None:
+        """[b"rss"]: the master's RSS grew by rss_step more."""
+        if frames[0] == b"rss" and self.on_rss_growth is not None:
+            self.on_rss_growth()
 
     def close_process(self) -> None:
-        """Stop the relays (their sockets closed by their threads) and the fdgate process."""
+        """Stop monitoring, the relays (their sockets closed by their threads) and the fdgate process."""
+        self._stop_exit_watch()
+        for gate in self.gates:
+            try:
+                gate.sock.disable_monitor()  # first: libzmq must not send events to a monitor with no reader
+            except zmq.ZMQError:
+                pass
         for thread, control in self._relays:
             try:
-                control.send(b"TERMINATE")
+                control.send(b"TERMINATE", zmq.NOBLOCK)
             except zmq.ZMQError:
                 pass
             thread.join(2)

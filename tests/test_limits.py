@@ -162,9 +162,37 @@ def test_max_clients_caps_connections_per_endpoint(cluster):
             while s.recv(4096):
                 pass
             s.close()
-        doc = inst.status()["clients"]
-        assert doc["bind"] == {"max_per_endpoint": 3, "connected": 3, "refused": 5}
+        # the monitor's events reach the status asynchronously: wait for the last of them
+        wait_for(lambda: inst.status()["clients"]["bind"] == {"max_per_endpoint": 3, "connected": 3, "refused": 5},
+                 10, message="the status counts every connection")
         for i, c in enumerate(kept):  # the clients already connected were never touched
+            assert c.result("add", i, 2) == i + 2
+    finally:
+        for c in kept:
+            c.close()
+
+
+def test_the_cap_still_holds_if_the_gate_process_dies(cluster):
+    port = free_port()
+    address = f"tcp://127.0.0.1:{port}"
+    inst = cluster("tests.apps.basic:Master", "tests.apps.basic:Worker", "--workers", "1", "--bind", address,
+                   "--max-clients", "3")
+    gate = [p for p in psutil.Process(inst.proc.pid).children() if "clusterd.fdgate" in " ".join(p.cmdline())]
+    assert len(gate) == 1
+    gate[0].kill()
+    gate[0].wait(10)
+    kept = [Rpc(address) for _ in range(3)]
+    try:
+        for i, c in enumerate(kept):
+            assert c.result("add", i, 1) == i + 1
+        extra = [socket.create_connection(("127.0.0.1", port)) for _ in range(5)]
+        for s in extra:  # closed by the master's loop now
+            s.settimeout(10)
+            while s.recv(4096):
+                pass
+            s.close()
+        wait_for(lambda: inst.status()["clients"]["bind"]["refused"] == 5, 10, message="5 connections refused")
+        for i, c in enumerate(kept):
             assert c.result("add", i, 2) == i + 2
     finally:
         for c in kept:

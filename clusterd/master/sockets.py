@@ -83,6 +83,15 @@ class Sockets:
         woken = self.watch.proc is not None
         self.guard = limits.MessageGuard(self.loop, list(self.gates.values()), unfinished, woken)
         self.watch.on_rss_growth = self.guard.wake
+        self.watch.watch_exit(self.loop, self._gate_gone)
+
+    def _gate_gone(self) -> None:
+        """fdgate died: the guard polls while clients are connected, as without it."""
+        if self.guard is not None:
+            self.guard.woken = False
+            for gate in self.gates.values():
+                gate.on_accept = self.guard.arm
+            self.guard.arm()
 
     def _client_handler(self, sock: zmq.Socket, source: str, on_client: ClientHandler) -> Callable[[list[bytes]], None]:
         gate = self.gates[sock]
