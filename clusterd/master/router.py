@@ -19,22 +19,22 @@ import psutil
 import zmq
 
 from .. import protocol, wire
-from ..endpoint import Dispatcher, method_table
+from ..endpoint import Dispatcher, encode_response, method_table, start_task
 from ..ops import log, systemd
-from ..protocol import NO_ID, RPCError
 from ..ops.telemetry import OK, Telemetry, error_outcome
 from ..ops.tracing import Tracing
+from ..protocol import NO_ID, RPCError
 from ..runtime_dir import RuntimeDir
 from ..settings import Config
-from ..wire import CALL, ERROR, RESULT, TOKEN_SIZE
+from ..wire import ANSWER, CALL, ERROR, REQUEST, RESULT, TOKEN_SIZE
 from ..worker.spawn import OnExit, OnLine, Spawner, make_spawner
 from ..worker_log import CallErrors
-from ..zmqloop import NOBLOCK, SocketReader, send_frames
+from ..zmqloop import NOBLOCK, Outbox, SocketReader, send_frames
 from .admin import Admin
 from .backlog import Backlogs
 from .batch import Batches
 from .dir_keeper import DirKeeper
-from .endpoint import WorkersProxy, internal_methods
+from .endpoint import WorkersProxy, internal_methods, outcome
 from .local import DOORS, LocalMethods, calling_door, master_lacks
 from .pool import Call, Worker
 from .reload import ReloadManager
@@ -101,6 +101,7 @@ class Router:
         self.hurried = asyncio.Event()  # stop at once: what a graceful stop still waits for is cut short
         self._tasks: set[asyncio.Task] = set()
         self.readers: dict[zmq.Socket, SocketReader] = {}
+        self.outboxes: dict[zmq.Socket, Outbox] = {}  # the worker sockets' (Sockets.outboxes)
         # calls in flight per client, by client socket then ROUTER identity (--max-client-inflight)
         self.client_calls: dict[zmq.Socket, dict[bytes, int]] = {}
         self.inflight_limit = config.max_client_inflight or 1 << 62
@@ -171,7 +172,8 @@ class Router:
     # ------------------------------------------------------------------ sockets
     def open_sockets(self) -> None:
         socks = self.sockets
-        socks.open(self.keeper.bind_ipc, self.on_client_message, self._on_worker_message)
+        socks.open(self.keeper.bind_ipc, self.on_client_message, self._on_worker_message, self._undeliverable)
+        self.outboxes = socks.outboxes
         self.keeper.start()
         self.readers = socks.readers
         self.control, self.public, self.wsock, self.rsock = socks.control, socks.public, socks.workers, socks.remote
@@ -222,8 +224,9 @@ class Router:
         """Send one request where it belongs: the master itself, an admin method, or a worker."""
         method = req.method
         if method in self.local:
-            request = protocol.loads(payload) if self.tracing is not None else None
-            self.spawn_task(self.local.answer(req, sock, envelope, source, request))
+            if not self._run_inline(req, sock, envelope, source):
+                request = protocol.loads(payload) if self.tracing is not None else None
+                self.spawn_task(self.local.answer(req, sock, envelope, source, request))
             return
         door = DOORS.get(source)
         if source == "worker":
@@ -320,14 +323,19 @@ class Router:
         if call.timeout:
             call.deadline = self.loop.time() + call.timeout
             self.deadlines.arm(call.timeout)
-        try:
-            send_frames(worker.sock, [worker.ident, CALL + token + call.payload])  # wire.call_frame
-        except zmq.ZMQError:
-            # its connection is already gone (ROUTER_MANDATORY): the worker never got the call
-            del worker.calls[token]
-            self.supervisor.balancer.remove(worker)
-            self.dispatch(call, exclude=worker)
-        self.readers[worker.sock].wake()
+        self.outboxes[worker.sock].add(worker.ident, CALL + token + call.payload)  # wire.call_frame
+
+    def _undeliverable(self, ident: bytes, items: list[bytes]) -> None:
+        """A worker's connection is gone (ROUTER_MANDATORY): the calls it never got go elsewhere."""
+        worker = self.supervisor.by_ident.get(ident)
+        if worker is None:
+            return  # gone already: its calls were answered or retried when it exited
+        self.supervisor.balancer.remove(worker)
+        for item in items:
+            if item[:1] == CALL:
+                call = worker.calls.pop(item[1:_BODY], None)
+                if call is not None:
+                    self.dispatch(call, exclude=worker)
 
     def flush_worker_messages(self) -> None:
         """Handle every message workers already sent: before judging them by what has not arrived."""
@@ -338,6 +346,9 @@ class Router:
 
     def to_worker(self, frames: list[bytes], sock: zmq.Socket | None = None) -> None:
         sock = sock or self.wsock
+        if frames[0] in self.supervisor.by_ident:  # to a worker: one item, after what was sent before it
+            self.outboxes[sock].add(frames[0], b"".join(frames[1:]))
+            return
         try:
             send_frames(sock, frames)
         except zmq.ZMQError:
@@ -347,6 +358,10 @@ class Router:
     def send(self, sock: zmq.Socket, envelope: list[bytes], payload: bytes, counted: bool = False) -> bool:
         """Send an answer; False when it was kept in the client's backlog (backlog.py), where an answer
         to a counted call still counts in that client's calls in flight."""
+        outbox = self.outboxes.get(sock)
+        if outbox is not None:  # the answer to a worker's own request: one item, gathered
+            outbox.add(envelope[0], ANSWER + payload)
+            return True
         backlogs = self.backlogs
         if backlogs.by_client and (sock, envelope[0]) in backlogs.by_client:
             backlogs.keep(sock, envelope, payload, counted)  # after what it already waits for
@@ -383,18 +398,28 @@ class Router:
 
     # ------------------------------------------------------------------ worker socket
     def _on_worker_message(self, frames: list[bytes], sock: zmq.Socket) -> None:
+        """[ident, item, item, ...], each item a frame naming its kind in its first byte (answers,
+        requests); or [ident, kind, json] (beats, hello, boot failure, agent messages)."""
         ident = frames[0]
-        head = frames[1] if len(frames) > 1 else b""
-        kind = head[:1]
-        if (kind == RESULT or kind == ERROR) and len(frames) == 2:  # an answer: [RESULT + token + response]
-            self._on_answer(ident, head, kind)
-        elif len(frames) != 3:
-            return  # not a message of ours
-        elif kind == wire.BEAT:
+        if len(frames) == 3 and len(frames[1]) == 1:
+            return self._on_worker_notice(ident, frames[1], frames[2], sock)
+        for i in range(1, len(frames)):
+            item = frames[i]
+            kind = item[:1]
+            if kind == RESULT or kind == ERROR:
+                self._on_answer(ident, item, kind)
+            elif kind == REQUEST:
+                if ident not in self.supervisor.by_ident:
+                    return  # a worker of another master: it gets nothing from us
+                self._on_worker_request(ident, item[1:], sock)
+
+    def _on_worker_notice(self, ident: bytes, kind: bytes, body: bytes, sock: zmq.Socket) -> None:
+        """[ident, kind, json]: a beat, a hello, a boot failure, an agent's message."""
+        if kind == wire.BEAT:
             worker_ident = ident[len(wire.HEARTBEAT_PREFIX):]
             if worker_ident in self.supervisor.by_ident:  # a worker of a master that died gets no answer: it exits
                 self.to_worker([ident, wire.BEAT], sock)
-            beat = _loads_dict(frames[2])
+            beat = _loads_dict(body)
             self.supervisor.on_beat(worker_ident, beat)
             stats = beat.get("stats")
             if stats is not None:
@@ -406,14 +431,14 @@ class Router:
                           level=logging.WARNING)
             return  # a worker of another master: it gets nothing from us, and exits for lack of beats
         elif kind == wire.REQUEST:
-            self._on_worker_request(ident, frames[2], sock)
+            self._on_worker_request(ident, body, sock)
         elif kind == wire.HELLO:
             self.supervisor.by_ident[ident].sock = sock  # the socket its calls go out on
-            self.supervisor.on_hello(ident, _loads_dict(frames[2]))
+            self.supervisor.on_hello(ident, _loads_dict(body))
         elif kind == wire.FAILURE:
-            self.supervisor.on_boot_failure(ident, _loads_dict(frames[2]))
+            self.supervisor.on_boot_failure(ident, _loads_dict(body))
         elif kind == wire.AGENT and sock is self.rsock:
-            self.agents.on_message(ident, _loads_dict(frames[2]))
+            self.agents.on_message(ident, _loads_dict(body))
 
     def _on_answer(self, ident: bytes, head: bytes, kind: bytes) -> None:
         worker = self.supervisor.by_ident.get(ident)
@@ -448,7 +473,7 @@ class Router:
             self.supervisor.recycle(worker, ExitReason.MAX_REQUESTS)
 
     def _on_worker_request(self, ident: bytes, payload: bytes, sock: zmq.Socket) -> None:
-        envelope = [ident, wire.ANSWER]
+        envelope = [ident]  # send() answers it as one ANSWER item in the worker's outbox
         try:
             obj = protocol.loads(payload)
         except ValueError as exc:
@@ -457,7 +482,8 @@ class Router:
         if type(req) is dict:
             return self.send(sock, envelope, protocol.dumps(req))
         try:
-            self.route(req, payload, sock, envelope, "worker")
+            if not self._run_inline(req, sock, envelope, "worker"):
+                self.route(req, payload, sock, envelope, "worker")
         except Exception:
             self._faults.exception("handling a worker's request failed")
             if req.id is not NO_ID:
@@ -468,8 +494,9 @@ class Router:
         return [s.active for _i, s in sorted(self.supervisor.slots.items())
                 if s.active is not None and s.active.state is WorkerState.READY]
 
-    async def call_worker(self, method: str, params: list | dict, worker: Worker | None = None) -> Any:
-        """A call from the master (or on behalf of a worker) to a worker; its result, or RemoteError."""
+    def start_worker_call(self, method: str, params: list | dict, worker: Worker | None = None) -> asyncio.Future:
+        """Send a call from the master (or on behalf of a worker) to a worker: a future of its answer
+        bytes (one future and one item per call, no task)."""
         if self.state is ClusterState.STOPPING and worker is None:
             raise RPCError(protocol.SHUTTING_DOWN)
         fut = self.loop.create_future()
@@ -483,7 +510,32 @@ class Router:
             self.dispatch(call)
         else:
             self.send_call(worker, call)
-        return protocol.response_outcome(protocol.loads(await fut))
+        return fut
+
+    async def call_worker(self, method: str, params: list | dict, worker: Worker | None = None) -> Any:
+        """A call from the master (or on behalf of a worker) to a worker; its result, or RemoteError."""
+        return outcome(await self.start_worker_call(method, params, worker))
+
+    def _run_inline(self, req: protocol.Request, sock: zmq.Socket, envelope: list[bytes], source: str) -> bool:
+        """Run a plain-def master method right here, in the drain that read it (no task), counted as
+        LocalMethods counts it; False when the method is not one (or a span is wanted: tracing)."""
+        method = self.dispatcher.methods.get(req.method)
+        if method is None or method.is_async or self.tracing is not None:
+            return False
+        started = perf_counter()
+        prepared = self.dispatcher.prepare(req)
+        if type(prepared) is dict:
+            response = prepared
+        else:
+            response = self.dispatcher.run_sync(prepared[0], req.params, req.id, method.name)
+        if req.id is not NO_ID:
+            door = DOORS.get(source)
+            if door is not None:
+                error = response.get("error")
+                self.telemetry.record_code(req.method, door, error.get("code") if error else None,
+                                           perf_counter() - started)
+            self.send(sock, envelope, encode_response(response, self.config.debug))
+        return True
 
     async def _metrics_for_worker(self, accept: str = "") -> dict:
         """clusterd.metrics (workers only): the instance's Prometheus text, for a worker's HTTP door."""
@@ -491,9 +543,11 @@ class Router:
         return {"content_type": content_type, "text": body.decode()}
 
     def spawn_task(self, coro) -> None:
-        task = self.loop.create_task(coro)
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        """A coroutine run as a task (started eagerly on Python 3.12+: done on return when it never awaits)."""
+        task = start_task(self.loop, coro)
+        if not task.done():
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
 
 
 def _clusterd_version() -> str:

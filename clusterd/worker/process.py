@@ -15,19 +15,20 @@ import sys
 import threading
 import time
 import traceback
+from collections.abc import Coroutine
 from typing import Any
 
 import zmq
 
 from .. import protocol, wire, worker_log
-from ..endpoint import Dispatcher, encode_response
+from ..endpoint import Dispatcher, encode_response, start_task
 from ..ops import log, tracing
 from ..ops.method_stats import MethodStats
 from ..ops.tracing import Tracing
 from ..proctitle import set_title
 from ..protocol import RemoteError, RPCError
-from ..wire import ANSWER, CALL, ERROR, NOTIFY, RESULT, STOP, TOKEN_SIZE, WorkerSpec
-from ..zmqloop import SocketReader, send_frames
+from ..wire import ANSWER, CALL, ERROR, NOTIFY, REQUEST, RESULT, STOP, TOKEN_SIZE, WorkerSpec
+from ..zmqloop import Outbox, SocketReader
 from . import heartbeat
 
 _BODY = 1 + TOKEN_SIZE  # where a call frame's request starts, after its kind and token
@@ -39,8 +40,9 @@ class MasterProxy:
     def __init__(self, link: "WorkerLink") -> None:
         self._link = link
 
-    async def call(self, method: str, *params: Any, **named: Any) -> Any:
-        return await self._link.request(method, named if named else list(params))
+    def call(self, method: str, *params: Any, **named: Any) -> Coroutine[Any, Any, Any]:
+        """A coroutine (await it, or make it a task) of the master's answer: one future, one item."""
+        return self._link.request(method, named if named else list(params))
 
     def notify(self, method: str, *params: Any, **named: Any) -> None:
         self._link.send_request(protocol.make_request(method, named if named else list(params)))
@@ -113,26 +115,27 @@ class WorkerLink:
         self._tasks: set[asyncio.Task] = set()
         self.stop_requested = asyncio.Event()
         self._faults = log.RateLimited()
-        self.reader = SocketReader(loop, sock, self._on_message)
+        self.outbox = Outbox(loop, sock)  # the items of a loop turn leave as one message
+        self.reader = SocketReader(loop, sock, self._on_message, self.outbox)
 
     # -- requests from this worker to the master
     def send_request(self, msg: dict) -> None:
-        self.sock.send_multipart([wire.REQUEST, protocol.dumps(msg)])
-        self.reader.wake()
+        self.outbox.add(None, REQUEST + protocol.dumps(msg))
 
     async def request(self, method: str, params: list | dict) -> Any:
+        """One future and one item; the answer resolves the future with the result or RemoteError."""
         self._next_id += 1
         rid = self._next_id
         fut = self.loop.create_future()
         self._pending[rid] = fut
+        msg = protocol.make_request(method, params, rid)
+        if self.tracing is not None:
+            self.tracing.inject(msg)
+        self.outbox.add(None, REQUEST + protocol.dumps(msg))
         try:
-            msg = protocol.make_request(method, params, rid)
-            if self.tracing is not None:
-                self.tracing.inject(msg)
-            self.send_request(msg)
-            return protocol.response_outcome(await fut)
+            return await fut
         finally:
-            self._pending.pop(rid, None)
+            self._pending.pop(rid, None)  # answered ones are gone already; this is for a cancelled call
 
     async def master_metrics(self, accept: str = "") -> tuple[bytes, str]:
         """The whole instance's Prometheus text and its content type, from the master (for GET /metrics
@@ -143,25 +146,33 @@ class WorkerLink:
 
     # -- messages from the master
     def _on_message(self, frames: list[bytes]) -> None:
-        head = frames[0]
-        kind = head[:1]
-        if kind == CALL:
-            self._serve_safely(head[1:_BODY], head[_BODY:])  # wire.split_token, inlined: per call
-        elif kind == ANSWER:
-            self._on_answer(frames[1])
-        elif kind == NOTIFY:
-            self._serve_safely(None, frames[1])
-        elif kind == STOP:
-            self.stop_requested.set()
+        """One or more items, each a frame that names its kind in its first byte (wire.py)."""
+        for item in frames:
+            kind = item[:1]
+            if kind == CALL:
+                self._serve_safely(item[1:_BODY], item[_BODY:])  # wire.split_token, inlined: per call
+            elif kind == ANSWER:
+                self._on_answer(item[1:])
+            elif kind == NOTIFY:
+                self._serve_safely(None, item[1:])
+            elif kind == STOP:
+                self.stop_requested.set()
 
     def _on_answer(self, payload: bytes) -> None:
         try:
             msg = protocol.loads(payload)
         except ValueError:
             return
-        fut = self._pending.get(msg.get("id")) if isinstance(msg, dict) else None
-        if fut is not None and not fut.done():
-            fut.set_result(msg)
+        fut = self._pending.pop(msg.get("id"), None) if type(msg) is dict else None
+        if fut is None or fut.done():
+            return
+        if msg.get("error") is None:
+            fut.set_result(msg.get("result"))
+        else:
+            try:
+                protocol.response_outcome(msg)
+            except RemoteError as exc:
+                fut.set_exception(exc)
 
     def _serve_safely(self, token: bytes | None, payload: bytes) -> None:
         try:
@@ -190,9 +201,10 @@ class WorkerLink:
         if self.tracing is not None:
             return self._serve_traced(token, func, method.is_async, method.name, req, obj)
         if method.is_async:
-            task = self.loop.create_task(self._serve_async(token, func, req, method.name))
-            self._tasks.add(task)
-            task.add_done_callback(self._tasks.discard)
+            task = start_task(self.loop, self._serve_async(token, func, req, method.name))
+            if not task.done():
+                self._tasks.add(task)
+                task.add_done_callback(self._tasks.discard)
         elif self.log_calls:
             started = time.perf_counter()
             response = self.dispatcher.run_sync(func, req.params, req.id, method.name)
@@ -235,8 +247,7 @@ class WorkerLink:
         if token is None:
             return  # a notification gets no answer
         head = (ERROR if "error" in response else RESULT) + token  # wire.answer_frame, inlined: per call
-        send_frames(self.sock, [head + encode_response(response, self.debug)])
-        self.reader.wake()
+        self.outbox.add(None, head + encode_response(response, self.debug))
 
     async def drain(self) -> None:
         """Wait for the calls this worker is running to finish."""
@@ -375,12 +386,14 @@ async def _serve(loop: asyncio.AbstractEventLoop, spec: WorkerSpec, sock: zmq.So
             embedded.failure = failure  # the master logs the traceback once, from the message below
         else:
             worker_log.write_record({"boot_failure": failure})  # read before the master sees this exit
+        link.outbox.flush()
         sock.send_multipart([wire.FAILURE, protocol.dumps(failure)])
         link.reader.close()
         sock.close(linger=2000)
         return 1
 
     methods = {name: m.describe() for name, m in link.dispatcher.methods.items()}
+    link.outbox.flush()
     sock.send_multipart([wire.HELLO, protocol.dumps({"pid": os.getpid(), "slot": spec.slot,
                                                     "generation": spec.generation, "methods": methods})])
     link.reader.wake()
@@ -393,6 +406,7 @@ async def _serve(loop: asyncio.AbstractEventLoop, spec: WorkerSpec, sock: zmq.So
     for fut in link._pending.values():
         if not fut.done():
             fut.set_exception(RemoteError(protocol.SHUTTING_DOWN))
+    link.outbox.flush()  # answers still gathered for this loop turn
     link.reader.close()
     sock.close(linger=1000)
     return 0
