@@ -11,6 +11,7 @@ import sys
 
 from .. import log, protocol
 from ..config import Config
+from ..ops.reaper import ChildReaper
 from ..systemd import Notifier
 from .host import BootFailure
 from .reload import installed_version, read_version, watch_sources, watch_version
@@ -36,6 +37,7 @@ async def _serve(loop: asyncio.AbstractEventLoop, router: Router, config: Config
     notifier = router.notifier
     router.open_sockets()
     router.admin.install_signals()
+    ChildReaper(loop, router.supervisor.spawner.owned_pids).install()  # PID 1 in a container (ops/reaper.py)
     log.event("master-start", f"{config.name}: master pid {router.endpoint.pid} starting {config.workers} "
               f"workers ({config.worker})", instance=config.name)
 

@@ -21,10 +21,11 @@ import psutil
 import zmq
 
 from .. import log, protocol, wire
-from ..wire import WorkerSpec
-from .spawn import DirectSpawner, ZygoteSpawner
+from ..ops.reaper import ChildReaper
 from ..systemd import child_environ
+from ..wire import WorkerSpec
 from ..zmqloop import SocketReader
+from .spawn import DirectSpawner, ZygoteSpawner
 
 
 class Agent:
@@ -66,6 +67,7 @@ class Agent:
         self.env = env
         for sig in (signal.SIGTERM, signal.SIGINT):
             self.loop.add_signal_handler(sig, self.stopping.set)
+        ChildReaper(self.loop, self.spawner.owned_pids).install()  # PID 1 of an agent pod (ops/reaper.py)
         log.event("agent-start", f"agent for {self.worker_path} connecting to {self.connect} "
                   f"({self.workers} workers)")
         beat = self.loop.create_task(self._beat())
