@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import importlib
 import os
-import shutil
 import sys
 import time
 import tomllib
@@ -17,6 +16,7 @@ from . import protocol
 from .config import Config, ConfigError, check_address, parse_size, parse_workers, runtime_root
 from .control import ControlClient, NoInstance, find_instance, list_instances
 from .protocol import RemoteError
+from .runtime_dir import RuntimeDirError
 
 EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, 1, 2
 
@@ -274,7 +274,7 @@ def run(master: str | None, worker: str | None, config: str | None, **opts: Any)
                       level=30)
     try:
         code = run_instance(cfg, master_cls, worker_cls)
-    except InstanceBusy as exc:
+    except (InstanceBusy, RuntimeDirError) as exc:
         fail(str(exc))
     except KeyboardInterrupt:
         code = EXIT_OK
@@ -293,7 +293,7 @@ def _is_loopback(addr: str) -> bool:
 def _control(name: str | None, timeout: float | None = 10.0) -> ControlClient:
     try:
         instance = find_instance(name)
-    except NoInstance as exc:
+    except (NoInstance, RuntimeDirError) as exc:
         fail(str(exc))
     return ControlClient(instance.control_address, timeout)
 
@@ -390,7 +390,7 @@ def stop(name: str | None, timeout: float | None) -> None:
     """Stop a running instance gracefully and wait until it has exited."""
     try:
         instance = find_instance(name)
-    except NoInstance as exc:
+    except (NoInstance, RuntimeDirError) as exc:
         fail(str(exc))
     with ControlClient(instance.control_address, 10) as conn:
         try:
@@ -430,7 +430,7 @@ def call(method: str, params: tuple[str, ...], name: str | None, address: str | 
     if address is None:
         try:
             address = find_instance(name).control_address
-        except NoInstance as exc:
+        except (NoInstance, RuntimeDirError) as exc:
             fail(str(exc))
     with ControlClient(address, timeout) as conn:
         try:
@@ -486,13 +486,30 @@ def list_cmd() -> None:
 def systemd_unit(master: str, worker: str, args: tuple[str, ...], name: str | None, user: str | None) -> None:
     """Print a ready-to-install systemd unit for this app (extra options go to `clusterd run`)."""
     from .systemd import render_unit
+    if os.getcwd() not in sys.path:
+        sys.path.insert(0, os.getcwd())
+    import_endpoint(master, "MasterEndpoint", "MASTER")  # a unit that cannot start is refused here
+    import_endpoint(worker, "WorkerEndpoint", "WORKER")
     name = name or master.partition(":")[0].split(".")[0]
-    executable = shutil.which("clusterd") or os.path.abspath(sys.argv[0])
+    try:
+        run.make_context("clusterd run", [master, worker, "--name", name, *args])  # `run` must accept them
+    except click.UsageError as exc:
+        message = exc.format_message().splitlines()[0] if exc.format_message() else str(exc)
+        fail(f"clusterd run would refuse these options: {message}")
+    executable, prefix = _own_command()
     try:
         click.echo(render_unit(master, worker, name=name, workdir=os.getcwd(), executable=executable,
-                               args=list(args), user=user), nl=False)
+                               executable_args=prefix, args=list(args), user=user), nl=False)
     except ValueError as exc:
         fail(str(exc))
+
+
+def _own_command() -> tuple[str, list[str]]:
+    """How to run this very clusterd again: its script, or this interpreter with -m clusterd."""
+    script = sys.argv[0]
+    if os.path.basename(script) == "clusterd" and os.path.isfile(script):
+        return os.path.abspath(script), []
+    return sys.executable, ["-m", "clusterd"]
 
 
 @cli.command()
@@ -600,6 +617,8 @@ def main() -> None:
         fail(message + _value_origin(exc), EXIT_USAGE)
     except click.ClickException as exc:
         fail(exc.format_message(), exc.exit_code)
+    except RuntimeDirError as exc:  # `ls`: a root that is not safe to trust
+        fail(str(exc), EXIT_USAGE)
     except click.Abort:
         sys.exit(130)
     except KeyboardInterrupt:

@@ -12,6 +12,7 @@ import zmq
 
 from . import protocol
 from .config import runtime_root
+from .runtime_dir import check_instance_path, check_safe, read_pid
 
 
 class NoInstance(Exception):
@@ -44,16 +45,10 @@ def _alive(path: Path) -> bool:
     return False
 
 
-def read_pid(path: Path) -> int | None:
-    """The pid in an instance directory's master.pid, if readable."""
-    try:
-        return int((path / "master.pid").read_text().strip())
-    except (OSError, ValueError):
-        return None
-
-
 def list_instances(root: Path | None = None) -> list[Instance]:
+    """The running instances; raises RuntimeDirError when the root is not safe to trust."""
     root = root or runtime_root()
+    check_safe(root, root_may_own=True)
     try:
         entries = sorted(p for p in root.iterdir() if p.is_dir())
     except OSError:
@@ -62,10 +57,12 @@ def list_instances(root: Path | None = None) -> list[Instance]:
 
 
 def find_instance(name: str | None = None) -> Instance:
-    """The instance called name; without a name, the only one running."""
+    """The instance called name; without a name, the only one running.
+
+    Raises NoInstance, or RuntimeDirError when the directory is not safe to connect into."""
     root = runtime_root()
     if name:
-        path = root / name
+        path = check_instance_path(root, name)
         if not _alive(path):
             raise NoInstance(f"no instance named {name!r} is running (looked in {root})")
         return Instance(name, path, read_pid(path))
@@ -75,6 +72,7 @@ def find_instance(name: str | None = None) -> Instance:
     if len(running) > 1:
         names = ", ".join(i.name for i in running)
         raise NoInstance(f"several instances are running ({names}): choose one with --name")
+    check_safe(running[0].path, root_may_own=False)
     return running[0]
 
 

@@ -148,6 +148,7 @@ def render_unit(
     name: str,
     workdir: str,
     executable: str,
+    executable_args: Sequence[str] = (),
     args: Sequence[str] = (),
     user: str | None = None,
     environment_file: str | None = None,
@@ -156,7 +157,8 @@ def render_unit(
 ) -> str:
     """A ready-to-install service unit running `clusterd run MASTER WORKER` for one app.
 
-    `args` are further `run` options, passed through verbatim. TimeoutStopSec follows
+    `executable_args` follow the executable (`-m clusterd` when it is a Python interpreter); `args`
+    are further `run` options, passed through verbatim. TimeoutStopSec follows
     `graceful_timeout`, or the --graceful-timeout found in `args`, or the default of 30 s.
     """
     for label, value in (("workdir", workdir), ("executable", executable)):
@@ -169,7 +171,7 @@ def render_unit(
     if graceful_timeout is None:
         graceful_timeout = _graceful_timeout_from_args(args)
     stop_timeout = math.ceil(graceful_timeout + STOP_TIMEOUT_MARGIN)
-    exe = quote_exec_arg(executable, executable=True)
+    exe = " ".join([quote_exec_arg(executable, executable=True)] + [quote_exec_arg(a) for a in executable_args])
     start = " ".join(
         [exe, "run", quote_exec_arg(master), quote_exec_arg(worker), "--name", quote_exec_arg(name)]
         + [quote_exec_arg(a) for a in args]

@@ -313,3 +313,47 @@ def test_verify_check_catches_a_broken_unit(tmp_path):
     unit.write_text(text.replace(REAL_EXECUTABLE, "/nonexistent/clusterd"))
     with pytest.raises(AssertionError):
         verify(unit)
+
+
+# --- clusterd systemd-unit -----------------------------------------------------------------------
+
+
+def systemd_unit_cli(*args: str, path: str | None = None) -> subprocess.CompletedProcess:
+    env = dict(os.environ, PYTHONPATH=str(REPO))
+    if path is not None:
+        env["PATH"] = path
+    return subprocess.run([sys.executable, "-m", "clusterd", "systemd-unit", *args], cwd=REPO, env=env,
+                          capture_output=True, text=True, timeout=60)
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["tests.apps.basic:Master", "tests.apps.basic:Worker", "--no-such-option"],
+        ["tests.apps.basic:Master", "tests.apps.basic:Worker", "--workers", "many"],
+        ["no.such.module:Master", "tests.apps.basic:Worker"],
+        ["tests.apps.basic:Master", "tests.apps.basic:NoSuchClass"],
+    ],
+    ids=["unknown-option", "bad-value", "master-does-not-import", "worker-does-not-import"],
+)
+def test_systemd_unit_refuses_what_run_would_refuse(args):
+    result = systemd_unit_cli(*args)
+    assert result.returncode == 2, result.stdout
+    assert result.stdout == ""
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("clusterd: ") and "Traceback" not in result.stderr
+
+
+def test_systemd_unit_without_the_script_on_path_runs_this_interpreter(tmp_path):
+    result = systemd_unit_cli("tests.apps.basic:Master", "tests.apps.basic:Worker", "--workers", "2",
+                              "--name", "basic", path="/nonexistent")
+    assert result.returncode == 0, result.stderr
+    settings = unit_settings(result.stdout)
+    assert settings["ExecStart"] == [
+        f"{sys.executable} -m clusterd run tests.apps.basic:Master tests.apps.basic:Worker --name basic --workers 2"
+    ]
+    assert settings["ExecReload"] == [f"{sys.executable} -m clusterd reload --name basic"]
+    if SYSTEMD_ANALYZE is not None:
+        unit = tmp_path / "basic.service"
+        unit.write_text(result.stdout)
+        verify(unit)

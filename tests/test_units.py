@@ -166,6 +166,10 @@ class FakeSpawner:
 
 class FakeHost:
     worker_endpoint = "ipc:///nowhere"
+    token = "t0ken"
+
+    def keep_runtime_dir(self) -> None:
+        pass
 
     def __init__(self) -> None:
         self.events: list[tuple[str, object]] = []

@@ -9,6 +9,6 @@ from __future__ import annotations
 from ..protocol import RemoteError
 from .endpoint import MasterEndpoint, WorkerInfo, WorkersProxy
 from .router import Router
-from .runtime_dir import InstanceBusy, RuntimeDir
+from ..runtime_dir import InstanceBusy, RuntimeDir
 
 __all__ = ["MasterEndpoint", "WorkersProxy", "WorkerInfo", "Router", "RuntimeDir", "InstanceBusy", "RemoteError"]

@@ -1,23 +1,17 @@
 """The control commands: `clusterd.status`, `.scale`, `.reload`, `.reload_wait`, `.stop`.
 
-The control socket and the master's signals run the same commands, so they agree on when a
-command is allowed and on its limits (as circus turns signals and circusctl into one command set):
-
-    SIGTERM, SIGINT   stop (graceful)          SIGHUP    reload (not waited for)
-    SIGQUIT           stop (fast)              SIGTTIN   scale +1      SIGTTOU   scale -1
-
+The control socket and the master's signals (signals.py) run the same commands, so they agree on
+when a command is allowed and on its limits (as circus turns signals and circusctl into one set).
 The CLI prints their answers (clusterd/cli.py, clusterd/status.py).
 """
 
 from __future__ import annotations
 
-import logging
 import os
-import signal
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from .. import log, protocol
+from .. import protocol
 from ..config import ConfigError, parse_workers
 from ..protocol import RPCError
 from .states import ClusterState
@@ -61,17 +55,20 @@ class Admin:
         return {"from": old, "to": target}
 
     async def stop(self, timeout: float | None = None, graceful: bool = True) -> dict:
+        """A graceful stop; a fast one asked for during a graceful one cuts it short."""
         if timeout is not None:
             self.router.config.graceful_timeout = float(timeout)
         self.router.loop.call_soon(self.router.request_stop, graceful)
         return {"stopping": True, "pid": os.getpid()}
 
     async def reload(self, wait: bool = True) -> dict:
-        return await self._reload(wait, "clusterd reload")
-
-    async def _reload(self, wait: bool, source: str) -> dict:
         self._refuse_when_stopping()
-        return await self.router.reloads.request(wait=wait, source=source)
+        return await self.router.reloads.request(wait=wait)
+
+    async def reload_from(self, source: str) -> dict:
+        """A reload from a signal: the same rule as `clusterd reload`, not waited for."""
+        self._refuse_when_stopping()
+        return await self.router.reloads.request(wait=False, source=source)
 
     async def reload_wait(self, id: int, after: int = 0) -> dict:
         return await self.router.reloads.progress(id, after)
@@ -79,30 +76,6 @@ class Admin:
     def _refuse_when_stopping(self) -> None:
         if self.router.state is ClusterState.STOPPING:
             raise RPCError(protocol.SHUTTING_DOWN)
-
-    # ------------------------------------------------------------------ signals
-    def install_signals(self) -> None:
-        """Each signal runs its command on the loop; a refusal is logged, never raised."""
-        commands: dict[int, tuple[str, Callable[[], Awaitable[Any]]]] = {
-            signal.SIGTERM: ("stop", lambda: self.stop(graceful=True)),
-            signal.SIGINT: ("stop", lambda: self.stop(graceful=True)),
-            signal.SIGQUIT: ("stop", lambda: self.stop(graceful=False)),
-            signal.SIGHUP: ("reload", lambda: self._reload(wait=False, source="SIGHUP")),
-            signal.SIGTTIN: ("scale", lambda: self.scale(delta=1)),
-            signal.SIGTTOU: ("scale", lambda: self.scale(delta=-1)),
-        }
-        loop = self.router.loop
-        for sig, (name, command) in commands.items():
-            loop.add_signal_handler(sig, self._on_signal, sig, name, command)
-
-    def _on_signal(self, sig: int, name: str, command: Callable[[], Awaitable[Any]]) -> None:
-        self.router.spawn_task(self._run_signalled(signal.Signals(sig).name, name, command))
-
-    async def _run_signalled(self, sig_name: str, name: str, command: Callable[[], Awaitable[Any]]) -> None:
-        try:
-            await command()
-        except RPCError as exc:
-            log.event("signal-refused", f"{sig_name} ({name}) refused: {exc.message}", level=logging.WARNING)
 
 
 __all__ = ["Admin", "NAMES", "MIN_WORKERS_BY_DELTA"]

@@ -18,7 +18,11 @@ from .states import ExitReason
 class SupervisorHost(Protocol):
     """What the supervisor tells the rest of the master (events), and the little it asks of it."""
 
-    worker_endpoint: str
+    worker_endpoint: str   # may move: read it for each worker
+    token: str             # this master's, in every worker identity
+
+    def keep_runtime_dir(self) -> None:
+        """Before a worker starts: make sure the socket it will connect to is ours."""
 
     def child_environ(self) -> dict[str, str]:
         """The environment a worker process starts with."""

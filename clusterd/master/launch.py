@@ -25,9 +25,11 @@ class Launcher:
         self.spawner = make_spawner(self._on_line, self._on_exit)
 
     def start(self, index: int, generation: int, agent: str | None = None) -> Worker:
+        self.host.keep_runtime_dir()  # a new worker must find our socket, not another instance's
         self._serial += 1
-        # the master's pid too: an agent's report about a worker of an earlier master never names a new one
-        ident = f"{index}.{generation}.{self._serial}.{os.getpid()}".encode()
+        # the master's token first: a worker of another master is refused, and an agent's report about a
+        # worker of an earlier master never names a new one
+        ident = f"{self.host.token}.{index}.{generation}.{self._serial}".encode()
         worker = Worker(slot=index, generation=generation, ident=ident)
         cfg = self.config
         if cfg.max_requests:

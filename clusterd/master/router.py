@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import secrets
 import time
 from typing import Any
 
@@ -20,26 +21,28 @@ from .. import log, protocol, systemd, wire
 from ..config import Config
 from ..endpoint import Dispatcher, method_table
 from ..protocol import NO_ID, RPCError
-from ..wire import ERROR, RESULT, WorkerSpec
-from ..worker.spawn import OnExit, OnLine, Spawner, WorkerHandle, make_spawner
+from ..runtime_dir import RuntimeDir
+from ..wire import ERROR, RESULT
+from ..worker.spawn import OnExit, OnLine, Spawner, make_spawner
 from ..zmqloop import NOBLOCK, SocketReader, send_frames
 from .admin import Admin
 from .batch import Batches
-from .endpoint import WorkersProxy, internal_methods, worker_info
+from .dir_keeper import DirKeeper
+from .endpoint import WorkersProxy, internal_methods
 from .local import LocalMethods, master_lacks
 from .pool import Call, Worker
 from .reload import ReloadManager
 from .waiting import CallQueue, Deadlines
-from .runtime_dir import RuntimeDir
 from .sockets import Sockets
 from .states import ClusterState, ExitReason, WorkerState
 from .supervisor import Supervisor
+from .worker_events import WorkerEvents
 
 _BODY = 1 + wire.TOKEN_SIZE  # where an answer frame's response starts, after its kind and token
 
 
 class Router:
-    """Implements the supervisor's host (SupervisorHost) and the workers proxy's caller (WorkerCaller)."""
+    """Implements the workers proxy's caller (WorkerCaller); WorkerEvents is its SupervisorHost."""
 
     def __init__(self, config: Config, master_cls: type, worker_cls: type,
                  notifier: systemd.Notifier | None = None, version: str | None = None) -> None:
@@ -54,6 +57,9 @@ class Router:
         self.sockets = Sockets(self.loop, self.ctx, config)
         self.dir = RuntimeDir(config.instance_dir)
         self.worker_endpoint = f"ipc://{config.instance_dir / 'workers.sock'}"
+        # in every worker identity: a worker of another master (a shared or recreated runtime dir) is refused
+        self.token = secrets.token_hex(4)
+        self.keeper = DirKeeper(self)
         self.shared: Any = None
         self.agents: Any = None        # the AgentRegistry, with --worker-bind
         self.rsock: zmq.Socket | None = None
@@ -64,7 +70,7 @@ class Router:
         self.endpoint.workers = WorkersProxy(self)
         self.dispatcher = Dispatcher(self.endpoint, config.debug)
         self.worker_methods: dict[str, dict] = {name: m.describe() for name, m in method_table(worker_cls).items()}
-        self.supervisor = Supervisor(config, self, self._make_spawner)
+        self.supervisor = Supervisor(config, WorkerEvents(self), self._make_spawner)
         self.reloads = ReloadManager(self)
         self.admin = Admin(self)
         self.local = LocalMethods(self, self.dispatcher, self.admin.handlers,
@@ -74,6 +80,7 @@ class Router:
         self.deadlines = Deadlines(self)
         self._token = 0
         self.stopped = asyncio.Event()
+        self.hurried = asyncio.Event()  # stop at once: what a graceful stop still waits for is cut short
         self._tasks: set[asyncio.Task] = set()
         self.readers: dict[zmq.Socket, SocketReader] = {}
         # calls in flight per client, by client socket then ROUTER identity (--max-client-inflight)
@@ -118,17 +125,21 @@ class Router:
                                  f"{self.supervisor.generation}")
 
     def request_stop(self, graceful: bool = True) -> None:
+        """Stop; a fast stop asked for during a graceful one cuts it short (a second Ctrl-C, SIGQUIT)."""
         if not self.stopped.is_set():
             self.graceful = graceful
             self.stopped.set()
+        elif not graceful:
+            self.hurried.set()
 
     def _make_spawner(self, on_line: OnLine, on_exit: OnExit) -> Spawner:
-        return make_spawner(self.loop, self.config, self.ctx, self.child_environ(), on_line, on_exit)
+        return make_spawner(self.loop, self.config, self.ctx, systemd.child_environ(os.environ), on_line, on_exit)
 
     # ------------------------------------------------------------------ sockets
     def open_sockets(self) -> None:
         socks = self.sockets
-        socks.open(self.worker_endpoint, self.on_client_message, self._on_worker_message)
+        socks.open(self.keeper.bind_ipc, self.on_client_message, self._on_worker_message)
+        self.keeper.start()
         self.readers = socks.readers
         self.control, self.public, self.wsock, self.rsock = socks.control, socks.public, socks.workers, socks.remote
         self.client_calls = {sock: {} for sock in socks.client_sockets()}
@@ -137,12 +148,10 @@ class Router:
             self.agents = AgentRegistry(self)
 
     def close_sockets(self) -> None:
+        self.keeper.close()
         if self.agents is not None:
             self.agents.close()
         self.sockets.close(term=not self.supervisor.spawner.alive())
-
-    def child_environ(self) -> dict:
-        return systemd.child_environ(os.environ)
 
     # ------------------------------------------------------------------ client requests
     def on_client_message(self, frames: list[bytes], sock: zmq.Socket, source: str) -> None:
@@ -296,17 +305,21 @@ class Router:
             self._on_answer(ident, head, kind)
         elif len(frames) != 3:
             return  # not a message of ours
-        elif kind == wire.REQUEST:
-            self._on_worker_request(ident, frames[2], sock)
         elif kind == wire.BEAT:
             worker_ident = ident[len(wire.HEARTBEAT_PREFIX):]
             if worker_ident in self.supervisor.by_ident:  # a worker of a master that died gets no answer: it exits
                 self.to_worker([ident, wire.BEAT], sock)
             self.supervisor.on_beat(worker_ident, _loads_dict(frames[2]))
+        elif ident not in self.supervisor.by_ident and kind != wire.AGENT:
+            if kind == wire.HELLO:
+                log.event("foreign-worker", f"a worker this master did not start ({ident!r}) joined its workers "
+                          "socket: ignored (does another instance share this runtime directory?)",
+                          level=logging.WARNING)
+            return  # a worker of another master: it gets nothing from us, and exits for lack of beats
+        elif kind == wire.REQUEST:
+            self._on_worker_request(ident, frames[2], sock)
         elif kind == wire.HELLO:
-            worker = self.supervisor.by_ident.get(ident)
-            if worker is not None:
-                worker.sock = sock  # the socket its calls go out on
+            self.supervisor.by_ident[ident].sock = sock  # the socket its calls go out on
             self.supervisor.on_hello(ident, _loads_dict(frames[2]))
         elif kind == wire.FAILURE:
             self.supervisor.on_boot_failure(ident, _loads_dict(frames[2]))
@@ -354,41 +367,6 @@ class Router:
             self._faults.exception("handling a worker's request failed")
             if req.id is not NO_ID:
                 self.send(sock, envelope, protocol.encode_error(req.id, protocol.INTERNAL_ERROR))
-
-    # ------------------------------------------------------------------ SupervisorHost
-    def start_remote(self, agent: str, worker: Worker, spec: WorkerSpec) -> WorkerHandle:
-        worker.sock = self.rsock
-        return self.agents.spawn(agent, worker, spec)
-
-    def send_stop(self, worker: Worker) -> None:
-        self.to_worker([worker.ident, wire.STOP], worker.sock)
-
-    def learn_methods(self, methods: dict) -> None:
-        self.worker_methods = methods
-
-    def on_worker_ready(self, worker: Worker) -> None:
-        self.queue.flush()
-        self.spawn_task(self._hook(self.endpoint.on_worker_ready, worker_info(worker)))
-        self.update_status_line()
-
-    def on_worker_gone(self, worker: Worker, exit_info: dict) -> None:
-        """Answer every call the worker held: -32002, or a retry elsewhere for idempotent ones."""
-        calls = list(worker.calls.values())
-        worker.calls.clear()
-        for call in calls:
-            if call.idempotent and self.state is not ClusterState.STOPPING:
-                call.deadline = 0.0
-                self.dispatch(call, exclude=worker)
-            else:
-                self.reply_error(call, protocol.WORKER_DIED)
-        self.spawn_task(self._hook(self.endpoint.on_worker_exit, worker_info(worker), exit_info))
-        self.update_status_line()
-
-    async def _hook(self, func, *args: Any) -> None:
-        try:
-            await func(*args)
-        except Exception:
-            log.logger.exception("a master hook raised")
 
     # ------------------------------------------------------------------ WorkerCaller
     def ready_workers(self) -> list[Worker]:

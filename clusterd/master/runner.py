@@ -1,13 +1,15 @@
 """`clusterd run`: the master process from start to exit status.
 
-Signals become the control commands (admin.py) run on the loop, as gunicorn's arbiter queues them.
+Signals become the control commands (signals.py, admin.py), run on the loop; the loop does the rest.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import signal
 import sys
+import time
 
 from .. import log, protocol
 from ..config import Config
@@ -16,7 +18,8 @@ from ..systemd import Notifier
 from .host import BootFailure
 from .reload import installed_version, read_version, watch_sources, watch_version
 from .router import Router
-from .states import ClusterState
+from .signals import install_signals
+from .states import ClusterState, ExitReason
 
 EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, 1, 2
 
@@ -31,56 +34,28 @@ async def serve(config: Config, master_cls: type, worker_cls: type) -> int:
         return await _serve(loop, router, config)
     finally:
         router.release()
+        signal.signal(signal.SIGINT, signal.default_int_handler)  # ours needs the loop, which ends here
 
 
 async def _serve(loop: asyncio.AbstractEventLoop, router: Router, config: Config) -> int:
-    notifier = router.notifier
     router.open_sockets()
-    router.admin.install_signals()
+    install_signals(router)
     ChildReaper(loop, router.supervisor.spawner.owned_pids).install()  # PID 1 in a container (ops/reaper.py)
     log.event("master-start", f"{config.name}: master pid {router.endpoint.pid} starting {config.workers} "
               f"workers ({config.worker})", instance=config.name)
 
-    try:
-        await router.endpoint.start_services()
-    except Exception:
-        log.logger.exception("the master's start_services failed")
-        return EXIT_FAILURE
-
-    boot = loop.create_task(router.supervisor.start())
     stop_wait = loop.create_task(router.stopped.wait())
-    await asyncio.wait({boot, stop_wait, router.supervisor.fatal}, return_when=asyncio.FIRST_COMPLETED)
-    if boot.done() and boot.exception() is not None:
-        failure = boot.exception()
-        if isinstance(failure, BootFailure):
-            message = f"worker {failure.worker.slot} (pid {failure.worker.pid}) failed to start: {failure.error}"
-            if log.is_json():
-                log.event("boot-failed", message, level=logging.ERROR, slot=failure.worker.slot,
-                          pid=failure.worker.pid, traceback=failure.traceback)
-            else:
-                sys.stderr.write(f"clusterd: {message}\n{failure.traceback.rstrip()}\n")
-        else:
-            log.logger.error("start-up failed", exc_info=failure)
+    if not await _start_master_services(loop, router, stop_wait):
+        stop_wait.cancel()
+        return EXIT_FAILURE
+    if router.stopped.is_set():  # asked to stop while the master's services started: no worker is started
+        await _shutdown(router, router.graceful)
+        return EXIT_OK
+    if not await _boot(loop, router, stop_wait):
         await _shutdown(router, graceful=False)
         return EXIT_FAILURE
-    if not boot.done():
-        boot.cancel()
-
-    watchers = []
     if not router.stopped.is_set():
-        router.set_state(ClusterState.RUNNING)
-        log.event("master-ready", f"{config.name}: {config.workers} workers ready", instance=config.name)
-        interval = notifier.watchdog_interval()
-        if interval:
-            _keep_watchdog(loop, notifier, interval, router)
-        if config.watch_version:
-            watchers.append(loop.create_task(watch_version(router, config.watch_version)))
-        if config.reload_on_change:
-            watchers.append(loop.create_task(watch_sources(router, config.reload_on_change)))
-        await asyncio.wait({stop_wait, router.supervisor.fatal}, return_when=asyncio.FIRST_COMPLETED)
-
-    for task in watchers:
-        task.cancel()
+        await _run_until_stopped(loop, router, stop_wait)
     code = EXIT_OK
     graceful = router.graceful
     if router.supervisor.fatal.done():
@@ -92,28 +67,129 @@ async def _serve(loop: asyncio.AbstractEventLoop, router: Router, config: Config
     return code
 
 
+async def _boot(loop: asyncio.AbstractEventLoop, router: Router, stop_wait: asyncio.Task) -> bool:
+    """Start the workers; False (with the failure reported) if one could not start."""
+    boot = loop.create_task(router.supervisor.start())
+    await asyncio.wait({boot, stop_wait, router.supervisor.fatal}, return_when=asyncio.FIRST_COMPLETED)
+    if not boot.done():
+        boot.cancel()
+        return True
+    failure = boot.exception()
+    if failure is None:
+        return True
+    if isinstance(failure, BootFailure):
+        message = f"worker {failure.worker.slot} (pid {failure.worker.pid}) failed to start: {failure.error}"
+        if log.is_json():
+            log.event("boot-failed", message, level=logging.ERROR, slot=failure.worker.slot,
+                      pid=failure.worker.pid, traceback=failure.traceback)
+        else:
+            sys.stderr.write(f"clusterd: {message}\n{failure.traceback.rstrip()}\n")
+    else:
+        log.logger.error("start-up failed", exc_info=failure)
+    return False
+
+
+async def _run_until_stopped(loop: asyncio.AbstractEventLoop, router: Router, stop_wait: asyncio.Task) -> None:
+    """Running: the watchdog and the reload triggers, until a stop or a crash loop."""
+    config = router.config
+    router.set_state(ClusterState.RUNNING)
+    log.event("master-ready", f"{config.name}: {config.workers} workers ready", instance=config.name)
+    interval = router.notifier.watchdog_interval() if router.notifier is not None else None
+    if interval:
+        _keep_watchdog(loop, router.notifier, interval, router)
+    watchers = []
+    if config.watch_version:
+        watchers.append(loop.create_task(watch_version(router, config.watch_version)))
+    if config.reload_on_change:
+        watchers.append(loop.create_task(watch_sources(router, config.reload_on_change)))
+    await asyncio.wait({stop_wait, router.supervisor.fatal}, return_when=asyncio.FIRST_COMPLETED)
+    for task in watchers:
+        task.cancel()
+
+
+async def _start_master_services(loop: asyncio.AbstractEventLoop, router: Router, stop_wait: asyncio.Task) -> bool:
+    """Run the master's start_services; False if it failed.
+
+    A stop asked for meanwhile says what it waits for; it waits at most the graceful timeout, and a
+    second Ctrl-C (or SIGQUIT) cuts it short: start_services is cancelled."""
+    config = router.config
+    started = time.monotonic()
+    services = loop.create_task(router.endpoint.start_services())
+    await asyncio.wait({services, stop_wait}, return_when=asyncio.FIRST_COMPLETED)
+    if not services.done():
+        log.event("master-stop", f"{config.name}: stopping once the master's start_services has finished "
+                  f"(running for {time.monotonic() - started:.1f}s; waiting at most {config.graceful_timeout:g}s "
+                  "more); press Ctrl-C again to stop at once", level=logging.WARNING)
+        if not await _finished_unless_hurried(services, router, config.graceful_timeout):
+            services.cancel()
+            await asyncio.wait({services}, timeout=1.0)
+            return True
+    if services.cancelled():
+        return True
+    if services.exception() is not None:
+        log.logger.error("the master's start_services failed", exc_info=services.exception())
+        return False
+    return True
+
+
+async def _finished_unless_hurried(task: asyncio.Future, router: Router, timeout: float | None) -> bool:
+    """Wait for task until the timeout or a fast stop; True if it finished."""
+    hurried = asyncio.ensure_future(router.hurried.wait())
+    try:
+        await asyncio.wait({task, hurried}, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        hurried.cancel()
+    return task.done()
+
+
+def _drop_calls_in_flight(router: Router) -> None:
+    for worker in list(router.supervisor.by_ident.values()):
+        for call in list(worker.calls.values()):
+            router.reply_error(call, protocol.SHUTTING_DOWN)
+        worker.calls.clear()
+
+
 async def _shutdown(router: Router, graceful: bool) -> None:
-    """Stop taking calls, let calls in flight finish, stop workers, then the master's services."""
+    """Stop taking calls, let calls in flight finish, stop workers, then the master's services.
+
+    A fast stop asked for meanwhile (a second Ctrl-C, SIGQUIT) kills what is still running."""
     config = router.config
     router.set_state(ClusterState.STOPPING)
-    log.event("master-stop", f"{config.name}: stopping ({'graceful' if graceful else 'fast'})")
     router.queue.fail_all()
     sup = router.supervisor
-    if not graceful:
-        for worker in list(sup.by_ident.values()):
-            for call in list(worker.calls.values()):
-                router.reply_error(call, protocol.SHUTTING_DOWN)
-            worker.calls.clear()
-    await sup.stop(graceful=graceful)
-    try:
-        await asyncio.wait_for(router.endpoint.stop_services(), max(1.0, config.graceful_timeout))
-    except TimeoutError:
-        log.event("master-stop", "the master's stop_services did not finish within the graceful timeout",
-                  level=logging.WARNING)
-    except Exception:
-        log.logger.exception("the master's stop_services failed")
+    if graceful and not router.hurried.is_set():
+        workers = list(sup.by_ident.values())
+        starting = sum(1 for w in workers if w.ready_at is None)
+        calls = sum(len(w.calls) for w in workers)
+        log.event("master-stop", f"{config.name}: stopping (graceful): waiting at most {config.graceful_timeout:g}s "
+                  f"for {len(workers)} workers ({starting} still starting, {calls} calls in flight); "
+                  "press Ctrl-C again to stop at once")
+        stopping = asyncio.ensure_future(sup.stop(graceful=True))
+        if not await _finished_unless_hurried(stopping, router, None):
+            log.event("master-stop", f"{config.name}: stopping at once", level=logging.WARNING)
+            _drop_calls_in_flight(router)
+            for worker in list(sup.by_ident.values()):
+                sup.kill(worker, ExitReason.STOP)
+        await stopping
+    else:
+        log.event("master-stop", f"{config.name}: stopping (fast)")
+        _drop_calls_in_flight(router)
+        await sup.stop(graceful=False)
+    await _stop_master_services(router)
     router.set_state(ClusterState.STOPPED)
     log.event("master-exit", f"{config.name}: stopped")
+
+
+async def _stop_master_services(router: Router) -> None:
+    services = asyncio.ensure_future(router.endpoint.stop_services())
+    if not await _finished_unless_hurried(services, router, max(1.0, router.config.graceful_timeout)):
+        if not router.hurried.is_set():
+            log.event("master-stop", "the master's stop_services did not finish within the graceful timeout",
+                      level=logging.WARNING)
+        services.cancel()
+        await asyncio.wait({services}, timeout=1.0)
+    elif not services.cancelled() and services.exception() is not None:
+        log.logger.error("the master's stop_services failed", exc_info=services.exception())
 
 
 def _keep_watchdog(loop: asyncio.AbstractEventLoop, notifier: Notifier, interval: float, router: Router) -> None:

@@ -9,7 +9,6 @@
 from __future__ import annotations
 
 import asyncio
-import os
 from collections.abc import Callable
 from typing import Any
 
@@ -20,6 +19,7 @@ from ..zmqloop import SocketReader
 
 ClientHandler = Callable[[list[bytes], zmq.Socket, str], None]
 WorkerHandler = Callable[[list[bytes], zmq.Socket], None]
+BindIpc = Callable[[zmq.Socket, str], None]
 
 
 class Sockets:
@@ -35,23 +35,21 @@ class Sockets:
         self.authenticator: Any = None
         self._made: list[zmq.Socket] = []
 
-    def open(self, worker_endpoint: str, on_client: ClientHandler, on_worker: WorkerHandler) -> None:
+    def open(self, bind_ipc: BindIpc, on_client: ClientHandler, on_worker: WorkerHandler) -> None:
+        """bind_ipc(sock, name) binds a socket as a file of the instance's directory."""
         cfg = self.config
         self.control = self._router_socket(client=True)
-        control_path = cfg.instance_dir / "control.sock"
-        self.control.bind(f"ipc://{control_path}")
-        os.chmod(control_path, 0o600)
+        bind_ipc(self.control, "control.sock")
         if cfg.binds:
             self.public = self._router_socket(client=True)
             for addr in cfg.binds:
                 self.public.bind(addr)
         self.workers = self._router_socket(client=False)
         self.workers.setsockopt(zmq.ROUTER_MANDATORY, 1)
-        self.workers.bind(worker_endpoint)
+        bind_ipc(self.workers, "workers.sock")
         if cfg.isolation == "thread":
             from ..worker.threads import THREAD_ENDPOINT
             self.workers.bind(THREAD_ENDPOINT)  # thread workers share the context, as inproc requires
-        os.chmod(cfg.instance_dir / "workers.sock", 0o600)
         if cfg.worker_binds:
             # workers from agents on other hosts: a socket of its own, CURVE-encrypted with --curve-dir
             from .remote import configure_remote_socket

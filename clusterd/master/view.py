@@ -14,6 +14,7 @@ import psutil
 import zmq
 
 from ..config import Config
+from ..runtime_dir import RuntimeDir
 from .pool import Call, Worker
 from .states import ClusterState
 from .supervisor import Supervisor
@@ -32,6 +33,15 @@ class MasterView(Protocol):
     agents: Any                   # the AgentRegistry (remote.py), with --worker-bind
     rsock: zmq.Socket | None      # the socket agents and their workers connect to
     local: Any                    # the LocalMethods (local.py)
+    admin: Any                    # the Admin commands (admin.py)
+    dir: RuntimeDir
+    token: str                    # in every worker's identity
+    worker_endpoint: str
+    control: zmq.Socket
+    wsock: zmq.Socket
+    stopped: asyncio.Event
+    keeper: Any                   # the DirKeeper (dir_keeper.py)
+    endpoint: Any                 # the user's MasterEndpoint
     worker_methods: dict[str, dict]
     client_calls: dict[zmq.Socket, dict[bytes, int]]
     inflight_limit: int

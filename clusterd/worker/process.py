@@ -208,6 +208,19 @@ def _die_with_parent() -> None:
         pass
 
 
+# Signals sent to the whole process group or cgroup (Ctrl-C, `kill -TERM -- -PGID`, `timeout`,
+# supervisord's stopasgroup, systemd's KillMode=control-group) are the master's to act on: it drains
+# and stops the workers in order. A worker stops when its master says so, or dies with it.
+GROUP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGQUIT, signal.SIGTTIN, signal.SIGTTOU)
+
+
+def ignore_group_signals() -> None:
+    """Ignore the group's signals, then unblock those the master blocked for us while it started us."""
+    for sig in GROUP_SIGNALS:
+        signal.signal(sig, signal.SIG_IGN)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, GROUP_SIGNALS)
+
+
 def main() -> None:
     """Entry point of a worker process; the master passes its spec in the environment."""
     spec = WorkerSpec.from_env(os.environ, pop=True)
@@ -215,10 +228,7 @@ def main() -> None:
         _die_with_parent()
         if os.getppid() != spec.parent_pid:
             os._exit(3)  # the master died before we could ask to follow it
-    # Signals sent to the whole process group (Ctrl-C, Ctrl-\, a terminal hang-up) are the master's to
-    # act on: it stops or reloads the workers in order.
-    for sig in (signal.SIGINT, signal.SIGHUP, signal.SIGQUIT, signal.SIGTTIN, signal.SIGTTOU):
-        signal.signal(sig, signal.SIG_IGN)
+    ignore_group_signals()
     sys.path.insert(0, os.getcwd())
     try:
         code = asyncio.run(_run(spec))
@@ -273,9 +283,7 @@ async def _serve(loop: asyncio.AbstractEventLoop, spec: WorkerSpec, sock: zmq.So
         configure(sock)
     sock.connect(spec.endpoint)
     link = WorkerLink(loop, sock, spec.debug)
-    if embedded is None:
-        loop.add_signal_handler(signal.SIGTERM, link.stop_requested.set)
-    else:
+    if embedded is not None:
         embedded.link = link
 
     try:

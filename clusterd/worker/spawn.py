@@ -147,6 +147,20 @@ class ProcessHandle:
             self.send_signal(sig)
 
 
+# Blocked while a child starts, so that a signal to the whole group cannot kill it before it ignores
+# them (worker.ignore_group_signals); the blocked mask is inherited through fork and exec.
+_GROUP_SIGNALS = {signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGQUIT}
+
+
+def _popen_shielded(*args, **kwargs) -> subprocess.Popen:
+    """Popen with the group's signals blocked in this thread (a signal meanwhile is taken by another)."""
+    old = signal.pthread_sigmask(signal.SIG_BLOCK, _GROUP_SIGNALS)
+    try:
+        return subprocess.Popen(*args, **kwargs)
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, old)
+
+
 class DirectSpawner:
     """A fresh interpreter per worker; its exit is seen through a pidfd."""
 
@@ -157,7 +171,7 @@ class DirectSpawner:
         self.owned: set[int] = set()
 
     def spawn(self, worker: object, env: dict, label: str, generation: int = 0) -> ProcessHandle:
-        proc = subprocess.Popen([sys.executable, "-c", WORKER_ENTRY, label], stdin=subprocess.DEVNULL,
+        proc = _popen_shielded([sys.executable, "-c", WORKER_ENTRY, label], stdin=subprocess.DEVNULL,
                                 stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env, close_fds=True)
         handle = ProcessHandle()
         handle._known(proc.pid)
@@ -256,7 +270,7 @@ class ZygoteSpawner:
         self.zygotes[generation] = z
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         try:
-            z.proc = subprocess.Popen([sys.executable, "-c", ZYGOTE_ENTRY, f"{self.label}:zygote", self.worker_path,
+            z.proc = _popen_shielded([sys.executable, "-c", ZYGOTE_ENTRY, f"{self.label}:zygote", self.worker_path,
                                        str(theirs.fileno())],
                                       stdin=subprocess.DEVNULL, env=self.env, close_fds=True,
                                       pass_fds=(theirs.fileno(),))

@@ -30,14 +30,13 @@ def _send(sock: socket.socket, obj: dict) -> None:
 
 
 def main() -> None:
-    from .process import _die_with_parent
+    from .process import _die_with_parent, ignore_group_signals
+    ignore_group_signals()  # its workers, forked with these dispositions, are the master's to stop
     worker_path = sys.argv[2]
     parent = os.getppid()
     _die_with_parent()
     if os.getppid() != parent:
         os._exit(3)
-    for sig in (signal.SIGINT, signal.SIGHUP, signal.SIGQUIT, signal.SIGTTIN, signal.SIGTTOU):
-        signal.signal(sig, signal.SIG_IGN)
     sock = socket.socket(fileno=int(sys.argv[3]))
     sys.path.insert(0, os.getcwd())
     try:

@@ -1,0 +1,83 @@
+"""What the router does when the supervisor reports on a worker: the router's side of SupervisorHost.
+
+A worker ready gets the calls that waited for one; a worker gone has its calls answered (-32002, or
+retried elsewhere when idempotent); the master's hooks (on_worker_ready, on_worker_exit) run.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from .. import log, protocol, systemd, wire
+from ..wire import WorkerSpec
+from ..worker.spawn import WorkerHandle
+from .endpoint import worker_info
+from .pool import Worker
+from .states import ClusterState
+from .view import MasterView
+
+
+class WorkerEvents:
+    """Implements SupervisorHost (host.py) for the router."""
+
+    def __init__(self, router: MasterView) -> None:
+        self.router = router
+
+    @property
+    def worker_endpoint(self) -> str:
+        return self.router.worker_endpoint  # it moves if another instance took our runtime directory
+
+    @property
+    def token(self) -> str:
+        return self.router.token
+
+    def keep_runtime_dir(self) -> None:
+        self.router.keeper.keep()
+
+    def child_environ(self) -> dict[str, str]:
+        return systemd.child_environ(os.environ)
+
+    def flush_worker_messages(self) -> None:
+        self.router.flush_worker_messages()
+
+    def start_remote(self, agent: str, worker: Worker, spec: WorkerSpec) -> WorkerHandle:
+        worker.sock = self.router.rsock
+        return self.router.agents.spawn(agent, worker, spec)
+
+    def send_stop(self, worker: Worker) -> None:
+        self.router.to_worker([worker.ident, wire.STOP], worker.sock)
+
+    def learn_methods(self, methods: dict) -> None:
+        self.router.worker_methods = methods
+
+    def on_worker_ready(self, worker: Worker) -> None:
+        router = self.router
+        router.queue.flush()
+        router.spawn_task(_hook(router.endpoint.on_worker_ready, worker_info(worker)))
+        router.update_status_line()
+
+    def on_worker_gone(self, worker: Worker, exit_info: dict) -> None:
+        """Answer every call the worker held: -32002, or a retry elsewhere for idempotent ones."""
+        router = self.router
+        calls = list(worker.calls.values())
+        worker.calls.clear()
+        for call in calls:
+            if call.idempotent and router.state is not ClusterState.STOPPING:
+                call.deadline = 0.0
+                router.dispatch(call, exclude=worker)
+            else:
+                router.reply_error(call, protocol.WORKER_DIED)
+        router.spawn_task(_hook(router.endpoint.on_worker_exit, worker_info(worker), exit_info))
+        router.update_status_line()
+
+
+async def _hook(func: Callable[..., Awaitable[Any]], *args: Any) -> None:
+    try:
+        await func(*args)
+    except Exception:
+        log.logger.exception("a master hook raised")
+
+
+__all__ = ["WorkerEvents"]
