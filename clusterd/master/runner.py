@@ -30,9 +30,11 @@ async def serve(config: Config, master_cls: type, worker_cls: type) -> int:
     version = read_version(config.watch_version) if config.watch_version else installed_version(master_cls)
     router = Router(config, master_cls, worker_cls, Notifier.from_environ(), version)
     router.claim()  # raises InstanceBusy: the CLI turns it into exit status 2
+    reaper = ChildReaper(loop, router.supervisor.spawner.owned_pids).install()  # PID 1 in a container
     try:
         return await _serve(loop, router, config)
     finally:
+        reaper.close()  # before the loop closes: a SIGCHLD must not find its wake-up pipe closed
         router.release()
         signal.signal(signal.SIGINT, signal.default_int_handler)  # ours needs the loop, which ends here
 
@@ -40,7 +42,6 @@ async def serve(config: Config, master_cls: type, worker_cls: type) -> int:
 async def _serve(loop: asyncio.AbstractEventLoop, router: Router, config: Config) -> int:
     router.open_sockets()
     install_signals(router)
-    ChildReaper(loop, router.supervisor.spawner.owned_pids).install()  # PID 1 in a container (ops/reaper.py)
     log.event("master-start", f"{config.name}: master pid {router.endpoint.pid} starting {config.workers} "
               f"workers ({config.worker})", instance=config.name)
 

@@ -67,7 +67,7 @@ class Agent:
         self.env = env
         for sig in (signal.SIGTERM, signal.SIGINT):
             self.loop.add_signal_handler(sig, self.stopping.set)
-        ChildReaper(self.loop, self.spawner.owned_pids).install()  # PID 1 of an agent pod (ops/reaper.py)
+        reaper = ChildReaper(self.loop, self.spawner.owned_pids).install()  # PID 1 of an agent pod
         log.event("agent-start", f"agent for {self.worker_path} connecting to {self.connect} "
                   f"({self.workers} workers)")
         beat = self.loop.create_task(self._beat())
@@ -77,6 +77,7 @@ class Agent:
         self.reader.close()
         self.sock.close(linger=500)
         self.spawner.close()
+        reaper.close()
         self.ctx.term()
         log.event("agent-exit", "agent stopped")
         return 0
