@@ -47,15 +47,29 @@ def check_address(addr: str) -> str:
 
 def cpu_count() -> int:
     """What `--workers auto` means: the CPUs this process may run on, capped by a CFS quota (DESIGN.md 14)."""
-    from .ops.cgroup import cpu_budget  # a leaf module; ops.cgroup.cpu_budget().source says why
-    return cpu_budget().cpus
+    return int(auto_workers())
+
+
+class AutoWorkers(int):
+    """`--workers auto` resolved: the number, still saying where it came from (`budget`, for status)."""
+
+    budget: dict
+
+
+def auto_workers() -> AutoWorkers:
+    """The one place `auto` is resolved: ops.cgroup.cpu_budget(), whose document() status shows."""
+    from .ops.cgroup import cpu_budget  # a leaf module
+    budget = cpu_budget()
+    n = AutoWorkers(budget.cpus)
+    n.budget = budget.document()
+    return n
 
 
 def parse_workers(value: str | int) -> int:
     if isinstance(value, int):
         n = value
     elif str(value).strip().lower() == "auto":
-        return cpu_count()
+        return auto_workers()
     else:
         try:
             n = int(str(value).strip())
@@ -120,7 +134,8 @@ class Config:
         """The `config` part of the status document."""
         d = asdict(self)
         return {
-            "master": d["master"], "worker": d["worker"], "workers": self.workers, "binds": self.binds,
+            "master": d["master"], "worker": d["worker"], "workers": int(self.workers),
+            "workers_auto": getattr(self.workers, "budget", None), "binds": self.binds,
             "graceful_timeout_s": self.graceful_timeout, "heartbeat_timeout_s": self.heartbeat_timeout,
             "call_timeout_s": self.call_timeout, "queue_timeout_s": self.queue_timeout,
             "crash_limit": self.crash_limit, "crash_window_s": self.crash_window,

@@ -57,6 +57,12 @@ def _table(headers: list[str], rows: list[list[str]], states: list[str], colour:
     return "\n".join(lines)
 
 
+def _auto_origin(config: dict) -> str:
+    """Where `--workers auto` took its number from (a CPU quota, or the affinity)."""
+    auto = config.get("workers_auto")
+    return f" (auto: {auto['source']})" if isinstance(auto, dict) and auto.get("source") else ""
+
+
 def render_table(doc: dict, colour: bool | None = None) -> str:
     if colour is None:
         colour = sys.stdout.isatty() and not os.environ.get("NO_COLOR")
@@ -67,7 +73,7 @@ def render_table(doc: dict, colour: bool | None = None) -> str:
     wanted = len([w for w in workers if w["state"] != "draining"]) or config.get("workers", 0)
     head = (f"{doc['name']}  {_colour(doc['state'], doc['state'], colour)}  master pid {m['pid']}  "
             f"up {human_duration(m.get('uptime_s'))}  version {m.get('version') or '-'}  "
-            f"workers {ready}/{wanted} ready  generation {doc.get('generation', '-')}  "
+            f"workers {ready}/{wanted} ready{_auto_origin(config)}  generation {doc.get('generation', '-')}  "
             f"master {human_bytes(m.get('rss_bytes'))}")
     if config.get("isolation") == "thread":
         head += "  isolation thread"
