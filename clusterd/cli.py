@@ -186,6 +186,9 @@ def run_options(func: Any) -> Any:
         click.option("--max-client-inflight", type=int, default=10000, show_default=True, callback=_positive,
                      envvar=_env("max-client-inflight"),
                      help="Most calls one client may have in flight; past it calls get -32005 at once (0: no limit)."),
+        click.option("--max-clients", type=int, default=0, callback=_positive, envvar=_env("max-clients"),
+                     help="Most connections per client endpoint (control.sock, each --bind); new ones past it are "
+                          "closed at once (0: derived from the open-file limit, at most 10000)."),
         click.option("--log-format", type=click.Choice(["text", "json"]), default="text", show_default=True,
                      envvar=_env("log-format")),
         click.option("--debug", is_flag=True, default=False, envvar=_env("debug"),

@@ -115,6 +115,7 @@ class Config:
     max_message_size: int = 16 * 1024 * 1024
     max_batch: int = 1000
     max_client_inflight: int = 10000
+    max_clients: int = 0           # connections per client endpoint; 0: derived from the open-file limit
     log_format: str = "text"
     debug: bool = False
     worker_binds: list[str] = field(default_factory=list)
@@ -143,7 +144,8 @@ class Config:
             "max_requests_jitter": self.max_requests_jitter, "balance": self.balance,
             "watch_version": self.watch_version, "reload_on_change": self.reload_on_change,
             "max_message_size": self.max_message_size, "max_batch": self.max_batch,
-            "max_client_inflight": self.max_client_inflight, "log_format": self.log_format,
+            "max_client_inflight": self.max_client_inflight, "max_clients": self.max_clients or None,
+            "log_format": self.log_format,
             "debug": self.debug, "worker_binds": self.worker_binds, "curve_dir": self.curve_dir,
             "runtime_dir": self.runtime_dir, "isolation": self.isolation,
         }

@@ -72,3 +72,16 @@ class RateLimited:
         held, self._held = self._held, 0
         self._next = now + self.period
         logger.error(message + (f" ({held} more since the last report)" if held else ""), exc_info=True)
+
+
+def survive(what: str, func, *args) -> bool:
+    """Run one turn of a periodic task; an exception is logged, never raised, so the task goes on.
+
+    Returns whether the turn completed. Used by every call_later loop of the master (the health check,
+    call deadlines, restarts): a task that stops rescheduling itself blinds the master for good."""
+    try:
+        func(*args)
+        return True
+    except Exception:
+        logger.exception("%s failed; it runs again at its next turn", what)
+        return False

@@ -8,8 +8,19 @@ import threading
 import orjson
 import pytest
 
-from clusterd.ops.method_stats import (BOUNDS, NBUCKETS, OK, OTHER, PROM_BUCKETS, DeltaTracker, MethodStats,
-                                       Snapshot, Window, cumulative_at_prom_buckets, quantile)
+from clusterd.ops.method_stats import (
+    BOUNDS,
+    NBUCKETS,
+    OK,
+    OTHER,
+    PROM_BUCKETS,
+    DeltaTracker,
+    MethodStats,
+    Snapshot,
+    Window,
+    cumulative_at_prom_buckets,
+    quantile,
+)
 
 
 class FakeClock:

@@ -156,7 +156,7 @@ class HttpDoor:
         try:
             await asyncio.wait_for(self._idle.wait(), timeout)
             return True
-        except asyncio.TimeoutError:
+        except TimeoutError:
             self.close()
             return False
 

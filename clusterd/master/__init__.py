@@ -7,8 +7,8 @@ See docs/architecture.md for how the parts fit together.
 from __future__ import annotations
 
 from ..protocol import RemoteError
+from ..runtime_dir import InstanceBusy, RuntimeDir
 from .endpoint import MasterEndpoint, WorkerInfo, WorkersProxy
 from .router import Router
-from ..runtime_dir import InstanceBusy, RuntimeDir
 
 __all__ = ["MasterEndpoint", "WorkersProxy", "WorkerInfo", "Router", "RuntimeDir", "InstanceBusy", "RemoteError"]

@@ -18,7 +18,6 @@ from .states import ClusterState
 from .status import status_document
 from .view import MasterView
 
-
 NAMES = ("clusterd.status", "clusterd.reload", "clusterd.reload_wait", "clusterd.scale", "clusterd.stop")
 
 # A relative change (SIGTTOU, scale with delta) never removes the last worker; `scale 0` may.

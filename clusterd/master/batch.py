@@ -16,7 +16,6 @@ from .states import ClusterState
 from .view import MasterView
 
 
-
 class Batches:
     def __init__(self, router: MasterView) -> None:
         self.router = router
@@ -31,7 +30,9 @@ class Batches:
         counts = router.client_calls[sock]
         ident = envelope[0]
         held = counts.get(ident, 0)
-        if held + len(items) > router.inflight_limit:
+        stalled = router.stalled[sock]
+        if held + len(items) > router.inflight_limit or ident in stalled:
+            stalled.discard(ident)
             return self._send(sock, envelope, [self._busy_item(item) for item in items])
         answers: list[bytes | None] = []
         waiting: list = []

@@ -71,13 +71,16 @@ class HealthCheck:
         self._handle = self.sup.loop.call_later(self.sup.config.heartbeat_interval, self._tick)
 
     def _tick(self) -> None:
+        """The health check; it reschedules itself whatever one turn meets (EMFILE, a psutil error)."""
         try:
-            self._credit_own_lateness(time.monotonic())
-            self.sup.host.flush_worker_messages()  # judge on what the workers sent, not on what is still queued
-            self.check(time.monotonic())
-        except Exception:  # the health check must outlive any fault: log it, go on
-            log.logger.exception("the periodic health check failed")
-        self._schedule()
+            log.survive("the periodic health check", self._check)
+        finally:
+            self._schedule()
+
+    def _check(self) -> None:
+        self._credit_own_lateness(time.monotonic())
+        self.sup.host.flush_worker_messages()  # judge on what the workers sent, not on what is still queued
+        self.check(time.monotonic())
 
     def _credit_own_lateness(self, now: float) -> None:
         """Count missed beats in the master's own loop time: when this loop ran late (the master was

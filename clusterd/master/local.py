@@ -13,7 +13,6 @@ from ..endpoint import Dispatcher, encode_response
 from ..protocol import NO_ID, RPCError
 from .view import MasterView
 
-
 Handler = Callable[..., Awaitable[Any]]
 
 

@@ -21,7 +21,6 @@ from .states import ClusterState, ExitReason
 from .view import MasterView
 
 
-
 def read_version(path: str | Path) -> str | None:
     """The version in a pyproject.toml, a package.json, or a plain VERSION file; None if unreadable."""
     path = Path(path)

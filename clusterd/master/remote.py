@@ -26,14 +26,14 @@ from typing import Any
 import zmq
 
 from .. import log, protocol, wire
+from ..config import Config
 from ..wire import WorkerSpec
 from .pool import Worker
 from .states import ClusterState, ExitReason
 from .view import MasterView
 
 
-
-def configure_remote_socket(sock: zmq.Socket, ctx: zmq.Context, cfg: "Config") -> Any:
+def configure_remote_socket(sock: zmq.Socket, ctx: zmq.Context, cfg: Config) -> Any:
     """The ROUTER that agents and their workers connect to: a CURVE server when keys are given, bound
     to the --worker-bind addresses. Returns the CURVE authenticator to stop at exit (or None)."""
     sock.setsockopt(zmq.ROUTER_MANDATORY, 1)

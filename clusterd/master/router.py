@@ -32,10 +32,10 @@ from .endpoint import WorkersProxy, internal_methods
 from .local import LocalMethods, master_lacks
 from .pool import Call, Worker
 from .reload import ReloadManager
-from .waiting import CallQueue, Deadlines
 from .sockets import Sockets
 from .states import ClusterState, ExitReason, WorkerState
 from .supervisor import Supervisor
+from .waiting import CallQueue, Deadlines
 from .worker_events import WorkerEvents
 
 _BODY = 1 + wire.TOKEN_SIZE  # where an answer frame's response starts, after its kind and token
@@ -43,6 +43,8 @@ _BODY = 1 + wire.TOKEN_SIZE  # where an answer frame's response starts, after it
 
 class Router:
     """Implements the workers proxy's caller (WorkerCaller); WorkerEvents is its SupervisorHost."""
+
+    STALLED = "Too many answers not taken by this client: read them first"
 
     def __init__(self, config: Config, master_cls: type, worker_cls: type,
                  notifier: systemd.Notifier | None = None, version: str | None = None) -> None:
@@ -86,6 +88,8 @@ class Router:
         # calls in flight per client, by client socket then ROUTER identity (--max-client-inflight)
         self.client_calls: dict[zmq.Socket, dict[bytes, int]] = {}
         self.inflight_limit = config.max_client_inflight or 1 << 62
+        # clients whose answer queue is full (they do not read): their calls get -32005 until it drains
+        self.stalled: dict[zmq.Socket, set[bytes]] = {}
         self.process = psutil.Process()
         self.process.cpu_percent(None)
         self._faults = log.RateLimited()
@@ -143,6 +147,7 @@ class Router:
         self.readers = socks.readers
         self.control, self.public, self.wsock, self.rsock = socks.control, socks.public, socks.workers, socks.remote
         self.client_calls = {sock: {} for sock in socks.client_sockets()}
+        self.stalled = {sock: set() for sock in socks.client_sockets()}
         if self.rsock is not None:
             from .remote import AgentRegistry
             self.agents = AgentRegistry(self)
@@ -212,6 +217,13 @@ class Router:
             if held >= self.inflight_limit:
                 self.send(sock, envelope, protocol.encode_error(req.id, protocol.TOO_BUSY, self.busy_message()))
                 return
+            stalled = self.stalled[sock]
+            if stalled and envelope[0] in stalled:
+                # its answers are not taken: this call is refused; once that refusal finds room in the
+                # client's queue (it reads again) the next call runs, else send() marks it again
+                stalled.discard(envelope[0])
+                self.send(sock, envelope, protocol.encode_error(req.id, protocol.TOO_BUSY, self.STALLED))
+                return
             counts[envelope[0]] = held + 1
         self.dispatch(self.new_call(payload, req.id, meta, sock, envelope))
 
@@ -280,8 +292,16 @@ class Router:
     def send(self, sock: zmq.Socket, envelope: list[bytes], payload: bytes) -> None:
         try:
             send_frames(sock, envelope + [payload], NOBLOCK)
-        except zmq.ZMQError:
-            pass  # the client is gone or not reading: the answer is dropped, nothing accumulates
+        except zmq.ZMQError as exc:
+            # the client is gone (EHOSTUNREACH) or does not take its answers (EAGAIN: its queue is at the
+            # high-water mark): the answer is dropped, nothing accumulates, and a client that does not
+            # read gets -32005 for its calls until its queue has room again
+            if exc.errno == zmq.EAGAIN:
+                stalled = self.stalled.get(sock)
+                if stalled is not None:
+                    if len(stalled) >= self.sockets.max_clients:
+                        stalled.clear()  # idents of clients long gone: kept bounded
+                    stalled.add(envelope[0])
         self.readers[sock].wake()
 
     def reply(self, call: Call, payload: bytes) -> None:

@@ -197,7 +197,7 @@ def _keep_watchdog(loop: asyncio.AbstractEventLoop, notifier: Notifier, interval
     """WATCHDOG=1 from the loop itself: a stuck loop stops feeding systemd's watchdog."""
     def beat() -> None:
         if router.state is not ClusterState.STOPPING:
-            notifier.watchdog()
+            log.survive("the systemd watchdog notification", notifier.watchdog)
             loop.call_later(interval, beat)
     loop.call_soon(beat)
 

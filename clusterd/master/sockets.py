@@ -14,6 +14,7 @@ from typing import Any
 
 import zmq
 
+from .. import limits
 from ..config import Config
 from ..zmqloop import SocketReader
 
@@ -34,10 +35,16 @@ class Sockets:
         self.remote: zmq.Socket | None = None
         self.authenticator: Any = None
         self._made: list[zmq.Socket] = []
+        # what one client connection can make the master hold is bounded (SECURITY.md, "Bytes per client")
+        self.gates: dict[zmq.Socket, limits.ClientGate] = {}
+        self.open_files = limits.raise_open_files()
+        self.max_clients = limits.DEFAULT_MAX_CLIENTS
+        self.guard: limits.MessageGuard | None = None
 
     def open(self, bind_ipc: BindIpc, on_client: ClientHandler, on_worker: WorkerHandler) -> None:
         """bind_ipc(sock, name) binds a socket as a file of the instance's directory."""
         cfg = self.config
+        self.max_clients = limits.max_clients(cfg.max_clients, self.open_files, 1 + len(cfg.binds), cfg.workers)
         self.control = self._router_socket(client=True)
         bind_ipc(self.control, "control.sock")
         if cfg.binds:
@@ -56,10 +63,23 @@ class Sockets:
             self.remote = self._router_socket(client=False)
             self.authenticator = configure_remote_socket(self.remote, self.ctx, cfg)
             self._read(self.remote, lambda frames, sock=self.remote: on_worker(frames, sock))
-        self._read(self.control, lambda frames, sock=self.control: on_client(frames, sock, "admin"))
+        self._read(self.control, self._client_handler(self.control, "admin", on_client))
         if self.public is not None:
-            self._read(self.public, lambda frames, sock=self.public: on_client(frames, sock, "client"))
+            self._read(self.public, self._client_handler(self.public, "client", on_client))
         self._read(self.workers, lambda frames, sock=self.workers: on_worker(frames, sock))
+        self.guard = limits.MessageGuard(self.loop, list(self.gates.values()),
+                                         limits.UNFINISHED_FRAMES * (cfg.max_message_size or 16 * 2 ** 20))
+
+    def _client_handler(self, sock: zmq.Socket, source: str, on_client: ClientHandler) -> Callable[[list[bytes]], None]:
+        gate = self.gates[sock]
+        overhead = limits.FRAME_OVERHEAD
+
+        def handle(frames: list[bytes]) -> None:
+            # bytes of whole messages received, for the guard against messages that never end
+            gate.delivered += len(frames[-1]) + overhead * len(frames) + (
+                sum(map(len, frames[1:-1])) if len(frames) > 2 else 0)
+            on_client(frames, sock, source)
+        return handle
 
     def _read(self, sock: zmq.Socket, handler: Callable[[list[bytes]], None]) -> None:
         self.readers[sock] = SocketReader(self.loop, sock, handler)
@@ -71,15 +91,45 @@ class Sockets:
         sock = self.ctx.socket(zmq.ROUTER)
         self._made.append(sock)
         sock.setsockopt(zmq.LINGER, 0)
-        sock.setsockopt(zmq.SNDHWM, 0 if not client else 100000)
-        sock.setsockopt(zmq.RCVHWM, 0 if not client else 100000)
-        if client and self.config.max_message_size:
-            sock.setsockopt(zmq.MAXMSGSIZE, self.config.max_message_size)
+        if client:
+            # a send past the high-water mark fails with EAGAIN (ROUTER_MANDATORY) instead of queueing,
+            # and the client's calls get -32005 while its queue is full (router.py)
+            sock.setsockopt(zmq.SNDHWM, self.client_send_hwm())
+            sock.setsockopt(zmq.RCVHWM, self.config.max_client_inflight or 100000)
+            sock.setsockopt(zmq.ROUTER_MANDATORY, 1)
+            if self.config.max_message_size:
+                sock.setsockopt(zmq.MAXMSGSIZE, self.config.max_message_size)
+            self._open_gate(sock)  # before any bind: every connection is counted
+        else:
+            sock.setsockopt(zmq.SNDHWM, 0)
+            sock.setsockopt(zmq.RCVHWM, 0)
         return sock
+
+    def client_send_hwm(self) -> int:
+        """Answers queued per client connection: its calls' answers and as many refusals (-32005), plus
+        slack for libzmq's I/O thread; 100000 when calls in flight are unlimited."""
+        inflight = self.config.max_client_inflight
+        return 2 * inflight + 64 if inflight else 100000
+
+    def _open_gate(self, sock: zmq.Socket) -> None:
+        """Cap the connections of a client socket per endpoint (--max-clients) so that fds never run out."""
+        gate = limits.ClientGate(sock, self.max_clients, _endpoint_label)
+        self.gates[sock] = gate
+        self._made.append(gate.monitor)
+        self._read(gate.monitor, gate.on_events)
+
+    def clients_document(self) -> dict:
+        """The `clients` part of the status document."""
+        gates = self.gates
+        return {"control": gates[self.control].document() if self.control in gates else None,
+                "bind": gates[self.public].document() if self.public in gates else None,
+                "unfinished_closed": self.guard.dropped if self.guard is not None else 0}
 
     def close(self, term: bool = True) -> None:
         """Close every socket made, even when a later bind failed; term=False leaves the context
         (an abandoned thread worker still holds sockets: term() would wait for ever)."""
+        if self.guard is not None:
+            self.guard.close()
         for reader in self.readers.values():
             reader.close()
         for sock in self._made:
@@ -88,6 +138,10 @@ class Sockets:
             self.authenticator.stop()
         if term:
             self.ctx.term()
+
+
+def _endpoint_label(endpoint: str) -> str:
+    return "control.sock" if endpoint.endswith("/control.sock") else endpoint
 
 
 __all__ = ["Sockets"]

@@ -15,7 +15,6 @@ from .supervisor import Supervisor
 from .view import MasterView
 
 
-
 def status_document(router: MasterView) -> dict:
     now = time.time()
     try:
@@ -33,6 +32,7 @@ def status_document(router: MasterView) -> dict:
         "generation": sup.generation,
         "queued": len(router.queue),
         "client_inflight": router.client_inflight(),
+        "clients": router.sockets.clients_document(),
     }
     if router.reloads is not None:
         doc["reload"] = router.reloads.summary()

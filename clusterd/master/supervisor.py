@@ -23,7 +23,7 @@ from .health import HealthCheck
 from .host import BootFailure, SupervisorHost, exit_info
 from .launch import Launcher
 from .pool import Slot, Worker
-from .restart import CrashLoop, RestartPolicy
+from .restart import BACKOFF_MAX_S, CrashLoop, RestartPolicy
 from .states import ExitReason, WorkerState
 
 
@@ -232,7 +232,12 @@ class Supervisor:
             slot.restart_handle = self.loop.call_later(delay, self._restart_due, slot)
             return
         slot.restarts += 1
-        slot.active = self._spawn(slot.index)
+        try:
+            slot.active = self._spawn(slot.index)
+        except Exception:  # e.g. no file descriptor left for its pipes: try again, never give the slot up
+            log.logger.exception("could not start a worker for slot %s; retrying in %.0fs", slot.index,
+                                 BACKOFF_MAX_S)
+            slot.restart_handle = self.loop.call_later(BACKOFF_MAX_S, self._restart_due, slot)
 
     def _restart_due(self, slot: Slot) -> None:
         slot.restart_handle = None

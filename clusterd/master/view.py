@@ -45,6 +45,8 @@ class MasterView(Protocol):
     worker_methods: dict[str, dict]
     client_calls: dict[zmq.Socket, dict[bytes, int]]
     inflight_limit: int
+    stalled: dict[zmq.Socket, set[bytes]]
+    sockets: Any                  # the Sockets (sockets.py)
 
     def set_state(self, state: ClusterState) -> None: ...
 

@@ -40,6 +40,10 @@ class CallQueue:
 
     def _expire(self) -> None:
         self._timer = None
+        if not log.survive("expiring queued calls", self._expire_calls) and self.calls and self._timer is None:
+            self._timer = self.router.loop.call_later(0.1, self._expire)
+
+    def _expire_calls(self) -> None:
         now = self.router.loop.time()
         while self.calls and self.calls[0].deadline <= now:
             self.router.reply_error(self.calls.popleft(), protocol.NO_WORKER)
@@ -76,6 +80,10 @@ class Deadlines:
 
     def _sweep(self) -> None:
         self._handle = None
+        if not log.survive("the call deadline sweep", self._sweep_expired) and self._handle is None:
+            self._handle = self.router.loop.call_later(0.1, self._sweep)
+
+    def _sweep_expired(self) -> None:
         router = self.router
         router.flush_worker_messages()  # an answer already sent is delivered, not timed out
         now = router.loop.time()

@@ -186,7 +186,7 @@ class DashboardFeed:
             self._wake = self._loop.create_future()
         try:
             await asyncio.wait_for(asyncio.shield(self._wake), timeout)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             return []
         return [m for m in self._ring if m[0] > seq]
 

@@ -65,7 +65,7 @@ class OpsServer:
         self._writers.add(writer)
         try:
             await self._handle(reader, writer)
-        except (asyncio.IncompleteReadError, asyncio.TimeoutError, ConnectionError):
+        except (TimeoutError, asyncio.IncompleteReadError, ConnectionError):
             pass  # the peer went away or stalled: nothing to answer
         except asyncio.LimitOverrunError:
             await self._respond(writer, 431, b"request head too large\n")

@@ -1,0 +1,267 @@
+"""The master under resource exhaustion: more connections than it has file descriptors, clients that
+never read their answers, peers that never finish a message. It keeps serving, its periodic tasks keep
+running, and its memory stays under the bound SECURITY.md documents."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import resource
+import signal
+import socket
+import struct
+import subprocess
+import sys
+import types
+
+import psutil
+import pytest
+import zmq
+
+from clusterd import limits, protocol
+from clusterd.master.health import HealthCheck
+
+from .conftest import Rpc, free_port, wait_for
+
+OPEN_FILES = 256
+
+
+def zmtp_greeting() -> bytes:
+    """A ZMTP 3.0 greeting for the NULL mechanism, as a client."""
+    return b"\xff" + b"\x00" * 8 + b"\x7f" + b"\x03\x00" + b"NULL".ljust(20, b"\x00") + b"\x00" + b"\x00" * 31
+
+
+def zmtp_frame(body: bytes, more: bool = False, command: bool = False) -> bytes:
+    flags = (0x01 if more else 0) | (0x04 if command else 0)
+    if len(body) < 256:
+        return bytes([flags, len(body)]) + body
+    return bytes([flags | 0x02]) + struct.pack(">Q", len(body)) + body
+
+
+def zmtp_ready(socket_type: bytes = b"DEALER") -> bytes:
+    prop = b"\x0bSocket-Type" + struct.pack(">I", len(socket_type)) + socket_type
+    return zmtp_frame(b"\x05READY" + prop, command=True)
+
+
+def start_limited(inst, open_files: int):
+    """Start `clusterd run` with its open-file limit (soft and hard) at open_files."""
+    def limit() -> None:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (open_files, open_files))
+    inst._stderr = open(inst.stderr_path, "wb")
+    inst.proc = subprocess.Popen([sys.executable, "-m", "clusterd", "run", *inst.args, "--name", inst.name],
+                                 cwd=inst.cwd, env=inst.env, stdout=subprocess.PIPE, stderr=inst._stderr,
+                                 start_new_session=True, preexec_fn=limit)
+    inst.wait_running()
+    return inst
+
+
+# ---------------------------------------------------------------------------- file descriptors
+def test_master_keeps_serving_with_more_connections_than_open_files(cluster):
+    port = free_port()
+    address = f"tcp://127.0.0.1:{port}"
+    inst = start_limited(cluster("tests.apps.basic:Master", "tests.apps.basic:Worker", "--workers", "2",
+                                 "--bind", address, "--heartbeat-timeout", "1", start=False), OPEN_FILES)
+    cap = inst.status()["clients"]["bind"]["max_per_endpoint"]
+    assert cap == limits.client_budget(OPEN_FILES, 2, 2)
+    master = psutil.Process(inst.proc.pid)
+    flood: list[socket.socket] = []
+    try:
+        for _ in range(OPEN_FILES + 100):  # each sends a greeting and nothing more, and stays
+            s = socket.create_connection(("127.0.0.1", port))
+            s.sendall(zmtp_greeting())
+            flood.append(s)
+
+        def refused_enough():
+            doc = inst.status()
+            return doc if doc["clients"]["bind"]["refused"] >= OPEN_FILES + 100 - cap else None
+        doc = wait_for(refused_enough, 20, message="connections past the cap refused")
+        assert doc["clients"]["bind"]["connected"] <= cap
+        assert master.num_fds() < OPEN_FILES
+
+        # the control socket still answers, through the CLI as a user would call it
+        out = inst.cli("status", "--json", "--name", inst.name)
+        assert out.returncode == 0, out.stderr
+        assert protocol.loads(out.stdout)["master"]["pid"] == inst.proc.pid
+
+        # the health check still runs: a worker that stops answering heartbeats is replaced ...
+        workers = inst.ready_workers()
+        os.kill(workers[0]["pid"], signal.SIGSTOP)
+        # ... and a killed one is restarted
+        os.kill(workers[1]["pid"], signal.SIGKILL)
+        old = {w["pid"] for w in workers}
+        wait_for(lambda: len([w for w in inst.ready_workers() if w["pid"] not in old]) == 2, 30,
+                 message="both workers replaced")
+
+        for s in flood[: len(flood) // 2]:  # the connections the master kept are among the first ones
+            s.close()
+        fresh = Rpc(address)
+        try:
+            assert wait_for(lambda: fresh.result("add", 2, 3, timeout=1) == 5, 30, message="a call on a fresh connection")
+        finally:
+            fresh.close()
+    finally:
+        for s in flood:
+            s.close()
+    assert inst.proc.poll() is None
+    assert inst.status()["master"]["pid"] == inst.proc.pid
+
+
+def test_max_clients_caps_connections_per_endpoint(cluster):
+    port = free_port()
+    address = f"tcp://127.0.0.1:{port}"
+    inst = cluster("tests.apps.basic:Master", "tests.apps.basic:Worker", "--workers", "1", "--bind", address,
+                   "--max-clients", "3")
+    kept = [Rpc(address) for _ in range(3)]
+    try:
+        for i, c in enumerate(kept):
+            assert c.result("add", i, 1) == i + 1
+        extra = [socket.create_connection(("127.0.0.1", port)) for _ in range(5)]
+        for s in extra:  # closed by the master at once: the read sees the end of the stream
+            s.settimeout(10)
+            while s.recv(4096):
+                pass
+            s.close()
+        doc = inst.status()["clients"]
+        assert doc["bind"] == {"max_per_endpoint": 3, "connected": 3, "refused": 5}
+        for i, c in enumerate(kept):  # the clients already connected were never touched
+            assert c.result("add", i, 2) == i + 2
+    finally:
+        for c in kept:
+            c.close()
+
+
+def test_a_periodic_task_survives_an_exception():
+    """The health check reschedules itself whatever one of its turns raises."""
+    async def main() -> int:
+        sup = types.SimpleNamespace(loop=asyncio.get_running_loop(), by_ident={},
+                                    config=types.SimpleNamespace(heartbeat_interval=0.01),
+                                    host=types.SimpleNamespace(flush_worker_messages=lambda: None))
+        health = HealthCheck(sup)
+        turns = []
+        done = sup.loop.create_future()
+
+        def check(now: float) -> None:
+            turns.append(1)
+            if len(turns) >= 3:
+                done.done() or done.set_result(None)
+            raise OSError(24, "Too many open files")
+        health.check = check
+        health.start()
+        await asyncio.wait_for(done, 5)
+        health.stop()
+        return len(turns)
+    assert asyncio.run(main()) >= 3
+
+
+# ---------------------------------------------------------------------------- memory per client
+INFLIGHT = 100
+MESSAGE = 1024 * 1024
+
+
+@pytest.fixture
+def bounded(cluster):
+    port = free_port()
+    inst = cluster("tests.apps.basic:Master", "tests.apps.basic:Worker", "--workers", "2",
+                   "--bind", f"tcp://127.0.0.1:{port}", "--max-client-inflight", str(INFLIGHT),
+                   "--max-message-size", "1M")
+    inst.port = port
+    inst.tcp = f"tcp://127.0.0.1:{port}"
+    return inst
+
+
+def per_client_bound() -> int:
+    """SECURITY.md's formula for one client: (5 x --max-client-inflight + 64) x --max-message-size."""
+    return (5 * INFLIGHT + 64) * MESSAGE
+
+
+def test_a_client_that_never_reads_answers_cannot_grow_the_master(bounded):
+    inst = bounded
+    master = psutil.Process(inst.proc.pid)
+    before = master.memory_info().rss
+    sock = zmq.Context.instance().socket(zmq.DEALER)
+    sock.setsockopt(zmq.RCVHWM, 1)
+    sock.setsockopt(zmq.RCVBUF, 4096)
+    sock.setsockopt(zmq.SNDHWM, 0)
+    sock.setsockopt(zmq.LINGER, 0)
+    sock.connect(inst.tcp)
+    blob = "x" * (MESSAGE - 200)
+    peak = before
+    try:
+        for i in range(1500):  # 1.5 GB of echoes, none read
+            sock.send(protocol.dumps({"jsonrpc": "2.0", "method": "echo", "params": [blob], "id": i}))
+            if i % 50 == 0:
+                peak = max(peak, master.memory_info().rss)
+        wait_for(lambda: inst.status()["client_inflight"] == 0, 60, message="every call answered or refused")
+        peak = max(peak, master.memory_info().rss)
+        print(f"\nmaster RSS before {before / 2**20:.0f} MiB, peak {peak / 2**20:.0f} MiB")
+        assert peak - before < per_client_bound(), (before, peak)
+        assert inst.status()["clients"]["unfinished_closed"] == 0  # its messages are whole: never cut
+        # the master is fine and serves others
+        other = Rpc(inst.tcp)
+        try:
+            assert other.result("add", 1, 2) == 3
+        finally:
+            other.close()
+    finally:
+        sock.close(linger=0)
+
+
+class NeverEndingPeer:
+    """A raw ZMTP 3.0 peer (NULL mechanism) that sends frames flagged MORE for ever: one message that
+    never ends, each frame just under --max-message-size."""
+
+    def __init__(self, port: int, frame_size: int) -> None:
+        self.sock = socket.create_connection(("127.0.0.1", port))
+        self.sock.sendall(zmtp_greeting() + zmtp_ready())
+        self.sock.settimeout(10)
+        got = b""
+        while len(got) < 64:  # the master's greeting; its READY may follow
+            chunk = self.sock.recv(4096)
+            assert chunk, "the master closed the connection during the handshake"
+            got += chunk
+        self.frame = zmtp_frame(b"m" * frame_size, more=True)
+        self.sent = 0
+        self.closed = False
+
+    def push(self, seconds: float) -> None:
+        """Send frames for up to `seconds`, or until the master closes the connection."""
+        import time
+        deadline = time.monotonic() + seconds
+        while time.monotonic() < deadline:
+            try:
+                self.sock.sendall(self.frame)
+            except OSError:
+                self.closed = True
+                return
+            self.sent += len(self.frame)
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+def test_a_message_that_never_ends_cannot_grow_the_master(bounded):
+    import threading
+    inst = bounded
+    master = psutil.Process(inst.proc.pid)
+    before = master.memory_info().rss
+    peer = NeverEndingPeer(inst.port, MESSAGE - 64)
+    pusher = threading.Thread(target=peer.push, args=(20.0,))
+    peak = before
+    try:
+        pusher.start()
+        while pusher.is_alive():
+            peak = max(peak, master.memory_info().rss)
+            pusher.join(0.01)
+        print(f"\nmaster RSS before {before / 2**20:.0f} MiB, peak {peak / 2**20:.0f} MiB, "
+              f"peer sent {peer.sent / 2**20:.0f} MiB")
+        assert peer.closed, "the master never closed a connection whose message does not end"
+        assert peak - before < per_client_bound(), (before, peak)
+        assert inst.status()["clients"]["unfinished_closed"] >= 1
+        other = Rpc(inst.tcp)
+        try:
+            assert other.result("add", 1, 2) == 3
+        finally:
+            other.close()
+    finally:
+        peer.close()
+        pusher.join()
