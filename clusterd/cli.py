@@ -15,6 +15,7 @@ import click
 from . import protocol
 from .config import Config, ConfigError, check_address, parse_size, parse_workers, runtime_root
 from .control import ControlClient, NoInstance, find_instance, list_instances
+from .ops.reaper import exit_on_sigterm_until_handled
 from .protocol import RemoteError
 from .runtime_dir import RuntimeDirError
 
@@ -241,6 +242,7 @@ def cli() -> None:
 @run_options
 def run(master: str | None, worker: str | None, config: str | None, **opts: Any) -> None:
     """Run MASTER and WORKER (package.module:ClassName) in the foreground."""
+    exit_on_sigterm_until_handled()  # as PID 1 of a container (ops/reaper.py)
     if not master or not worker:
         fail("run needs MASTER and WORKER, e.g. clusterd run myapp.rpc:Master myapp.rpc:Worker")
     if os.getcwd() not in sys.path:
@@ -590,6 +592,7 @@ def bench(quick: bool, as_json: bool, workers: int, chaos: float | None) -> None
 def worker_agent(worker: str, connect: str, workers: int, curve_dir: str | None, heartbeat_timeout: float,
                  graceful_timeout: float, name: str | None, log_format: str) -> None:
     """Run WORKER processes on this host for the master at --connect (an agent)."""
+    exit_on_sigterm_until_handled()
     if os.getcwd() not in sys.path:
         sys.path.insert(0, os.getcwd())
     import_endpoint(worker, "WorkerEndpoint", "WORKER")

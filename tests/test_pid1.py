@@ -222,3 +222,12 @@ def test_the_reaper_waits_for_zombies_nobody_owns_and_leaves_owned_ones_to_their
     assert stray_state is None  # the zombie nobody owns was reaped ...
     assert owned_state == "Z"   # ... the owned one left alone ...
     assert owned_code == 5      # ... so its owner still reads its exit status
+
+
+def test_sigterm_while_the_app_is_still_importing_ends_pid1_as_it_would_a_process(launch_pid1, tmp_path):
+    mark = tmp_path / "importing"
+    inst, master = launch_pid1("tests.apps.slow_import:Master", "tests.apps.slow_import:Worker", "--workers", "1",
+                               env={"SLOW_IMPORT_MARK": str(mark), "SLOW_IMPORT_S": "60"}, wait=False)
+    wait_for(mark.exists, timeout=20, message="the app's import begun")
+    master.send_signal(signal.SIGTERM)
+    assert inst.wait_exit(15) == 128 + signal.SIGTERM   # not dropped: the import had a minute to go

@@ -23,7 +23,8 @@ import signal
 import time
 from collections.abc import Callable, Collection
 
-__all__ = ["ChildReaper", "GRACE_S", "become_subreaper", "children", "process_state", "stop_if_adopted"]
+__all__ = ["ChildReaper", "GRACE_S", "become_subreaper", "children", "exit_on_sigterm_until_handled",
+           "process_state", "stop_if_adopted"]
 
 PR_SET_CHILD_SUBREAPER = 36
 
@@ -77,6 +78,20 @@ def stop_if_adopted(pid: int) -> bool:
     except ProcessLookupError:
         return False
     return True
+
+
+def exit_on_sigterm_until_handled() -> None:
+    """As PID 1, exit on a SIGTERM that comes before the master's own handlers are installed.
+
+    The kernel gives PID 1 no default signal actions: a SIGTERM while the app's code is still being
+    imported would be dropped, and the kubelet or `docker stop` would wait its whole grace period
+    before SIGKILL. Elsewhere that SIGTERM ends the process, so here it does the same (status 143)."""
+    if os.getpid() == 1:
+        signal.signal(signal.SIGTERM, _exit_by_signal)
+
+
+def _exit_by_signal(signum: int, _frame: object) -> None:
+    raise SystemExit(128 + signum)
 
 
 class ChildReaper:
