@@ -12,7 +12,7 @@ import pytest
 
 from clusterd.config import Config
 from clusterd.master.balancer import Balancer
-from clusterd.master.health import is_hung, over_memory
+from clusterd.master.health import BOOT_SILENCE_S, is_hung, over_memory
 from clusterd.master.host import BootFailure
 from clusterd.master.pool import Call, Worker
 from clusterd.master.reload import ReloadManager
@@ -355,6 +355,9 @@ def test_remote_slots_take_free_numbers_and_start_when_asked():
 def test_a_silent_or_stalled_worker_is_hung_and_a_busy_one_is_not():
     w = _worker(0)
     now = w.last_beat + 3.0
+    assert not is_hung(w, now, timeout=2.0)  # still booting: no beat yet, and not past BOOT_SILENCE_S
+    assert is_hung(w, w.last_beat + BOOT_SILENCE_S + 0.1, timeout=2.0)  # a boot that never beats
+    w.heard = True
     assert is_hung(w, now, timeout=2.0)  # no beat for 3 s
     w.last_beat = now - 0.5
     assert not is_hung(w, now, timeout=2.0)  # beating (busy or idle)

@@ -20,9 +20,16 @@ from .pool import Worker
 from .states import ExitReason, WorkerState
 
 
+BOOT_SILENCE_S = 10.0
+"""How long a new worker may stay silent before its first beat: starting an interpreter and importing
+the app takes longer than a short heartbeat timeout on a loaded machine, and is not a hang."""
+
+
 def is_hung(worker: Worker, now: float, timeout: float) -> bool:
-    """Silent, or stalled, for longer than the heartbeat timeout (now: time.monotonic())."""
-    return now - worker.last_beat > timeout or worker.stalled > timeout
+    """Silent, or stalled, for longer than the heartbeat timeout (now: time.monotonic()); a worker
+    that has not beaten yet gets at least BOOT_SILENCE_S."""
+    silence = timeout if worker.heard else max(timeout, BOOT_SILENCE_S)
+    return now - worker.last_beat > silence or worker.stalled > timeout
 
 
 def past_stop_deadline(worker: Worker, now: float) -> bool:

@@ -53,6 +53,7 @@ class Worker:
     failed: int = 0
     max_requests: int = 0          # 0: no limit
     last_beat: float = field(default_factory=time.monotonic)
+    heard: bool = False     # a beat arrived: until then the worker is still booting an interpreter
     stalled: float = 0.0
     rss_bytes: int | None = None
     cpu_percent: float | None = None

@@ -22,7 +22,7 @@ from ..config import Config
 from ..endpoint import Dispatcher, method_table
 from ..protocol import NO_ID, RPCError
 from ..runtime_dir import RuntimeDir
-from ..wire import ERROR, RESULT
+from ..wire import CALL, ERROR, RESULT, TOKEN_SIZE
 from ..worker.spawn import OnExit, OnLine, Spawner, make_spawner
 from ..zmqloop import NOBLOCK, SocketReader, send_frames
 from .admin import Admin
@@ -39,6 +39,9 @@ from .waiting import CallQueue, Deadlines
 from .worker_events import WorkerEvents
 
 _BODY = 1 + wire.TOKEN_SIZE  # where an answer frame's response starts, after its kind and token
+# Enum members as module constants: on the per-call path a global lookup, not an Enum class attribute
+_STOPPING = ClusterState.STOPPING
+_READY = WorkerState.READY
 
 
 class Router:
@@ -202,7 +205,7 @@ class Router:
             if req.id is not NO_ID:
                 self.send(sock, envelope, protocol.encode_error(req.id, protocol.METHOD_NOT_FOUND))
             return
-        if self.state is ClusterState.STOPPING:
+        if self.state is _STOPPING:
             if req.id is not NO_ID:
                 self.send(sock, envelope, protocol.encode_error(req.id, protocol.SHUTTING_DOWN))
             return
@@ -258,7 +261,7 @@ class Router:
 
     def send_call(self, worker: Worker, call: Call) -> None:
         self._token += 1
-        token = wire.token_bytes(self._token)
+        token = self._token.to_bytes(TOKEN_SIZE, "little")  # wire.token_bytes, inlined: per call
         call.token = token
         call.worker = worker
         worker.calls[token] = call
@@ -266,7 +269,7 @@ class Router:
             call.deadline = self.loop.time() + call.timeout
             self.deadlines.arm(call.timeout)
         try:
-            send_frames(worker.sock, [worker.ident, wire.call_frame(token, call.payload)])
+            send_frames(worker.sock, [worker.ident, CALL + token + call.payload])  # wire.call_frame
         except zmq.ZMQError:
             # its connection is already gone (ROUTER_MANDATORY): the worker never got the call
             del worker.calls[token]
@@ -363,7 +366,7 @@ class Router:
                 self.release_calls(counts, call.envelope[0])
         elif not call.future.done():
             call.future.set_result(head[_BODY:])
-        if worker.state is not WorkerState.READY:
+        if worker.state is not _READY:
             if not worker.calls:
                 if worker.retire_reason is ExitReason.HUNG and worker.state is WorkerState.DRAINING:
                     self.supervisor.kill(worker, ExitReason.HUNG)
