@@ -11,8 +11,8 @@ from typing import Any
 import zmq
 
 from . import protocol
-from .config import runtime_root
 from .runtime_dir import check_instance_path, check_safe, read_pid
+from .settings import runtime_root
 
 
 class NoInstance(Exception):

@@ -23,7 +23,7 @@ from collections.abc import Callable
 
 import zmq
 
-from . import log
+from .ops import log
 
 RESERVE_BASE = 64          # the master's own fds: interpreter, loop, zmq context and sockets, logs, psutil
 RESERVE_PER_WORKER = 8     # per worker, twice over for a rolling reload: its ipc link, pipes, zygote

@@ -14,7 +14,7 @@ from collections.abc import Callable
 import zmq
 from zmq.backend import Socket as _Backend
 
-from .log import RateLimited
+from .ops.log import RateLimited
 
 BATCH = 512
 

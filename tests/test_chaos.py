@@ -1,11 +1,11 @@
 """Workers SIGKILLed at random while clients call continuously: every call is answered, failures are
-only -32002/-32001, idempotent calls never fail, and the cluster heals (clusterd.chaos.run_chaos, which
+only -32002/-32001, idempotent calls never fail, and the cluster heals (clusterd.bench.chaos.run_chaos, which
 `clusterd bench --chaos SECONDS` runs for longer)."""
 
 from __future__ import annotations
 
 from clusterd import protocol
-from clusterd.chaos import format_tallies, run_chaos
+from clusterd.bench.chaos import format_tallies, run_chaos
 
 from .conftest import free_port
 

@@ -7,6 +7,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 
 import psutil
 import pytest
@@ -117,23 +118,40 @@ def test_ls_without_instances(tmp_path):
     assert proc.returncode == 0 and "no instances" in proc.stdout
 
 
-def test_status_json_is_the_status_document(inst):
+def test_status_json_is_the_status_document(inst, port):
+    from clusterd import settings
+    c = inst.client()
+    served_before = sum(w["served"] for w in inst.status()["workers"])
+    assert c.result("add", 1, 2) == 3
     proc = inst.cli("status", "--json")
+    now = time.time()
     assert proc.returncode == 0, proc.stderr
     doc = json.loads(proc.stdout)
     assert doc["name"] == "cli" and doc["state"] == "running"
     master = doc["master"]
     assert master["pid"] == inst.proc.pid
-    for key in ("started_at", "uptime_s", "version", "rss_bytes", "cpu_percent"):
-        assert key in master, key
-    assert master["uptime_s"] >= 0 and master["rss_bytes"] > 0
+    assert master["started_at"] == pytest.approx(psutil.Process(inst.proc.pid).create_time(), abs=2)
+    assert master["uptime_s"] == pytest.approx(now - master["started_at"], abs=2)
+    assert master["version"] is None or isinstance(master["version"], str)
+    assert master["rss_bytes"] > 1_000_000 and master["cpu_percent"] >= 0
     assert sorted(w["slot"] for w in doc["workers"]) == [0, 1]
+    family = {p.pid for p in psutil.Process(inst.proc.pid).children(recursive=True)}
     for w in doc["workers"]:
-        for key in ("slot", "pid", "state", "generation", "started_at", "uptime_s", "restarts", "rss_bytes",
-                    "cpu_percent", "inflight", "served", "failed", "last_exit"):
-            assert key in w, key
-        assert w["state"] == "ready" and psutil.pid_exists(w["pid"]) and w["generation"] >= 1
-    assert doc["config"]["workers"] == 2 and doc["config"]["graceful_timeout_s"] == 30
+        assert w["state"] == "ready" and w["pid"] in family and w["generation"] == 1
+        assert master["started_at"] <= w["started_at"] <= now
+        assert w["uptime_s"] == pytest.approx(now - w["started_at"], abs=2)
+        assert w["restarts"] == 0 and w["last_exit"] is None and w["inflight"] == 0
+        assert w["rss_bytes"] is None or w["rss_bytes"] > 1_000_000
+        assert w["cpu_percent"] is None or w["cpu_percent"] >= 0
+    assert sum(w["served"] for w in doc["workers"]) == served_before + 1     # the add above
+    config = doc["config"]
+    assert config["workers"] == 2 and config["binds"] == [f"tcp://127.0.0.1:{port}"]
+    assert (config["master"], config["worker"]) == ("tests.apps.printing:Master", "tests.apps.printing:Worker")
+    for option in settings.options_for("run"):                 # everything else: the table's defaults
+        if option.key not in ("config", "name", "workers", "binds"):
+            default = option.default_value()
+            expected = option.status_value(default) if option.status_value else default
+            assert config[option.status_key or option.key] == expected, option.name
 
 
 def test_status_table_shows_every_worker(inst):

@@ -10,7 +10,7 @@ import sys
 
 import pytest
 
-from clusterd.config import ConfigError, check_address, parse_size, parse_workers
+from clusterd.settings import ConfigError, check_address, parse_size, parse_workers
 from tests.conftest import ROOT, Instance, instance_env, wait_for
 
 

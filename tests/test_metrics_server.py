@@ -14,7 +14,7 @@ import orjson
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from clusterd import log
+from clusterd.ops import log
 from clusterd.ops.dashboard import DashboardFeed, EventLog
 from clusterd.ops.method_stats import OK, MethodStats, Window
 from clusterd.ops.metrics import Exporter

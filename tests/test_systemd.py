@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from clusterd import systemd
-from clusterd.systemd import Notifier, child_environ, quote_exec_arg, render_unit, template_unit
+from clusterd.ops import systemd
+from clusterd.ops.systemd import Notifier, child_environ, quote_exec_arg, render_unit, template_unit
 
 REPO = Path(__file__).resolve().parent.parent
 TEMPLATE_EXECUTABLE = "/usr/local/bin/clusterd"

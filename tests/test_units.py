@@ -10,7 +10,6 @@ import time
 
 import pytest
 
-from clusterd.config import Config
 from clusterd.master.balancer import Balancer
 from clusterd.master.health import BOOT_SILENCE_S, is_hung, over_memory
 from clusterd.master.host import BootFailure
@@ -19,6 +18,7 @@ from clusterd.master.reload import ReloadManager
 from clusterd.master.restart import BACKOFF_MAX_S, STABLE_AFTER_S, CrashLoop, RestartPolicy, backoff
 from clusterd.master.states import ClusterState, ExitReason, WorkerState
 from clusterd.master.supervisor import Supervisor
+from clusterd.settings import Config
 from clusterd.wire import SPEC_ENV, WorkerSpec
 from clusterd.worker.heartbeat import MainThreadWatch
 

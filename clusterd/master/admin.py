@@ -12,8 +12,8 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from .. import protocol
-from ..config import ConfigError, parse_workers
 from ..protocol import RPCError
+from ..settings import ConfigError, parse_workers
 from .states import ClusterState
 from .status import status_document
 from .view import MasterView

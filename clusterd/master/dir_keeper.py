@@ -12,7 +12,7 @@ from pathlib import Path
 
 import zmq
 
-from .. import log
+from ..ops import log
 from ..runtime_dir import InstanceBusy, RuntimeDirError
 from .view import MasterView
 

@@ -14,8 +14,8 @@ import logging
 import time
 from typing import Any, Protocol
 
-from .. import log
-from ..config import Config
+from ..ops import log
+from ..settings import Config
 from .pool import Worker
 from .states import ExitReason, WorkerState
 

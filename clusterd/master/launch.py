@@ -7,8 +7,8 @@ import os
 import random
 from collections.abc import Callable
 
-from .. import log
-from ..config import Config
+from ..ops import log
+from ..settings import Config
 from ..wire import WorkerSpec
 from ..worker.spawn import OnExit, OnLine, Spawner
 from .host import SupervisorHost

@@ -8,8 +8,9 @@ from typing import Any
 
 import zmq
 
-from .. import log, protocol
+from .. import protocol
 from ..endpoint import Dispatcher, encode_response
+from ..ops import log
 from ..protocol import NO_ID, RPCError
 from .view import MasterView
 

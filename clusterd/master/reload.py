@@ -15,7 +15,7 @@ import tomllib
 from pathlib import Path
 from typing import Any
 
-from .. import log
+from ..ops import log
 from .host import BootFailure
 from .states import ClusterState, ExitReason
 from .view import MasterView

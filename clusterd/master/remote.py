@@ -25,8 +25,9 @@ from typing import Any
 
 import zmq
 
-from .. import log, protocol, wire
-from ..config import Config
+from .. import protocol, wire
+from ..ops import log
+from ..settings import Config
 from ..wire import WorkerSpec
 from .pool import Worker
 from .states import ClusterState, ExitReason

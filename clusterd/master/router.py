@@ -17,11 +17,12 @@ from typing import Any
 import psutil
 import zmq
 
-from .. import log, protocol, systemd, wire
-from ..config import Config
+from .. import protocol, wire
 from ..endpoint import Dispatcher, method_table
+from ..ops import log, systemd
 from ..protocol import NO_ID, RPCError
 from ..runtime_dir import RuntimeDir
+from ..settings import Config
 from ..wire import CALL, ERROR, RESULT, TOKEN_SIZE
 from ..worker.spawn import OnExit, OnLine, Spawner, make_spawner
 from ..zmqloop import NOBLOCK, SocketReader, send_frames

@@ -11,10 +11,11 @@ import signal
 import sys
 import time
 
-from .. import log, protocol
-from ..config import Config
+from .. import protocol
+from ..ops import log
 from ..ops.reaper import ChildReaper
-from ..systemd import Notifier
+from ..ops.systemd import Notifier
+from ..settings import Config
 from .host import BootFailure
 from .reload import installed_version, read_version, watch_sources, watch_version
 from .router import Router

@@ -17,7 +17,7 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from .. import log
+from ..ops import log
 from ..protocol import RPCError
 from .admin import Admin
 from .view import MasterView

@@ -15,7 +15,7 @@ from typing import Any
 import zmq
 
 from .. import limits
-from ..config import Config
+from ..settings import Config
 from ..zmqloop import SocketReader
 
 ClientHandler = Callable[[list[bytes], zmq.Socket, str], None]

@@ -15,8 +15,8 @@ import logging
 import time
 from collections.abc import Callable
 
-from .. import log
-from ..config import Config
+from ..ops import log
+from ..settings import Config
 from ..worker.spawn import OnExit, OnLine, Spawner
 from .balancer import Balancer
 from .health import HealthCheck

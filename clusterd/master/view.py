@@ -13,8 +13,8 @@ from typing import Any, Protocol
 import psutil
 import zmq
 
-from ..config import Config
 from ..runtime_dir import RuntimeDir
+from ..settings import Config
 from .pool import Call, Worker
 from .states import ClusterState
 from .supervisor import Supervisor

@@ -12,7 +12,8 @@ import logging
 import time
 from collections import deque
 
-from .. import log, protocol
+from .. import protocol
+from ..ops import log
 from .pool import Call, Worker
 from .states import ClusterState, ExitReason, WorkerState
 from .view import MasterView

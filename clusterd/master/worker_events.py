@@ -10,7 +10,8 @@ import os
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from .. import log, protocol, systemd, wire
+from .. import protocol, wire
+from ..ops import log, systemd
 from ..wire import WorkerSpec
 from ..worker.spawn import WorkerHandle
 from .endpoint import worker_info

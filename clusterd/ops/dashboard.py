@@ -47,7 +47,7 @@ STATIC_FILES = {"uPlot.iife.min.js": "text/javascript; charset=utf-8",
 
 
 class EventLog(logging.Handler):
-    """Keeps the recent lifecycle events logged through `clusterd.log.event`, for the timeline.
+    """Keeps the recent lifecycle events logged through `clusterd.ops.log.event`, for the timeline.
 
     Attach it to the "clusterd" logger after `log.setup()` (which replaces the handlers). Records may
     come from any thread; listeners are called on the thread that logged.

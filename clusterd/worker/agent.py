@@ -20,9 +20,11 @@ import time
 import psutil
 import zmq
 
-from .. import log, protocol, wire
+from .. import protocol, wire
+from ..ops import log
 from ..ops.reaper import ChildReaper
-from ..systemd import child_environ
+from ..ops.systemd import child_environ
+from ..settings import AgentConfig, heartbeat_interval
 from ..wire import WorkerSpec
 from ..zmqloop import SocketReader
 from .spawn import DirectSpawner, ZygoteSpawner
@@ -36,7 +38,7 @@ class Agent:
         self.workers = workers
         self.curve_dir = os.path.abspath(curve_dir) if curve_dir else None
         self.heartbeat_timeout = heartbeat_timeout
-        self.interval = max(0.05, min(1.0, heartbeat_timeout / 4))
+        self.interval = heartbeat_interval(heartbeat_timeout)
         self.graceful_timeout = graceful_timeout
         self.name = name
         self.host = socket.gethostname()
@@ -179,9 +181,10 @@ class Agent:
                     pass
 
 
-def run(worker_path: str, connect: str, workers: int, curve_dir: str | None, heartbeat_timeout: float,
-        graceful_timeout: float, name: str) -> int:
+def run(cfg: AgentConfig) -> int:
+    """Run an agent until SIGTERM/SIGINT; its options come from `clusterd worker` (settings.AGENT)."""
     async def main() -> int:
-        agent = Agent(worker_path, connect, workers, curve_dir, heartbeat_timeout, graceful_timeout, name)
+        agent = Agent(cfg.worker, cfg.connect, cfg.workers, cfg.curve_dir, cfg.heartbeat_timeout,
+                      cfg.graceful_timeout, cfg.name)
         return await agent.run()
     return asyncio.run(main())

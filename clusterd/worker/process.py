@@ -18,8 +18,9 @@ from typing import Any
 
 import zmq
 
-from .. import log, protocol, wire
+from .. import protocol, wire
 from ..endpoint import Dispatcher, encode_response
+from ..ops import log
 from ..protocol import RemoteError, RPCError
 from ..wire import ANSWER, CALL, ERROR, NOTIFY, RESULT, STOP, TOKEN_SIZE, WorkerSpec
 from ..zmqloop import SocketReader, send_frames

@@ -33,7 +33,7 @@ from typing import Any
 
 import zmq
 
-from .. import log
+from ..ops import log
 from ..wire import WorkerSpec
 
 THREAD_ENDPOINT = "inproc://clusterd-workers"

@@ -1,4 +1,4 @@
-"""The status document as a table a person reads at a glance."""
+"""The status document as tables a person reads at a glance: `clusterd status` and `clusterd ls`."""
 
 from __future__ import annotations
 

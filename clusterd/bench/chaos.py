@@ -24,7 +24,8 @@ from typing import Any
 
 import zmq
 
-from . import protocol
+from .. import protocol
+from ..control import ControlClient
 
 DEFAULT_MIX: tuple[tuple[str, list, bool], ...] = (
     ("add", [1, 2], False),
@@ -47,7 +48,7 @@ def _control_address(target: Any) -> str:
 
 
 class _Caller:
-    """A DEALER socket with calls in flight; blocking receive with a timeout."""
+    """A DEALER socket with many calls in flight (a client's window); blocking receive with a timeout."""
 
     def __init__(self, ctx: zmq.Context, address: str) -> None:
         self.sock = ctx.socket(zmq.DEALER)
@@ -64,16 +65,6 @@ class _Caller:
         if not self.sock.poll(int(timeout * 1000)):
             return None
         return protocol.loads(self.sock.recv())
-
-    def call(self, method: str, params: Any = (), timeout: float = 5.0) -> Any:
-        rid = self.send(method, list(params) if isinstance(params, tuple) else params)
-        deadline = time.monotonic() + timeout
-        while True:
-            reply = self.recv(max(0.0, deadline - time.monotonic()))
-            if reply is None:
-                raise TimeoutError(f"{method}: no answer within {timeout:g}s")
-            if reply.get("id") == rid:
-                return protocol.response_outcome(reply)
 
     def close(self) -> None:
         self.sock.close(linger=0)
@@ -151,8 +142,7 @@ def run_chaos(target: Any, seconds: float, *, clients: int = 4, window: int = 4,
     control = _control_address(target)
     rng = random.Random(seed)
     ctx = zmq.Context.instance()
-    admin = _Caller(ctx, control)
-    try:
+    with ControlClient(control) as admin:
         before = admin.call("clusterd.status", timeout=10.0)
         stop = threading.Event()
         threads = [_Client(ctx, call_address or control, mix, window, stop, answer_timeout,
@@ -160,49 +150,20 @@ def run_chaos(target: Any, seconds: float, *, clients: int = 4, window: int = 4,
         started = time.monotonic()
         for t in threads:
             t.start()
-        kills, status_failures = 0, 0
-        deadline = started + seconds
-        while time.monotonic() < deadline:
-            time.sleep(min(rng.uniform(*kill_every), max(0.0, deadline - time.monotonic())))
-            if time.monotonic() >= deadline:
-                break
-            try:
-                ready = _ready_workers(admin.call("clusterd.status", timeout=5.0))
-            except (TimeoutError, protocol.RemoteError):
-                status_failures += 1
-                continue
-            if len(ready) <= keep_ready:
-                continue
-            try:
-                os.kill(rng.choice(ready)["pid"], signal.SIGKILL)
-                kills += 1
-            except ProcessLookupError:
-                pass
+        kills, status_failures = _kill_until(admin, started + seconds, rng, kill_every, keep_ready)
         stop.set()
         for t in threads:
             t.join(answer_timeout + 5.0)
         elapsed = time.monotonic() - started
-
         heal_started = time.monotonic()
-        healed, after = False, None
-        while time.monotonic() - heal_started < heal_timeout:
-            try:
-                after = admin.call("clusterd.status", timeout=5.0)
-            except (TimeoutError, protocol.RemoteError):
-                after = None
-            if after is not None and _healed(after):
-                healed = True
-                break
-            time.sleep(0.05)
+        after = _wait_healed(admin, heal_timeout)
         heal_s = time.monotonic() - heal_started
-    finally:
-        admin.close()
-
     tally: Counter = Counter()
     errors: Counter = Counter()
     for t in threads:
         tally.update(t.tally)
         errors.update(t.errors)
+    healed = after is not None and _healed(after)
     result = {
         "seconds": round(elapsed, 3), "clients": clients, "window": window,
         "calls": tally["calls"], "answered": tally["answered"], "ok": tally["ok"],
@@ -221,6 +182,43 @@ def run_chaos(target: Any, seconds: float, *, clients: int = 4, window: int = 4,
                         and result["idempotent_failed"] == 0 and result["answered"] == result["calls"]
                         and healed and result["master_same"])
     return result
+
+
+def _kill_until(admin: ControlClient, deadline: float, rng: random.Random, kill_every: tuple[float, float],
+                keep_ready: int) -> tuple[int, int]:
+    """SIGKILL a random ready worker every `kill_every` seconds until the deadline; (kills, status failures)."""
+    kills, status_failures = 0, 0
+    while time.monotonic() < deadline:
+        time.sleep(min(rng.uniform(*kill_every), max(0.0, deadline - time.monotonic())))
+        if time.monotonic() >= deadline:
+            break
+        try:
+            ready = _ready_workers(admin.call("clusterd.status", timeout=5.0))
+        except (TimeoutError, protocol.RemoteError):
+            status_failures += 1
+            continue
+        if len(ready) <= keep_ready:
+            continue
+        try:
+            os.kill(rng.choice(ready)["pid"], signal.SIGKILL)
+            kills += 1
+        except ProcessLookupError:
+            pass
+    return kills, status_failures
+
+
+def _wait_healed(admin: ControlClient, timeout: float) -> dict | None:
+    """The first status showing every slot ready again, else the last status seen (None if none came)."""
+    started, after = time.monotonic(), None
+    while time.monotonic() - started < timeout:
+        try:
+            after = admin.call("clusterd.status", timeout=5.0)
+        except (TimeoutError, protocol.RemoteError):
+            after = None
+        if after is not None and _healed(after):
+            break
+        time.sleep(0.05)
+    return after
 
 
 def format_tallies(t: dict) -> str:
@@ -265,7 +263,7 @@ def run_chaos_bench(seconds: float, workers: int = 3, progress: Any = None) -> d
     env = dict(os.environ, CLUSTERD_RUNTIME_DIR=tmp)
     env.pop("NOTIFY_SOCKET", None)
     proc = subprocess.Popen(
-        [sys.executable, "-m", "clusterd", "run", "clusterd.bench_app:Master", "clusterd.bench_app:ChaosWorker",
+        [sys.executable, "-m", "clusterd", "run", "clusterd.bench.app:Master", "clusterd.bench.app:ChaosWorker",
          "--workers", str(workers), "--name", name, "--crash-limit", "100000", "--queue-timeout", "10"],
         env=env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
         start_new_session=True)
@@ -273,17 +271,17 @@ def run_chaos_bench(seconds: float, workers: int = 3, progress: Any = None) -> d
     try:
         if progress:
             progress(f"starting {workers} workers…")
-        caller = _Caller(zmq.Context.instance(), control)
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                if caller.call("clusterd.status", timeout=1.0)["state"] == "running":
-                    break
-            except Exception:  # still starting
-                pass
-            if proc.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError("the chaos instance did not start")
-            time.sleep(0.05)
+        with ControlClient(control, 1.0) as caller:
+            deadline = time.monotonic() + 30
+            while True:
+                try:
+                    if caller.call("clusterd.status")["state"] == "running":
+                        break
+                except Exception:  # still starting
+                    pass
+                if proc.poll() is not None or time.monotonic() > deadline:
+                    raise RuntimeError("the chaos instance did not start")
+                time.sleep(0.05)
         if progress:
             progress(f"calling for {seconds:g}s while killing workers at random…")
         return run_chaos(control, seconds, mix=BENCH_MIX)

@@ -1,0 +1,223 @@
+"""Commands that talk to a running instance over its control socket, each with its printing.
+
+status -> clusterd.status, reload -> clusterd.reload + clusterd.reload_wait, scale -> clusterd.scale,
+stop -> clusterd.stop, call -> any method, ls -> clusterd.status of every instance.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from typing import Any
+
+import click
+
+from .. import protocol, settings
+from ..control import ControlClient, Instance, NoInstance, find_instance, list_instances
+from ..protocol import RemoteError
+from ..runtime_dir import RuntimeDirError
+from .common import EXIT_FAILURE, fail
+from .options import SettingType, setting_options
+
+
+def _find(name: str | None) -> Instance:
+    """The instance to talk to; exit 2 when none (or several) run, or its directory is not safe."""
+    try:
+        return find_instance(name)
+    except (NoInstance, RuntimeDirError) as exc:
+        fail(str(exc))
+
+
+def _control(name: str | None, timeout: float | None = 10.0) -> ControlClient:
+    return ControlClient(_find(name).control_address, timeout)
+
+
+def _admin(name: str | None, method: str, params: Any = None, timeout: float | None = 10.0) -> Any:
+    with _control(name, timeout) as conn:
+        try:
+            return conn.call(method, params)
+        except RemoteError as exc:
+            fail(f"{method} failed: error {exc.code}: {exc.message}", EXIT_FAILURE)
+        except TimeoutError as exc:
+            fail(str(exc), EXIT_FAILURE)
+
+
+# ---------------------------------------------------------------------------- status, ls
+@click.command()
+@setting_options("status")
+@click.option("--json", "as_json", is_flag=True, help="Print the status document.")
+@click.option("--watch", is_flag=True, help="Redraw every second until Ctrl-C.")
+def status(name: str | None, as_json: bool, watch: bool) -> None:
+    """Show the workers of a running instance."""
+    from .tables import render_table
+
+    def show(doc: dict) -> str:
+        return protocol.dumps(doc).decode() if as_json else render_table(doc)
+
+    if not watch:
+        click.echo(show(_admin(name, "clusterd.status")))
+        return
+    try:
+        while True:
+            click.echo("\x1b[H\x1b[2J" + show(_admin(name, "clusterd.status")), nl=True)
+            sys.stdout.flush()
+            time.sleep(1.0)  # a screen refresh for a person, like top
+    except KeyboardInterrupt:
+        pass
+
+
+@click.command(name="ls")
+def list_cmd() -> None:
+    """List the running instances."""
+    instances = list_instances()
+    if not instances:
+        click.echo(f"no instances running (in {settings.runtime_root()})")
+        return
+    from .tables import render_list
+    rows = []
+    for inst in instances:
+        try:
+            with ControlClient(inst.control_address, 2.0) as conn:
+                rows.append(conn.call("clusterd.status"))
+        except (RemoteError, TimeoutError):
+            rows.append({"name": inst.name, "state": "unresponsive", "master": {"pid": inst.pid}, "workers": []})
+    click.echo(render_list(rows))
+
+
+# ---------------------------------------------------------------------------- reload
+@click.command()
+@setting_options("reload")
+@click.option("--no-wait", is_flag=True, help="Return as soon as the reload is started.")
+def reload(name: str | None, no_wait: bool) -> None:
+    """Rolling reload: replace every worker with one running the code on disk now."""
+    with _control(name, None) as conn:
+        try:
+            started = conn.call("clusterd.reload", {"wait": False}, timeout=10)
+        except (RemoteError, TimeoutError) as exc:
+            fail(f"reload refused: {exc}", EXIT_FAILURE)
+        if no_wait:
+            click.echo(f"reload {started['id']} started")
+            return
+        progress = _follow_reload(conn, started["id"])
+    if not progress.get("ok"):
+        tb = progress.get("traceback")
+        fail(f"reload failed: {progress.get('error')}" + (f"\n{tb.rstrip()}" if tb else ""), EXIT_FAILURE)
+    click.echo("reload done")
+
+
+def _follow_reload(conn: ControlClient, reload_id: Any) -> dict:
+    """Print the reload's events as they come; its last progress report."""
+    seen = 0
+    while True:
+        try:
+            progress = conn.call("clusterd.reload_wait", {"id": reload_id, "after": seen})
+        except RemoteError as exc:
+            fail(f"reload: {exc}", EXIT_FAILURE)
+        for event in progress["events"]:
+            _print_reload_event(event)
+        seen += len(progress["events"])
+        if progress["done"]:
+            return progress
+
+
+def _print_reload_event(event: dict) -> None:
+    kind = event["event"]
+    if kind == "start":
+        click.echo(f"reloading to generation {event['generation']} (slots {event.get('slots')})")
+    elif kind == "slot-starting":
+        click.echo(f"  slot {event['slot']}: starting new worker")
+    elif kind == "slot-ready":
+        click.echo(f"  slot {event['slot']}: new worker ready (pid {event.get('pid')})")
+    elif kind == "draining":
+        click.echo("  waiting for old workers to finish their calls")
+    elif kind == "queued":
+        click.echo("another reload is running: this one is queued after it")
+
+
+# ---------------------------------------------------------------------------- scale, stop
+@click.command()
+@click.argument("workers", type=SettingType(settings.BY_NAME["workers"]))
+@setting_options("scale")
+def scale(workers: int, name: str | None) -> None:
+    """Set the number of workers of a running instance."""
+    result = _admin(name, "clusterd.scale", {"workers": workers})
+    click.echo(f"scaled from {result['from']} to {result['to']} workers")
+
+
+@click.command()
+@setting_options("stop")
+@click.option("--timeout", type=float, default=None, help="Graceful timeout for this stop (seconds).")
+def stop(name: str | None, timeout: float | None) -> None:
+    """Stop a running instance gracefully and wait until it has exited."""
+    instance = _find(name)
+    with ControlClient(instance.control_address, 10) as conn:
+        try:
+            result = conn.call("clusterd.stop", {"timeout": timeout} if timeout is not None else {})
+        except (RemoteError, TimeoutError) as exc:
+            fail(f"stop failed: {exc}", EXIT_FAILURE)
+    pid = result.get("pid") or instance.pid
+    deadline = time.monotonic() + (timeout if timeout is not None else settings.default("graceful-timeout")) + 15
+    while pid and _running(pid):
+        if time.monotonic() > deadline:
+            fail(f"{instance.name} (pid {pid}) is still stopping", EXIT_FAILURE)
+        time.sleep(0.05)
+    click.echo(f"{instance.name} stopped")
+
+
+def _running(pid: int) -> bool:
+    """True while the process exists and is not a zombie waiting for its parent."""
+    import psutil
+    try:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
+
+
+# ---------------------------------------------------------------------------- call
+@click.command()
+@click.argument("method")
+@click.argument("params", nargs=-1)
+@setting_options("call")
+@click.option("--connect", "address", help="Call this address (a --bind endpoint) instead of an instance.")
+@click.option("--json-params", help="Params as one JSON array or object, e.g. '{\"n\": 30}'.")
+@click.option("--timeout", type=float, default=None, help="Seconds to wait for the answer.")
+def call(method: str, params: tuple[str, ...], name: str | None, address: str | None, json_params: str | None,
+         timeout: float | None) -> None:
+    """Call METHOD with PARAMS (JSON values; a bare word is a string) and print the JSON result."""
+    values = _call_params(params, json_params)
+    if address is None:
+        address = _find(name).control_address
+    with ControlClient(address, timeout) as conn:
+        try:
+            result = conn.call(method, values)
+        except RemoteError as exc:
+            data = f" {protocol.dumps(exc.data).decode()}" if exc.data is not None else ""
+            fail(f"error {exc.code}: {exc.message}{data}", EXIT_FAILURE)
+        except TimeoutError as exc:
+            fail(str(exc), EXIT_FAILURE)
+    click.echo(protocol.dumps(result).decode())
+
+
+def _call_params(params: tuple[str, ...], json_params: str | None) -> list | dict:
+    """PARAMS as JSON values (a bare word is a string), or --json-params as one array or object."""
+    if json_params is None:
+        return [_json_value(p) for p in params]
+    if params:
+        fail("give either PARAMS or --json-params, not both")
+    try:
+        values = protocol.loads(json_params)
+    except ValueError as exc:
+        fail(f"--json-params is not valid JSON: {exc}")
+    if not isinstance(values, (list, dict)):
+        fail("--json-params must be a JSON array or object")
+    return values
+
+
+def _json_value(text: str) -> Any:
+    try:
+        return protocol.loads(text)
+    except ValueError:
+        return text
+
+
+COMMANDS = (status, list_cmd, reload, scale, stop, call)
