@@ -19,6 +19,10 @@ class NoInstance(Exception):
     """No running instance matches: a one-line message for the user."""
 
 
+class AmbiguousInstance(NoInstance):
+    """Several instances run and none was named: the caller must choose (a usage error, not "not running")."""
+
+
 @dataclass(frozen=True)
 class Instance:
     name: str
@@ -56,10 +60,12 @@ def list_instances(root: Path | None = None) -> list[Instance]:
     return [Instance(p.name, p, read_pid(p)) for p in entries if _alive(p)]
 
 
-def find_instance(name: str | None = None) -> Instance:
-    """The instance called name; without a name, the only one running.
+def find_instance(name: str | None = None, choose: str = "--name") -> Instance:
+    """The instance called name; without a name, the only one running. `choose` says how a caller
+    names one (`--name` on the command line, `Client(name=...)` in Python).
 
-    Raises NoInstance, or RuntimeDirError when the directory is not safe to connect into."""
+    Raises NoInstance (AmbiguousInstance when several run), or RuntimeDirError when the directory is
+    not safe to connect into."""
     root = runtime_root()
     if name:
         path = check_instance_path(root, name)
@@ -71,7 +77,7 @@ def find_instance(name: str | None = None) -> Instance:
         raise NoInstance(f"no clusterd instance is running (looked in {root})")
     if len(running) > 1:
         names = ", ".join(i.name for i in running)
-        raise NoInstance(f"several instances are running ({names}): choose one with --name")
+        raise AmbiguousInstance(f"several instances are running ({names}): choose one with {choose}")
     check_safe(running[0].path, root_may_own=False)
     return running[0]
 

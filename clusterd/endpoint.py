@@ -133,6 +133,7 @@ class Dispatcher:
     def __init__(self, target: Any, debug: bool = False) -> None:
         self.target = target
         self.debug = debug
+        self.report: Callable[[str, BaseException], None] | None = None  # logs what user code raised
         self.methods = method_table(type(target))
         # bind through the class, so an instance attribute of the same name (self.pid) cannot hide a method
         self._bound = {name: inspect.getattr_static(type(target), m.attr).__get__(target, type(target))
@@ -142,25 +143,33 @@ class Dispatcher:
         """The bound function for a request, or the error response to send instead."""
         method = self.methods.get(req.method)
         if method is None:
-            return protocol.error_response(req.id, protocol.METHOD_NOT_FOUND)
+            return protocol.method_not_found(req.id, req.method)
         why = method.arity.check(req.params)
         if why is not None:
             return protocol.error_response(req.id, protocol.INVALID_PARAMS, data=why)
         return self._bound[req.method], method
 
-    def run_sync(self, func: Callable, params: list | dict, rid: Any) -> dict:
+    def run_sync(self, func: Callable, params: list | dict, rid: Any, name: str | None = None) -> dict:
         try:
             result = func(*params) if isinstance(params, list) else func(**params)
         except Exception as exc:  # user code: any failure becomes an error response
-            return {"jsonrpc": "2.0", "error": error_for_exception(exc, self.debug), "id": rid}
+            return self._failed(exc, rid, name or func.__name__)
         return {"jsonrpc": "2.0", "result": result, "id": rid}
 
-    async def run_async(self, func: Callable, params: list | dict, rid: Any) -> dict:
+    async def run_async(self, func: Callable, params: list | dict, rid: Any, name: str | None = None) -> dict:
         try:
             result = await (func(*params) if isinstance(params, list) else func(**params))
         except Exception as exc:
-            return {"jsonrpc": "2.0", "error": error_for_exception(exc, self.debug), "id": rid}
+            return self._failed(exc, rid, name or func.__name__)
         return {"jsonrpc": "2.0", "result": result, "id": rid}
+
+    def _failed(self, exc: Exception, rid: Any, name: str) -> dict:
+        if self.report is not None and not isinstance(exc, RPCError):  # an RPCError is a deliberate answer
+            try:
+                self.report(name, exc)
+            except Exception:
+                pass  # reporting must never cost the caller the answer
+        return {"jsonrpc": "2.0", "error": error_for_exception(exc, self.debug), "id": rid}
 
     async def run(self, req: protocol.Request) -> dict:
         """Run one request to its response dict, whatever kind of method it names."""
@@ -169,8 +178,8 @@ class Dispatcher:
             return prepared
         func, method = prepared
         if method.is_async:
-            return await self.run_async(func, req.params, req.id)
-        return self.run_sync(func, req.params, req.id)
+            return await self.run_async(func, req.params, req.id, method.name)
+        return self.run_sync(func, req.params, req.id, method.name)
 
 
 def encode_response(response: dict, debug: bool = False) -> bytes:

@@ -170,6 +170,12 @@ def encode_error(rid: Any, code: int, message: str | None = None, data: Any = No
     return dumps(error_response(rid, code, message, data))
 
 
+def method_not_found(rid: Any, method: str) -> dict:
+    """-32601 that names the method (cut short: the name comes from whoever sent it)."""
+    shown = method if len(method) <= 80 else method[:80] + "..."
+    return error_response(rid, METHOD_NOT_FOUND, f"Method not found: {shown!r}")
+
+
 def make_request(method: str, params: list | dict | tuple = (), rid: Any = NO_ID) -> dict:
     msg: dict = {"jsonrpc": "2.0", "method": method}
     if params:

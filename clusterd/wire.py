@@ -96,6 +96,7 @@ class WorkerSpec:
     die_with_parent: bool = True
     curve: dict | None = None      # CURVE client settings for a worker connecting from another host
     host: str | None = None        # set by an agent: the host the worker runs on
+    log_calls: bool = False        # --log-calls: one access line per call
 
     # -- through the environment
     def to_env(self, env: MutableMapping[str, str]) -> MutableMapping[str, str]:

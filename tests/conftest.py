@@ -127,9 +127,9 @@ class Instance:
     def control(self) -> str:
         return f"ipc://{self.dir / 'control.sock'}"
 
-    def start(self, wait: bool = True, timeout: float = 20.0) -> "Instance":
+    def start(self, wait: bool = True, timeout: float = 20.0, python: str = sys.executable) -> "Instance":
         self._stderr = open(self.stderr_path, "wb")
-        self.proc = subprocess.Popen([sys.executable, "-m", "clusterd", "run", *self.args, "--name", self.name],
+        self.proc = subprocess.Popen([python, "-m", "clusterd", "run", *self.args, "--name", self.name],
                                      cwd=self.cwd, env=self.env, stdout=subprocess.PIPE, stderr=self._stderr,
                                      start_new_session=True)
         if wait:
@@ -241,7 +241,7 @@ def _kill_leftover_workers(inst: Instance) -> None:
     for p in psutil.process_iter(["cmdline", "environ"]):
         try:
             cmd = p.info["cmdline"] or []
-            if any(a.startswith(f"clusterd-worker:{inst.name}:") for a in cmd):
+            if any(a.startswith((f"clusterd-worker:{inst.name}:", f"clusterd: {inst.name} ")) for a in cmd):
                 env = p.environ()
                 if env.get("CLUSTERD_RUNTIME_DIR") == str(inst.runtime_dir):
                     p.kill()

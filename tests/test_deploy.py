@@ -42,7 +42,6 @@ NOT_YET_IMPLEMENTED = {
     ("run", "--http-bind"),
     ("run", "--drain-delay"),
     ("run", "--metrics-bind"),
-    ("health", None),          # the `clusterd health` command itself
 }
 
 # DESIGN.md 12: what the HTTP port answers.

@@ -106,7 +106,7 @@ def test_notifications_get_no_answer(client):
 
 def test_non_existent_method(client):
     assert raw(client, '{"jsonrpc": "2.0", "method": "foobar", "id": "1"}') == \
-        {"jsonrpc": "2.0", "error": {"code": -32601, "message": "Method not found"}, "id": "1"}
+        {"jsonrpc": "2.0", "error": {"code": -32601, "message": "Method not found: 'foobar'"}, "id": "1"}
 
 
 def test_invalid_json(client):

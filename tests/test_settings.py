@@ -114,7 +114,7 @@ def test_file_keys_in_either_spelling_and_in_a_table(tmp_path):
     assert values["max_memory"] == 2 * 1024 ** 3 and values["queue_timeout"] == 4.0
 
 
-@pytest.mark.parametrize("content", ["connect = 'tcp://x:1'\n", "user = 'root'\n", "config = 'a.toml'\n"])
+@pytest.mark.parametrize("content", ["connect = 'tcp://x:1'\n", "follow = true\n", "config = 'a.toml'\n"])
 def test_file_refuses_keys_that_run_does_not_take(tmp_path, content):
     conf = tmp_path / "c.toml"
     conf.write_text(content)

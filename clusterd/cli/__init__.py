@@ -12,6 +12,7 @@ import sys
 
 import click
 
+from ..help_examples import teach
 from ..runtime_dir import RuntimeDirError
 from . import control, run, tools
 from .common import EXIT_USAGE, fail, value_origin
@@ -25,6 +26,7 @@ def cli() -> None:
 
 for _command in (run.run, *control.COMMANDS, *tools.COMMANDS, run.worker_agent):
     cli.add_command(_command)
+teach(cli)  # examples, defaults and variables in every command's help (help_examples.py)
 
 
 def main() -> None:

@@ -8,7 +8,7 @@ from typing import Any, NoReturn
 
 import click
 
-EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, 1, 2
+EXIT_OK, EXIT_FAILURE, EXIT_USAGE, EXIT_NOT_RUNNING = 0, 1, 2, 3   # 3: LSB "program is not running"
 
 
 class UserError(click.ClickException):
@@ -49,11 +49,21 @@ def import_endpoint(path: str, base_name: str, label: str) -> type:
             fail(f"cannot import {label} {path}: module {module_name!r} has no attribute {attr!r}")
         fail(f"cannot import {label} {path}: importing {module_name!r} raised AttributeError: {exc}")
     except Exception as exc:  # the user's module raised while importing
-        fail(f"cannot import {label} {path}: importing {module_name!r} raised {type(exc).__name__}: {exc}")
+        fail(f"cannot import {label} {path}: importing {module_name!r} raised {type(exc).__name__}: {exc}"
+             f"{_where(exc)}")
     base = MasterEndpoint if base_name == "MasterEndpoint" else WorkerEndpoint
     if not (isinstance(obj, type) and issubclass(obj, base)):
         fail(f"{label} {path} is not a subclass of clusterd.{base_name}")
     return obj
+
+
+def _where(exc: BaseException) -> str:
+    """ ' at FILE:LINE' of the innermost frame outside the import machinery, for an import that raised."""
+    import traceback
+    if isinstance(exc, SyntaxError) and exc.filename:
+        return f" at {exc.filename}:{exc.lineno}"
+    frames = [f for f in traceback.extract_tb(exc.__traceback__) if "importlib" not in f.filename]
+    return f" at {frames[-1].filename}:{frames[-1].lineno}" if frames else ""
 
 
 def value_origin(exc: click.UsageError) -> str:

@@ -1,7 +1,11 @@
 """Commands that talk to a running instance over its control socket, each with its printing.
 
-status -> clusterd.status, reload -> clusterd.reload + clusterd.reload_wait, scale -> clusterd.scale,
-stop -> clusterd.stop, call -> any method, ls -> clusterd.status of every instance.
+status -> clusterd.status (of every instance without --name), logs -> clusterd.logs, health ->
+clusterd.status, reload -> clusterd.reload + clusterd.reload_wait, scale -> clusterd.scale, stop ->
+clusterd.stop, call -> any method, ls -> clusterd.status of every instance.
+
+Exit codes (DESIGN.md 8): 0 ok, 1 failed, 2 usage error, 3 the instance is not running (`stop` of
+an instance that is not running is 0, as `systemctl stop`).
 """
 
 from __future__ import annotations
@@ -13,19 +17,27 @@ from typing import Any
 import click
 
 from .. import protocol, settings
-from ..control import ControlClient, Instance, NoInstance, find_instance, list_instances
+from ..control import AmbiguousInstance, ControlClient, Instance, NoInstance, find_instance, list_instances
 from ..protocol import RemoteError
 from ..runtime_dir import RuntimeDirError
-from .common import EXIT_FAILURE, fail
-from .options import SettingType, setting_options
+from .common import EXIT_FAILURE, EXIT_NOT_RUNNING, EXIT_OK, EXIT_USAGE, fail
+from .options import setting_options
 
 
 def _find(name: str | None) -> Instance:
-    """The instance to talk to; exit 2 when none (or several) run, or its directory is not safe."""
+    """The instance to talk to; exit 3 when it is not running, 2 when several run and none is named
+    or its directory is not safe."""
     try:
         return find_instance(name)
-    except (NoInstance, RuntimeDirError) as exc:
+    except NoInstance as exc:
+        not_running(exc)
+    except RuntimeDirError as exc:
         fail(str(exc))
+
+
+def not_running(exc: NoInstance) -> None:
+    """No such instance: exit 3 (LSB "not running"); several and none chosen: a usage error."""
+    fail(str(exc), EXIT_USAGE if isinstance(exc, AmbiguousInstance) else EXIT_NOT_RUNNING)
 
 
 def _control(name: str | None, timeout: float | None = 10.0) -> ControlClient:
@@ -45,25 +57,98 @@ def _admin(name: str | None, method: str, params: Any = None, timeout: float | N
 # ---------------------------------------------------------------------------- status, ls
 @click.command()
 @setting_options("status")
-@click.option("--json", "as_json", is_flag=True, help="Print the status document.")
+@click.option("--json", "as_json", is_flag=True,
+              help="Print the status document (an array of them when several instances run).")
 @click.option("--watch", is_flag=True, help="Redraw every second until Ctrl-C.")
 def status(name: str | None, as_json: bool, watch: bool) -> None:
-    """Show the workers of a running instance."""
-    from .tables import render_table
-
-    def show(doc: dict) -> str:
-        return protocol.dumps(doc).decode() if as_json else render_table(doc)
-
+    """Show the workers of the running instances (one block each), or of --name."""
     if not watch:
-        click.echo(show(_admin(name, "clusterd.status")))
+        click.echo(_status_text(name, as_json))
         return
     try:
         while True:
-            click.echo("\x1b[H\x1b[2J" + show(_admin(name, "clusterd.status")), nl=True)
+            click.echo("\x1b[H\x1b[2J" + _status_text(name, as_json), nl=True)
             sys.stdout.flush()
             time.sleep(1.0)  # a screen refresh for a person, like top
     except KeyboardInterrupt:
         pass
+
+
+def _status_text(name: str | None, as_json: bool) -> str:
+    from .tables import render_many, render_table
+    if name is not None:
+        doc = _admin(name, "clusterd.status")
+        return protocol.dumps(doc).decode() if as_json else render_table(doc)
+    instances = list_instances()
+    if not instances:
+        fail(f"no clusterd instance is running (looked in {settings.runtime_root()})", EXIT_NOT_RUNNING)
+    docs = []
+    for inst in instances:
+        try:
+            with ControlClient(inst.control_address, 10.0) as conn:
+                docs.append(conn.call("clusterd.status"))
+        except (RemoteError, TimeoutError):
+            docs.append({"name": inst.name, "state": "unresponsive", "master": {"pid": inst.pid}, "workers": []})
+    if as_json:
+        return protocol.dumps(docs[0] if len(docs) == 1 else docs).decode()
+    return render_many(docs)
+
+
+# ---------------------------------------------------------------------------- logs, health
+@click.command()
+@setting_options("logs")
+@click.option("-f", "--follow", is_flag=True, help="Keep printing new lines as they are logged, until Ctrl-C.")
+@click.option("--slot", type=click.IntRange(min=0), default=None,
+              help="Only the lines of this worker slot (its output and the master's lines about it).")
+@click.option("-n", "--lines", type=click.IntRange(min=0), default=50, show_default=True,
+              help="How many recent lines to print first.")
+@click.option("--json", "as_json", is_flag=True, help="One JSON object per line.")
+def logs(name: str | None, follow: bool, slot: int | None, lines: int, as_json: bool) -> None:
+    """Print the recent log of a running instance, kept in memory by its master (as `pm2 logs`)."""
+    from ..log_ring import format_entry
+    with _control(name, None) as conn:
+        def fetch(after: int, count: int | None, wait: float) -> dict:
+            try:
+                return conn.call("clusterd.logs", {"after": after, "slot": slot, "lines": count, "wait": wait},
+                                 timeout=wait + 10)
+            except RemoteError as exc:
+                fail(f"logs failed: {describe_error(exc)}", EXIT_FAILURE)
+            except TimeoutError:
+                try:
+                    find_instance(name)
+                except NoInstance:
+                    click.echo("clusterd: the instance stopped", err=True)
+                    sys.exit(EXIT_OK)
+                fail("the instance stopped answering", EXIT_FAILURE)
+
+        def show(entries: list[dict]) -> None:
+            for entry in entries:
+                click.echo(protocol.dumps(entry).decode() if as_json else format_entry(entry))
+
+        page = fetch(0, lines, 0.0) if lines else fetch(0, 1, 0.0) | {"entries": []}
+        show(page["entries"])
+        after = page["next"]
+        try:
+            while follow:
+                page = fetch(after, None, 10.0)
+                show(page["entries"])
+                after = page["next"]
+        except KeyboardInterrupt:
+            pass
+
+
+@click.command()
+@setting_options("health")
+def health(name: str | None) -> None:
+    """Exit 0 when every wanted worker is ready, 1 when degraded, 3 when not running (for probes)."""
+    from .tables import counts
+    doc = _admin(name, "clusterd.status")
+    ready, wanted = counts(doc)
+    if doc.get("state") in ("running", "reloading") and ready >= wanted and ready > 0:
+        click.echo(f"{doc['name']}: healthy, {ready}/{wanted} workers ready")
+        return
+    click.echo(f"{doc['name']}: degraded, {doc.get('state')}, {ready}/{wanted} workers ready")
+    sys.exit(EXIT_FAILURE)
 
 
 @click.command(name="ls")
@@ -135,12 +220,16 @@ def _print_reload_event(event: dict) -> None:
 
 
 # ---------------------------------------------------------------------------- scale, stop
-@click.command()
-@click.argument("workers", type=SettingType(settings.BY_NAME["workers"]))
+@click.command(context_settings={"ignore_unknown_options": True})
+@click.argument("workers")
 @setting_options("scale")
-def scale(workers: int, name: str | None) -> None:
-    """Set the number of workers of a running instance."""
-    result = _admin(name, "clusterd.scale", {"workers": workers})
+def scale(workers: str, name: str | None) -> None:
+    """Set the number of workers of a running instance (0 is allowed: no worker serves until scaled up)."""
+    try:
+        count = settings.parse_workers(workers)
+    except settings.ConfigError:
+        fail(f"scale needs a number of workers (0 or more) or 'auto', not {workers!r}")
+    result = _admin(name, "clusterd.scale", {"workers": count})
     click.echo(f"scaled from {result['from']} to {result['to']} workers")
 
 
@@ -148,8 +237,16 @@ def scale(workers: int, name: str | None) -> None:
 @setting_options("stop")
 @click.option("--timeout", type=float, default=None, help="Graceful timeout for this stop (seconds).")
 def stop(name: str | None, timeout: float | None) -> None:
-    """Stop a running instance gracefully and wait until it has exited."""
-    instance = _find(name)
+    """Stop a running instance gracefully and wait until it has exited (0 also when it was not running)."""
+    try:
+        instance = find_instance(name)
+    except AmbiguousInstance as exc:
+        not_running(exc)
+    except NoInstance as exc:
+        click.echo(f"{exc}: nothing to stop")  # idempotent, as `systemctl stop`
+        return
+    except RuntimeDirError as exc:
+        fail(str(exc))
     with ControlClient(instance.control_address, 10) as conn:
         try:
             result = conn.call("clusterd.stop", {"timeout": timeout} if timeout is not None else {})
@@ -191,11 +288,25 @@ def call(method: str, params: tuple[str, ...], name: str | None, address: str | 
         try:
             result = conn.call(method, values)
         except RemoteError as exc:
-            data = f" {protocol.dumps(exc.data).decode()}" if exc.data is not None else ""
-            fail(f"error {exc.code}: {exc.message}{data}", EXIT_FAILURE)
+            fail(describe_error(exc), EXIT_FAILURE)
         except TimeoutError as exc:
             fail(str(exc), EXIT_FAILURE)
     click.echo(protocol.dumps(result).decode())
+
+
+def describe_error(exc: RemoteError) -> str:
+    """An error answer in one line (a traceback under it when the server sent one): the message once,
+    the data only for what it adds."""
+    data = exc.data
+    tb = None
+    if isinstance(data, dict):
+        tb = data.get("traceback")
+        extra = {k: v for k, v in data.items() if k not in ("type", "message", "traceback")}
+        data = extra or None
+    text = f"error {exc.code}: {exc.message}"
+    if data is not None and (not isinstance(data, str) or data not in exc.message):
+        text += f" ({data if isinstance(data, str) else protocol.dumps(data).decode()})"
+    return text + (f"\n{tb.rstrip()}" if isinstance(tb, str) else "")
 
 
 def _call_params(params: tuple[str, ...], json_params: str | None) -> list | dict:
@@ -220,4 +331,4 @@ def _json_value(text: str) -> Any:
         return text
 
 
-COMMANDS = (status, list_cmd, reload, scale, stop, call)
+COMMANDS = (status, logs, health, list_cmd, reload, scale, stop, call)

@@ -64,7 +64,7 @@ def click_option(option: Option, command: str) -> Callable[[Any], Any]:
         kwargs.update(is_flag=False, flag_value=option.bare_value)
     if option.metavar and not option.choices:
         kwargs["metavar"] = option.metavar
-    return click.option(*option.flags, option.key, **kwargs)
+    return click.option(*option.flags_for(command), option.key, **kwargs)
 
 
 def setting_options(command: str) -> Callable[[Any], Any]:

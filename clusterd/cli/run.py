@@ -23,12 +23,14 @@ def run(master: str | None, worker: str | None, config: str | None, **opts: Any)
     exit_on_sigterm_until_handled()  # as PID 1 of a container (ops/reaper.py)
     if not master or not worker:
         fail("run needs MASTER and WORKER, e.g. clusterd run myapp.rpc:Master myapp.rpc:Worker")
+    identity = _process_options(opts)
     cwd_on_path()
     master_cls = import_endpoint(master, "MasterEndpoint", "MASTER")
     worker_cls = import_endpoint(worker, "WorkerEndpoint", "WORKER")
     try:
         name = settings.instance_name(opts.pop("name"), master)
         cfg = settings.Config(master=master, worker=worker, name=name, runtime_dir=str(settings.runtime_root()),
+                              worker_identity=identity,
                               **{k: list(v) if isinstance(v, tuple) else v for k, v in opts.items()})
         settings.validate_run(cfg)
     except ConfigError as exc:
@@ -37,7 +39,10 @@ def run(master: str | None, worker: str | None, config: str | None, **opts: Any)
     from ..ops import log
     from ..master.runner import run as run_instance
     from ..runtime_dir import RuntimeDirError
-    log.setup(cfg.log_format, cfg.debug)
+    try:
+        log.setup(cfg.log_format, cfg.debug, cfg.name, cfg.log_file)
+    except OSError as exc:
+        fail(f"--log-file {cfg.log_file}: {exc.strerror}")
     for addr in settings.unencrypted_binds(cfg):
         log.event("insecure-bind", f"--bind {addr} is reachable from other hosts and is not encrypted", level=30)
     try:
@@ -49,6 +54,34 @@ def run(master: str | None, worker: str | None, config: str | None, **opts: Any)
     except __import__("zmq").ZMQError as exc:
         fail(f"cannot open sockets: {exc}", EXIT_FAILURE)
     sys.exit(code)
+
+
+def _process_options(opts: dict) -> Any:
+    """--chdir, --env, --pythonpath (before anything is imported) and --user/--group: the workers' identity."""
+    import os
+    if opts["chdir"]:
+        try:
+            os.chdir(opts["chdir"])
+        except OSError as exc:
+            fail(f"--chdir {opts['chdir']}: {exc.strerror}")
+    for item in opts["env"]:
+        key, _sep, value = item.partition("=")
+        os.environ[key] = value  # checked by the settings table: KEY=VALUE
+    if opts["pythonpath"]:
+        dirs = [os.path.abspath(d) for d in opts["pythonpath"].replace(",", os.pathsep).split(os.pathsep) if d]
+        missing = [d for d in dirs if not os.path.isdir(d)]
+        if missing:
+            fail(f"--pythonpath: no such directory {missing[0]}")
+        sys.path[0:0] = dirs
+        os.environ["PYTHONPATH"] = os.pathsep.join(dirs + [p for p in [os.environ.get("PYTHONPATH")] if p])
+    from ..privileges import PrivilegeError, resolve
+    try:
+        identity = resolve(opts["user"], opts["group"])
+    except PrivilegeError as exc:
+        fail(str(exc))
+    if identity is not None and opts["isolation"] == "thread":
+        fail("--user/--group apply to worker processes: with --isolation thread, start clusterd as that user")
+    return identity
 
 
 @click.command(name="worker")

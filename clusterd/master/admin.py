@@ -1,4 +1,4 @@
-"""The control commands: `clusterd.status`, `.scale`, `.reload`, `.reload_wait`, `.stop`.
+"""The control commands: `clusterd.status`, `.scale`, `.reload`, `.reload_wait`, `.stop`, `.logs`.
 
 The control socket and the master's signals (signals.py) run the same commands, so they agree on
 when a command is allowed and on its limits (as circus turns signals and circusctl into one set).
@@ -18,7 +18,8 @@ from .states import ClusterState
 from .status import status_document
 from .view import MasterView
 
-NAMES = ("clusterd.status", "clusterd.reload", "clusterd.reload_wait", "clusterd.scale", "clusterd.stop")
+NAMES = ("clusterd.status", "clusterd.reload", "clusterd.reload_wait", "clusterd.scale", "clusterd.stop",
+         "clusterd.logs")
 
 # A relative change (SIGTTOU, scale with delta) never removes the last worker; `scale 0` may.
 MIN_WORKERS_BY_DELTA = 1
@@ -30,6 +31,7 @@ class Admin:
         self.handlers: dict[str, Callable[..., Awaitable[Any]]] = {
             "clusterd.status": self.status, "clusterd.reload": self.reload,
             "clusterd.reload_wait": self.reload_wait, "clusterd.scale": self.scale, "clusterd.stop": self.stop,
+            "clusterd.logs": self.logs,
         }
 
     async def status(self) -> dict:
@@ -71,6 +73,23 @@ class Admin:
 
     async def reload_wait(self, id: int, after: int = 0) -> dict:
         return await self.router.reloads.progress(id, after)
+
+    async def logs(self, after: int = 0, slot: int | None = None, lines: int | None = 100,
+                   wait: float = 0.0) -> dict:
+        """The recent log (`clusterd logs`): entries after `after`; with wait, the next ones as they come."""
+        ring = self.router.log_ring
+        if ring is None:
+            return {"entries": [], "next": after}
+        if not isinstance(after, int) or (slot is not None and not isinstance(slot, int)) \
+                or (lines is not None and not isinstance(lines, int)) or not isinstance(wait, (int, float)):
+            raise RPCError(protocol.INVALID_PARAMS, "after, slot and lines are integers, wait is seconds")
+        entries = ring.read(after, slot, lines)
+        if not entries and wait > 0 and self.router.state is not ClusterState.STOPPING:
+            # with a slot, wake on any new entry (then filter); the reader asks again from the newest
+            await ring.wait(max(after, ring.seq) if slot is not None else after, min(float(wait), 60.0))
+            entries = ring.read(after, slot, lines)
+        newest = max([after, *(e["seq"] for e in entries)])
+        return {"entries": entries, "next": max(newest, ring.seq) if slot is not None else newest}
 
     def _refuse_when_stopping(self) -> None:
         if self.router.state is ClusterState.STOPPING:

@@ -77,7 +77,7 @@ class Batches:
             return router.local.run(req, source)
         meta = router.worker_methods.get(req.method)
         if meta is None:
-            return None if req.id is NO_ID else protocol.encode_error(req.id, protocol.METHOD_NOT_FOUND)
+            return None if req.id is NO_ID else protocol.dumps(protocol.method_not_found(req.id, req.method))
         if router.state is ClusterState.STOPPING:
             return None if req.id is NO_ID else protocol.encode_error(req.id, protocol.SHUTTING_DOWN)
         try:

@@ -31,6 +31,10 @@ class DirKeeper:
         sock.bind(f"ipc://{path}")
         os.chmod(path, 0o600)
         self.router.dir.own(name)
+        identity = getattr(self.router, "worker_identity", None)
+        if name == "workers.sock" and identity is not None:
+            from ..privileges import open_worker_link
+            open_worker_link(self.router.dir.path, identity)
 
     def start(self) -> None:
         self._timer = self.router.loop.call_later(self.router.config.heartbeat_interval, self._watch)

@@ -17,10 +17,12 @@ from .pool import Worker
 
 class Launcher:
     def __init__(self, config: Config, host: SupervisorHost, make_spawner: Callable[[OnLine, OnExit], Spawner],
-                 on_exit: Callable[[Worker, int | None], None]) -> None:
+                 on_exit: Callable[[Worker, int | None], None],
+                 on_boot_failure: Callable[[bytes, dict], None] | None = None) -> None:
         self.config = config
         self.host = host
         self._exited = on_exit
+        self._boot_failure = on_boot_failure
         self._serial = 0
         self.spawner = make_spawner(self._on_line, self._on_exit)
 
@@ -37,7 +39,7 @@ class Launcher:
         spec = WorkerSpec(worker=cfg.worker, endpoint=self.host.worker_endpoint, ident=ident.decode(), slot=index,
                           generation=generation, name=cfg.name, heartbeat_interval=cfg.heartbeat_interval,
                           heartbeat_timeout=max(cfg.heartbeat_timeout, 2.0), debug=cfg.debug,
-                          parent_pid=os.getpid(), master_pid=os.getpid())
+                          parent_pid=os.getpid(), master_pid=os.getpid(), log_calls=cfg.log_calls)
         if agent is not None:
             # a slot of an agent on another host: the agent starts the process, on the code it has
             worker.process = self.host.start_remote(agent, worker, spec)
@@ -52,10 +54,17 @@ class Launcher:
     def _on_line(self, worker: Worker, line: bytes) -> None:
         if worker.pid is None and worker.process is not None:
             worker.pid = worker.process.pid
-        text = line.decode("utf-8", "replace").rstrip("\r")
-        worker.output_tail.append(text)
-        log.logger.info(text, extra={"source": f"worker {worker.slot} pid {worker.pid}", "slot": worker.slot,
-                                     "pid": worker.pid, "event": "output"})
+        rec = log.parse_record(line)
+        if rec is None:
+            worker.output_tail.append(line.decode("utf-8", "replace").rstrip("\r"))
+        elif isinstance(rec.get("boot_failure"), dict):
+            # the pipe is read to its end before the exit is handled: the failure is known in time
+            if self._boot_failure is not None:
+                self._boot_failure(worker.ident, rec["boot_failure"])
+            return
+        elif log.worker_record(rec, worker.slot, worker.pid):
+            return
+        log.worker_line(line, worker.slot, worker.pid)
 
     def _on_exit(self, worker: Worker, returncode: int | None) -> None:
         if worker.pid is None and worker.process is not None:

@@ -59,8 +59,8 @@ class LocalMethods:
         else:
             handler = self._handler(method, source)
             if handler is None:
-                response = master_lacks(req) if source == "worker" else protocol.error_response(
-                    req.id, protocol.METHOD_NOT_FOUND)
+                response = master_lacks(req) if source == "worker" else protocol.method_not_found(
+                    req.id, method)
             else:
                 response = await _call(handler, req)
         if req.id is NO_ID:

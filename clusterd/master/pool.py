@@ -60,6 +60,7 @@ class Worker:
     retire_reason: ExitReason | None = None   # why the master is replacing or stopping it
     stop_deadline: float | None = None
     boot_error: dict | None = None
+    boot_reported: bool = False    # its start-up failure is known (message or output line, whichever came first)
     output_tail: deque = field(default_factory=lambda: deque(maxlen=60))
     process: Any = None            # the local process handle, None for a remote worker
     host: str | None = None

@@ -226,6 +226,7 @@ async def watch_version(router: MasterView, path: str) -> None:
             current = version
             router.version = version
             router.reloads.trigger(f"version {version}")
+            note_master_code(router)
 
 
 async def watch_sources(router: MasterView, directory: str) -> None:
@@ -234,3 +235,14 @@ async def watch_sources(router: MasterView, directory: str) -> None:
     async for changes in awatch(directory, watch_filter=PythonFilter(), debounce=400, step=50):
         names = sorted({Path(p).name for _c, p in changes})
         router.reloads.trigger("changed: " + ", ".join(names[:5]))
+        note_master_code(router)
+
+
+def note_master_code(router: MasterView) -> None:
+    """The workers reload; when the master's own files changed too, say once that it needs a restart."""
+    code = getattr(router, "master_code", None)
+    stale = code.check() if code is not None else None
+    if stale:
+        log.event("master-stale", f"the master's code changed ({', '.join(Path(p).name for p in stale)}): the "
+                  "workers reload, the master keeps its old code until restarted (systemctl restart)",
+                  level=logging.WARNING)

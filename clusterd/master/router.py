@@ -25,6 +25,7 @@ from ..runtime_dir import RuntimeDir
 from ..settings import Config
 from ..wire import CALL, ERROR, RESULT, TOKEN_SIZE
 from ..worker.spawn import OnExit, OnLine, Spawner, make_spawner
+from ..worker_log import CallErrors
 from ..zmqloop import NOBLOCK, SocketReader, send_frames
 from .admin import Admin
 from .batch import Batches
@@ -75,6 +76,10 @@ class Router:
         self.endpoint._caller = self
         self.endpoint.workers = WorkersProxy(self)
         self.dispatcher = Dispatcher(self.endpoint, config.debug)
+        self.dispatcher.report = CallErrors(log.logger).report  # a master method that raises is logged
+        self.worker_identity = config.worker_identity  # --user/--group: who the workers run as
+        self.log_ring: Any = None      # set by the runner: the recent log for `clusterd logs`
+        self.master_code: Any = None   # set by the runner: tells when the master's own code changed
         self.worker_methods: dict[str, dict] = {name: m.describe() for name, m in method_table(worker_cls).items()}
         self.supervisor = Supervisor(config, WorkerEvents(self), self._make_spawner)
         self.reloads = ReloadManager(self)
@@ -141,7 +146,14 @@ class Router:
             self.hurried.set()
 
     def _make_spawner(self, on_line: OnLine, on_exit: OnExit) -> Spawner:
-        return make_spawner(self.loop, self.config, self.ctx, systemd.child_environ(os.environ), on_line, on_exit)
+        identity = self.worker_identity
+        return make_spawner(self.loop, self.config, self.ctx, self.child_environ(), on_line, on_exit,
+                            identity.popen_kwargs() if identity is not None else None)
+
+    def child_environ(self) -> dict[str, str]:
+        """The environment a worker process starts with (the user's own with --user)."""
+        env = systemd.child_environ(os.environ)
+        return self.worker_identity.environ(env) if self.worker_identity is not None else env
 
     # ------------------------------------------------------------------ sockets
     def open_sockets(self) -> None:
@@ -204,7 +216,7 @@ class Router:
         meta = self.worker_methods.get(method)
         if meta is None:
             if req.id is not NO_ID:
-                self.send(sock, envelope, protocol.encode_error(req.id, protocol.METHOD_NOT_FOUND))
+                self.send(sock, envelope, protocol.dumps(protocol.method_not_found(req.id, method)))
             return
         if self.state is _STOPPING:
             if req.id is not NO_ID:

@@ -12,11 +12,14 @@ import sys
 import time
 
 from .. import protocol
+from ..log_ring import LogRing
 from ..ops import log
 from ..ops.reaper import ChildReaper
 from ..ops.systemd import Notifier
+from ..proctitle import set_title
 from ..settings import Config
 from .host import BootFailure
+from .master_code import MasterCode
 from .reload import installed_version, read_version, watch_sources, watch_version
 from .router import Router
 from .signals import install_signals
@@ -28,14 +31,19 @@ EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, 1, 2
 async def serve(config: Config, master_cls: type, worker_cls: type) -> int:
     """Run one instance until it is stopped; return the exit status of `clusterd run`."""
     loop = asyncio.get_running_loop()
+    set_title(f"clusterd: {config.name} master")
     version = read_version(config.watch_version) if config.watch_version else installed_version(master_cls)
     router = Router(config, master_cls, worker_cls, Notifier.from_environ(), version)
     router.claim()  # raises InstanceBusy: the CLI turns it into exit status 2
+    router.log_ring = LogRing(loop)
+    router.master_code = MasterCode(master_cls)
+    log.logger.addHandler(router.log_ring)
     reaper = ChildReaper(loop, router.supervisor.spawner.owned_pids).install()  # PID 1 in a container
     try:
         return await _serve(loop, router, config)
     finally:
         reaper.close()  # before the loop closes: a SIGCHLD must not find its wake-up pipe closed
+        log.logger.removeHandler(router.log_ring)
         router.release()
         signal.signal(signal.SIGINT, signal.default_int_handler)  # ours needs the loop, which ends here
 
@@ -45,6 +53,8 @@ async def _serve(loop: asyncio.AbstractEventLoop, router: Router, config: Config
     install_signals(router)
     log.event("master-start", f"{config.name}: master pid {router.endpoint.pid} starting {config.workers} "
               f"workers ({config.worker})", instance=config.name)
+    for address, what in listening(router):
+        log.event("listening", f"Listening at: {address} ({what})", address=address)
 
     stop_wait = loop.create_task(router.stopped.wait())
     if not await _start_master_services(loop, router, stop_wait):
@@ -86,9 +96,30 @@ async def _boot(loop: asyncio.AbstractEventLoop, router: Router, stop_wait: asyn
                       pid=failure.worker.pid, traceback=failure.traceback)
         else:
             sys.stderr.write(f"clusterd: {message}\n{failure.traceback.rstrip()}\n")
+    elif isinstance(failure, OSError):  # the worker process itself could not be started
+        config = router.config
+        who = f" as user {config.user or config.group}" if config.worker_identity is not None else ""
+        log.event("boot-failed", f"cannot start a worker process{who}: {failure.strerror}: {failure.filename}"
+                  + (" (that user must be able to run the Python interpreter and read the code)" if who else ""),
+                  level=logging.ERROR)
     else:
         log.logger.error("start-up failed", exc_info=failure)
     return False
+
+
+def listening(router: Router) -> list[tuple[str, str]]:
+    """Every endpoint this instance listens on, with what it is for (the start-up's "Listening at:")."""
+    config = router.config
+    out = [(addr, "clients") for addr in config.binds]
+    out.append((f"ipc://{config.instance_dir / 'control.sock'}", "control: clients and clusterd commands"))
+    out.append((router.worker_endpoint, "worker link"))
+    out += [(addr, "workers from agents") for addr in config.worker_binds]
+    # the HTTP front door and the metrics server, where this build has them (DESIGN.md 12, 13)
+    out += [(f"http://{addr}", "HTTP and WebSocket clients") for addr in getattr(config, "http_binds", None) or ()]
+    metrics = getattr(config, "metrics_bind", None)
+    if metrics:
+        out.append((f"http://{metrics}", "metrics"))
+    return out
 
 
 async def _run_until_stopped(loop: asyncio.AbstractEventLoop, router: Router, stop_wait: asyncio.Task) -> None:

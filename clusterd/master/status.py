@@ -26,10 +26,12 @@ def status_document(router: MasterView) -> dict:
     doc = {
         "name": router.config.name, "state": router.state,
         "master": {"pid": os.getpid(), "started_at": router.started_at, "uptime_s": round(now - router.started_at, 3),
-                   "version": router.version, "rss_bytes": rss, "cpu_percent": cpu, "host": os.uname().nodename},
+                   "version": router.version, "rss_bytes": rss, "cpu_percent": cpu, "host": os.uname().nodename,
+                   "master_stale": bool(router.master_code is not None and router.master_code.stale)},
         "workers": workers_document(sup),
         "config": router.config.document(),
         "generation": sup.generation,
+        **{f"workers_{k}": v for k, v in sup.counts().items()},  # workers_ready, workers_wanted
         "queued": len(router.queue),
         "client_inflight": router.client_inflight(),
         "clients": router.sockets.clients_document(),

@@ -15,6 +15,7 @@ import logging
 import time
 from collections.abc import Callable
 
+from .. import protocol
 from ..ops import log
 from ..settings import Config
 from ..worker.spawn import OnExit, OnLine, Spawner
@@ -25,6 +26,22 @@ from .launch import Launcher
 from .pool import Slot, Worker
 from .restart import BACKOFF_MAX_S, CrashLoop, RestartPolicy
 from .states import ExitReason, WorkerState
+
+# recycled for these, a worker's replacement counts as a restart of its slot (as pm2 and supervisord count)
+RESTART_REASONS = (ExitReason.HUNG, ExitReason.MAX_MEMORY, ExitReason.MAX_REQUESTS, ExitReason.CRASHED)
+
+
+def _methods_running(worker: Worker) -> list[str]:
+    """Which methods a worker held when it exited, for its exit line (decoded only then: it is rare)."""
+    names: set[str] = set()
+    for call in worker.calls.values():
+        try:
+            method = protocol.fast_loads(call.payload).get("method")
+        except (ValueError, AttributeError):
+            continue
+        if isinstance(method, str):
+            names.add(method[:80])
+    return sorted(names)[:5]
 
 
 class Supervisor:
@@ -45,7 +62,7 @@ class Supervisor:
         self._boot_waiter: asyncio.Future | None = None
         self._replacements: dict[int, asyncio.Future] = {}
         self._exited = asyncio.Event()
-        self.launcher = Launcher(config, host, make_spawner, self.worker_exited)
+        self.launcher = Launcher(config, host, make_spawner, self.worker_exited, self.on_boot_failure)
         self.spawner = self.launcher.spawner
         self._exit_waiters: list[asyncio.Future] = []
         self.health = HealthCheck(self)
@@ -107,6 +124,8 @@ class Supervisor:
         slot.active = worker
         if old is not None and old.state in (WorkerState.READY, WorkerState.STARTING):
             self.retire(old, old.retire_reason or ExitReason.RELOAD)
+        if old is not None and old.retire_reason in RESTART_REASONS:
+            slot.restarts += 1  # recycled (hung, memory, requests): a restart, as pm2 and supervisord count
         self._settle_replacement(slot.index)
 
     def _settle_replacement(self, index: int, failure: BaseException | None = None) -> None:
@@ -118,9 +137,18 @@ class Supervisor:
                 fut.set_exception(failure)
 
     def on_boot_failure(self, ident: bytes, info: dict) -> None:
+        """A worker's report of why it could not start (its FAILURE message, or the same line on its
+        output pipe, whichever comes first): kept for the boot failure, and logged once after boot."""
         worker = self.by_ident.get(ident)
-        if worker is not None:
-            worker.boot_error = info
+        if worker is None or worker.boot_reported:
+            return
+        worker.boot_error = info
+        worker.boot_reported = True
+        if not self.booting:  # at boot, `run` prints it once as the reason it exits
+            tb = info.get("traceback") if isinstance(info, dict) else None
+            log.logger.error("%s failed to start: %s", worker.label(), info.get("error") if isinstance(info, dict)
+                             else info, extra={"event": "worker-start-failed", "slot": worker.slot,
+                                               "pid": worker.pid, "exc": tb if isinstance(tb, str) else None})
 
     def on_beat(self, ident: bytes, info: dict) -> None:
         worker = self.by_ident.get(ident)
@@ -171,16 +199,20 @@ class Supervisor:
     def worker_exited(self, worker: Worker, returncode: int | None) -> None:
         if worker.state is WorkerState.EXITED:
             return
-        if worker.calls:
-            self.host.flush_worker_messages()  # answers it sent before it died are delivered, not -32002
         was_ready = worker.ready_at is not None
+        if worker.calls or not was_ready:
+            # answers it sent before it died are delivered, not -32002; a start-up failure it sent is read
+            self.host.flush_worker_messages()
         self.set_worker_state(worker, WorkerState.EXITED)
         self.by_ident.pop(worker.ident, None)
         reason = worker.retire_reason or ExitReason.CRASHED
         info = exit_info(returncode, reason)
+        running = _methods_running(worker) if worker.calls else None
         log.event("worker-exit", f"{worker.label()} exited (code {info['code']}, signal {info['signal']},"
-                  f" {reason})", level=logging.WARNING if reason.failure else logging.INFO,
-                  slot=worker.slot, pid=worker.pid, reason=reason, code=info["code"], signal=info["signal"])
+                  f" {reason})" + (f" while running {', '.join(map(repr, running))}" if running else ""),
+                  level=logging.WARNING if reason.failure else logging.INFO,
+                  slot=worker.slot, pid=worker.pid, reason=reason, code=info["code"], signal=info["signal"],
+                  methods=running)
         self.host.on_worker_gone(worker, info)
         slot = self.slots.get(worker.slot)
         if not was_ready and self.booting and self._boot_waiter is not None and not self._boot_waiter.done():
@@ -188,7 +220,8 @@ class Supervisor:
             if slot is not None:
                 slot.last_exit = info
         elif slot is not None:
-            slot.last_exit = info
+            if was_ready or slot.incoming is not worker:
+                slot.last_exit = info  # a newcomer that never started (refused reload) is not the slot's history
             if not was_ready and slot.incoming is worker:
                 # a replacement (reload, recycle) that could not start: whoever serves the slot goes on
                 slot.incoming = None
@@ -196,6 +229,8 @@ class Supervisor:
                 self.reconcile(slot, failed=worker)
             elif slot.active is worker:
                 slot.active = None
+                if reason.failure and slot.incoming is not None:
+                    slot.restarts += 1  # its replacement was already starting (a recycled runaway)
                 self.reconcile(slot, failed=worker if reason.failure else None)
             elif slot.retired:
                 self.reconcile(slot)
@@ -398,6 +433,11 @@ class Supervisor:
                     pass
         self.health.stop()
         self.spawner.close()
+
+    def counts(self) -> dict:
+        """Ready and wanted workers, as status, ls and health all show them."""
+        ready, wanted = self.slot_summary()
+        return {"ready": ready, "wanted": wanted}
 
     def slot_summary(self) -> tuple[int, int]:
         ready = sum(1 for s in self.slots.values() if s.active is not None and s.active.state is WorkerState.READY)

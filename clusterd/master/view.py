@@ -47,6 +47,9 @@ class MasterView(Protocol):
     inflight_limit: int
     stalled: dict[zmq.Socket, set[bytes]]
     sockets: Any                  # the Sockets (sockets.py)
+    log_ring: Any                 # the LogRing (log_ring.py): the recent log for `clusterd logs`
+    master_code: Any              # the MasterCode (master_code.py): has the master's own code changed
+    worker_identity: Any          # privileges.WorkerIdentity with --user/--group, else None
 
     def set_state(self, state: ClusterState) -> None: ...
 

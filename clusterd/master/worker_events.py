@@ -6,12 +6,11 @@ retried elsewhere when idempotent); the master's hooks (on_worker_ready, on_work
 
 from __future__ import annotations
 
-import os
 from collections.abc import Awaitable, Callable
 from typing import Any
 
 from .. import protocol, wire
-from ..ops import log, systemd
+from ..ops import log
 from ..wire import WorkerSpec
 from ..worker.spawn import WorkerHandle
 from .endpoint import worker_info
@@ -38,7 +37,7 @@ class WorkerEvents:
         self.router.keeper.keep()
 
     def child_environ(self) -> dict[str, str]:
-        return systemd.child_environ(os.environ)
+        return self.router.child_environ()
 
     def flush_worker_messages(self) -> None:
         self.router.flush_worker_messages()

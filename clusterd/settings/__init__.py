@@ -112,7 +112,8 @@ def _document(self: Any) -> dict:
 Config = make_dataclass(
     "Config",
     [*_config_fields(RUN, [("master", str), ("worker", str), ("name", str)], ("config", "name")),
-     ("runtime_dir", str, field(default=""))],
+     ("runtime_dir", str, field(default="")),
+     ("worker_identity", Any, field(default=None))],   # privileges.WorkerIdentity from --user/--group
     namespace={
         "__doc__": "The options of a running instance (`clusterd run`), one field per option of `run`.",
         "__module__": __name__,
@@ -149,6 +150,9 @@ def instance_name(name: str | None, dotted_path: str) -> str:
 
 def validate_run(config: Any) -> None:
     """What no single option can check: the worker link's exposure, key files, watched paths."""
+    if config.workers == 0:
+        raise ConfigError("--workers 0 would start no worker: give 1 or more (a running instance can still "
+                          "`clusterd scale 0` on purpose)")
     if config.curve_dir is None:
         for addr in config.worker_binds:
             if not is_loopback(addr):

@@ -12,6 +12,7 @@ from .values import (
     check_address,
     parse_bool,
     parse_count,
+    parse_env,
     parse_seconds,
     parse_size,
     parse_text,
@@ -19,7 +20,7 @@ from .values import (
 )
 
 RUN, AGENT, UNIT = "run", "worker", "systemd-unit"
-CONTROL = ("status", "reload", "scale", "stop", "call")
+CONTROL = ("status", "logs", "health", "reload", "scale", "stop", "call")
 
 
 @dataclass(frozen=True)
@@ -44,6 +45,7 @@ class Option:
     required_by: tuple[str, ...] = ()
     help_for: Mapping[str, str] = field(default_factory=dict)  # another help text per command
     in_file: bool = True                    # may be given in a -c file
+    no_short: tuple[str, ...] = ()          # commands where the short flag means something else (logs -n)
 
     @property
     def key(self) -> str:
@@ -56,6 +58,9 @@ class Option:
     @property
     def flags(self) -> list[str]:
         return [f for f in (self.short, "--" + self.name) if f]
+
+    def flags_for(self, command: str) -> list[str]:
+        return ["--" + self.name] if command in self.no_short else self.flags
 
     def help_text(self, command: str) -> str:
         return self.help_for.get(command, self.help)
@@ -92,9 +97,10 @@ OPTIONS: tuple[Option, ...] = (
     Option("workers", int, "auto", "Worker processes: 'auto' is one per usable CPU (affinity, capped by a cgroup CPU quota).", parse_workers,
            commands=(RUN, AGENT), short="-w", metavar="auto|N", status_value=int),
     Option("name", str | None, None, "Instance name (default: MASTER's top-level package).",
-           commands=(RUN, AGENT, UNIT, *CONTROL), short="-n",
+           commands=(RUN, AGENT, UNIT, *CONTROL), short="-n", no_short=("logs",),
            help_for={AGENT: "A label for logs and process titles (default: WORKER's top-level package).",
-                     **{c: "The instance (needed when several are running)." for c in CONTROL}}),
+                     **{c: "The instance (needed when several are running)." for c in CONTROL},
+                     "status": "Only this instance (default: every running one, one block each)."}),
     Option("bind", list[str], (), "Also serve clients on this ZeroMQ address, e.g. tcp://127.0.0.1:7000 "
            "(repeatable).", check_address, short="-b", multiple=True, dest="binds", metavar="ADDR"),
     Option("connect", str | None, None, "The master's --worker-bind address, e.g. tcp://master-host:7100.",
@@ -135,13 +141,28 @@ OPTIONS: tuple[Option, ...] = (
            status_value=lambda n: n or None),
     Option("log-format", str, "text", "Log lines as text or as one JSON object per line.",
            commands=(RUN, AGENT), choices=("text", "json")),
-    Option("debug", bool, False, "Send tracebacks to callers; log at debug level.", flag=True),
+    Option("log-file", str | None, None, "Write the log to this file instead of stderr; it is reopened when "
+           "logrotate moves it away (use logrotate's create mode).", metavar="PATH"),
+    Option("log-calls", bool, False, "Log every call with its method, outcome and duration (an access log).",
+           flag=True),
+    Option("debug", bool, False, "Send tracebacks to callers; log at debug level (workers' records too).",
+           flag=True),
+    Option("chdir", str | None, None, "Change to this directory before importing MASTER and WORKER (the "
+           "workers start there too).", metavar="DIR"),
+    Option("pythonpath", str | None, None, "Directories to put first on sys.path of the master and the "
+           "workers (':' or ',' between).", metavar="DIRS"),
+    Option("env", list[str], (), "Set an environment variable for the master and its workers (repeatable; "
+           "status shows the names, not the values).", parse_env, multiple=True, metavar="KEY=VALUE",
+           status_value=lambda items: [i.partition("=")[0] for i in items]),
     Option("worker-bind", list[str], (), "Accept workers from agents on this address (see --curve-dir; "
            "repeatable).", check_address, multiple=True, dest="worker_binds", metavar="ADDR"),
     Option("curve-dir", str | None, None, "Directory of keys from `clusterd keygen`: encrypt and "
            "authenticate the worker link.", commands=(RUN, AGENT), metavar="DIR",
            help_for={AGENT: "Directory holding worker.key_secret and master.key (from clusterd keygen)."}),
-    Option("user", str | None, None, "User= for the service.", commands=(UNIT,), in_file=False),
+    Option("user", str | None, None, "As root: run the workers (and their zygote) as this user, name or "
+           "uid; the master keeps root.", commands=(RUN, UNIT), help_for={UNIT: "User= for the service."}),
+    Option("group", str | None, None, "As root: run the workers with this group (default: the --user's "
+           "group).", metavar="GROUP"),
 )
 
 BY_NAME: dict[str, Option] = {o.name: o for o in OPTIONS}

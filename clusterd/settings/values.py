@@ -137,6 +137,15 @@ def parse_text(value: Any) -> str:
     return str(value)
 
 
+def parse_env(value: Any) -> str:
+    """--env KEY=VALUE: KEY made of letters, digits and _ (not first a digit), VALUE anything."""
+    text = parse_text(value)
+    key, sep, _value = text.partition("=")
+    if not sep or not key or "\0" in text or not key.replace("_", "a").isalnum() or key[0].isdigit():
+        raise ConfigError(f"{text!r} is not KEY=VALUE (KEY made of letters, digits and _)")
+    return text
+
+
 def parse_bool(value: Any) -> bool:
     """A switch in a file: true or false (on the command line it is a flag, in the environment 1/0)."""
     if isinstance(single_value(value), bool):

@@ -155,8 +155,9 @@ class Agent:
     def _on_line(self, ident: str, line: bytes) -> None:
         handle = self.children.get(ident)
         pid = getattr(handle, "pid", None)
-        log.logger.info(line.decode("utf-8", "replace").rstrip("\r"),
-                        extra={"source": f"worker {ident} pid {pid}", "pid": pid, "event": "output"})
+        parts = ident.split(".")  # token.slot.generation.serial (master/launch.py)
+        slot = int(parts[1]) if len(parts) > 1 and parts[1].isdigit() else None
+        log.worker_line(line, slot, pid, f"worker {slot} pid {pid}")
 
     def _on_exit(self, ident: str, returncode: int | None) -> None:
         self.children.pop(ident, None)

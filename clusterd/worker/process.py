@@ -13,14 +13,16 @@ import os
 import signal
 import sys
 import threading
+import time
 import traceback
 from typing import Any
 
 import zmq
 
-from .. import protocol, wire
+from .. import protocol, wire, worker_log
 from ..endpoint import Dispatcher, encode_response
 from ..ops import log
+from ..proctitle import set_title
 from ..protocol import RemoteError, RPCError
 from ..wire import ANSWER, CALL, ERROR, NOTIFY, RESULT, STOP, TOKEN_SIZE, WorkerSpec
 from ..zmqloop import SocketReader, send_frames
@@ -93,10 +95,12 @@ class WorkerEndpoint:
 class WorkerLink:
     """The worker's side of its socket to the master: serves calls, sends its own requests."""
 
-    def __init__(self, loop: asyncio.AbstractEventLoop, sock: zmq.Socket, debug: bool) -> None:
+    def __init__(self, loop: asyncio.AbstractEventLoop, sock: zmq.Socket, debug: bool,
+                 log_calls: bool = False) -> None:
         self.loop = loop
         self.sock = sock
         self.debug = debug
+        self.log_calls = log_calls
         self.dispatcher: Dispatcher | None = None
         self._next_id = 0
         self._pending: dict[int, asyncio.Future] = {}
@@ -168,15 +172,24 @@ class WorkerLink:
             return self._answer(token, prepared)
         func, method = prepared
         if method.is_async:
-            task = self.loop.create_task(self._serve_async(token, func, req))
+            task = self.loop.create_task(self._serve_async(token, func, req, method.name))
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
+        elif self.log_calls:
+            started = time.perf_counter()
+            response = self.dispatcher.run_sync(func, req.params, req.id, method.name)
+            worker_log.access(method.name, "error" not in response, started, time.perf_counter())
+            self._answer(token, response)
         else:
-            self._answer(token, self.dispatcher.run_sync(func, req.params, req.id))
+            self._answer(token, self.dispatcher.run_sync(func, req.params, req.id, method.name))
 
-    async def _serve_async(self, token: bytes | None, func, req: protocol.Request) -> None:
+    async def _serve_async(self, token: bytes | None, func, req: protocol.Request, name: str) -> None:
         try:
-            self._answer(token, await self.dispatcher.run_async(func, req.params, req.id))
+            started = time.perf_counter() if self.log_calls else 0.0
+            response = await self.dispatcher.run_async(func, req.params, req.id, name)
+            if self.log_calls:
+                worker_log.access(name, "error" not in response, started, time.perf_counter())
+            self._answer(token, response)
         except Exception:
             self._fault(token, req.id)
 
@@ -234,6 +247,8 @@ def main() -> None:
             os._exit(3)  # the master died before we could ask to follow it
     ignore_group_signals()
     sys.path.insert(0, os.getcwd())
+    worker_log.install(spec.debug)
+    set_title(f"clusterd: {spec.name} worker {spec.slot} gen {spec.generation}")
     try:
         code = asyncio.run(_run(spec))
     except KeyboardInterrupt:
@@ -286,7 +301,7 @@ async def _serve(loop: asyncio.AbstractEventLoop, spec: WorkerSpec, sock: zmq.So
     if configure is not None:
         configure(sock)
     sock.connect(spec.endpoint)
-    link = WorkerLink(loop, sock, spec.debug)
+    link = WorkerLink(loop, sock, spec.debug, spec.log_calls)
     if embedded is not None:
         embedded.link = link
 
@@ -300,13 +315,14 @@ async def _serve(loop: asyncio.AbstractEventLoop, spec: WorkerSpec, sock: zmq.So
         endpoint.workers = WorkersProxyViaMaster(endpoint.master)
         await endpoint.start_services()
         link.dispatcher = Dispatcher(endpoint, spec.debug)
+        link.dispatcher.report = worker_log.CallErrors().report
     except BaseException as exc:  # any failure to start is reported to the master, then we exit
         text = "".join(traceback.format_exception(exc))
         failure = {"error": f"{type(exc).__name__}: {exc}", "traceback": text}
-        if embedded is None:
-            sys.stderr.write(text)
+        if embedded is not None:
+            embedded.failure = failure  # the master logs the traceback once, from the message below
         else:
-            embedded.failure = failure
+            worker_log.write_record({"boot_failure": failure})  # read before the master sees this exit
         sock.send_multipart([wire.FAILURE, protocol.dumps(failure)])
         link.reader.close()
         sock.close(linger=2000)

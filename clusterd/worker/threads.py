@@ -157,6 +157,8 @@ class ThreadSpawner:
         self.context = context
         self.handles: dict[ThreadWorker, Any] = {}   # live threads -> their Worker records
         self.abandoned: list[tuple[ThreadWorker, Any]] = []
+        from ..worker_log import install
+        install(thread=True)
         if config is not None and config.max_memory:
             log.event("isolation", "--max-memory does not apply to thread workers: memory is the master's",
                       level=logging.WARNING)
@@ -188,8 +190,6 @@ class ThreadSpawner:
         if handle.failure is not None:
             if getattr(worker, "boot_error", None) is None:
                 worker.boot_error = handle.failure
-            for line in handle.failure.get("traceback", "").rstrip().splitlines():
-                self.on_line(worker, line.encode())
         self.on_exit(worker, handle.returncode)
 
     def _killed(self, handle: ThreadWorker) -> None:

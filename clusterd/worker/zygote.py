@@ -30,9 +30,12 @@ def _send(sock: socket.socket, obj: dict) -> None:
 
 
 def main() -> None:
+    from ..proctitle import set_title
     from .process import _die_with_parent, ignore_group_signals
     ignore_group_signals()  # its workers, forked with these dispositions, are the master's to stop
     worker_path = sys.argv[2]
+    name = sys.argv[1].split(":")[1] if sys.argv[1].count(":") >= 2 else "?"
+    set_title(f"clusterd: {name} zygote gen {sys.argv[4] if len(sys.argv) > 4 else '?'}")
     parent = os.getppid()
     _die_with_parent()
     if os.getppid() != parent:
