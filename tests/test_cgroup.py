@@ -294,7 +294,7 @@ def test_status_says_where_workers_auto_came_from(fake, cluster):
     assert config["workers_auto"] == budget
     table = inst.cli("status", "--name", inst.name)
     assert table.returncode == 0, table.stderr
-    assert f"(auto: {budget['source']})" in table.stdout.splitlines()[0]
+    assert f"ready (auto: {budget['source']})" in table.stdout   # in the head, beside the worker count
 
 
 def test_status_has_no_auto_origin_for_a_given_number(cluster):
