@@ -6,7 +6,9 @@ attribute names, so no caller can walk to private attributes through a method na
 
 from __future__ import annotations
 
+import asyncio
 import inspect
+import sys
 import traceback
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -180,6 +182,17 @@ class Dispatcher:
         if method.is_async:
             return await self.run_async(func, req.params, req.id, method.name)
         return self.run_sync(func, req.params, req.id, method.name)
+
+
+if sys.version_info >= (3, 12):
+    def start_task(loop: asyncio.AbstractEventLoop, coro: Any) -> asyncio.Task:
+        """Run a coroutine as a task that starts at once: one that never awaits is done on return."""
+        return asyncio.Task(coro, loop=loop, eager_start=True)
+else:
+    def start_task(loop: asyncio.AbstractEventLoop, coro: Any) -> asyncio.Task:
+        """Run a coroutine as a task (eager start needs Python 3.12: before it, a task runs from
+        the next loop turn; plain-def methods are run inline by the callers instead)."""
+        return loop.create_task(coro)
 
 
 def encode_response(response: dict, debug: bool = False) -> bytes:

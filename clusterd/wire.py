@@ -5,20 +5,27 @@ named here, so a reader can follow a frame or a setting from one side to the oth
 payloads inside the frames are the protocol module's; this module only frames them.
 
 A worker's DEALER socket to the master's workers socket (the master's ROUTER sees the worker's
-routing id, its `ident`, first):
+routing id, its `ident`, first). A message carries one or more items, one frame each, that name their
+kind in their first byte; each side gathers the items of a loop turn for a peer into one message
+(zmqloop.Outbox), since a send, not the bytes, is what a small message costs:
 
-    master -> worker   CALL + token + request    one frame: a call to answer with the same token
-                       NOTIFY, request           a notification (no answer)
-                       ANSWER, response          the answer to one of the worker's own requests
+    master -> worker   CALL + token + request    a call to answer with the same token
+                       NOTIFY + request          a notification (no answer)
+                       ANSWER + response         the answer to one of the worker's own requests
                        STOP                      stop gracefully (finish the calls, stop_services)
-    worker -> master   RESULT|ERROR + token + response   one frame: the answer to a call
-                       REQUEST, request          the worker's own request to the master
-                       HELLO, hello              ready, with its method table
+    worker -> master   RESULT|ERROR + token + response   the answer to a call
+                       REQUEST + request         the worker's own request to the master
+
+and, alone in a message of two frames (kind, json):
+
+    worker -> master   HELLO, hello              ready, with its method table
                        FAILURE, failure          could not start: the error and traceback
 
 The heartbeat thread has a socket of its own, with routing id HEARTBEAT_PREFIX + ident:
 
-    worker -> master   BEAT, {"stalled": s}      alive; how long the main thread made no progress
+    worker -> master   BEAT, {"stalled": s, "stats": delta}   alive; how long the main thread made no
+                                                 progress; the calls its HTTP/WS door answered since the
+                                                 last beat (ops/method_stats.py, only when there were any)
     master -> worker   BEAT                      the master is alive (a worker of a dead master exits)
 
 An agent on another host speaks on the remote workers socket as [AGENT, json] (see master/remote.py).

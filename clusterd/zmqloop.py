@@ -4,12 +4,19 @@ The loop watches the socket's ZMQ_FD; when it signals, every queued message is d
 ZMQ_FD is edge-triggered: a send on a socket can swallow the notice of a message that arrived
 meanwhile, so whoever sends on a socket calls wake() on its reader, which schedules one more drain
 (at most one per loop turn).
+
+A send is the dearest step of a small message: its last frame wakes ZeroMQ's I/O thread (a system
+call and, on a busy machine, a context switch). An Outbox therefore gathers the frames meant for
+one peer and sends them as one multipart message: at the end of the drain that produced them, or
+on the next loop turn when they were produced elsewhere (a task). The receiver reads each frame of
+such a message as one item (worker link frames name their own kind in their first byte).
 """
 
 from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable
+from typing import Any
 
 import zmq
 from zmq.backend import Socket as _Backend
@@ -55,19 +62,92 @@ def recv_frames(sock: zmq.Socket) -> list[bytes]:
     return parts
 
 
+class Outbox:
+    """Frames waiting to leave on one socket, grouped by peer: one multipart message per peer.
+
+    For a ROUTER, peer is the routing id (sent first); for a DEALER, peer is None. on_failure(peer,
+    frames) is told when a peer's message cannot be sent (ROUTER_MANDATORY: that peer is gone).
+    """
+
+    __slots__ = ("loop", "sock", "pending", "holding", "_scheduled", "on_failure", "after_send", "_ready")
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, sock: zmq.Socket,
+                 on_failure: Callable[[Any, list[bytes]], None] | None = None) -> None:
+        self.loop = loop
+        self.sock = sock
+        self.pending: dict[Any, list[bytes]] = {}
+        self.holding = 0         # drains running that send this outbox when they end
+        self._scheduled = False
+        self.on_failure = on_failure
+        self.after_send: Callable[[], None] | None = None  # the socket's reader.rearm
+        # the callbacks the loop runs before it polls again (asyncio's own loop); when none is
+        # waiting, nobody else can add a frame this turn and a frame leaves at once
+        self._ready = getattr(loop, "_ready", (None,))
+
+    def add(self, peer: Any, frame: bytes) -> None:
+        frames = self.pending.get(peer)
+        if frames is None:
+            self.pending[peer] = [frame]
+            if not self.holding and not self._scheduled:
+                if not self._ready:
+                    self.flush()  # nothing else runs before the loop polls: no frame to wait for
+                    return
+                self._scheduled = True
+                self.loop.call_soon(self.flush)
+        else:
+            frames.append(frame)
+
+    def hold(self) -> None:
+        """A drain starts: what it adds leaves together when it ends (release)."""
+        self.holding += 1
+
+    def release(self) -> None:
+        self.holding -= 1
+        if not self.holding:
+            self.flush()
+
+    def flush(self) -> None:
+        self._scheduled = False
+        if not self.pending:
+            return
+        pending = self.pending
+        self.pending = {}
+        sock = self.sock
+        for peer, frames in pending.items():
+            try:
+                if peer is None:
+                    send_frames(sock, frames)
+                else:
+                    _send(sock, peer, SNDMORE)
+                    send_frames(sock, frames)
+            except zmq.ZMQError:
+                if self.on_failure is not None:
+                    self.on_failure(peer, frames)
+        if self.after_send is not None:
+            self.after_send()
+
+
 class SocketReader:
-    """Calls handler(frames) for each message arriving on sock.
+    """Calls handler(frames) for each message arriving on sock; sends its outboxes after each drain.
 
     Nothing a handler raises stops the reader: the handler answers what it can, the reader logs the
     rest (rate-limited) and reads on."""
 
-    __slots__ = ("loop", "sock", "handler", "_fd", "_scheduled", "closed", "_recv", "_faults", "_draining")
+    __slots__ = ("loop", "sock", "handler", "_fd", "_scheduled", "closed", "_recv", "_faults", "_draining",
+                 "outbox", "holds")
 
     def __init__(self, loop: asyncio.AbstractEventLoop, sock: zmq.Socket,
-                 handler: Callable[[list[bytes]], None]) -> None:
+                 handler: Callable[[list[bytes]], None], outbox: Outbox | None = None,
+                 holds: tuple[Outbox, ...] = ()) -> None:
+        """outbox: this socket's own; holds: the outboxes (its own and others) a drain's handlers
+        add to, each sent once when the drain ends."""
         self.loop = loop
         self.sock = sock
         self.handler = handler
+        self.outbox = outbox
+        if outbox is not None:
+            outbox.after_send = self.rearm
+        self.holds = holds or ((outbox,) if outbox is not None else ())
         self._fd = sock.getsockopt(zmq.FD)
         self._recv = recv_routed if sock.type == zmq.ROUTER else recv_frames
         self._scheduled = False
@@ -82,17 +162,26 @@ class SocketReader:
         if self.closed or self._draining:
             return
         self._draining = True
+        holds = self.holds
+        for outbox in holds:
+            outbox.hold()
         try:
             self._drain_batch()
         finally:
             self._draining = False
+            for outbox in holds:
+                outbox.release()
 
     def _drain_batch(self) -> None:
         sock = self.sock
         handler = self.handler
         recv = self._recv
-        for _ in range(BATCH):
+        for i in range(BATCH):
+            # the socket's signal promises a message (usually): the first recv just tries; after it,
+            # asking ZMQ_EVENTS costs less than the zmq.Again a recv on an empty socket raises
             try:
+                if i and not _get(sock, _EVENTS) & _POLLIN:
+                    return
                 frames = recv(sock)
             except zmq.Again:
                 return
@@ -115,16 +204,27 @@ class SocketReader:
         if self.closed or self._draining:
             return
         self._draining = True
+        holds = self.holds
+        for outbox in holds:
+            outbox.hold()
         try:
             while not self.closed and _get(self.sock, _EVENTS) & _POLLIN:
                 self._drain_batch()
         finally:
             self._draining = False
+            for outbox in holds:
+                outbox.release()
 
     def wake(self) -> None:
         if not self._scheduled and not self.closed:
             self._scheduled = True
             self.loop.call_soon(self._check)
+
+    def rearm(self) -> None:
+        """Right after a send: ask ZMQ_EVENTS now (re-arms ZMQ_FD), drain soon if a message is waiting."""
+        if not self._scheduled and not self.closed and _get(self.sock, _EVENTS) & _POLLIN:
+            self._scheduled = True
+            self.loop.call_soon(self._drain)
 
     def _check(self) -> None:
         """After a send: asking ZMQ_EVENTS re-arms ZMQ_FD; drain only if a message slipped in."""

@@ -41,7 +41,6 @@ KUBERNETES_VERSION = "1.29.0"
 NOT_YET_IMPLEMENTED = {
     ("run", "--http-bind"),
     ("run", "--drain-delay"),
-    ("run", "--metrics-bind"),
 }
 
 # DESIGN.md 12: what the HTTP port answers.

@@ -18,6 +18,7 @@ from clusterd.master.reload import ReloadManager
 from clusterd.master.restart import BACKOFF_MAX_S, STABLE_AFTER_S, CrashLoop, RestartPolicy, backoff
 from clusterd.master.states import ClusterState, ExitReason, WorkerState
 from clusterd.master.supervisor import Supervisor
+from clusterd.ops.telemetry import Telemetry
 from clusterd.settings import Config
 from clusterd.wire import SPEC_ENV, WorkerSpec
 from clusterd.worker.heartbeat import MainThreadWatch
@@ -460,6 +461,7 @@ class FakeRouter:
         self.state = ClusterState.RUNNING
         self.states: list[ClusterState] = []
         self.config = Config(master="m:M", worker="w:W", name="unit")
+        self.telemetry = Telemetry(dict, "unit")
 
     def set_state(self, state: ClusterState) -> None:
         self.state = state
@@ -473,6 +475,8 @@ def test_a_reload_replaces_every_slot_in_order_and_ends_running():
         result = await reloads.request(wait=True)
         sup = router.supervisor
         assert result["ok"] is True and sup.replaced == [0, 1, 2] and sup.finished == [2]
+        await asyncio.sleep(0)   # the reload's end is counted when its task is done
+        assert router.telemetry.counters["reloads"] == {"ok": 1, "failed": 0}
         assert [e["event"] for e in result["events"]] == [
             "start", "slot-starting", "slot-ready", "slot-starting", "slot-ready", "slot-starting",
             "slot-ready", "draining", "done"]
@@ -487,6 +491,8 @@ def test_a_reload_that_fails_in_its_first_slot_keeps_the_running_generation():
         assert result["ok"] is False and result["error"] == "RuntimeError: bad code"
         assert router.supervisor.generation == 1 and router.supervisor.replaced == []
         assert router.state is ClusterState.RUNNING
+        await asyncio.sleep(0)
+        assert router.telemetry.counters["reloads"] == {"ok": 0, "failed": 1}
     asyncio.run(main())
 
 

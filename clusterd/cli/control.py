@@ -60,25 +60,28 @@ def _admin(name: str | None, method: str, params: Any = None, timeout: float | N
 @click.option("--json", "as_json", is_flag=True,
               help="Print the status document (an array of them when several instances run).")
 @click.option("--watch", is_flag=True, help="Redraw every second until Ctrl-C.")
-def status(name: str | None, as_json: bool, watch: bool) -> None:
+@click.option("--methods", is_flag=True, help="Also show calls, errors and p50/p99 per method (last minute).")
+def status(name: str | None, as_json: bool, watch: bool, methods: bool) -> None:
     """Show the workers of the running instances (one block each), or of --name."""
     if not watch:
-        click.echo(_status_text(name, as_json))
+        click.echo(_status_text(name, as_json, methods))
         return
     try:
         while True:
-            click.echo("\x1b[H\x1b[2J" + _status_text(name, as_json), nl=True)
+            click.echo("\x1b[H\x1b[2J" + _status_text(name, as_json, methods), nl=True)
             sys.stdout.flush()
             time.sleep(1.0)  # a screen refresh for a person, like top
     except KeyboardInterrupt:
         pass
 
 
-def _status_text(name: str | None, as_json: bool) -> str:
-    from .tables import render_many, render_table
+def _status_text(name: str | None, as_json: bool, methods: bool = False) -> str:
+    from .tables import render_many, render_methods, render_table
     if name is not None:
         doc = _admin(name, "clusterd.status")
-        return protocol.dumps(doc).decode() if as_json else render_table(doc)
+        if as_json:
+            return protocol.dumps(doc).decode()
+        return render_table(doc) + ("\n\n" + render_methods(doc) if methods else "")
     instances = list_instances()
     if not instances:
         fail(f"no clusterd instance is running (looked in {settings.runtime_root()})", EXIT_NOT_RUNNING)
@@ -91,6 +94,8 @@ def _status_text(name: str | None, as_json: bool) -> str:
             docs.append({"name": inst.name, "state": "unresponsive", "master": {"pid": inst.pid}, "workers": []})
     if as_json:
         return protocol.dumps(docs[0] if len(docs) == 1 else docs).decode()
+    if methods:
+        return "\n\n".join(render_table(d) + "\n\n" + render_methods(d) for d in docs)
     return render_many(docs)
 
 

@@ -45,6 +45,10 @@ def run(master: str | None, worker: str | None, config: str | None, **opts: Any)
         fail(f"--log-file {cfg.log_file}: {exc.strerror}")
     for addr in settings.unencrypted_binds(cfg):
         log.event("insecure-bind", f"--bind {addr} is reachable from other hosts and is not encrypted", level=30)
+    public = settings.public_metrics_bind(cfg)
+    if public:
+        log.event("insecure-metrics-bind", f"--metrics-bind {public} is reachable from other hosts and has no "
+                  "authentication: metrics and the dashboard show method names, pids and load", level=30)
     try:
         code = run_instance(cfg, master_cls, worker_cls)
     except (InstanceBusy, RuntimeDirError) as exc:

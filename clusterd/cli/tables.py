@@ -218,6 +218,24 @@ def render_many(docs: list[dict], colour: bool | None = None, width: int | None 
     return "\n\n".join(render_table(d, colour, width) for d in docs)
 
 
+def _ms(value: float | None) -> str:
+    if value is None:
+        return "-"
+    return f"{value:.3f} ms" if value < 1 else f"{value:.1f} ms" if value < 1000 else f"{value / 1000:.2f} s"
+
+
+def render_methods(doc: dict) -> str:
+    """The `methods` section: per method over the last minute, the busiest first."""
+    methods = doc.get("methods") or {}
+    if not methods:
+        return "methods (last minute): no calls"
+    headers = ["METHOD", "CALLS", "ERRORS", "P50", "P99"]
+    order = sorted(methods, key=lambda m: (-methods[m].get("calls", 0), m))
+    rows = [[m, str(methods[m].get("calls", 0)), str(methods[m].get("errors", 0)), _ms(methods[m].get("p50_ms")),
+             _ms(methods[m].get("p99_ms"))] for m in order]
+    return "methods (last minute)\n\n" + _table(headers, rows, [""] * len(rows), False, 0)
+
+
 def render_list(docs: list[dict]) -> str:
     headers = ["NAME", "PID", "STATE", "WORKERS", "VERSION", "UPTIME"]
     rows, states = [], []

@@ -23,8 +23,11 @@ class Batches:
     def answer(self, items: list, sock: zmq.Socket, envelope: list[bytes], source: str) -> None:
         router = self.router
         if not items:
+            router.telemetry.count("rejected", "malformed")
             return router.send(sock, envelope, protocol.encode_error(None, protocol.INVALID_REQUEST))
         if len(items) > router.config.max_batch:
+            # (a message over --max-message-size never arrives: ZeroMQ drops it and the connection)
+            router.telemetry.count("rejected", "too-large")
             return router.send(sock, envelope, protocol.encode_error(
                 None, protocol.INVALID_REQUEST, f"Batch too large (at most {router.config.max_batch} requests)"))
         counts = router.client_calls[sock]

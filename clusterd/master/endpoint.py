@@ -35,6 +35,9 @@ class WorkerCaller(Protocol):
 
     async def call_worker(self, method: str, params: list | dict, worker: Worker | None = None) -> Any: ...
 
+    def start_worker_call(self, method: str, params: list | dict, worker: Worker | None = None) -> asyncio.Future:
+        """Send a call to a worker: a future of its answer bytes (outcome() decodes them)."""
+
     def ready_workers(self) -> list[Worker]:
         """The serving worker of each slot that has one, by slot."""
 
@@ -46,25 +49,28 @@ class WorkersProxy:
         self._caller = caller
         self._shared: dict[tuple[str, bytes], asyncio.Future] = {}
 
+    # Each call is one future (resolved with the worker's answer bytes) and one frame: no task.
     async def call(self, method: str, *params: Any) -> Any:
-        return await self._caller.call_worker(method, list(params))
+        return outcome(await self._caller.start_worker_call(method, list(params)))
 
     async def call_slot(self, slot: int, method: str, *params: Any) -> Any:
         target = next((w for w in self._caller.ready_workers() if w.slot == slot), None)
         if target is None:
             raise RPCError(protocol.NO_WORKER, f"No worker ready in slot {slot}")
-        return await self._caller.call_worker(method, list(params), target)
+        return outcome(await self._caller.start_worker_call(method, list(params), target))
 
     async def broadcast(self, method: str, *params: Any) -> dict[int, Any]:
         """Every ready worker: {slot: result, or the RPCError it raised}."""
         targets = self._caller.ready_workers()
-        results = await asyncio.gather(*(self._caller.call_worker(method, list(params), w) for w in targets),
-                                       return_exceptions=True)
+        answers = await asyncio.gather(*(self._caller.start_worker_call(method, list(params), w) for w in targets))
         out: dict[int, Any] = {}
-        for worker, result in zip(targets, results):
-            if isinstance(result, BaseException) and not isinstance(result, RPCError):
-                result = RPCError(protocol.INTERNAL_ERROR, str(result))
-            out[worker.slot] = result
+        for worker, raw in zip(targets, answers):
+            try:
+                out[worker.slot] = outcome(raw)
+            except RPCError as exc:
+                out[worker.slot] = exc
+            except Exception as exc:  # an answer that is not JSON-RPC
+                out[worker.slot] = RPCError(protocol.INTERNAL_ERROR, str(exc))
         return out
 
     async def call_shared(self, method: str, *params: Any) -> Any:
@@ -72,10 +78,15 @@ class WorkersProxy:
         key = (method, protocol.dumps(list(params)))
         fut = self._shared.get(key)
         if fut is None:
-            fut = asyncio.ensure_future(self._caller.call_worker(method, list(params)))
+            fut = self._caller.start_worker_call(method, list(params))
             self._shared[key] = fut
             fut.add_done_callback(lambda _f: self._shared.pop(key, None))
-        return await asyncio.shield(fut)
+        return outcome(await asyncio.shield(fut))
+
+
+def outcome(raw: bytes) -> Any:
+    """The result of a worker's answer bytes, or its error raised as RemoteError."""
+    return protocol.response_outcome(protocol.loads(raw))
 
 
 class MasterEndpoint:
@@ -130,4 +141,5 @@ def internal_methods(workers: WorkersProxy, caller: WorkerCaller) -> dict[str, C
             "clusterd.shared_block": shared_block}
 
 
-__all__ = ["MasterEndpoint", "WorkersProxy", "WorkerInfo", "WorkerCaller", "worker_info", "internal_methods"]
+__all__ = ["MasterEndpoint", "WorkersProxy", "WorkerInfo", "WorkerCaller", "worker_info", "internal_methods",
+           "outcome"]

@@ -3,7 +3,9 @@ control socket only) and the internal methods workers use to reach each other (f
 
 from __future__ import annotations
 
+import contextvars
 from collections.abc import Awaitable, Callable
+from time import perf_counter
 from typing import Any
 
 import zmq
@@ -15,6 +17,13 @@ from ..protocol import NO_ID, RPCError
 from .view import MasterView
 
 Handler = Callable[..., Awaitable[Any]]
+
+# The door the master's calls to workers are counted under: "master" for its own (WorkersProxy), "worker"
+# while it relays a worker's self.workers.* call (set for the task running the internal method).
+calling_door: contextvars.ContextVar[str] = contextvars.ContextVar("calling_door", default="master")
+# The metrics' door of a call, by the source the router gives it. A call a worker's HTTP/WebSocket
+# door passed on to the master ("http") is not counted here: that door counts it, in the worker.
+DOORS: dict[str, str | None] = {"admin": "zmq", "client": "zmq", "worker": "worker", "http": None}
 
 
 class LocalMethods:
@@ -34,9 +43,10 @@ class LocalMethods:
     def __contains__(self, name: object) -> bool:
         return isinstance(name, str) and (name in self.methods or name.startswith("clusterd."))
 
-    async def answer(self, req: protocol.Request, sock: zmq.Socket, envelope: list[bytes], source: str) -> None:
+    async def answer(self, req: protocol.Request, sock: zmq.Socket, envelope: list[bytes], source: str,
+                     request: dict | None = None) -> None:
         try:
-            response = await self.run(req, source)
+            response = await self.run(req, source, request)
         except Exception:  # a fault of ours (user code is answered -32000 by the dispatcher)
             self._faults.exception(f"answering {req.method!r} failed")
             response = None if req.id is NO_ID else protocol.encode_error(req.id, protocol.INTERNAL_ERROR)
@@ -51,21 +61,49 @@ class LocalMethods:
                                                  else None)
         return None
 
-    async def run(self, req: protocol.Request, source: str) -> bytes | None:
-        """Run a master, admin or internal method; the encoded response, None for a notification."""
+    async def run(self, req: protocol.Request, source: str, request: dict | None = None) -> bytes | None:
+        """Run a master, admin or internal method; the encoded response, None for a notification.
+        `request` (the decoded object) is given when tracing: it may carry the caller's trace context."""
+        tracing = self.router.tracing
+        if tracing is None or (source == "admin" and req.method not in self.methods):  # control commands: no span
+            return await self._run(req, source)
+        span = tracing.start(req.method, request, door=DOORS.get(source))
+        with tracing.use(span):
+            response = await self._run(req, source)
+        tracing.end(span, _error_code(response))
+        return response
+
+    async def _run(self, req: protocol.Request, source: str) -> bytes | None:
         method = req.method
         if method in self.methods:
+            started = perf_counter()
             response = await self.dispatcher.run(req)
+            door = DOORS.get(source)
+            if door is not None and req.id is not NO_ID:
+                error = response.get("error")
+                self.router.telemetry.record_code(method, door, error.get("code") if error else None,
+                                                  perf_counter() - started)
         else:
             handler = self._handler(method, source)
             if handler is None:
                 response = master_lacks(req) if source == "worker" else protocol.method_not_found(
                     req.id, method)
             else:
+                if source == "worker":
+                    calling_door.set("worker")
                 response = await _call(handler, req)
         if req.id is NO_ID:
             return None
         return encode_response(response, self.router.config.debug)
+
+
+def _error_code(response: bytes | None) -> int | None:
+    if response is None or b'"error"' not in response:
+        return None
+    try:
+        return protocol.loads(response)["error"]["code"]
+    except (ValueError, KeyError, TypeError):
+        return protocol.INTERNAL_ERROR
 
 
 def master_lacks(req: protocol.Request) -> dict:

@@ -21,7 +21,7 @@ class Call:
     """
 
     __slots__ = ("token", "payload", "rid", "sock", "envelope", "future", "worker", "deadline",
-                 "idempotent", "timeout")
+                 "idempotent", "timeout", "method", "door", "started")
 
     def __init__(self, payload: bytes, rid: Any, sock: zmq.Socket | None,
                  envelope: list[bytes] | None, future: asyncio.Future | None) -> None:
@@ -35,6 +35,10 @@ class Call:
         self.deadline = 0.0
         self.idempotent = False
         self.timeout: float | None = None
+        # for the metrics (ops/telemetry.py): door None leaves the call uncounted
+        self.method = ""
+        self.door: str | None = None
+        self.started = 0.0
 
 
 @dataclass(eq=False)

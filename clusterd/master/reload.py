@@ -146,6 +146,8 @@ class ReloadManager:
                 self.current.ok = False
                 self.current.add("failed", error=str(task.exception()))
                 self.current.done.set_result(None)
+        if self.current is not None:
+            self.router.telemetry.count("reloads", "ok" if self.current.ok else "failed")
         self.last = self.current
         self.current = None
         if self.queued is not None and self.router.state is not ClusterState.STOPPING:

@@ -12,35 +12,40 @@ import logging
 import os
 import secrets
 import time
+from time import perf_counter
 from typing import Any
 
 import psutil
 import zmq
 
 from .. import protocol, wire
-from ..endpoint import Dispatcher, method_table
+from ..endpoint import Dispatcher, encode_response, method_table, start_task
 from ..ops import log, systemd
+from ..ops.telemetry import OK, Telemetry, error_outcome
+from ..ops.tracing import Tracing
 from ..protocol import NO_ID, RPCError
 from ..runtime_dir import RuntimeDir
 from ..settings import Config
-from ..wire import CALL, ERROR, RESULT, TOKEN_SIZE
+from ..wire import ANSWER, CALL, ERROR, REQUEST, RESULT, TOKEN_SIZE
 from ..worker.spawn import OnExit, OnLine, Spawner, make_spawner
 from ..worker_log import CallErrors
-from ..zmqloop import NOBLOCK, SocketReader, send_frames
+from ..zmqloop import NOBLOCK, Outbox, SocketReader, send_frames
 from .admin import Admin
 from .batch import Batches
 from .dir_keeper import DirKeeper
-from .endpoint import WorkersProxy, internal_methods
-from .local import LocalMethods, master_lacks
+from .endpoint import WorkersProxy, internal_methods, outcome
+from .local import DOORS, LocalMethods, calling_door, master_lacks
 from .pool import Call, Worker
 from .reload import ReloadManager
 from .sockets import Sockets
 from .states import ClusterState, ExitReason, WorkerState
+from .status import status_document
 from .supervisor import Supervisor
 from .waiting import CallQueue, Deadlines
 from .worker_events import WorkerEvents
 
 _BODY = 1 + wire.TOKEN_SIZE  # where an answer frame's response starts, after its kind and token
+REFUSALS = frozenset({protocol.NO_WORKER, protocol.SHUTTING_DOWN, protocol.TOO_BUSY})
 # Enum members as module constants: on the per-call path a global lookup, not an Enum class attribute
 _STOPPING = ClusterState.STOPPING
 _READY = WorkerState.READY
@@ -94,6 +99,7 @@ class Router:
         self.hurried = asyncio.Event()  # stop at once: what a graceful stop still waits for is cut short
         self._tasks: set[asyncio.Task] = set()
         self.readers: dict[zmq.Socket, SocketReader] = {}
+        self.outboxes: dict[zmq.Socket, Outbox] = {}  # the worker sockets' (Sockets.outboxes)
         # calls in flight per client, by client socket then ROUTER identity (--max-client-inflight)
         self.client_calls: dict[zmq.Socket, dict[bytes, int]] = {}
         self.inflight_limit = config.max_client_inflight or 1 << 62
@@ -102,6 +108,11 @@ class Router:
         self.process = psutil.Process()
         self.process.cpu_percent(None)
         self._faults = log.RateLimited()
+        self.telemetry = Telemetry(lambda: status_document(self), _clusterd_version(), config.metrics_bind,
+                                   config.dashboard)
+        self.local.internal["clusterd.metrics"] = self._metrics_for_worker
+        self.record = self.telemetry.record   # the per-call path: record(method, door, outcome, seconds)
+        self.tracing: Tracing | None = None    # set once the master's services ran (ops/tracing.py)
 
     # ------------------------------------------------------------------ the instance
     def claim(self) -> None:
@@ -158,7 +169,8 @@ class Router:
     # ------------------------------------------------------------------ sockets
     def open_sockets(self) -> None:
         socks = self.sockets
-        socks.open(self.keeper.bind_ipc, self.on_client_message, self._on_worker_message)
+        socks.open(self.keeper.bind_ipc, self.on_client_message, self._on_worker_message, self._undeliverable)
+        self.outboxes = socks.outboxes
         self.keeper.start()
         self.readers = socks.readers
         self.control, self.public, self.wsock, self.rsock = socks.control, socks.public, socks.workers, socks.remote
@@ -187,11 +199,13 @@ class Router:
                 if type(obj) is not dict or type(obj.get("id")) is float or obj.get("method") in self.local:
                     obj = protocol.loads(payload)  # a batch, a big-integer id, or params the master itself reads
         except ValueError as exc:
+            self.telemetry.count("rejected", "malformed")
             return self.send(sock, envelope, protocol.dumps(protocol.parse_error(exc)))
         try:
             if type(obj) is dict:
                 req = protocol.parse_request(obj)
                 if type(req) is dict:
+                    self.telemetry.count("rejected", "malformed")
                     return self.send(sock, envelope, protocol.dumps(req))
                 self.route(req, payload, sock, envelope, source)
             elif type(obj) is list:
@@ -207,20 +221,28 @@ class Router:
         """Send one request where it belongs: the master itself, an admin method, or a worker."""
         method = req.method
         if method in self.local:
-            self.spawn_task(self.local.answer(req, sock, envelope, source))
+            if not self._run_inline(req, sock, envelope, source):
+                request = protocol.loads(payload) if self.tracing is not None else None
+                self.spawn_task(self.local.answer(req, sock, envelope, source, request))
             return
-        if source == "worker":  # a worker's self.master.call is never forwarded back to a worker (DESIGN.md 2)
+        door = DOORS.get(source)
+        if source == "worker":
+            # a worker's self.master.call is never forwarded back to a worker (DESIGN.md 2)
             if req.id is not NO_ID:
                 self.send(sock, envelope, protocol.dumps(master_lacks(req)))
+                if door is not None:
+                    self.telemetry.record_code(method, door, protocol.METHOD_NOT_FOUND, 0.0)
             return
         meta = self.worker_methods.get(method)
         if meta is None:
             if req.id is not NO_ID:
                 self.send(sock, envelope, protocol.dumps(protocol.method_not_found(req.id, method)))
+                self.telemetry.record_code(method, door, protocol.METHOD_NOT_FOUND, 0.0)
             return
         if self.state is _STOPPING:
             if req.id is not NO_ID:
                 self.send(sock, envelope, protocol.encode_error(req.id, protocol.SHUTTING_DOWN))
+                self.telemetry.refused(method, door, protocol.SHUTTING_DOWN)
             return
         if req.id is NO_ID:
             worker = self.supervisor.balancer.pick()
@@ -232,6 +254,7 @@ class Router:
             held = counts.get(envelope[0], 0)
             if held >= self.inflight_limit:
                 self.send(sock, envelope, protocol.encode_error(req.id, protocol.TOO_BUSY, self.busy_message()))
+                self.telemetry.refused(method, door, protocol.TOO_BUSY)
                 return
             stalled = self.stalled[sock]
             if stalled and envelope[0] in stalled:
@@ -239,15 +262,28 @@ class Router:
                 # client's queue (it reads again) the next call runs, else send() marks it again
                 stalled.discard(envelope[0])
                 self.send(sock, envelope, protocol.encode_error(req.id, protocol.TOO_BUSY, self.STALLED))
+                self.telemetry.refused(method, door, protocol.TOO_BUSY)
                 return
             counts[envelope[0]] = held + 1
-        self.dispatch(self.new_call(payload, req.id, meta, sock, envelope))
+        call = self.new_call(payload, req.id, meta, sock, envelope)
+        call.method, call.door = method, door
+        if self.tracing is not None:
+            self._trace(call)
+        self.dispatch(call)
+
+    def _trace(self, call: Call) -> None:
+        """A span for a call the master passes to a worker; the worker's span becomes its child."""
+        request = protocol.loads(call.payload)
+        span = self.tracing.start(call.method, request, door=call.door)
+        call.payload = protocol.dumps(self.tracing.inject(request, span))
+        self.tracing.open(call, span)
 
     def new_call(self, payload: bytes, rid: Any, meta: dict, sock: zmq.Socket | None = None,
                  envelope: list[bytes] | None = None, future: asyncio.Future | None = None) -> Call:
         call = Call(payload, rid, sock, envelope, future)
         call.idempotent = meta.get("idempotent", False)
         call.timeout = meta.get("timeout") or self.config.call_timeout
+        call.started = perf_counter()
         return call
 
     def busy_message(self) -> str:
@@ -281,14 +317,19 @@ class Router:
         if call.timeout:
             call.deadline = self.loop.time() + call.timeout
             self.deadlines.arm(call.timeout)
-        try:
-            send_frames(worker.sock, [worker.ident, CALL + token + call.payload])  # wire.call_frame
-        except zmq.ZMQError:
-            # its connection is already gone (ROUTER_MANDATORY): the worker never got the call
-            del worker.calls[token]
-            self.supervisor.balancer.remove(worker)
-            self.dispatch(call, exclude=worker)
-        self.readers[worker.sock].wake()
+        self.outboxes[worker.sock].add(worker.ident, CALL + token + call.payload)  # wire.call_frame
+
+    def _undeliverable(self, ident: bytes, items: list[bytes]) -> None:
+        """A worker's connection is gone (ROUTER_MANDATORY): the calls it never got go elsewhere."""
+        worker = self.supervisor.by_ident.get(ident)
+        if worker is None:
+            return  # gone already: its calls were answered or retried when it exited
+        self.supervisor.balancer.remove(worker)
+        for item in items:
+            if item[:1] == CALL:
+                call = worker.calls.pop(item[1:_BODY], None)
+                if call is not None:
+                    self.dispatch(call, exclude=worker)
 
     def flush_worker_messages(self) -> None:
         """Handle every message workers already sent: before judging them by what has not arrived."""
@@ -299,6 +340,9 @@ class Router:
 
     def to_worker(self, frames: list[bytes], sock: zmq.Socket | None = None) -> None:
         sock = sock or self.wsock
+        if frames[0] in self.supervisor.by_ident:  # to a worker: one item, after what was sent before it
+            self.outboxes[sock].add(frames[0], b"".join(frames[1:]))
+            return
         try:
             send_frames(sock, frames)
         except zmq.ZMQError:
@@ -306,6 +350,10 @@ class Router:
         self.readers[sock].wake()
 
     def send(self, sock: zmq.Socket, envelope: list[bytes], payload: bytes) -> None:
+        outbox = self.outboxes.get(sock)
+        if outbox is not None:  # the answer to a worker's own request: one item, gathered
+            outbox.add(envelope[0], ANSWER + payload)
+            return
         try:
             send_frames(sock, envelope + [payload], NOBLOCK)
         except zmq.ZMQError as exc:
@@ -321,6 +369,7 @@ class Router:
         self.readers[sock].wake()
 
     def reply(self, call: Call, payload: bytes) -> None:
+        """Answer a call with the master's own response (the worker's answers go by _on_answer)."""
         if call.future is None:
             self.send(call.sock, call.envelope, payload)
             counts = self.client_calls.get(call.sock)
@@ -330,22 +379,42 @@ class Router:
             call.future.set_result(payload)
 
     def reply_error(self, call: Call, code: int, message: str | None = None) -> None:
+        if self.tracing is not None:
+            self.tracing.close(call, code)
+        if call.door is not None:
+            self.telemetry.record_code(call.method, call.door, code, perf_counter() - call.started)
+            if code in REFUSALS and call.token == b"":   # it never reached a worker
+                self.telemetry.count("refused", code)
         self.reply(call, protocol.encode_error(call.rid, code, message))
 
     # ------------------------------------------------------------------ worker socket
     def _on_worker_message(self, frames: list[bytes], sock: zmq.Socket) -> None:
+        """[ident, item, item, ...], each item a frame naming its kind in its first byte (answers,
+        requests); or [ident, kind, json] (beats, hello, boot failure, agent messages)."""
         ident = frames[0]
-        head = frames[1] if len(frames) > 1 else b""
-        kind = head[:1]
-        if (kind == RESULT or kind == ERROR) and len(frames) == 2:  # an answer: [RESULT + token + response]
-            self._on_answer(ident, head, kind)
-        elif len(frames) != 3:
-            return  # not a message of ours
-        elif kind == wire.BEAT:
+        if len(frames) == 3 and len(frames[1]) == 1:
+            return self._on_worker_notice(ident, frames[1], frames[2], sock)
+        for i in range(1, len(frames)):
+            item = frames[i]
+            kind = item[:1]
+            if kind == RESULT or kind == ERROR:
+                self._on_answer(ident, item, kind)
+            elif kind == REQUEST:
+                if ident not in self.supervisor.by_ident:
+                    return  # a worker of another master: it gets nothing from us
+                self._on_worker_request(ident, item[1:], sock)
+
+    def _on_worker_notice(self, ident: bytes, kind: bytes, body: bytes, sock: zmq.Socket) -> None:
+        """[ident, kind, json]: a beat, a hello, a boot failure, an agent's message."""
+        if kind == wire.BEAT:
             worker_ident = ident[len(wire.HEARTBEAT_PREFIX):]
             if worker_ident in self.supervisor.by_ident:  # a worker of a master that died gets no answer: it exits
                 self.to_worker([ident, wire.BEAT], sock)
-            self.supervisor.on_beat(worker_ident, _loads_dict(frames[2]))
+            beat = _loads_dict(body)
+            self.supervisor.on_beat(worker_ident, beat)
+            stats = beat.get("stats")
+            if stats is not None:
+                self.telemetry.merge(stats)
         elif ident not in self.supervisor.by_ident and kind != wire.AGENT:
             if kind == wire.HELLO:
                 log.event("foreign-worker", f"a worker this master did not start ({ident!r}) joined its workers "
@@ -353,14 +422,14 @@ class Router:
                           level=logging.WARNING)
             return  # a worker of another master: it gets nothing from us, and exits for lack of beats
         elif kind == wire.REQUEST:
-            self._on_worker_request(ident, frames[2], sock)
+            self._on_worker_request(ident, body, sock)
         elif kind == wire.HELLO:
             self.supervisor.by_ident[ident].sock = sock  # the socket its calls go out on
-            self.supervisor.on_hello(ident, _loads_dict(frames[2]))
+            self.supervisor.on_hello(ident, _loads_dict(body))
         elif kind == wire.FAILURE:
-            self.supervisor.on_boot_failure(ident, _loads_dict(frames[2]))
+            self.supervisor.on_boot_failure(ident, _loads_dict(body))
         elif kind == wire.AGENT and sock is self.rsock:
-            self.agents.on_message(ident, _loads_dict(frames[2]))
+            self.agents.on_message(ident, _loads_dict(body))
 
     def _on_answer(self, ident: bytes, head: bytes, kind: bytes) -> None:
         worker = self.supervisor.by_ident.get(ident)
@@ -372,6 +441,13 @@ class Router:
         worker.served += 1
         if kind == ERROR:
             worker.failed += 1
+        if call.door is not None:
+            if kind == RESULT:
+                self.record(call.method, call.door, OK, perf_counter() - call.started)
+            else:
+                self.telemetry.record_error(call.method, call.door, head[_BODY:], perf_counter() - call.started)
+        if self.tracing is not None:
+            self.tracing.close(call, None if kind == RESULT else _code(head[_BODY:]))
         if call.future is None:
             self.send(call.sock, call.envelope, head[_BODY:])
             counts = self.client_calls.get(call.sock)
@@ -389,7 +465,7 @@ class Router:
             self.supervisor.recycle(worker, ExitReason.MAX_REQUESTS)
 
     def _on_worker_request(self, ident: bytes, payload: bytes, sock: zmq.Socket) -> None:
-        envelope = [ident, wire.ANSWER]
+        envelope = [ident]  # send() answers it as one ANSWER item in the worker's outbox
         try:
             obj = protocol.loads(payload)
         except ValueError as exc:
@@ -398,7 +474,8 @@ class Router:
         if type(req) is dict:
             return self.send(sock, envelope, protocol.dumps(req))
         try:
-            self.route(req, payload, sock, envelope, "worker")
+            if not self._run_inline(req, sock, envelope, "worker"):
+                self.route(req, payload, sock, envelope, "worker")
         except Exception:
             self._faults.exception("handling a worker's request failed")
             if req.id is not NO_ID:
@@ -409,24 +486,70 @@ class Router:
         return [s.active for _i, s in sorted(self.supervisor.slots.items())
                 if s.active is not None and s.active.state is WorkerState.READY]
 
-    async def call_worker(self, method: str, params: list | dict, worker: Worker | None = None) -> Any:
-        """A call from the master (or on behalf of a worker) to a worker; its result, or RemoteError."""
+    def start_worker_call(self, method: str, params: list | dict, worker: Worker | None = None) -> asyncio.Future:
+        """Send a call from the master (or on behalf of a worker) to a worker: a future of its answer
+        bytes (one future and one item per call, no task)."""
         if self.state is ClusterState.STOPPING and worker is None:
             raise RPCError(protocol.SHUTTING_DOWN)
         fut = self.loop.create_future()
-        call = self.new_call(protocol.dumps(protocol.make_request(method, params, 0)), 0,
-                             self.worker_methods.get(method) or {}, future=fut)
+        request = protocol.make_request(method, params, 0)
+        if self.tracing is not None:
+            self.tracing.inject(request)   # the worker's span is a child of the master's current one
+        call = self.new_call(protocol.dumps(request), 0, self.worker_methods.get(method) or {}, future=fut)
+        call.method, call.door = method, calling_door.get()
         call.idempotent = call.idempotent and worker is None
         if worker is None:
             self.dispatch(call)
         else:
             self.send_call(worker, call)
-        return protocol.response_outcome(protocol.loads(await fut))
+        return fut
+
+    async def call_worker(self, method: str, params: list | dict, worker: Worker | None = None) -> Any:
+        """A call from the master (or on behalf of a worker) to a worker; its result, or RemoteError."""
+        return outcome(await self.start_worker_call(method, params, worker))
+
+    def _run_inline(self, req: protocol.Request, sock: zmq.Socket, envelope: list[bytes], source: str) -> bool:
+        """Run a plain-def master method right here, in the drain that read it (no task), counted as
+        LocalMethods counts it; False when the method is not one (or a span is wanted: tracing)."""
+        method = self.dispatcher.methods.get(req.method)
+        if method is None or method.is_async or self.tracing is not None:
+            return False
+        started = perf_counter()
+        prepared = self.dispatcher.prepare(req)
+        if type(prepared) is dict:
+            response = prepared
+        else:
+            response = self.dispatcher.run_sync(prepared[0], req.params, req.id, method.name)
+        if req.id is not NO_ID:
+            door = DOORS.get(source)
+            if door is not None:
+                error = response.get("error")
+                self.telemetry.record_code(req.method, door, error.get("code") if error else None,
+                                           perf_counter() - started)
+            self.send(sock, envelope, encode_response(response, self.config.debug))
+        return True
+
+    async def _metrics_for_worker(self, accept: str = "") -> dict:
+        """clusterd.metrics (workers only): the instance's Prometheus text, for a worker's HTTP door."""
+        body, content_type = self.telemetry.exporter.render(accept)
+        return {"content_type": content_type, "text": body.decode()}
 
     def spawn_task(self, coro) -> None:
-        task = self.loop.create_task(coro)
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        """A coroutine run as a task (started eagerly on Python 3.12+: done on return when it never awaits)."""
+        task = start_task(self.loop, coro)
+        if not task.done():
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+
+
+def _clusterd_version() -> str:
+    from .. import __version__
+    return __version__
+
+
+def _code(response: bytes) -> int:
+    outcome = error_outcome(response)
+    return int(outcome) if outcome.lstrip("-").isdigit() else protocol.INTERNAL_ERROR
 
 
 def _loads_dict(payload: bytes) -> dict:

@@ -13,7 +13,7 @@ import time
 
 from .. import protocol
 from ..log_ring import LogRing
-from ..ops import log
+from ..ops import log, tracing
 from ..ops.reaper import ChildReaper
 from ..ops.systemd import Notifier
 from ..proctitle import set_title
@@ -43,6 +43,7 @@ async def serve(config: Config, master_cls: type, worker_cls: type) -> int:
         return await _serve(loop, router, config)
     finally:
         reaper.close()  # before the loop closes: a SIGCHLD must not find its wake-up pipe closed
+        await router.telemetry.close()
         log.logger.removeHandler(router.log_ring)
         router.release()
         signal.signal(signal.SIGINT, signal.default_int_handler)  # ours needs the loop, which ends here
@@ -50,6 +51,16 @@ async def serve(config: Config, master_cls: type, worker_cls: type) -> int:
 
 async def _serve(loop: asyncio.AbstractEventLoop, router: Router, config: Config) -> int:
     router.open_sockets()
+    try:
+        await router.telemetry.start()
+    except OSError as exc:
+        sys.stderr.write(f"clusterd: --metrics-bind {config.metrics_bind}: cannot listen: {exc.strerror or exc}\n")
+        return EXIT_USAGE
+    if router.telemetry.address is not None:
+        host, port = router.telemetry.address
+        log.event("metrics-listening", f"metrics at http://{_url_host(host)}:{port}/metrics"
+                  + (f", dashboard at http://{_url_host(host)}:{port}/dashboard" if config.dashboard else ""),
+                  host=host, port=port)
     install_signals(router)
     log.event("master-start", f"{config.name}: master pid {router.endpoint.pid} starting {config.workers} "
               f"workers ({config.worker})", instance=config.name)
@@ -60,6 +71,7 @@ async def _serve(loop: asyncio.AbstractEventLoop, router: Router, config: Config
     if not await _start_master_services(loop, router, stop_wait):
         stop_wait.cancel()
         return EXIT_FAILURE
+    router.tracing = tracing.load(router.telemetry.exporter_version)  # after start_services: it may set a provider
     if router.stopped.is_set():  # asked to stop while the master's services started: no worker is started
         await _shutdown(router, router.graceful)
         return EXIT_OK
@@ -232,6 +244,10 @@ def _keep_watchdog(loop: asyncio.AbstractEventLoop, notifier: Notifier, interval
             log.survive("the systemd watchdog notification", notifier.watchdog)
             loop.call_later(interval, beat)
     loop.call_soon(beat)
+
+
+def _url_host(host: str) -> str:
+    return f"[{host}]" if ":" in host else host
 
 
 def run(config: Config, master_cls: type, worker_cls: type) -> int:

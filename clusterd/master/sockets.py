@@ -16,10 +16,11 @@ import zmq
 
 from .. import limits
 from ..settings import Config
-from ..zmqloop import SocketReader
+from ..zmqloop import Outbox, SocketReader
 
 ClientHandler = Callable[[list[bytes], zmq.Socket, str], None]
 WorkerHandler = Callable[[list[bytes], zmq.Socket], None]
+Undeliverable = Callable[[bytes, list[bytes]], None]
 BindIpc = Callable[[zmq.Socket, str], None]
 
 
@@ -29,6 +30,9 @@ class Sockets:
         self.ctx = ctx
         self.config = config
         self.readers: dict[zmq.Socket, SocketReader] = {}
+        # the worker sockets' outboxes: what goes to a worker leaves once per drain or loop turn
+        self.outboxes: dict[zmq.Socket, Outbox] = {}
+        self._holds: tuple[Outbox, ...] = ()
         self.control: zmq.Socket | None = None
         self.public: zmq.Socket | None = None
         self.workers: zmq.Socket | None = None
@@ -41,8 +45,10 @@ class Sockets:
         self.max_clients = limits.DEFAULT_MAX_CLIENTS
         self.guard: limits.MessageGuard | None = None
 
-    def open(self, bind_ipc: BindIpc, on_client: ClientHandler, on_worker: WorkerHandler) -> None:
-        """bind_ipc(sock, name) binds a socket as a file of the instance's directory."""
+    def open(self, bind_ipc: BindIpc, on_client: ClientHandler, on_worker: WorkerHandler,
+             undeliverable: Undeliverable) -> None:
+        """bind_ipc(sock, name) binds a socket as a file of the instance's directory; undeliverable
+        (ident, items) hears of items for a worker whose connection is gone."""
         cfg = self.config
         self.max_clients = limits.max_clients(cfg.max_clients, self.open_files, 1 + len(cfg.binds), cfg.workers)
         self.control = self._router_socket(client=True)
@@ -62,6 +68,13 @@ class Sockets:
             from .remote import configure_remote_socket
             self.remote = self._router_socket(client=False)
             self.authenticator = configure_remote_socket(self.remote, self.ctx, cfg)
+        # every reader holds the worker outboxes while it drains: a drain's calls and answers for a
+        # worker (from clients or from workers) leave together when it ends
+        for sock in (self.workers, self.remote):
+            if sock is not None:
+                self.outboxes[sock] = Outbox(self.loop, sock, undeliverable)
+        self._holds = tuple(self.outboxes.values())
+        if self.remote is not None:
             self._read(self.remote, lambda frames, sock=self.remote: on_worker(frames, sock))
         self._read(self.control, self._client_handler(self.control, "admin", on_client))
         if self.public is not None:
@@ -82,7 +95,7 @@ class Sockets:
         return handle
 
     def _read(self, sock: zmq.Socket, handler: Callable[[list[bytes]], None]) -> None:
-        self.readers[sock] = SocketReader(self.loop, sock, handler)
+        self.readers[sock] = SocketReader(self.loop, sock, handler, self.outboxes.get(sock), self._holds)
 
     def client_sockets(self) -> list[zmq.Socket]:
         return [sock for sock in (self.control, self.public) if sock is not None]

@@ -33,6 +33,8 @@ class MasterView(Protocol):
     agents: Any                   # the AgentRegistry (remote.py), with --worker-bind
     rsock: zmq.Socket | None      # the socket agents and their workers connect to
     local: Any                    # the LocalMethods (local.py)
+    telemetry: Any                # the Telemetry (ops/telemetry.py): metrics, per-method statistics
+    tracing: Any                  # the Tracing (ops/tracing.py), or None: OpenTelemetry off
     admin: Any                    # the Admin commands (admin.py)
     dir: RuntimeDir
     token: str                    # in every worker's identity

@@ -15,8 +15,12 @@ from ..wire import WorkerSpec
 from ..worker.spawn import WorkerHandle
 from .endpoint import worker_info
 from .pool import Worker
-from .states import ClusterState
+from .states import ClusterState, ExitReason
 from .view import MasterView
+
+# Exits after which a slot gets a new worker: what clusterd_worker_restarts_total counts.
+RESTART_REASONS = frozenset({ExitReason.CRASHED, ExitReason.HUNG, ExitReason.MAX_MEMORY, ExitReason.MAX_REQUESTS,
+                             ExitReason.RELOAD})
 
 
 class WorkerEvents:
@@ -61,6 +65,11 @@ class WorkerEvents:
     def on_worker_gone(self, worker: Worker, exit_info: dict) -> None:
         """Answer every call the worker held: -32002, or a retry elsewhere for idempotent ones."""
         router = self.router
+        reason = exit_info.get("reason")
+        slot = router.supervisor.slots.get(worker.slot)
+        refused = slot is not None and slot.incoming is worker and worker.ready_at is None  # its slot keeps its worker
+        if reason in RESTART_REASONS and router.state is not ClusterState.STOPPING and not refused:
+            router.telemetry.count("restarts", reason)
         calls = list(worker.calls.values())
         worker.calls.clear()
         for call in calls:

@@ -40,6 +40,9 @@ from .metrics import Exporter, LoopLagMeter, fd_usage
 from .metrics_server import OpsServer, parse_bind
 
 COUNTER_KINDS = ("refused", "rejected", "restarts", "reloads")
+COUNTER_LABELS = {"refused": ("-32001", "-32004", "-32005"), "rejected": ("too-large", "malformed"),
+                  "restarts": ("crashed", "hung", "max-memory", "max-requests", "reload"),
+                  "reloads": ("ok", "failed")}
 METHOD_NOT_FOUND = "-32601"
 
 
@@ -65,8 +68,11 @@ class Telemetry:
         self.window = Window(self.stats)
         self.events = EventLog()
         self.lag = LoopLagMeter(interval=1.0, on_tick=self.window.tick)
-        self.counters: dict[str, dict[str, int]] = {kind: {} for kind in COUNTER_KINDS}
+        # every known label starts at 0, so that rate() and a dashboard see the first one happen
+        self.counters: dict[str, dict[str, int]] = {kind: dict.fromkeys(labels, 0)
+                                                     for kind, labels in COUNTER_LABELS.items()}
         self.exporter = Exporter(status, self.stats, clusterd_version)
+        self.exporter_version = clusterd_version
         self.feed = DashboardFeed(status, self.stats, self.window, self.events) if dashboard else None
         self.bind = parse_bind(metrics_bind) if metrics_bind else None   # ValueError: a usage error
         self.server: OpsServer | None = None
@@ -98,10 +104,18 @@ class Telemetry:
         outcome = error_outcome(response)
         self.stats.record(UNKNOWN if outcome == METHOD_NOT_FOUND else method, door, outcome, seconds)
 
-    def record_code(self, method: str, door: str, code: int, seconds: float) -> None:
-        """A call the master answered with an error code of its own (-32001, -32003, ...)."""
-        outcome = str(code)
+    def record_code(self, method: str, door: str | None, code: int | None, seconds: float) -> None:
+        """A call the master answered itself: with an error code of its own (-32001, -32003, ...), or
+        None for a result. Door None: a call counted elsewhere (a worker's HTTP door), not here."""
+        if door is None:
+            return
+        outcome = OK if code is None else str(code)
         self.stats.record(UNKNOWN if outcome == METHOD_NOT_FOUND else method, door, outcome, seconds)
+
+    def refused(self, method: str, door: str | None, code: int) -> None:
+        """A call answered -32004/-32005 at once, without reaching a worker."""
+        self.record_code(method, door, code, 0.0)
+        self.count("refused", code)
 
     def count(self, kind: str, label: Any, n: int = 1) -> None:
         """One more of a counter family: count("restarts", "crashed"), count("reloads", "ok"),

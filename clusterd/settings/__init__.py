@@ -26,6 +26,7 @@ from .values import (
     cpu_count,
     heartbeat_interval,
     is_loopback,
+    is_loopback_host,
     parse_bool,
     parse_count,
     parse_seconds,
@@ -39,7 +40,8 @@ __all__ = [
     "AGENT", "BY_NAME", "CONTROL", "OPTIONS", "RUN", "UNIT", "AgentConfig", "Config", "ConfigError", "Option",
     "check_address", "config_keys", "cpu_count", "default", "heartbeat_interval", "instance_name", "is_loopback",
     "load_file", "options_for", "options_markdown", "parse_bool", "parse_count", "parse_seconds", "parse_size",
-    "parse_text", "parse_workers", "runtime_root", "unencrypted_binds", "validate_agent", "validate_run",
+    "parse_text", "parse_workers", "public_metrics_bind", "runtime_root", "unencrypted_binds", "validate_agent",
+    "validate_run",
 ]
 
 
@@ -168,11 +170,19 @@ def validate_run(config: Any) -> None:
         raise ConfigError(f"--watch-version: no such file {config.watch_version}")
     if config.reload_on_change and not Path(config.reload_on_change).is_dir():
         raise ConfigError(f"--reload-on-change: no such directory {config.reload_on_change}")
+    if config.dashboard and not config.metrics_bind:
+        raise ConfigError("--dashboard needs --metrics-bind HOST:PORT (the page is served on the metrics port)")
 
 
 def unencrypted_binds(config: Any) -> list[str]:
     """--bind addresses other hosts can reach while nothing encrypts them (warned about, not refused)."""
     return [a for a in config.binds if not is_loopback(a) and not config.curve_dir]
+
+
+def public_metrics_bind(config: Any) -> str | None:
+    """--metrics-bind when other hosts can reach it (it has no authentication: warned about)."""
+    bind = config.metrics_bind
+    return bind if bind and not is_loopback_host(bind) else None
 
 
 def validate_agent(config: Any) -> None:

@@ -10,6 +10,7 @@ from .values import (
     ConfigError,
     single_value,
     check_address,
+    check_host_port,
     parse_bool,
     parse_count,
     parse_env,
@@ -159,6 +160,10 @@ OPTIONS: tuple[Option, ...] = (
     Option("curve-dir", str | None, None, "Directory of keys from `clusterd keygen`: encrypt and "
            "authenticate the worker link.", commands=(RUN, AGENT), metavar="DIR",
            help_for={AGENT: "Directory holding worker.key_secret and master.key (from clusterd keygen)."}),
+    Option("metrics-bind", str | None, None, "Serve Prometheus metrics at /metrics on this HTTP address, "
+           "e.g. 127.0.0.1:9187 (no authentication: keep it private).", check_host_port, metavar="HOST:PORT"),
+    Option("dashboard", bool, False, "Serve a live dashboard at /dashboard on the --metrics-bind port.",
+           flag=True),
     Option("user", str | None, None, "As root: run the workers (and their zygote) as this user, name or "
            "uid; the master keeps root.", commands=(RUN, UNIT), help_for={UNIT: "User= for the service."}),
     Option("group", str | None, None, "As root: run the workers with this group (default: the --user's "

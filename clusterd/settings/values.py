@@ -123,6 +123,23 @@ def check_address(addr: str) -> str:
     return str(addr)
 
 
+def check_host_port(value: Any) -> str:
+    """HOST:PORT (or [IPv6]:PORT) to listen on over HTTP (--metrics-bind); ConfigError otherwise."""
+    if not isinstance(single_value(value), str):
+        raise ConfigError(f"expected HOST:PORT, e.g. 127.0.0.1:9187, not {value!r}")
+    host, sep, port = value.rpartition(":")
+    if not sep or not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise ConfigError(f"expected HOST:PORT, e.g. 127.0.0.1:9187, not {value!r}")
+    return value
+
+
+def is_loopback_host(host_port: str) -> bool:
+    """Whether HOST:PORT can only be reached from this host (127.x, ::1, localhost; an empty host
+    means 127.0.0.1)."""
+    host = host_port.rsplit(":", 1)[0].strip("[]")
+    return host in ("", "localhost", "::1") or host.startswith("127.")
+
+
 def is_loopback(addr: str) -> bool:
     """Whether an address can only be reached from this host (ipc://, 127.x, ::1, localhost)."""
     if not addr.startswith("tcp://"):

@@ -19,6 +19,7 @@ import psutil
 import zmq
 
 from .. import protocol, wire
+from ..ops.method_stats import DeltaTracker, MethodStats
 
 _IDLE_CODES = {getattr(selectors, name).select.__code__
                for name in ("EpollSelector", "PollSelector", "SelectSelector") if hasattr(selectors, name)}
@@ -90,27 +91,29 @@ _PAUSED = (psutil.STATUS_STOPPED, psutil.STATUS_TRACING_STOP)
 
 def start(context: zmq.Context, endpoint: str, ident: bytes, interval: float, timeout: float,
           configure=None, watch: int | None = None, stop: threading.Event | None = None,
-          master_pid: int | None = None) -> threading.Thread:
+          master_pid: int | None = None, stats: MethodStats | None = None) -> threading.Thread:
     """Start beating to the master; exit the process when the master has been silent for timeout.
 
     A thread worker (--isolation thread) passes the thread to watch and a `stop` event: it shares its
     process with the master, so it never exits the process, and the beats end when `stop` is set.
     A worker on the master's host passes master_pid: while that process is stopped, its silence does
     not count (a paused master is not a dead one, and finished calls must outlive the pause).
+    `stats` are the calls the worker's own HTTP/WS door answers: each beat carries what changed since
+    the last beat that left, and the master adds it to the instance's metrics.
     """
     thread = threading.Thread(target=_run, name="clusterd-heartbeat", daemon=True,
                               args=(context, endpoint, ident, interval, timeout, configure, watch, stop,
-                                    master_pid))
+                                    master_pid, stats))
     thread.start()
     return thread
 
 
 def _run(context: zmq.Context, endpoint: str, ident: bytes, interval: float, timeout: float,
          configure, watch_ident: int | None = None, stop: threading.Event | None = None,
-         master_pid: int | None = None) -> None:
+         master_pid: int | None = None, stats: MethodStats | None = None) -> None:
     sock = context.socket(zmq.DEALER)
     try:
-        _beat(sock, endpoint, ident, interval, timeout, configure, watch_ident, stop, master_pid)
+        _beat(sock, endpoint, ident, interval, timeout, configure, watch_ident, stop, master_pid, stats)
     except zmq.ContextTerminated:
         pass  # a thread worker's master is closing the shared context: nothing left to beat to
     finally:
@@ -118,7 +121,8 @@ def _run(context: zmq.Context, endpoint: str, ident: bytes, interval: float, tim
 
 
 def _beat(sock: zmq.Socket, endpoint: str, ident: bytes, interval: float, timeout: float, configure,
-          watch_ident: int | None, stop: threading.Event | None, master_pid: int | None) -> None:
+          watch_ident: int | None, stop: threading.Event | None, master_pid: int | None,
+          stats: MethodStats | None = None) -> None:
     sock.setsockopt(zmq.ROUTING_ID, wire.HEARTBEAT_PREFIX + ident)
     sock.setsockopt(zmq.LINGER, 0)
     if configure is not None:
@@ -130,13 +134,21 @@ def _beat(sock: zmq.Socket, endpoint: str, ident: bytes, interval: float, timeou
     last_answer = time.monotonic()
     poller = zmq.Poller()
     poller.register(sock, zmq.POLLIN)
+    tracker = DeltaTracker(stats) if stats is not None else None
     while stop is None or not stop.is_set():
         now = time.monotonic()
         stalled = watch.stalled_for(now)
+        beat: dict = {"stalled": round(stalled, 3)}
+        delta = tracker.delta() if tracker is not None else None
+        if delta is not None:
+            beat["stats"] = delta
         try:
-            sock.send_multipart([wire.BEAT, protocol.dumps({"stalled": round(stalled, 3)})], zmq.NOBLOCK)
+            sock.send_multipart([wire.BEAT, protocol.dumps(beat)], zmq.NOBLOCK)
         except zmq.ZMQError:
             pass
+        else:
+            if tracker is not None:
+                tracker.commit()
         deadline = now + interval
         while True:
             left = deadline - time.monotonic()

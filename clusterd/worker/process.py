@@ -15,17 +15,20 @@ import sys
 import threading
 import time
 import traceback
+from collections.abc import Coroutine
 from typing import Any
 
 import zmq
 
 from .. import protocol, wire, worker_log
-from ..endpoint import Dispatcher, encode_response
-from ..ops import log
+from ..endpoint import Dispatcher, encode_response, start_task
+from ..ops import log, tracing
+from ..ops.method_stats import MethodStats
+from ..ops.tracing import Tracing
 from ..proctitle import set_title
 from ..protocol import RemoteError, RPCError
-from ..wire import ANSWER, CALL, ERROR, NOTIFY, RESULT, STOP, TOKEN_SIZE, WorkerSpec
-from ..zmqloop import SocketReader, send_frames
+from ..wire import ANSWER, CALL, ERROR, NOTIFY, REQUEST, RESULT, STOP, TOKEN_SIZE, WorkerSpec
+from ..zmqloop import Outbox, SocketReader
 from . import heartbeat
 
 _BODY = 1 + TOKEN_SIZE  # where a call frame's request starts, after its kind and token
@@ -37,8 +40,9 @@ class MasterProxy:
     def __init__(self, link: "WorkerLink") -> None:
         self._link = link
 
-    async def call(self, method: str, *params: Any, **named: Any) -> Any:
-        return await self._link.request(method, named if named else list(params))
+    def call(self, method: str, *params: Any, **named: Any) -> Coroutine[Any, Any, Any]:
+        """A coroutine (await it, or make it a task) of the master's answer: one future, one item."""
+        return self._link.request(method, named if named else list(params))
 
     def notify(self, method: str, *params: Any, **named: Any) -> None:
         self._link.send_request(protocol.make_request(method, named if named else list(params)))
@@ -98,6 +102,10 @@ class WorkerLink:
     def __init__(self, loop: asyncio.AbstractEventLoop, sock: zmq.Socket, debug: bool,
                  log_calls: bool = False) -> None:
         self.loop = loop
+        # the HTTP/WS door records each call it answers here: stats.record(method, door, outcome, seconds)
+        self.stats = MethodStats()
+        self.tracing: Tracing | None = None   # ops/tracing.py: None unless OpenTelemetry is installed and wanted
+        self.slot: int | None = None
         self.sock = sock
         self.debug = debug
         self.log_calls = log_calls
@@ -107,45 +115,64 @@ class WorkerLink:
         self._tasks: set[asyncio.Task] = set()
         self.stop_requested = asyncio.Event()
         self._faults = log.RateLimited()
-        self.reader = SocketReader(loop, sock, self._on_message)
+        self.outbox = Outbox(loop, sock)  # the items of a loop turn leave as one message
+        self.reader = SocketReader(loop, sock, self._on_message, self.outbox)
 
     # -- requests from this worker to the master
     def send_request(self, msg: dict) -> None:
-        self.sock.send_multipart([wire.REQUEST, protocol.dumps(msg)])
-        self.reader.wake()
+        self.outbox.add(None, REQUEST + protocol.dumps(msg))
 
     async def request(self, method: str, params: list | dict) -> Any:
+        """One future and one item; the answer resolves the future with the result or RemoteError."""
         self._next_id += 1
         rid = self._next_id
         fut = self.loop.create_future()
         self._pending[rid] = fut
+        msg = protocol.make_request(method, params, rid)
+        if self.tracing is not None:
+            self.tracing.inject(msg)
+        self.outbox.add(None, REQUEST + protocol.dumps(msg))
         try:
-            self.send_request(protocol.make_request(method, params, rid))
-            return protocol.response_outcome(await fut)
+            return await fut
         finally:
-            self._pending.pop(rid, None)
+            self._pending.pop(rid, None)  # answered ones are gone already; this is for a cancelled call
+
+    async def master_metrics(self, accept: str = "") -> tuple[bytes, str]:
+        """The whole instance's Prometheus text and its content type, from the master (for GET /metrics
+        on the HTTP door: the master holds every process's counters; the workers-only internal
+        method clusterd.metrics)."""
+        answer = await self.request("clusterd.metrics", [accept])
+        return answer["text"].encode(), answer["content_type"]
 
     # -- messages from the master
     def _on_message(self, frames: list[bytes]) -> None:
-        head = frames[0]
-        kind = head[:1]
-        if kind == CALL:
-            self._serve_safely(head[1:_BODY], head[_BODY:])  # wire.split_token, inlined: per call
-        elif kind == ANSWER:
-            self._on_answer(frames[1])
-        elif kind == NOTIFY:
-            self._serve_safely(None, frames[1])
-        elif kind == STOP:
-            self.stop_requested.set()
+        """One or more items, each a frame that names its kind in its first byte (wire.py)."""
+        for item in frames:
+            kind = item[:1]
+            if kind == CALL:
+                self._serve_safely(item[1:_BODY], item[_BODY:])  # wire.split_token, inlined: per call
+            elif kind == ANSWER:
+                self._on_answer(item[1:])
+            elif kind == NOTIFY:
+                self._serve_safely(None, item[1:])
+            elif kind == STOP:
+                self.stop_requested.set()
 
     def _on_answer(self, payload: bytes) -> None:
         try:
             msg = protocol.loads(payload)
         except ValueError:
             return
-        fut = self._pending.get(msg.get("id")) if isinstance(msg, dict) else None
-        if fut is not None and not fut.done():
-            fut.set_result(msg)
+        fut = self._pending.pop(msg.get("id"), None) if type(msg) is dict else None
+        if fut is None or fut.done():
+            return
+        if msg.get("error") is None:
+            fut.set_result(msg.get("result"))
+        else:
+            try:
+                protocol.response_outcome(msg)
+            except RemoteError as exc:
+                fut.set_exception(exc)
 
     def _serve_safely(self, token: bytes | None, payload: bytes) -> None:
         try:
@@ -171,10 +198,13 @@ class WorkerLink:
         if isinstance(prepared, dict):
             return self._answer(token, prepared)
         func, method = prepared
+        if self.tracing is not None:
+            return self._serve_traced(token, func, method.is_async, method.name, req, obj)
         if method.is_async:
-            task = self.loop.create_task(self._serve_async(token, func, req, method.name))
-            self._tasks.add(task)
-            task.add_done_callback(self._tasks.discard)
+            task = start_task(self.loop, self._serve_async(token, func, req, method.name))
+            if not task.done():
+                self._tasks.add(task)
+                task.add_done_callback(self._tasks.discard)
         elif self.log_calls:
             started = time.perf_counter()
             response = self.dispatcher.run_sync(func, req.params, req.id, method.name)
@@ -183,7 +213,9 @@ class WorkerLink:
         else:
             self._answer(token, self.dispatcher.run_sync(func, req.params, req.id, method.name))
 
-    async def _serve_async(self, token: bytes | None, func, req: protocol.Request, name: str) -> None:
+    async def _serve_async(self, token: bytes | None, func, req: protocol.Request, name: str,
+                           span: Any = None) -> None:
+        response = None
         try:
             started = time.perf_counter() if self.log_calls else 0.0
             response = await self.dispatcher.run_async(func, req.params, req.id, name)
@@ -192,18 +224,45 @@ class WorkerLink:
             self._answer(token, response)
         except Exception:
             self._fault(token, req.id)
+        finally:
+            if span is not None:
+                self.tracing.end(span, _error_code(response))
+
+    def _serve_traced(self, token: bytes | None, func, is_async: bool, name: str, req: protocol.Request,
+                      obj: dict) -> None:
+        """_serve's end with a span around the call, its context current for the calls the method makes."""
+        tracing = self.tracing
+        span = tracing.start(req.method, obj, slot=self.slot)
+        with tracing.use(span):
+            if is_async:
+                task = self.loop.create_task(self._serve_async(token, func, req, name, span))  # copies the context
+                self._tasks.add(task)
+                task.add_done_callback(self._tasks.discard)
+                return
+            response = self.dispatcher.run_sync(func, req.params, req.id, name)
+        tracing.end(span, _error_code(response))
+        self._answer(token, response)
 
     def _answer(self, token: bytes | None, response: dict) -> None:
         if token is None:
             return  # a notification gets no answer
         head = (ERROR if "error" in response else RESULT) + token  # wire.answer_frame, inlined: per call
-        send_frames(self.sock, [head + encode_response(response, self.debug)])
-        self.reader.wake()
+        self.outbox.add(None, head + encode_response(response, self.debug))
 
     async def drain(self) -> None:
         """Wait for the calls this worker is running to finish."""
         while self._tasks:
             await asyncio.gather(*list(self._tasks), return_exceptions=True)
+
+
+def _clusterd_version() -> str:
+    from .. import __version__  # the package imports this module before it defines its version
+    return __version__
+
+
+def _error_code(response: dict | None) -> int | None:
+    error = response.get("error") if isinstance(response, dict) else -32603
+    return None if error is None else error.get("code") if isinstance(error, dict) else -32603
 
 
 def import_class(path: str) -> type:
@@ -278,21 +337,22 @@ async def _run(spec: WorkerSpec, embedded: Any = None) -> int:
     if spec.curve:
         from ..curve import client_configurer
         configure = client_configurer(spec.curve)
+    stats = MethodStats()   # the calls this worker's HTTP/WS door answers; the heartbeat reports them
     if embedded is None:
         heartbeat.start(context, spec.endpoint, ident, spec.heartbeat_interval, spec.heartbeat_timeout, configure,
-                        master_pid=spec.master_pid)
+                        master_pid=spec.master_pid, stats=stats)
     else:
         heartbeat.start(context, spec.endpoint, ident, spec.heartbeat_interval, spec.heartbeat_timeout,
-                        watch=threading.get_ident(), stop=embedded.beat_stop)
+                        watch=threading.get_ident(), stop=embedded.beat_stop, stats=stats)
     sock = context.socket(zmq.DEALER)
     try:
-        return await _serve(loop, spec, sock, configure, embedded)
+        return await _serve(loop, spec, sock, configure, embedded, stats)
     finally:
         sock.close(linger=1000)  # idempotent; a cancelled (killed) thread worker must still close it
 
 
 async def _serve(loop: asyncio.AbstractEventLoop, spec: WorkerSpec, sock: zmq.Socket, configure: Any,
-                 embedded: Any) -> int:
+                 embedded: Any, stats: MethodStats | None = None) -> int:
     ident = spec.ident.encode()
     sock.setsockopt(zmq.ROUTING_ID, ident)
     sock.setsockopt(zmq.LINGER, 2000)
@@ -302,6 +362,7 @@ async def _serve(loop: asyncio.AbstractEventLoop, spec: WorkerSpec, sock: zmq.So
         configure(sock)
     sock.connect(spec.endpoint)
     link = WorkerLink(loop, sock, spec.debug, spec.log_calls)
+    link.stats = stats if stats is not None else MethodStats()
     if embedded is not None:
         embedded.link = link
 
@@ -314,6 +375,8 @@ async def _serve(loop: asyncio.AbstractEventLoop, spec: WorkerSpec, sock: zmq.So
         endpoint.master = MasterProxy(link)
         endpoint.workers = WorkersProxyViaMaster(endpoint.master)
         await endpoint.start_services()
+        link.slot = spec.slot
+        link.tracing = tracing.load(_clusterd_version())
         link.dispatcher = Dispatcher(endpoint, spec.debug)
         link.dispatcher.report = worker_log.CallErrors().report
     except BaseException as exc:  # any failure to start is reported to the master, then we exit
@@ -323,12 +386,14 @@ async def _serve(loop: asyncio.AbstractEventLoop, spec: WorkerSpec, sock: zmq.So
             embedded.failure = failure  # the master logs the traceback once, from the message below
         else:
             worker_log.write_record({"boot_failure": failure})  # read before the master sees this exit
+        link.outbox.flush()
         sock.send_multipart([wire.FAILURE, protocol.dumps(failure)])
         link.reader.close()
         sock.close(linger=2000)
         return 1
 
     methods = {name: m.describe() for name, m in link.dispatcher.methods.items()}
+    link.outbox.flush()
     sock.send_multipart([wire.HELLO, protocol.dumps({"pid": os.getpid(), "slot": spec.slot,
                                                     "generation": spec.generation, "methods": methods})])
     link.reader.wake()
@@ -341,6 +406,7 @@ async def _serve(loop: asyncio.AbstractEventLoop, spec: WorkerSpec, sock: zmq.So
     for fut in link._pending.values():
         if not fut.done():
             fut.set_exception(RemoteError(protocol.SHUTTING_DOWN))
+    link.outbox.flush()  # answers still gathered for this loop turn
     link.reader.close()
     sock.close(linger=1000)
     return 0

@@ -126,6 +126,16 @@ class ProcessHandle:
         except psutil.Error:
             return None
 
+    def cpu_seconds(self) -> float | None:
+        """CPU time (user + system) the process used so far (the metrics' counter)."""
+        if self._ps is None or self.returncode is not None:
+            return None
+        try:
+            times = self._ps.cpu_times()
+        except psutil.Error:
+            return None
+        return round(times.user + times.system, 3)
+
     def send_signal(self, sig: int) -> None:
         if self.returncode is not None:
             return

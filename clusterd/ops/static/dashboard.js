@@ -42,7 +42,10 @@
   function makeChart(node, series, yScale) {
     const opts = {
       width: chartWidth(node), height: 220, series: [{}].concat(series),
-      scales: {x: {time: true}, y: yScale}, legend: {live: true},
+      // at least two minutes wide: a page opened on a young instance shows a line, not one dot a year wide
+      scales: {x: {time: true, range: (u, min, max) => max == null
+        ? [Date.now() / 1000 - 120, Date.now() / 1000] : [Math.min(min ?? max, max - 120), max]}, y: yScale},
+      legend: {live: true},
       axes: [{}, {size: 60}],
     };
     return new uPlot(opts, data.slice(0, 1).concat(series.map((s) => data[s.idx])), node);
