@@ -25,20 +25,26 @@ class RPCOptions:
     name: str | None
     timeout: float | None
     idempotent: bool
+    offload: bool = False
 
 
 def rpc(func: Callable | None = None, *, name: str | None = None, timeout: float | None = None,
-        idempotent: bool = False) -> Any:
-    """Mark a method as callable over JSON-RPC: `@rpc` or `@rpc(name=..., timeout=..., idempotent=...)`.
+        idempotent: bool = False, offload: bool = False) -> Any:
+    """Mark a method as callable over JSON-RPC: `@rpc` or `@rpc(name=..., timeout=..., idempotent=..., offload=...)`.
 
     timeout (seconds) overrides --call-timeout for this method; idempotent calls are retried on
-    another worker when theirs dies, instead of failing with -32002.
+    another worker when theirs dies, instead of failing with -32002. offload (a plain `def` only)
+    runs the method in a thread of the worker, so its event loop keeps serving other calls
+    meanwhile (useful when the method waits on I/O or releases the GIL; pure-Python CPU work
+    still takes turns with the loop).
     """
     if timeout is not None and timeout <= 0:
         raise ValueError("rpc timeout must be positive")
 
     def mark(f: Callable) -> Callable:
-        setattr(f, _MARK, RPCOptions(name, timeout, bool(idempotent)))
+        if offload and inspect.iscoroutinefunction(f):
+            raise ValueError(f"@rpc(offload=True) is for plain def methods; {f.__name__} is async")
+        setattr(f, _MARK, RPCOptions(name, timeout, bool(idempotent), bool(offload)))
         return f
 
     return mark(func) if func is not None else mark
@@ -90,6 +96,7 @@ class Method:
     timeout: float | None
     idempotent: bool
     arity: _Arity
+    offload: bool = False
 
     def describe(self) -> dict:
         return {"timeout": self.timeout, "idempotent": self.idempotent}
@@ -107,7 +114,7 @@ def method_table(cls: type) -> dict[str, Method]:
             name = opts.name or attr
             table = {k: v for k, v in table.items() if v.attr != attr}
             table[name] = Method(name, attr, inspect.iscoroutinefunction(func), opts.timeout,
-                                 opts.idempotent, _Arity(func))
+                                 opts.idempotent, _Arity(func), opts.offload)
     return table
 
 
@@ -165,6 +172,14 @@ class Dispatcher:
             return self._failed(exc, rid, name or func.__name__)
         return {"jsonrpc": "2.0", "result": result, "id": rid}
 
+    async def run_offloaded(self, func: Callable, params: list | dict, rid: Any, name: str | None = None) -> dict:
+        """A sync method marked offload: run in the default thread pool, the loop serving on meanwhile."""
+        return await asyncio.get_running_loop().run_in_executor(None, self.run_sync, func, params, rid, name)
+
+    def error_of(self, exc: Exception, rid: Any, name: str) -> dict:
+        """The error response for an exception from user code, reported as run_sync's and run_async's are."""
+        return self._failed(exc, rid, name)
+
     def _failed(self, exc: Exception, rid: Any, name: str) -> dict:
         if self.report is not None and not isinstance(exc, RPCError):  # an RPCError is a deliberate answer
             try:
@@ -181,6 +196,8 @@ class Dispatcher:
         func, method = prepared
         if method.is_async:
             return await self.run_async(func, req.params, req.id, method.name)
+        if method.offload:
+            return await self.run_offloaded(func, req.params, req.id, method.name)
         return self.run_sync(func, req.params, req.id, method.name)
 
 

@@ -12,9 +12,15 @@ kind in their first byte; each side gathers the items of a loop turn for a peer 
     master -> worker   CALL + token + request    a call to answer with the same token
                        NOTIFY + request          a notification (no answer)
                        ANSWER + response         the answer to one of the worker's own requests
-                       STOP                      stop gracefully (finish the calls, stop_services)
+                       STOP [+ seconds]          stop gracefully (finish the calls, stop_services),
+                                                 within the seconds left before the master kills it
+                       STATE + b"1"|b"0"         whether the instance is ready (/readyz), on change
+                       FORWARDED + token + response   the answer to a FORWARD
     worker -> master   RESULT|ERROR + token + response   the answer to a call
                        REQUEST + request         the worker's own request to the master
+                       FORWARD + token + request a request from an HTTP/WebSocket caller the worker
+                                                 does not serve itself: the master routes it as
+                                                 one from a --bind client (same exposure rules)
 
 and, alone in a message of two frames (kind, json):
 
@@ -53,6 +59,9 @@ HELLO = b"h"
 FAILURE = b"f"
 BEAT = b"b"
 AGENT = b"A"
+STATE = b"t"
+FORWARD = b"w"
+FORWARDED = b"W"
 
 HEARTBEAT_PREFIX = b"hb:"
 TOKEN_SIZE = 8
@@ -103,6 +112,16 @@ class WorkerSpec:
     die_with_parent: bool = True
     curve: dict | None = None      # CURVE client settings for a worker connecting from another host
     host: str | None = None        # set by an agent: the host the worker runs on
+    # The HTTP/WebSocket front door (DESIGN.md 12): the listening sockets the master made, inherited
+    # at these descriptor numbers, and how to serve them (worker/http.py).
+    http_fds: list[int] = dataclasses.field(default_factory=list)
+    http_token_file: str | None = None
+    http_cors: str | None = None
+    http_status: bool = False
+    max_message_size: int = 16 * 1024 * 1024
+    max_batch: int = 1000
+    call_timeout: float | None = None
+    graceful_timeout: float = 30.0
     log_calls: bool = False        # --log-calls: one access line per call
 
     # -- through the environment
@@ -119,7 +138,7 @@ class WorkerSpec:
     def for_agent(self) -> dict[str, Any]:
         """The spec an agent receives: the endpoint and parent are the agent's own, the master is elsewhere."""
         return {k: v for k, v in dataclasses.asdict(self).items()
-                if k not in ("endpoint", "parent_pid", "master_pid")}
+                if k not in ("endpoint", "parent_pid", "master_pid", "http_fds")}
 
     @classmethod
     def from_dict(cls, data: dict[str, Any], **overrides: Any) -> "WorkerSpec":
@@ -128,5 +147,6 @@ class WorkerSpec:
 
 
 __all__ = ["CALL", "NOTIFY", "ANSWER", "STOP", "RESULT", "ERROR", "REQUEST", "HELLO", "FAILURE", "BEAT", "AGENT",
+           "STATE", "FORWARD", "FORWARDED",
            "HEARTBEAT_PREFIX", "TOKEN_SIZE", "SPEC_ENV", "WorkerSpec", "token_bytes", "call_frame", "answer_frame",
            "split_token"]

@@ -1,5 +1,8 @@
 """What a caller can reach, and where: only @rpc methods (no attribute walking), admin methods only on
-control.sock, runtime files private to the user, tracebacks only with --debug."""
+control.sock, runtime files private to the user, tracebacks only with --debug.
+
+The same rules hold on every front door: the tests that take `client` or `door` run over control.sock
+(where the admin methods are), a ZeroMQ --bind, and the HTTP and WebSocket door of --http-bind."""
 
 from __future__ import annotations
 
@@ -10,6 +13,7 @@ import pytest
 from clusterd import protocol
 
 from .conftest import free_port, running_instance, wait_for
+from .http_clients import HttpRpc, WsRpc
 
 PRIVATE_NAMES = [
     # worker: plain methods, private and dunder attributes, lifecycle hooks, injected attributes
@@ -31,15 +35,36 @@ ADMIN = ["clusterd.status", "clusterd.reload", "clusterd.reload_wait", "clusterd
 
 @pytest.fixture(scope="module")
 def inst():
-    port = free_port()
-    with running_instance("--workers", "1", "--bind", f"tcp://127.0.0.1:{port}", name="exposed") as inst:
+    port, http_port = free_port(), free_port()
+    with running_instance("--workers", "1", "--bind", f"tcp://127.0.0.1:{port}",
+                          "--http-bind", f"127.0.0.1:{http_port}", name="exposed") as inst:
         inst.tcp = f"tcp://127.0.0.1:{port}"
+        inst.http_port = http_port
         yield inst
 
 
-@pytest.fixture(params=["control", "tcp"])
+def door_client(inst, door: str):
+    """A client of one front door: control.sock, the ZeroMQ --bind, HTTP or WebSocket."""
+    if door == "http":
+        return HttpRpc(inst.http_port)
+    if door == "ws":
+        return WsRpc(inst.http_port)
+    return inst.client(inst.control if door == "control" else inst.tcp)
+
+
+@pytest.fixture(params=["control", "tcp", "http", "ws"])
 def client(request, inst):
-    return inst.client(inst.control if request.param == "control" else inst.tcp)
+    c = door_client(inst, request.param)
+    yield c
+    c.close()
+
+
+@pytest.fixture(params=["tcp", "http", "ws"])
+def door(request, inst):
+    """A client of each door other than control.sock: the admin methods must not be reachable there."""
+    c = door_client(inst, request.param)
+    yield c
+    c.close()
 
 
 def test_rpc_methods_of_master_and_worker_are_reachable_on_both_endpoints(client):
@@ -63,8 +88,8 @@ def test_private_names_in_a_batch_are_not_reachable_either(client):
 
 
 @pytest.mark.parametrize("method", ADMIN)
-def test_admin_methods_answer_method_not_found_on_a_bind(inst, method):
-    c = inst.client(inst.tcp)
+def test_admin_methods_answer_method_not_found_on_a_bind(inst, door, method):
+    c = door
     params = {"clusterd.scale": [5], "clusterd.stop": [0.1], "clusterd.reload_wait": [1]}.get(method, [])
     reply = c.call(method, *params)
     assert reply["error"]["code"] == protocol.METHOD_NOT_FOUND, reply

@@ -10,6 +10,8 @@ import stat
 
 import pytest
 import zmq
+from hypothesis import given
+from hypothesis import strategies as st
 
 from clusterd import protocol
 from clusterd.endpoint import Dispatcher, rpc
@@ -384,3 +386,13 @@ def test_dispatcher_checks_arity_before_calling():
     assert not Thing.called
     assert "other" not in d.methods and "renamed" in d.methods
     assert not isinstance(d.prepare(protocol.Request("renamed", {"anything": 1}, 1)), dict)
+
+
+@given(st.binary(max_size=120) | st.lists(st.sampled_from([b"1", b"9", b"0", b" ", b"x", b"-", b"\xd9"]),
+                                           max_size=60).map(b"".join))
+def test_long_digit_runs_are_found_as_the_regular_expression_finds_them(data):
+    import re
+
+    from clusterd.protocol import _long_digits
+    assert _long_digits(data) == (re.search(rb"\d{19}", data) is not None)
+    assert _long_digits(bytearray(data)) == _long_digits(data)

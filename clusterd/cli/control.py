@@ -144,16 +144,24 @@ def logs(name: str | None, follow: bool, slot: int | None, lines: int, as_json: 
 
 @click.command()
 @setting_options("health")
-def health(name: str | None) -> None:
-    """Exit 0 when every wanted worker is ready, 1 when degraded, 3 when not running (for probes)."""
-    from .tables import counts
-    doc = _admin(name, "clusterd.status")
-    ready, wanted = counts(doc)
-    if doc.get("state") in ("running", "reloading") and ready >= wanted and ready > 0:
-        click.echo(f"{doc['name']}: healthy, {ready}/{wanted} workers ready")
-        return
-    click.echo(f"{doc['name']}: degraded, {doc.get('state')}, {ready}/{wanted} workers ready")
-    sys.exit(EXIT_FAILURE)
+@click.option("--timeout", type=float, default=5.0, show_default=True, help="Seconds to wait for the master.")
+def health(name: str | None, timeout: float) -> None:
+    """For probes: exit 0 ready, 1 degraded (fewer ready workers than wanted, starting, reloading,
+    stopping, --drain-delay), 3 not running; one line says why."""
+    from .tables import DEGRADED, health_verdict
+    instance = _find(name)
+    try:
+        with ControlClient(instance.control_address, timeout) as conn:
+            doc = conn.call("clusterd.status")
+    except TimeoutError:
+        click.echo(f"{instance.name}: the master (pid {instance.pid}) did not answer within {timeout:g}s")
+        sys.exit(DEGRADED)
+    except RemoteError as exc:
+        click.echo(f"{instance.name}: status failed: {exc.message}")
+        sys.exit(DEGRADED)
+    code, line = health_verdict(doc)
+    click.echo(line)
+    sys.exit(code)
 
 
 @click.command(name="ls")

@@ -35,9 +35,10 @@ def run(master: str | None, worker: str | None, config: str | None, **opts: Any)
         settings.validate_run(cfg)
     except ConfigError as exc:
         fail(str(exc))
+    from ..httpdoor import BindError
     from ..master import InstanceBusy
-    from ..ops import log
     from ..master.runner import run as run_instance
+    from ..ops import log
     from ..runtime_dir import RuntimeDirError
     try:
         log.setup(cfg.log_format, cfg.debug, cfg.name, cfg.log_file)
@@ -53,6 +54,8 @@ def run(master: str | None, worker: str | None, config: str | None, **opts: Any)
         code = run_instance(cfg, master_cls, worker_cls)
     except (InstanceBusy, RuntimeDirError) as exc:
         fail(str(exc))
+    except BindError as exc:  # an --http-bind that cannot be listened on (in use, no permission)
+        fail(f"--http-bind: {exc}", EXIT_FAILURE)
     except KeyboardInterrupt:
         code = EXIT_OK
     except __import__("zmq").ZMQError as exc:
@@ -102,8 +105,8 @@ def worker_agent(worker: str, **opts: Any) -> None:
         settings.validate_agent(cfg)
     except ConfigError as exc:
         fail(str(exc))
-    from ..worker.agent import run as run_agent
     from ..ops import log
+    from ..worker.agent import run as run_agent
     log.setup(cfg.log_format)
     try:
         code = run_agent(cfg)

@@ -246,3 +246,28 @@ def render_list(docs: list[dict]) -> str:
                      str(m.get("version") or "-"), human_duration(m.get("uptime_s"))])
         states.append(d["state"])
     return _table(headers, rows, states, _use_colour(), 2)
+
+
+HEALTHY, DEGRADED = 0, 1
+
+
+def health_verdict(doc: dict) -> tuple[int, str]:
+    """`clusterd health`: (exit status, one line why) from the status document.
+
+    0 every wanted worker is ready and the instance takes calls; 1 degraded: fewer ready workers than
+    wanted, starting, reloading, stopping, or not ready (--drain-delay). (3, not running at all, is
+    decided before there is a document.)
+    """
+    name = doc.get("name", "?")
+    ready, wanted = counts(doc)
+    summary = f"{ready}/{wanted} workers ready"
+    state = doc.get("state")
+    if state in ("stopping", "stopped"):
+        return DEGRADED, f"{name}: stopping ({summary})"
+    if doc.get("ready") is False and ready:
+        return DEGRADED, f"{name}: not taking new connections: a stop is due (--drain-delay) ({summary})"
+    if state != "running":
+        return DEGRADED, f"{name}: {state} ({summary})"
+    if ready < wanted or wanted == 0:
+        return DEGRADED, f"{name}: degraded: {summary}"
+    return HEALTHY, f"{name}: ready: {summary}"

@@ -75,8 +75,10 @@ def _own_command() -> tuple[str, list[str]]:
               help="With --links: another clusterd source tree (say a worktree of an older commit), "
                    "measured in the same rounds.")
 @click.option("--rounds", type=click.IntRange(min=1), default=None, help="With --links: rounds (default 5).")
+@click.option("--http", "http_door", is_flag=True,
+              help="Instead: the HTTP and WebSocket front door against bare echo servers (1 and N processes).")
 def bench(quick: bool, as_json: bool, workers: int, chaos: float | None, links: bool, baseline: Path | None,
-          rounds: int | None) -> None:
+          rounds: int | None, http_door: bool) -> None:
     """Measure clusterd against a C zmq.proxy, a hand-written master and ProcessPoolExecutor."""
     live = sys.stderr.isatty()
 
@@ -103,6 +105,16 @@ def bench(quick: bool, as_json: bool, workers: int, chaos: float | None, links: 
         clear_progress()
         click.echo(protocol.dumps(result).decode() if as_json else format_tallies(result))
         sys.exit(EXIT_OK if result.get("passed") else EXIT_FAILURE)
+    if http_door:
+        from ..bench.http import HttpBenchError, format_http_table, run_http_bench
+        try:
+            http_result = run_http_bench(quick=quick, workers=workers, progress=progress)
+        except (HttpBenchError, OSError) as exc:
+            fail(f"bench failed: {exc}", EXIT_FAILURE)
+        finally:
+            clear_progress()
+        click.echo(protocol.dumps(http_result).decode() if as_json else format_http_table(http_result))
+        return
     from ..bench import BenchError, format_table, run_bench
     try:
         result = run_bench(quick=quick, workers=workers, progress=progress)

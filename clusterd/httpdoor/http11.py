@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 import httptools
 
-from . import responses
+from . import responses, tokens
 
 if TYPE_CHECKING:
     from .server import HttpDoor
@@ -26,11 +26,14 @@ log = logging.getLogger(__name__)
 
 RPC_PATHS = (b"/", b"/rpc")
 WS_PATHS = (b"/", b"/ws")
+OPEN_PATHS = (b"/livez", b"/readyz")  # with a token, the probes stay open; /status and /metrics do not
 JSON_TYPES = (b"application/json", b"application/json-rpc", b"application/jsonrequest")
 MAX_HEAD_BYTES = 64 * 1024  # request line and headers; httptools itself sets no limit
 MAX_PIPELINED = 64  # requests in flight on one connection before it stops reading
 # An oversized body is read and dropped (so the client sees the 413, not a reset) up to this much.
 DISCARD_LIMIT = 16 * 1024 * 1024
+# On drain, a keep-alive connection between requests is closed after this long without a request.
+DRAIN_IDLE_GRACE = 0.25
 
 
 class Route(Enum):
@@ -142,7 +145,7 @@ class HttpConnection(asyncio.Protocol):
                     self.transport.write(b"HTTP/1.1 100 Continue\r\n\r\n")  # type: ignore[union-attr]
         elif (method == b"GET" and path in WS_PATHS and self.parser.should_upgrade()
               and headers.get(b"upgrade", b"").lower() == b"websocket"):
-            if door.token is not None and not self._authorized():
+            if door.token is not None and not (self._authorized() or self._authorized_by_protocol()):
                 self._refuse(401, b"missing or wrong bearer token\n", b'WWW-Authenticate: Bearer\r\n')
             elif door.cors_origin not in (None, b"*") and headers.get(b"origin", door.cors_origin) != door.cors_origin:
                 self._refuse(403, b"origin not allowed\n")
@@ -160,6 +163,8 @@ class HttpConnection(asyncio.Protocol):
                 self._refuse(404, b"not found\n")
             elif method not in (b"GET", b"HEAD"):
                 self._refuse(405, b"use GET\n", b"Allow: GET, HEAD\r\n")
+            elif door.token is not None and path not in OPEN_PATHS and not self._authorized():
+                self._refuse(401, b"missing or wrong bearer token\n", b'WWW-Authenticate: Bearer\r\n')
             else:
                 self.route = Route.HOOK
                 self.hook = hook
@@ -298,6 +303,11 @@ class HttpConnection(asyncio.Protocol):
         given = self.headers.get(b"authorization", b"")
         return hmac.compare_digest(given, self.door.bearer)  # type: ignore[arg-type]
 
+    def _authorized_by_protocol(self) -> bool:
+        """Browsers cannot set Authorization on a WebSocket: ``Sec-WebSocket-Protocol: bearer.<token>``."""
+        given = tokens.protocol_token(self.headers.get(b"sec-websocket-protocol", b""))
+        return given is not None and tokens.same(given, self.door.token.encode())  # type: ignore[union-attr]
+
     # WebSocket
     def _upgrade(self, rest: bytes) -> None:
         transport = self.transport
@@ -358,9 +368,21 @@ class HttpConnection(asyncio.Protocol):
             self.transport.close()
 
     def close_when_idle(self) -> None:
-        """Drain: a connection between requests closes now; a busy one after its last answer."""
-        self.closing = True
-        self._close_if_done()
+        """Drain: a busy connection closes after its last answer (sent with ``Connection: close``).
+
+        One between requests gets DRAIN_IDLE_GRACE first: a keep-alive client may have sent its
+        next request already, and closing under it would lose it; that request is answered with
+        ``Connection: close`` instead. Whatever is closed unanswered was never read, so never run:
+        a client may send it again on a new connection.
+        """
+        if self.next_write != self.next_seq or self.in_message:
+            self.closing = True
+            return
+        self.door.loop.call_later(DRAIN_IDLE_GRACE, self._close_if_still_idle)
+
+    def _close_if_still_idle(self) -> None:
+        if self.transport is not None and self.next_write == self.next_seq and not self.in_message:
+            self._close_now()
 
     def close_if_idle_since(self, horizon: float) -> None:
         """Close if nothing is in flight and nothing arrived since ``horizon`` (loop time)."""

@@ -86,8 +86,10 @@ class HttpDoor:
 
     def __init__(self, dispatch: Dispatch, *, probes: Probes | None = None,
                  max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE, token: str | None = None,
-                 cors_origin: str | None = None, idle_timeout: float = DEFAULT_IDLE_TIMEOUT) -> None:
+                 cors_origin: str | None = None, idle_timeout: float = DEFAULT_IDLE_TIMEOUT,
+                 ws_dispatch: Dispatch | None = None) -> None:
         self.dispatch = dispatch
+        self.ws_dispatch = ws_dispatch or dispatch  # WebSocket messages: the same, unless told apart
         self.idle_timeout = idle_timeout
         self.max_message_size = max_message_size
         self.token = token
@@ -111,6 +113,7 @@ class HttpDoor:
         self._sessions: set[Any] = set()      # websocket.WebSocketSession
         self._tasks: set[asyncio.Task[Any]] = set()
         self._in_flight = 0
+        self.served = 0   # calls answered (or failed) since the door opened
         self._idle: asyncio.Event | None = None
         self._sweeper: asyncio.TimerHandle | None = None
 
@@ -137,10 +140,11 @@ class HttpDoor:
     def open_connections(self) -> int:
         return len(self._connections) + len(self._sessions)
 
-    async def drain(self, timeout: float | None = None) -> bool:
+    async def drain(self, timeout: float | None = None, *, cut_off: bool = True) -> bool:
         """Stop accepting, answer every call already read, close connections as they go idle.
 
-        True when everything closed within ``timeout``; otherwise the rest is cut off and False.
+        True when everything closed within ``timeout``; otherwise False, and the rest is cut off
+        (unless ``cut_off`` is false: the caller then answers what is left and drains again).
         The listening sockets stay open in the process that created them (the master), so other
         workers keep accepting.
         """
@@ -157,7 +161,8 @@ class HttpDoor:
             await asyncio.wait_for(self._idle.wait(), timeout)
             return True
         except TimeoutError:
-            self.close()
+            if cut_off:
+                self.close()
             return False
 
     def close(self) -> None:
@@ -188,6 +193,7 @@ class HttpDoor:
 
     def _call_finished(self) -> None:
         self._in_flight -= 1
+        self.served += 1
 
     def _connection_gone(self) -> None:
         if self._idle is not None and not self._connections and not self._sessions:

@@ -16,7 +16,15 @@ import socket
 from collections.abc import Awaitable
 from typing import TYPE_CHECKING, Any
 
-from picows import WSCloseCode, WSFrame, WSListener, WSMsgType, WSTransport
+from picows import (
+    WSCloseCode,
+    WSFrame,
+    WSListener,
+    WSMsgType,
+    WSTransport,
+    WSUpgradeResponse,
+    WSUpgradeResponseWithListener,
+)
 from picows.picows import WSAutoPingStrategy, WSProtocol
 
 if TYPE_CHECKING:
@@ -122,7 +130,7 @@ class WebSocketSession(WSListener):
         door = self.door
         door._call_started()
         try:
-            answer = door.dispatch(payload)
+            answer = door.ws_dispatch(payload)
         except Exception:
             log.exception("dispatch failed on a WebSocket message")
             answer = INTERNAL_ERROR
@@ -178,11 +186,25 @@ class WebSocketSession(WSListener):
             self.transport.disconnect(graceful=False)
 
 
+def _session_factory(door: "HttpDoor") -> Any:
+    """A session per upgrade; when the client offered subprotocols, the 101 names one of them (see tokens.py)."""
+    from .tokens import chosen_protocol
+
+    def make(request: Any) -> Any:
+        offered = request.headers.get("Sec-WebSocket-Protocol")
+        chosen = chosen_protocol(offered.encode()) if offered else None
+        if chosen is None:
+            return WebSocketSession(door)
+        response = WSUpgradeResponse.create_101_response({"Sec-WebSocket-Protocol": chosen.decode()})
+        return WSUpgradeResponseWithListener(response, WebSocketSession(door))
+    return make
+
+
 def take_over(door: "HttpDoor", transport: asyncio.Transport, request_head: bytes, rest: bytes) -> None:
     """Switch ``transport`` to WebSocket: picows replays the upgrade request and answers it (101)."""
     proto = WSProtocol(
         None, None, False,                   # host:port and path are for clients
-        lambda request: WebSocketSession(door),
+        _session_factory(door),
         _picows_log,
         True,                                # disconnect when a listener callback raises
         HANDSHAKE_TIMEOUT_S,

@@ -12,6 +12,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from .. import protocol
+from ..ops import log
 from ..protocol import RPCError
 from ..settings import ConfigError, parse_workers
 from .states import ClusterState
@@ -60,6 +61,19 @@ class Admin:
         if timeout is not None:
             self.router.config.graceful_timeout = float(timeout)
         self.router.loop.call_soon(self.router.request_stop, graceful)
+        return {"stopping": True, "pid": os.getpid()}
+
+    async def stop_after_drain_delay(self) -> dict:
+        """SIGTERM/SIGINT (DESIGN.md 14): /readyz answers 503 at once, calls are served on for
+        --drain-delay seconds (load balancers take the instance out meanwhile), then the graceful stop.
+        A second signal during the delay stops at once."""
+        router = self.router
+        delay = router.config.drain_delay
+        if delay <= 0 or router.drain_delay_started or router.state is ClusterState.STOPPING:
+            return await self.stop(graceful=True)
+        router.begin_drain_delay()
+        log.event("drain-delay", f"{router.config.name}: not ready; stopping in {delay:g}s (--drain-delay)")
+        router.loop.call_later(delay, router.request_stop, True)
         return {"stopping": True, "pid": os.getpid()}
 
     async def reload(self, wait: bool = True) -> dict:

@@ -30,6 +30,9 @@ class SupervisorHost(Protocol):
     def start_remote(self, agent: str, worker: Worker, spec: WorkerSpec) -> WorkerHandle:
         """Ask the agent running a slot to start its worker."""
 
+    def http_fds(self) -> list[int]:
+        """The descriptors of the --http-bind listening sockets a local worker inherits (front.py)."""
+
     def learn_methods(self, methods: dict) -> None:
         """The current generation's method table (from its first ready worker)."""
 

@@ -39,7 +39,14 @@ class Launcher:
         spec = WorkerSpec(worker=cfg.worker, endpoint=self.host.worker_endpoint, ident=ident.decode(), slot=index,
                           generation=generation, name=cfg.name, heartbeat_interval=cfg.heartbeat_interval,
                           heartbeat_timeout=max(cfg.heartbeat_timeout, 2.0), debug=cfg.debug,
-                          parent_pid=os.getpid(), master_pid=os.getpid(), log_calls=cfg.log_calls)
+                          parent_pid=os.getpid(), master_pid=os.getpid(), log_calls=cfg.log_calls,
+                          max_message_size=cfg.max_message_size, max_batch=cfg.max_batch,
+                          call_timeout=cfg.call_timeout, graceful_timeout=cfg.graceful_timeout)
+        if agent is None and cfg.http_binds:
+            # the HTTP/WebSocket door: the listening sockets are inherited (front.py); not across hosts
+            spec.http_fds = self.host.http_fds()
+            spec.http_token_file, spec.http_cors, spec.http_status = (cfg.http_token_file, cfg.http_cors,
+                                                                      cfg.http_status)
         if agent is not None:
             # a slot of an agent on another host: the agent starts the process, on the code it has
             worker.process = self.host.start_remote(agent, worker, spec)

@@ -59,6 +59,7 @@ class Worker:
     last_beat: float = field(default_factory=time.monotonic)
     heard: bool = False     # a beat arrived: until then the worker is still booting an interpreter
     stalled: float = 0.0
+    http: dict | None = None       # its HTTP door's calls and connections, from its last heartbeat
     rss_bytes: int | None = None
     cpu_percent: float | None = None
     retire_reason: ExitReason | None = None   # why the master is replacing or stopping it

@@ -34,6 +34,7 @@ from .admin import Admin
 from .batch import Batches
 from .dir_keeper import DirKeeper
 from .endpoint import WorkersProxy, internal_methods, outcome
+from .front import FrontDoor, state_frames
 from .local import DOORS, LocalMethods, calling_door, master_lacks
 from .pool import Call, Worker
 from .reload import ReloadManager
@@ -75,6 +76,8 @@ class Router:
         self.shared: Any = None
         self.agents: Any = None        # the AgentRegistry, with --worker-bind
         self.rsock: zmq.Socket | None = None
+        self.front = FrontDoor(config.http_binds)
+        self.drain_delay_started = False  # --drain-delay: /readyz says 503 while calls are still served
         self.endpoint = master_cls()
         self.endpoint.name = config.name
         self.endpoint.pid = os.getpid()
@@ -128,6 +131,7 @@ class Router:
         if self.shared is not None:
             self.shared.close()
         self.close_sockets()
+        self.front.close()
         self.dir.release()
 
     def set_state(self, state: ClusterState) -> None:
@@ -141,6 +145,34 @@ class Router:
             elif state is ClusterState.STOPPING:
                 self.notifier.stopping()
         self.update_status_line()
+        self.publish_readiness()
+
+    # ------------------------------------------------------------------ readiness (/readyz)
+    def instance_ready(self) -> bool:
+        """At least one ready worker, and no stop (nor the --drain-delay before one) begun."""
+        if self.drain_delay_started or self.state in (ClusterState.STOPPING, ClusterState.STOPPED):
+            return False
+        return any(w.state is WorkerState.READY for w in self.supervisor.by_ident.values())
+
+    def publish_readiness(self, worker: Worker | None = None) -> None:
+        """Tell the workers serving the HTTP door whether the instance is ready: all of them when it
+        changed, or one that just became ready."""
+        if not self.front.sockets:
+            return
+        ready = self.instance_ready()
+        if worker is not None:
+            self.to_worker(state_frames(worker.ident, ready), worker.sock)
+        if ready == self.front.ready:
+            return
+        self.front.ready = ready
+        for other in list(self.supervisor.by_ident.values()):
+            if other.agent is None and other.ready_at is not None and other is not worker:
+                self.to_worker(state_frames(other.ident, ready), other.sock)
+
+    def begin_drain_delay(self) -> None:
+        """SIGTERM with --drain-delay: /readyz answers 503 now; the graceful stop follows the delay."""
+        self.drain_delay_started = True
+        self.publish_readiness()
 
     def update_status_line(self) -> None:
         if self.notifier is not None:
@@ -159,7 +191,8 @@ class Router:
     def _make_spawner(self, on_line: OnLine, on_exit: OnExit) -> Spawner:
         identity = self.worker_identity
         return make_spawner(self.loop, self.config, self.ctx, self.child_environ(), on_line, on_exit,
-                            identity.popen_kwargs() if identity is not None else None)
+                            identity.popen_kwargs() if identity is not None else None,
+                            pass_fds=lambda: self.front.fds)
 
     def child_environ(self) -> dict[str, str]:
         """The environment a worker process starts with (the user's own with --user)."""
@@ -351,8 +384,8 @@ class Router:
 
     def send(self, sock: zmq.Socket, envelope: list[bytes], payload: bytes) -> None:
         outbox = self.outboxes.get(sock)
-        if outbox is not None:  # the answer to a worker's own request: one item, gathered
-            outbox.add(envelope[0], ANSWER + payload)
+        if outbox is not None:  # the answer to a worker's own request (or a forwarded one): one item, gathered
+            outbox.add(envelope[0], (envelope[1] if len(envelope) > 1 else ANSWER) + payload)
             return
         try:
             send_frames(sock, envelope + [payload], NOBLOCK)
@@ -403,6 +436,12 @@ class Router:
                 if ident not in self.supervisor.by_ident:
                     return  # a worker of another master: it gets nothing from us
                 self._on_worker_request(ident, item[1:], sock)
+            elif kind == wire.FORWARD:
+                if ident not in self.supervisor.by_ident:
+                    return
+                # an HTTP/WebSocket caller's request a worker does not serve itself: routed exactly as one
+                # from a --bind client; the answer goes back to that worker as FORWARDED + the same token
+                self.on_client_message([ident, wire.FORWARDED + item[1:_BODY], item[_BODY:]], sock, "http")
 
     def _on_worker_notice(self, ident: bytes, kind: bytes, body: bytes, sock: zmq.Socket) -> None:
         """[ident, kind, json]: a beat, a hello, a boot failure, an agent's message."""

@@ -40,6 +40,7 @@ async def serve(config: Config, master_cls: type, worker_cls: type) -> int:
     log.logger.addHandler(router.log_ring)
     reaper = ChildReaper(loop, router.supervisor.spawner.owned_pids).install()  # PID 1 in a container
     try:
+        router.front.open()  # raises BindError: the CLI prints its one line, exit status 1
         return await _serve(loop, router, config)
     finally:
         reaper.close()  # before the loop closes: a SIGCHLD must not find its wake-up pipe closed
@@ -139,6 +140,8 @@ async def _run_until_stopped(loop: asyncio.AbstractEventLoop, router: Router, st
     config = router.config
     router.set_state(ClusterState.RUNNING)
     log.event("master-ready", f"{config.name}: {config.workers} workers ready", instance=config.name)
+    for bind in config.http_binds:
+        log.event("http-listen", f"{config.name}: HTTP and WebSocket on {bind}", bind=bind)
     interval = router.notifier.watchdog_interval() if router.notifier is not None else None
     if interval:
         _keep_watchdog(loop, router.notifier, interval, router)

@@ -1,7 +1,7 @@
 """The master's signals: each runs a control command (admin.py), so a signal and `clusterd stop /
 reload / scale` agree on when it is allowed and on its limits.
 
-    SIGTERM           stop (graceful)          SIGHUP    reload (not waited for)
+    SIGTERM           stop (graceful; after --drain-delay)     SIGHUP    reload (not waited for)
     SIGINT (Ctrl-C)   stop; again: fast stop   SIGTTIN   scale +1
     SIGQUIT           stop (fast)              SIGTTOU   scale -1
 """
@@ -30,7 +30,7 @@ Command = Callable[[], Awaitable[Any]]
 def install_signals(router: MasterView) -> None:
     admin: Admin = router.admin
     commands: dict[int, tuple[str, Command]] = {
-        signal.SIGTERM: ("stop", lambda: admin.stop(graceful=True)),
+        signal.SIGTERM: ("stop", admin.stop_after_drain_delay),  # --drain-delay first (DESIGN.md 14)
         signal.SIGQUIT: ("stop", lambda: admin.stop(graceful=False)),
         signal.SIGHUP: ("reload", lambda: admin.reload_from("SIGHUP")),
         signal.SIGTTIN: ("scale", lambda: admin.scale(delta=1)),

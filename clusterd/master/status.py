@@ -30,6 +30,8 @@ def status_document(router: MasterView) -> dict:
     workers = workers_document(sup)
     doc = {
         "name": router.config.name, "state": router.state,
+        # what /readyz answers: a ready worker, and no stop (nor --drain-delay before one) begun
+        "ready": router.instance_ready(),
         "master": {"pid": os.getpid(), "started_at": router.started_at, "uptime_s": round(now - router.started_at, 3),
                    "version": router.version, "rss_bytes": rss, "cpu_percent": cpu, "host": os.uname().nodename,
                    "master_stale": bool(router.master_code is not None and router.master_code.stale),
@@ -71,6 +73,8 @@ def workers_document(sup: Supervisor) -> list[dict]:
             "failed": worker.failed, "last_exit": slot.last_exit if slot else None,
             "max_requests": worker.max_requests or None, "host": worker.host, "agent": worker.agent,
             "isolation": worker.process.isolation if worker.process is not None else "process",
+            # with --http-bind: {"inflight", "served", "connections"} of its HTTP/WebSocket door
+            "http": worker.http,
         })
     for slot in sup.slots.values():
         if slot.active is None and slot.incoming is None and not slot.retired:

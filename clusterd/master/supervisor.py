@@ -157,6 +157,9 @@ class Supervisor:
             worker.heard = True
             stalled = info.get("stalled", 0.0) if isinstance(info, dict) else 0.0
             worker.stalled = stalled if isinstance(stalled, (int, float)) else 0.0
+            http = info.get("http") if isinstance(info, dict) else None
+            if isinstance(http, dict):
+                worker.http = http
 
     def on_idle(self, worker: Worker) -> None:
         """A retiring worker finished its last call: tell it to stop."""

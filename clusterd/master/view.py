@@ -53,7 +53,16 @@ class MasterView(Protocol):
     master_code: Any              # the MasterCode (master_code.py): has the master's own code changed
     worker_identity: Any          # privileges.WorkerIdentity with --user/--group, else None
 
+    drain_delay_started: bool
+    front: Any                    # the FrontDoor (front.py): --http-bind sockets and what workers were told
+
     def set_state(self, state: ClusterState) -> None: ...
+
+    def begin_drain_delay(self) -> None: ...
+
+    def instance_ready(self) -> bool: ...
+
+    def publish_readiness(self, worker: Worker | None = None) -> None: ...
 
     def update_status_line(self) -> None: ...
 

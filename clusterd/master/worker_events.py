@@ -6,6 +6,7 @@ retried elsewhere when idempotent); the master's hooks (on_worker_ready, on_work
 
 from __future__ import annotations
 
+import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -51,14 +52,21 @@ class WorkerEvents:
         return self.router.agents.spawn(agent, worker, spec)
 
     def send_stop(self, worker: Worker) -> None:
-        self.router.to_worker([worker.ident, wire.STOP], worker.sock)
+        # with the time it has left (a worker's HTTP door answers what it cannot finish before then)
+        left = worker.stop_deadline - time.monotonic() if worker.stop_deadline is not None else None
+        frames = [worker.ident, wire.STOP] if left is None else [worker.ident, wire.STOP, b"%.3f" % max(left, 0.0)]
+        self.router.to_worker(frames, worker.sock)
 
     def learn_methods(self, methods: dict) -> None:
         self.router.worker_methods = methods
 
+    def http_fds(self) -> list[int]:
+        return self.router.front.fds
+
     def on_worker_ready(self, worker: Worker) -> None:
         router = self.router
         router.queue.flush()
+        router.publish_readiness(worker)
         router.spawn_task(_hook(router.endpoint.on_worker_ready, worker_info(worker)))
         router.update_status_line()
 
@@ -80,6 +88,7 @@ class WorkerEvents:
                 router.reply_error(call, protocol.WORKER_DIED)
         router.spawn_task(_hook(router.endpoint.on_worker_exit, worker_info(worker), exit_info))
         router.update_status_line()
+        router.publish_readiness()
 
 
 async def _hook(func: Callable[..., Awaitable[Any]], *args: Any) -> None:

@@ -170,6 +170,15 @@ def validate_run(config: Any) -> None:
         raise ConfigError(f"--watch-version: no such file {config.watch_version}")
     if config.reload_on_change and not Path(config.reload_on_change).is_dir():
         raise ConfigError(f"--reload-on-change: no such directory {config.reload_on_change}")
+    if config.http_token_file is not None:
+        from ..httpdoor.tokens import TokenError, read_token
+        try:
+            read_token(config.http_token_file)
+        except TokenError as exc:
+            raise ConfigError(f"--http-token-file: {exc}") from None
+    for option in ("http_token_file", "http_cors", "http_status"):
+        if getattr(config, option) and not config.http_binds:
+            raise ConfigError(f"--{option.replace('_', '-')} needs --http-bind")
     if config.dashboard and not config.metrics_bind:
         raise ConfigError("--dashboard needs --metrics-bind HOST:PORT (the page is served on the metrics port)")
 

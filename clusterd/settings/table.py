@@ -8,8 +8,8 @@ from typing import Any
 
 from .values import (
     ConfigError,
-    single_value,
     check_address,
+    check_http_bind,
     check_host_port,
     parse_bool,
     parse_count,
@@ -18,6 +18,7 @@ from .values import (
     parse_size,
     parse_text,
     parse_workers,
+    single_value,
 )
 
 RUN, AGENT, UNIT = "run", "worker", "systemd-unit"
@@ -160,6 +161,17 @@ OPTIONS: tuple[Option, ...] = (
     Option("curve-dir", str | None, None, "Directory of keys from `clusterd keygen`: encrypt and "
            "authenticate the worker link.", commands=(RUN, AGENT), metavar="DIR",
            help_for={AGENT: "Directory holding worker.key_secret and master.key (from clusterd keygen)."}),
+    Option("http-bind", list[str], (), "Serve JSON-RPC over HTTP and WebSocket, and the probes, on HOST:PORT or "
+           "unix:/path (repeatable; the workers serve it on sockets the master holds).", check_http_bind,
+           multiple=True, dest="http_binds", metavar="ADDR"),
+    Option("http-token-file", str | None, None, "Require 'Authorization: Bearer <the token in FILE>' on the HTTP "
+           "RPC path and WebSocket (probes stay open).", metavar="FILE"),
+    Option("http-cors", str | None, None, "Let pages from ORIGIN (or *) call over HTTP and WebSocket: answer "
+           "preflights, send CORS headers.", metavar="ORIGIN"),
+    Option("http-status", bool, False, "Serve the status document at GET /status on the HTTP port (it names "
+           "pids and memory: off by default).", flag=True),
+    Option("drain-delay", float, 0.0, "On SIGTERM: /readyz answers 503 at once, calls are served this many "
+           "seconds more, then the graceful stop.", parse_seconds, status_key="drain_delay_s", metavar="S"),
     Option("metrics-bind", str | None, None, "Serve Prometheus metrics at /metrics on this HTTP address, "
            "e.g. 127.0.0.1:9187 (no authentication: keep it private).", check_host_port, metavar="HOST:PORT"),
     Option("dashboard", bool, False, "Serve a live dashboard at /dashboard on the --metrics-bind port.",

@@ -148,6 +148,18 @@ def is_loopback(addr: str) -> bool:
     return host in ("localhost", "::1") or host.startswith("127.")
 
 
+def check_http_bind(value: Any) -> str:
+    """An --http-bind: HOST:PORT, [IPV6]:PORT, :PORT or unix:/path (httpdoor.listeners.parse_bind)."""
+    from ..httpdoor.listeners import BindError, parse_bind  # httpdoor imports nothing of clusterd
+    if not isinstance(single_value(value), str):
+        raise ConfigError(f"expected HOST:PORT or unix:/path, got {value!r}")
+    try:
+        parse_bind(value)
+    except BindError as exc:
+        raise ConfigError(str(exc)) from None
+    return str(value)
+
+
 def parse_text(value: Any) -> str:
     if isinstance(single_value(value), bool) or not isinstance(value, (str, int, float)):
         raise ConfigError(f"expected a string, got {value!r}")

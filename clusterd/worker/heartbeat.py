@@ -14,6 +14,7 @@ import selectors
 import sys
 import threading
 import time
+from collections.abc import Callable
 
 import psutil
 import zmq
@@ -89,9 +90,25 @@ class MasterWatch:
 _PAUSED = (psutil.STATUS_STOPPED, psutil.STATUS_TRACING_STOP)
 
 
+class MasterSeen:
+    """When the heartbeat thread last heard the master (time.monotonic()): the HTTP door's /livez.
+
+    The master answers beats from its event loop, so a recent answer means that loop is alive (a
+    paused master is not dead for the worker, but it is not live for a probe either)."""
+
+    def __init__(self) -> None:
+        self.at = time.monotonic()
+        # what the beats carry besides "stalled": the HTTP door's figures, for the status document
+        self.figures: Callable[[], dict] | None = None
+
+    def within(self, seconds: float) -> bool:
+        return time.monotonic() - self.at < seconds
+
+
 def start(context: zmq.Context, endpoint: str, ident: bytes, interval: float, timeout: float,
           configure=None, watch: int | None = None, stop: threading.Event | None = None,
-          master_pid: int | None = None, stats: MethodStats | None = None) -> threading.Thread:
+          master_pid: int | None = None, stats: MethodStats | None = None,
+          seen: MasterSeen | None = None) -> threading.Thread:
     """Start beating to the master; exit the process when the master has been silent for timeout.
 
     A thread worker (--isolation thread) passes the thread to watch and a `stop` event: it shares its
@@ -103,17 +120,18 @@ def start(context: zmq.Context, endpoint: str, ident: bytes, interval: float, ti
     """
     thread = threading.Thread(target=_run, name="clusterd-heartbeat", daemon=True,
                               args=(context, endpoint, ident, interval, timeout, configure, watch, stop,
-                                    master_pid, stats))
+                                    master_pid, stats, seen or MasterSeen()))
     thread.start()
     return thread
 
 
 def _run(context: zmq.Context, endpoint: str, ident: bytes, interval: float, timeout: float,
          configure, watch_ident: int | None = None, stop: threading.Event | None = None,
-         master_pid: int | None = None, stats: MethodStats | None = None) -> None:
+         master_pid: int | None = None, stats: MethodStats | None = None, seen: MasterSeen | None = None) -> None:
     sock = context.socket(zmq.DEALER)
     try:
-        _beat(sock, endpoint, ident, interval, timeout, configure, watch_ident, stop, master_pid, stats)
+        _beat(sock, endpoint, ident, interval, timeout, configure, watch_ident, stop, master_pid, stats,
+              seen or MasterSeen())
     except zmq.ContextTerminated:
         pass  # a thread worker's master is closing the shared context: nothing left to beat to
     finally:
@@ -122,7 +140,8 @@ def _run(context: zmq.Context, endpoint: str, ident: bytes, interval: float, tim
 
 def _beat(sock: zmq.Socket, endpoint: str, ident: bytes, interval: float, timeout: float, configure,
           watch_ident: int | None, stop: threading.Event | None, master_pid: int | None,
-          stats: MethodStats | None = None) -> None:
+          stats: MethodStats | None = None, seen: MasterSeen | None = None) -> None:
+    seen = seen or MasterSeen()
     sock.setsockopt(zmq.ROUTING_ID, wire.HEARTBEAT_PREFIX + ident)
     sock.setsockopt(zmq.LINGER, 0)
     if configure is not None:
@@ -142,6 +161,8 @@ def _beat(sock: zmq.Socket, endpoint: str, ident: bytes, interval: float, timeou
         delta = tracker.delta() if tracker is not None else None
         if delta is not None:
             beat["stats"] = delta
+        if seen.figures is not None:
+            beat["http"] = seen.figures()
         try:
             sock.send_multipart([wire.BEAT, protocol.dumps(beat)], zmq.NOBLOCK)
         except zmq.ZMQError:
@@ -160,7 +181,7 @@ def _beat(sock: zmq.Socket, endpoint: str, ident: bytes, interval: float, timeou
                 try:
                     while True:
                         sock.recv_multipart(zmq.NOBLOCK)
-                        last_answer = time.monotonic()
+                        last_answer = seen.at = time.monotonic()
                 except zmq.Again:
                     pass
         if master is not None and time.monotonic() - last_answer > interval and master.paused():

@@ -27,7 +27,7 @@ from ..ops.method_stats import MethodStats
 from ..ops.tracing import Tracing
 from ..proctitle import set_title
 from ..protocol import RemoteError, RPCError
-from ..wire import ANSWER, CALL, ERROR, NOTIFY, REQUEST, RESULT, STOP, TOKEN_SIZE, WorkerSpec
+from ..wire import ANSWER, CALL, ERROR, FORWARD, FORWARDED, NOTIFY, REQUEST, RESULT, STATE, STOP, TOKEN_SIZE, WorkerSpec
 from ..zmqloop import Outbox, SocketReader
 from . import heartbeat
 
@@ -113,6 +113,11 @@ class WorkerLink:
         self._next_id = 0
         self._pending: dict[int, asyncio.Future] = {}
         self._tasks: set[asyncio.Task] = set()
+        self._forwards: dict[bytes, tuple[asyncio.Future, Any]] = {}  # token -> (answer, request id)
+        self._next_forward = 0
+        self.instance_ready = False  # what the master last said: /readyz (wire.STATE)
+        self.state_known = asyncio.Event()  # the first STATE: the master counts this worker ready
+        self.stop_within: float | None = None  # from the STOP frame: the time left before the master kills
         self.stop_requested = asyncio.Event()
         self._faults = log.RateLimited()
         self.outbox = Outbox(loop, sock)  # the items of a loop turn leave as one message
@@ -137,6 +142,25 @@ class WorkerLink:
         finally:
             self._pending.pop(rid, None)  # answered ones are gone already; this is for a cancelled call
 
+    # -- an HTTP/WebSocket caller's request for the master (worker/http.py)
+    def forward(self, payload: bytes, rid: Any) -> "asyncio.Future[bytes] | None":
+        """Send the request to the master, routed as a --bind client's; a future of the answer bytes
+        (None for a notification, which gets no answer)."""
+        self._next_forward += 1
+        token = wire.token_bytes(self._next_forward)
+        self.outbox.add(None, FORWARD + token + payload)
+        if rid is protocol.NO_ID:
+            return None
+        fut = self.loop.create_future()
+        self._forwards[token] = (fut, rid)
+        return fut
+
+    def fail_forwards(self, code: int) -> None:
+        """Answer every forwarded call still waiting for the master with this error."""
+        forwards, self._forwards = self._forwards, {}
+        for fut, rid in forwards.values():
+            if not fut.done():
+                fut.set_result(protocol.encode_error(rid, code))
     async def master_metrics(self, accept: str = "") -> tuple[bytes, str]:
         """The whole instance's Prometheus text and its content type, from the master (for GET /metrics
         on the HTTP door: the master holds every process's counters; the workers-only internal
@@ -155,7 +179,19 @@ class WorkerLink:
                 self._on_answer(item[1:])
             elif kind == NOTIFY:
                 self._serve_safely(None, item[1:])
+            elif kind == FORWARDED:  # the master's answer to a call this worker's HTTP door forwarded
+                entry = self._forwards.pop(item[1:_BODY], None)
+                if entry is not None and not entry[0].done():
+                    entry[0].set_result(item[_BODY:])
+            elif kind == STATE:
+                self.instance_ready = item[1:] == b"1"
+                self.state_known.set()
             elif kind == STOP:
+                if len(item) > 1:  # the seconds the master gives this worker to stop
+                    try:
+                        self.stop_within = float(item[1:])
+                    except ValueError:
+                        pass
                 self.stop_requested.set()
 
     def _on_answer(self, payload: bytes) -> None:
@@ -199,9 +235,10 @@ class WorkerLink:
             return self._answer(token, prepared)
         func, method = prepared
         if self.tracing is not None:
-            return self._serve_traced(token, func, method.is_async, method.name, req, obj)
-        if method.is_async:
-            task = start_task(self.loop, self._serve_async(token, func, req, method.name))
+            return self._serve_traced(token, func, method.is_async or method.offload, method.name, req, obj,
+                                      method.offload)
+        if method.is_async or method.offload:
+            task = start_task(self.loop, self._serve_async(token, func, req, method.name, offload=method.offload))
             if not task.done():
                 self._tasks.add(task)
                 task.add_done_callback(self._tasks.discard)
@@ -214,11 +251,12 @@ class WorkerLink:
             self._answer(token, self.dispatcher.run_sync(func, req.params, req.id, method.name))
 
     async def _serve_async(self, token: bytes | None, func, req: protocol.Request, name: str,
-                           span: Any = None) -> None:
+                           span: Any = None, offload: bool = False) -> None:
+        run = self.dispatcher.run_offloaded if offload else self.dispatcher.run_async
         response = None
         try:
             started = time.perf_counter() if self.log_calls else 0.0
-            response = await self.dispatcher.run_async(func, req.params, req.id, name)
+            response = await run(func, req.params, req.id, name)
             if self.log_calls:
                 worker_log.access(name, "error" not in response, started, time.perf_counter())
             self._answer(token, response)
@@ -229,13 +267,14 @@ class WorkerLink:
                 self.tracing.end(span, _error_code(response))
 
     def _serve_traced(self, token: bytes | None, func, is_async: bool, name: str, req: protocol.Request,
-                      obj: dict) -> None:
+                      obj: dict, offload: bool = False) -> None:
         """_serve's end with a span around the call, its context current for the calls the method makes."""
         tracing = self.tracing
         span = tracing.start(req.method, obj, slot=self.slot)
         with tracing.use(span):
             if is_async:
-                task = self.loop.create_task(self._serve_async(token, func, req, name, span))  # copies the context
+                # the task copies the context, so the span stays current in it
+                task = self.loop.create_task(self._serve_async(token, func, req, name, span, offload))
                 self._tasks.add(task)
                 task.add_done_callback(self._tasks.discard)
                 return
@@ -255,6 +294,14 @@ class WorkerLink:
             await asyncio.gather(*list(self._tasks), return_exceptions=True)
 
 
+async def _first(*events: asyncio.Event) -> None:
+    """Wait until one of the events is set."""
+    waiters = [asyncio.ensure_future(e.wait()) for e in events]
+    try:
+        await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for waiter in waiters:
+            waiter.cancel()
 def _clusterd_version() -> str:
     from .. import __version__  # the package imports this module before it defines its version
     return __version__
@@ -308,6 +355,8 @@ def main() -> None:
     sys.path.insert(0, os.getcwd())
     worker_log.install(spec.debug)
     set_title(f"clusterd: {spec.name} worker {spec.slot} gen {spec.generation}")
+    if spec.http_fds:
+        _use_uvloop()
     try:
         code = asyncio.run(_run(spec))
     except KeyboardInterrupt:
@@ -315,6 +364,15 @@ def main() -> None:
     sys.stdout.flush()
     sys.stderr.flush()
     os._exit(code)
+
+
+def _use_uvloop() -> None:
+    """The HTTP door serves faster on uvloop: used when it is installed (pip install "clusterd[fast]")."""
+    try:
+        import uvloop
+    except ImportError:
+        return
+    asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
 
 
 async def _run(spec: WorkerSpec, embedded: Any = None) -> int:
@@ -337,22 +395,23 @@ async def _run(spec: WorkerSpec, embedded: Any = None) -> int:
     if spec.curve:
         from ..curve import client_configurer
         configure = client_configurer(spec.curve)
+    seen = heartbeat.MasterSeen()
     stats = MethodStats()   # the calls this worker's HTTP/WS door answers; the heartbeat reports them
     if embedded is None:
         heartbeat.start(context, spec.endpoint, ident, spec.heartbeat_interval, spec.heartbeat_timeout, configure,
-                        master_pid=spec.master_pid, stats=stats)
+                        master_pid=spec.master_pid, stats=stats, seen=seen)
     else:
         heartbeat.start(context, spec.endpoint, ident, spec.heartbeat_interval, spec.heartbeat_timeout,
-                        watch=threading.get_ident(), stop=embedded.beat_stop, stats=stats)
+                        watch=threading.get_ident(), stop=embedded.beat_stop, stats=stats, seen=seen)
     sock = context.socket(zmq.DEALER)
     try:
-        return await _serve(loop, spec, sock, configure, embedded, stats)
+        return await _serve(loop, spec, sock, configure, embedded, stats, seen)
     finally:
         sock.close(linger=1000)  # idempotent; a cancelled (killed) thread worker must still close it
 
 
 async def _serve(loop: asyncio.AbstractEventLoop, spec: WorkerSpec, sock: zmq.Socket, configure: Any,
-                 embedded: Any, stats: MethodStats | None = None) -> int:
+                 embedded: Any, stats: MethodStats | None = None, seen: heartbeat.MasterSeen | None = None) -> int:
     ident = spec.ident.encode()
     sock.setsockopt(zmq.ROUTING_ID, ident)
     sock.setsockopt(zmq.LINGER, 2000)
@@ -363,6 +422,7 @@ async def _serve(loop: asyncio.AbstractEventLoop, spec: WorkerSpec, sock: zmq.So
     sock.connect(spec.endpoint)
     link = WorkerLink(loop, sock, spec.debug, spec.log_calls)
     link.stats = stats if stats is not None else MethodStats()
+    seen = seen or heartbeat.MasterSeen()
     if embedded is not None:
         embedded.link = link
 
@@ -379,6 +439,11 @@ async def _serve(loop: asyncio.AbstractEventLoop, spec: WorkerSpec, sock: zmq.So
         link.tracing = tracing.load(_clusterd_version())
         link.dispatcher = Dispatcher(endpoint, spec.debug)
         link.dispatcher.report = worker_log.CallErrors().report
+        door = None
+        if spec.http_fds:
+            from .http import WorkerDoor
+            door = WorkerDoor(spec, link, link.dispatcher, seen, embedded is not None)
+            seen.figures = door.figures
     except BaseException as exc:  # any failure to start is reported to the master, then we exit
         text = "".join(traceback.format_exception(exc))
         failure = {"error": f"{type(exc).__name__}: {exc}", "traceback": text}
@@ -397,7 +462,15 @@ async def _serve(loop: asyncio.AbstractEventLoop, spec: WorkerSpec, sock: zmq.So
     sock.send_multipart([wire.HELLO, protocol.dumps({"pid": os.getpid(), "slot": spec.slot,
                                                     "generation": spec.generation, "methods": methods})])
     link.reader.wake()
+    if door is not None:
+        # accept connections once the master counts this worker ready (its first STATE frame), so that
+        # what it answers on /readyz is already the instance's state; a stop may come first
+        await _first(link.state_known, link.stop_requested)
+        if not link.stop_requested.is_set():
+            await door.serve()
     await link.stop_requested.wait()
+    if door is not None:
+        await door.drain()
     await link.drain()
     try:
         await endpoint.stop_services()
@@ -406,6 +479,7 @@ async def _serve(loop: asyncio.AbstractEventLoop, spec: WorkerSpec, sock: zmq.So
     for fut in link._pending.values():
         if not fut.done():
             fut.set_exception(RemoteError(protocol.SHUTTING_DOWN))
+    link.fail_forwards(protocol.SHUTTING_DOWN)
     link.outbox.flush()  # answers still gathered for this loop turn
     link.reader.close()
     sock.close(linger=1000)

@@ -171,21 +171,31 @@ def _popen_shielded(*args, **kwargs) -> subprocess.Popen:
         signal.pthread_sigmask(signal.SIG_SETMASK, old)
 
 
+PassFds = Callable[[], "list[int]"]
+
+
+def _no_fds() -> list[int]:
+    return []
+
+
 class DirectSpawner:
-    """A fresh interpreter per worker; its exit is seen through a pidfd."""
+    """A fresh interpreter per worker; its exit is seen through a pidfd.
+
+    ``pass_fds`` gives the descriptors every worker inherits (the HTTP door's listening sockets)."""
 
     def __init__(self, loop: asyncio.AbstractEventLoop, on_line: OnLine, on_exit: OnExit,
-                 popen_kwargs: dict | None = None) -> None:
+                 popen_kwargs: dict | None = None, pass_fds: PassFds = _no_fds) -> None:
         self.loop = loop
         self.on_line = on_line
         self.on_exit = on_exit
         self.popen_kwargs = popen_kwargs or {}  # user/group with --user (privileges.py)
+        self.pass_fds = pass_fds
         self.owned: set[int] = set()
 
     def spawn(self, worker: object, env: dict, label: str, generation: int = 0) -> ProcessHandle:
         proc = _popen_shielded([sys.executable, "-c", WORKER_ENTRY, label], stdin=subprocess.DEVNULL,
-                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env, close_fds=True,
-                                **self.popen_kwargs)
+                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env, close_fds=True,
+                               pass_fds=self.pass_fds(), **self.popen_kwargs)
         handle = ProcessHandle()
         handle._known(proc.pid)
         self.owned.add(proc.pid)
@@ -251,14 +261,15 @@ class ZygoteSpawner:
     """Forks workers from a per-generation zygote; falls back to fresh interpreters if it fails."""
 
     def __init__(self, loop: asyncio.AbstractEventLoop, on_line: OnLine, on_exit: OnExit, worker_path: str,
-                 label: str, env: dict, popen_kwargs: dict | None = None) -> None:
+                 label: str, env: dict, popen_kwargs: dict | None = None, pass_fds: PassFds = _no_fds) -> None:
         self.loop = loop
         self.on_line = on_line
         self.on_exit = on_exit
         self.worker_path = worker_path
         self.label = label
         self.env = env
-        self.direct = DirectSpawner(loop, on_line, on_exit, popen_kwargs)
+        self.pass_fds = pass_fds
+        self.direct = DirectSpawner(loop, on_line, on_exit, popen_kwargs, pass_fds)
         self.zygotes: dict[int, _Zygote] = {}
         self._ids = 0
         self._zygote_pids: set[int] = set()   # started and not yet waited for
@@ -286,7 +297,7 @@ class ZygoteSpawner:
             z.proc = _popen_shielded([sys.executable, "-c", ZYGOTE_ENTRY, f"{self.label}:zygote", self.worker_path,
                                        str(theirs.fileno()), str(generation)],
                                       stdin=subprocess.DEVNULL, env=self.env, close_fds=True,
-                                      pass_fds=(theirs.fileno(),), **self.direct.popen_kwargs)
+                                      pass_fds=(theirs.fileno(), *self.pass_fds()), **self.direct.popen_kwargs)
         except OSError:
             z.state = ZygoteState.FAILED
             ours.close()
@@ -412,12 +423,13 @@ def _adopt(handle: ProcessHandle, real: ProcessHandle) -> None:
 
 
 def make_spawner(loop: asyncio.AbstractEventLoop, config: Any, context: Any, env: dict, on_line: OnLine,
-                 on_exit: OnExit, popen_kwargs: dict | None = None) -> Spawner:
+                 on_exit: OnExit, popen_kwargs: dict | None = None, pass_fds: PassFds = _no_fds) -> Spawner:
     """Fork from a zygote (fast restarts) unless CLUSTERD_NO_ZYGOTE is set; fresh interpreters then.
     With --isolation thread, threads of this process (threads.py) on the master's ZeroMQ context."""
     if config.isolation == "thread":
         from .threads import ThreadSpawner
         return ThreadSpawner(loop, on_line, on_exit, context, config)
     if os.environ.get("CLUSTERD_NO_ZYGOTE"):
-        return DirectSpawner(loop, on_line, on_exit, popen_kwargs)
-    return ZygoteSpawner(loop, on_line, on_exit, config.worker, f"clusterd-worker:{config.name}", env, popen_kwargs)
+        return DirectSpawner(loop, on_line, on_exit, popen_kwargs, pass_fds)
+    return ZygoteSpawner(loop, on_line, on_exit, config.worker, f"clusterd-worker:{config.name}", env, popen_kwargs,
+                         pass_fds)

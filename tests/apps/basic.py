@@ -171,6 +171,23 @@ class Worker(WorkerEndpoint):
     async def shared_from_worker(self, tag: str) -> dict:
         return await self.workers.call_shared("slow_unique", tag)
 
+    @rpc(idempotent=True)
+    async def idem_slow_first(self, seconds: float) -> int:
+        """Slow on the first generation only: a retry on a reloaded worker answers at once."""
+        if self.generation == 1:
+            await asyncio.sleep(seconds)
+        return os.getpid()
+
+    @rpc(timeout=0.3)
+    async def async_with_timeout(self, seconds: float) -> int:
+        await asyncio.sleep(seconds)
+        return os.getpid()
+
+    @rpc(offload=True)
+    def offloaded_block(self, seconds: float) -> int:
+        time.sleep(seconds)
+        return os.getpid()
+
     def hidden(self) -> str:
         return "not reachable"
 
