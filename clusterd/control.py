@@ -11,7 +11,7 @@ from typing import Any
 import zmq
 
 from . import protocol
-from .runtime_dir import check_instance_path, check_safe, read_pid
+from .runtime_dir import RuntimeDirError, check_instance_path, check_safe, read_pid
 from .settings import runtime_root
 
 
@@ -49,15 +49,28 @@ def _alive(path: Path) -> bool:
     return False
 
 
-def list_instances(root: Path | None = None) -> list[Instance]:
-    """The running instances; raises RuntimeDirError when the root is not safe to trust."""
+def list_instances(root: Path | None = None, unsafe: list[str] | None = None) -> list[Instance]:
+    """The running instances; raises RuntimeDirError when the root is not safe to trust.
+
+    An instance directory that is not safe is never talked to: it is left out, and what is wrong
+    with it added to `unsafe` (one line each) when given."""
     root = root or runtime_root()
     check_safe(root, root_may_own=True)
     try:
         entries = sorted(p for p in root.iterdir() if p.is_dir())
     except OSError:
         return []
-    return [Instance(p.name, p, read_pid(p)) for p in entries if _alive(p)]
+    found = []
+    for path in entries:
+        try:
+            check_safe(path, root_may_own=False)
+        except RuntimeDirError as exc:
+            if unsafe is not None:
+                unsafe.append(str(exc))
+            continue
+        if _alive(path):
+            found.append(Instance(path.name, path, read_pid(path)))
+    return found
 
 
 def find_instance(name: str | None = None, choose: str = "--name") -> Instance:

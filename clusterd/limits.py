@@ -6,20 +6,26 @@ hard one (as nginx's worker_rlimit_nofile and systemd services do); each client 
 and every --bind) then holds at most --max-clients connections, chosen so that the sum leaves fds for
 the worker link, the workers' pipes and the master itself, plus headroom for connections libzmq accepts
 before the master has seen them. A connection past the cap is shut down as soon as its ACCEPTED event
-arrives (a socket monitor), and the cap being reached is logged once per episode.
+arrives (a socket monitor), by a process of its own (fdgate.py) so that a busy master loop cannot delay
+it, and the cap being reached is logged once per episode.
 """
 
 from __future__ import annotations
 
 import asyncio
+import ctypes
 import fcntl
 import logging
 import os
 import resource
 import socket
 import struct
+import subprocess
+import sys
 import termios
+import threading
 from collections.abc import Callable
+from pathlib import Path
 
 import zmq
 
@@ -69,13 +75,16 @@ def max_clients(wanted: int, open_files: int, endpoints: int, workers: int) -> i
 class ClientGate:
     """Counts the connections of one client socket per endpoint and shuts down those past the cap.
 
-    It reads the socket's monitor (ACCEPTED/DISCONNECTED carry the connection's fd). The fd is libzmq's:
-    the gate only shuts it down (never closes it), so libzmq sees the peer go away and closes it itself.
+    It reads the socket's monitor (ACCEPTED/DISCONNECTED carry the connection's fd), bound at an ipc
+    address of the instance directory for the fdgate process (GateWatch), which shuts down connections
+    past the cap at once and passes each event on here. The fd is libzmq's: it is only shut down (never
+    closed), so libzmq sees the peer go away and closes it itself.
     """
 
-    def __init__(self, sock: zmq.Socket, cap: int, label: Callable[[str], str] = str) -> None:
+    def __init__(self, sock: zmq.Socket, cap: int, address: str, label: Callable[[str], str] = str) -> None:
         self.cap = cap
         self._label = label
+        self.address = address
         self.open: dict[int, str] = {}          # fd -> the endpoint it was accepted on
         self.counts: dict[str, int] = {}
         self.refusing: set[str] = set()
@@ -83,15 +92,12 @@ class ClientGate:
         self._accept_failed_logged = False
         self.delivered = 0   # bytes of complete messages the master read (for the MessageGuard)
         self.on_accept: Callable[[], None] | None = None
-        address = f"inproc://clusterd-monitor-{id(sock):x}"
+        self.sock = sock
         sock.monitor(address, _EVENTS)
-        self.monitor = sock.context.socket(zmq.PAIR)
-        self.monitor.setsockopt(zmq.RCVHWM, 0)  # events are small; libzmq must never block on them
-        self.monitor.setsockopt(zmq.LINGER, 0)
-        self.monitor.connect(address)
 
     def on_events(self, frames: list[bytes]) -> None:
-        """One monitor message: [event id (2 bytes) + value (4 bytes), endpoint]."""
+        """One monitor message: [event id (2 bytes) + value (4 bytes), endpoint]. A connection past the
+        cap is shut down here too: fdgate has done it already, or it is not running."""
         if len(frames) < 2 or len(frames[0]) < 6:
             return
         event, value = struct.unpack("=HI", frames[0][:6])
@@ -101,7 +107,7 @@ class ClientGate:
             held = self.counts.get(endpoint, 0) + 1
             self.counts[endpoint] = held
             if held > self.cap:
-                self._refuse(value, endpoint, held)
+                self._refuse(value, endpoint, len(frames) > 2 and frames[2] == b"shut")
             elif self.on_accept is not None:
                 self.on_accept()
         elif event == _DISCONNECTED:
@@ -117,12 +123,14 @@ class ClientGate:
             log.event("accept-failed", f"{self._label(frames[1].decode('utf-8', 'replace'))}: accept failed "
                       f"(errno {value}); lower --max-clients or raise the open-file limit", level=logging.ERROR)
 
-    def _refuse(self, fd: int, endpoint: str, held: int) -> None:
+    def _refuse(self, fd: int, endpoint: str, done: bool) -> None:
         self.refused += 1
         if endpoint not in self.refusing:
             self.refusing.add(endpoint)
             log.event("max-clients", f"{self._label(endpoint)}: {self.cap} clients connected (--max-clients): "
                       "closing new connections until some leave", level=logging.WARNING)
+        if done:
+            return
         try:
             sock = socket.socket(fileno=fd)
         except OSError:
@@ -131,7 +139,7 @@ class ClientGate:
             # the fd may have been closed and reused since the event: only a connection of a client
             # endpoint of ours (same family and local port or path) is ever shut down
             if sock.family in (socket.AF_INET, socket.AF_INET6, socket.AF_UNIX) and sock.type == socket.SOCK_STREAM \
-                    and _same_place(sock.getsockname(), endpoint):
+                    and same_place(sock.getsockname(), endpoint):
                 sock.shutdown(socket.SHUT_RDWR)
         except OSError:
             pass
@@ -148,7 +156,7 @@ class ClientGate:
         except OSError:
             return
         try:
-            if _same_place(sock.getsockname(), endpoint):
+            if same_place(sock.getsockname(), endpoint):
                 sock.shutdown(socket.SHUT_RDWR)
         except OSError:
             pass
@@ -157,6 +165,172 @@ class ClientGate:
 
     def document(self) -> dict:
         return {"max_per_endpoint": self.cap, "connected": sum(self.counts.values()), "refused": self.refused}
+
+
+class GateWatch:
+    """Brings the gates' monitor events to the fdgate process, which enforces the caps whatever the
+    master is doing, and to the master's loop (status counts, and the caps again as a backstop).
+
+    libzmq monitors only over inproc: for each gate a zmq proxy reads its monitor in a thread of its own,
+    in C without the GIL (so neither a busy loop nor a long C call in the master delays it), publishes
+    each event on an ipc socket of the instance directory (0600) that fdgate subscribes to, and copies it
+    to an inproc socket the master's loop reads. The monitor's reader never goes away while the master
+    lives: libzmq's I/O thread would block on a monitor without a peer. A PUB never blocks: if fdgate
+    dies, events to it are dropped, the master's loop still enforces the caps and its guard goes back
+    to polling. If fdgate cannot start, the master reads the monitors itself (logged).
+    """
+
+    def __init__(self, ctx: zmq.Context, directory: Path, bind_ipc: Callable[[zmq.Socket, str], None],
+                 gates: list[ClientGate], rss_step: int) -> None:
+        """bind_ipc(sock, name) binds a socket as a file of the instance directory (0600, ours)."""
+        self.ctx = ctx
+        self.gates = gates
+        self.rss_step = rss_step
+        self.on_rss_growth: Callable[[], None] | None = None   # the MessageGuard's wake
+        self.proc: subprocess.Popen | None = None
+        self.enforcing = False
+        self.readers: list[tuple[zmq.Socket, Callable[[list[bytes]], None]]] = []
+        self._relays: list[tuple[threading.Thread, zmq.Socket]] = []
+        self._exit_fd: int | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        monitors = [self._pair(gate.address, connect=True) for gate in gates]
+        if not gates:
+            return
+        events = ctx.socket(zmq.PULL)
+        events.setsockopt(zmq.RCVHWM, 0)
+        events.setsockopt(zmq.LINGER, 0)
+        bind_ipc(events, "gate.sock")
+        outs = []
+        for i in range(len(gates)):
+            out = ctx.socket(zmq.PUB)
+            out.setsockopt(zmq.SNDHWM, 0)
+            out.setsockopt(zmq.LINGER, 0)
+            bind_ipc(out, f"gate-{i}.sock")
+            outs.append(out)
+        if self._start(events, directory):
+            self.readers.append((events, self._on_event))
+            for gate, monitor, out in zip(gates, monitors, outs):
+                address = f"inproc://clusterd-gate-copy-{id(out):x}"
+                copy_in = self._pair(address, connect=False)
+                self._relay(monitor, out, self._pair(address, connect=True))
+                self.readers.append((copy_in, gate.on_events))
+            return
+        self.close_process()
+        events.close(linger=0)
+        for out in outs:
+            out.close(linger=0)
+        log.event("max-clients", "the connection gate process did not start: --max-clients is enforced by "
+                  "the master's loop (a busy loop delays it)", level=logging.WARNING)
+        self.readers.extend(zip(monitors, (gate.on_events for gate in gates)))
+
+    def _pair(self, address: str, connect: bool) -> zmq.Socket:
+        pair = self.ctx.socket(zmq.PAIR)
+        pair.setsockopt(zmq.SNDHWM, 0)  # events are small; libzmq must never block on them
+        pair.setsockopt(zmq.RCVHWM, 0)
+        pair.setsockopt(zmq.LINGER, 0)
+        pair.connect(address) if connect else pair.bind(address)
+        return pair
+
+    def _start(self, events: zmq.Socket, directory: Path) -> bool:
+        env = dict(os.environ)
+        root = str(Path(__file__).resolve().parent.parent)
+        env["PYTHONPATH"] = root + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
+        try:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "clusterd.fdgate", str(os.getpid()), str(self.gates[0].cap), str(self.rss_step),
+                 f"ipc://{directory / 'gate.sock'}",
+                 *(f"ipc://{directory / f'gate-{i}.sock'}" for i in range(len(self.gates)))],
+                stdin=subprocess.DEVNULL, env=env, close_fds=True)
+        except OSError:
+            return False
+        try:  # Yama (ptrace_scope 1) lets only an ancestor take our fds unless we name the process
+            ctypes.CDLL(None).prctl(0x59616D61, self.proc.pid, 0, 0, 0)  # PR_SET_PTRACER
+        except (OSError, AttributeError):
+            pass
+        if not events.poll(READY_TIMEOUT_MS):
+            return False
+        ready = events.recv_multipart()
+        self.enforcing = ready[-1] == b"1"
+        if not self.enforcing:
+            log.event("max-clients", "the connection gate process cannot take the master's fds (pidfd_getfd "
+                      "refused): --max-clients is enforced by the master's loop (a busy loop delays it)",
+                      level=logging.WARNING)
+        return True
+
+    def _relay(self, monitor: zmq.Socket, out: zmq.Socket, copy: zmq.Socket) -> None:
+        control = self.ctx.socket(zmq.PAIR)
+        address = f"inproc://clusterd-gate-relay-{id(out):x}"
+        control.bind(address)
+        steer = self.ctx.socket(zmq.PAIR)
+        steer.connect(address)
+
+        def run() -> None:
+            try:
+                zmq.proxy_steerable(monitor, out, copy, steer)
+            except zmq.ZMQError:
+                pass
+            finally:
+                for sock in (monitor, out, copy, steer):
+                    sock.close(linger=0)
+        thread = threading.Thread(target=run, name="clusterd-gate-relay", daemon=True)
+        thread.start()
+        self._relays.append((thread, control))
+
+    def watch_exit(self, loop: asyncio.AbstractEventLoop, on_exit: Callable[[], None]) -> None:
+        """Should fdgate ever die, on_exit() is called (told by a pidfd, no polling)."""
+        if self.proc is None:
+            return
+        try:
+            self._exit_fd = os.pidfd_open(self.proc.pid)
+        except (OSError, AttributeError):
+            return
+        self._loop = loop
+
+        def exited() -> None:
+            self._stop_exit_watch()
+            code = self.proc.wait() if self.proc is not None else None
+            self.proc = None
+            log.event("max-clients", f"the connection gate process exited (status {code}): --max-clients is "
+                      "now enforced by the master's loop alone (a busy loop delays it)", level=logging.ERROR)
+            on_exit()
+        loop.add_reader(self._exit_fd, exited)
+
+    def _stop_exit_watch(self) -> None:
+        if self._exit_fd is not None:
+            if self._loop is not None:
+                self._loop.remove_reader(self._exit_fd)
+            os.close(self._exit_fd)
+            self._exit_fd = None
+
+    def _on_event(self, frames: list[bytes]) -> None:
+        """[b"rss"]: the master's RSS grew by rss_step more."""
+        if frames[0] == b"rss" and self.on_rss_growth is not None:
+            self.on_rss_growth()
+
+    def close_process(self) -> None:
+        """Stop monitoring, the relays (their sockets closed by their threads) and the fdgate process."""
+        self._stop_exit_watch()
+        for gate in self.gates:
+            try:
+                gate.sock.disable_monitor()  # first: libzmq must not send events to a monitor with no reader
+            except zmq.ZMQError:
+                pass
+        for thread, control in self._relays:
+            try:
+                control.send(b"TERMINATE", zmq.NOBLOCK)
+            except zmq.ZMQError:
+                pass
+            thread.join(2)
+            control.close(linger=0)
+        self._relays = []
+        if self.proc is not None:
+            if self.proc.poll() is None:
+                self.proc.kill()
+            self.proc.wait()
+            self.proc = None
+
+
+READY_TIMEOUT_MS = 10000   # a python start on a loaded machine
 
 
 GUARD_INTERVAL_S = 0.05
@@ -169,8 +343,11 @@ class MessageGuard:
     """Bounds what libzmq holds of messages that never end.
 
     ZMQ_MAXMSGSIZE limits frames, not messages, and libzmq keeps every frame of a multipart message
-    (invisible to the master, not counted by the high-water mark) until its last one arrives. While
-    client tcp connections are open, the guard reads the master's RSS every GUARD_INTERVAL_S. Once it
+    (invisible to the master, not counted by the high-water mark) until its last one arrives. The
+    fdgate process watches the master's RSS while client connections are open and wakes the guard
+    (wake()) each time it has grown by `limit` more; the guard then reads it every GUARD_INTERVAL_S
+    until it is calm again, so a master whose memory does not grow does no work here (without fdgate,
+    it reads it every GUARD_INTERVAL_S while client connections are open). Once it
     has grown by more than `limit` bytes, the guard takes a baseline: per connection, what libzmq has
     read from it (TCP_INFO minus what the kernel still queues), and the bytes of complete messages the
     master has received. At each turn while the RSS stays up, if the connections have sent more than
@@ -178,8 +355,12 @@ class MessageGuard:
     the one that sent the most is shut down (libzmq then frees its unfinished message).
     """
 
-    def __init__(self, loop: asyncio.AbstractEventLoop, gates: list[ClientGate], limit: int) -> None:
+    def __init__(self, loop: asyncio.AbstractEventLoop, gates: list[ClientGate], limit: int,
+                 woken: bool = False) -> None:
+        """woken: the fdgate process calls wake() when the RSS grows (else: polled while clients are on)."""
         self.loop = loop
+        self.woken = woken
+        self._high = False
         self.gates = gates
         self.limit = limit
         self.dropped = 0
@@ -190,8 +371,14 @@ class MessageGuard:
         self._base: dict[int, int] | None = None   # fd -> bytes read, at the baseline
         self._base_delivered = 0
         self._over = 0
-        for gate in gates:
-            gate.on_accept = self.arm
+        if not woken:
+            for gate in gates:
+                gate.on_accept = self.arm
+
+    def wake(self) -> None:
+        """The RSS grew by `limit` more (fdgate): look until it is calm again."""
+        self._high = True
+        self.arm()
 
     def arm(self) -> None:
         if self._handle is None:
@@ -209,7 +396,7 @@ class MessageGuard:
     def _turn(self) -> None:
         self._handle = None
         log.survive("the unfinished-message guard", self._check)
-        if any(gate.open for gate in self.gates):
+        if self._high if self.woken else any(gate.open for gate in self.gates):
             self._handle = self.loop.call_later(GUARD_INTERVAL_S, self._turn)
 
     def _delivered(self) -> int:
@@ -226,7 +413,8 @@ class MessageGuard:
 
     def _check(self) -> None:
         rss = self._rss()
-        if rss - self._calm_rss <= self.limit:
+        self._high = rss - self._calm_rss > self.limit
+        if not self._high:
             self._calm_rss = min(self._calm_rss, rss)
             self._base = None
             return
@@ -238,7 +426,7 @@ class MessageGuard:
         sent = {fd: n - self._base[fd] for fd, (n, _) in reads.items() if fd in self._base}
         unfinished = sum(sent.values()) - (self._delivered() - self._base_delivered)
         if unfinished <= 0:  # all that arrived was whole messages: the memory is the calls' own
-            self._calm_rss, self._base = rss, None
+            self._calm_rss, self._base, self._high = rss, None, False
             return
         if unfinished <= self.limit or not sent:
             self._over = 0
@@ -278,7 +466,7 @@ def _bytes_read(fd: int) -> int | None:
         sock.detach()
 
 
-def _same_place(local: object, endpoint: str) -> bool:
+def same_place(local: object, endpoint: str) -> bool:
     """Whether a socket's local address belongs to the endpoint it was accepted on."""
     if isinstance(local, (bytes, str)):
         path = local.decode() if isinstance(local, bytes) else local
@@ -288,4 +476,4 @@ def _same_place(local: object, endpoint: str) -> bool:
     return False
 
 
-__all__ = ["raise_open_files", "client_budget", "max_clients", "ClientGate", "MessageGuard"]
+__all__ = ["raise_open_files", "client_budget", "max_clients", "ClientGate", "GateWatch", "MessageGuard"]

@@ -123,8 +123,8 @@ class RuntimeDir:
             os.close(self._lock_fd)  # the lock of a directory that vanished
         self._lock_fd = fd
         self._owned = {"": _file_id(self.path), "lock": _file_id(self.path / "lock")}
-        for stale in self.SOCKETS:  # left by a dead master: ours now, under the lock
-            try:
+        for stale in (*self.SOCKETS, *(p.name for p in self.path.glob("gate*.sock"))):
+            try:  # left by a dead master: ours now, under the lock
                 (self.path / stale).unlink()
             except FileNotFoundError:
                 pass
@@ -147,7 +147,7 @@ class RuntimeDir:
     def release(self) -> None:
         """Remove master.pid and the sockets if they are still the ones we made; drop the lock."""
         if "" not in self.lost():  # the directory itself is still ours
-            for name in ("master.pid", *self.SOCKETS):
+            for name in [n for n in self._owned if n not in ("", "lock")]:  # master.pid and our sockets
                 ident = self._owned.get(name)
                 if ident is not None and _file_id(self.path / name) == ident:
                     try:

@@ -24,6 +24,7 @@ from zmq.backend import Socket as _Backend
 from .ops.log import RateLimited
 
 BATCH = 512
+FLUSH_BATCHES = 8  # a flush handles at most this many batches now; the rest is read on later loop turns
 
 # pyzmq's send_multipart/recv_multipart combine flags as enum.IntFlag objects, which costs more than
 # the send itself for small messages; these go straight to the socket with plain integers.
@@ -172,7 +173,8 @@ class SocketReader:
             for outbox in holds:
                 outbox.release()
 
-    def _drain_batch(self) -> None:
+    def _drain_batch(self) -> bool:
+        """Read up to BATCH messages; True if the socket may hold more."""
         sock = self.sock
         handler = self.handler
         recv = self._recv
@@ -184,23 +186,29 @@ class SocketReader:
                     return
                 frames = recv(sock)
             except zmq.Again:
-                return
-            except zmq.ZMQError:
-                if self.closed:
-                    return
-                raise
+                return False
+            except zmq.ZMQError as exc:
+                if self.closed or exc.errno in (zmq.ETERM, zmq.ENOTSOCK):
+                    self.close()
+                    return False
+                # whatever else libzmq reports for one message, the next ones are still read
+                self._faults.exception("reading a message failed; the socket is still read")
+                continue
             try:
                 handler(frames)
             except Exception:
                 self._faults.exception("a message handler failed; the socket is still read")
             if self.closed:
-                return
+                return False
         if not self._scheduled:  # more may be queued: continue on the next loop turn, after other events
             self._scheduled = True
             self.loop.call_soon(self._drain)
+        return True
 
     def flush(self) -> None:
-        """Handle every message already queued, now: before judging what has not arrived."""
+        """Handle the messages already queued, now: before judging what has not arrived. Bounded: a peer
+        that sends as fast as they are read cannot keep the caller (the health check, the deadline
+        sweep) here; what is left is read on the next loop turns."""
         if self.closed or self._draining:
             return
         self._draining = True
@@ -208,8 +216,9 @@ class SocketReader:
         for outbox in holds:
             outbox.hold()
         try:
-            while not self.closed and _get(self.sock, _EVENTS) & _POLLIN:
-                self._drain_batch()
+            for _ in range(FLUSH_BATCHES):
+                if self.closed or not _get(self.sock, _EVENTS) & _POLLIN or not self._drain_batch():
+                    break
         finally:
             self._draining = False
             for outbox in holds:

@@ -106,6 +106,47 @@ def test_master_keeps_serving_with_more_connections_than_open_files(cluster):
     assert inst.status()["master"]["pid"] == inst.proc.pid
 
 
+def test_the_cap_holds_while_the_master_is_busy_in_a_long_c_call(cluster):
+    """libzmq accepts while a sync master method holds the GIL for seconds: the connections past the cap
+    are still shut down at once (fdgate), so a client of control.sock never meets EMFILE (which libzmq
+    answers by aborting the whole master)."""
+    port = free_port()
+    address = f"tcp://127.0.0.1:{port}"
+    inst = start_limited(cluster("tests.apps.hardening:Master", "tests.apps.hardening:Worker", "--workers", "2",
+                                 "--bind", address, start=False), 300)
+    busy = Rpc(address)
+    flood: list[socket.socket] = []
+
+    def connect_all() -> None:
+        for _ in range(600):
+            try:
+                s = socket.create_connection(("127.0.0.1", port), timeout=5)
+                s.sendall(zmtp_greeting())
+            except OSError:
+                continue  # the listen queue is full for a moment: that connection is not needed
+            flood.append(s)
+    import threading
+    flooder = threading.Thread(target=connect_all)
+    try:
+        busy.send_raw(protocol.dumps({"jsonrpc": "2.0", "method": "m_factorial", "params": [600000], "id": 1}))
+        wait_for(lambda: psutil.Process(inst.proc.pid).cpu_percent(0.1) > 50, 10, message="the master busy")
+        flooder.start()
+        # more connections than the master has fds, while it is still busy; then a client of control.sock
+        wait_for(lambda: len(flood) >= 300 or not flooder.is_alive(), 60, message="connections opened")
+        out = inst.cli("status", "--json", "--name", inst.name)
+        assert out.returncode == 0, (out.stderr, inst.stderr())
+        assert inst.proc.poll() is None
+        assert protocol.loads(out.stdout)["clients"]["bind"]["refused"] > 0
+        assert psutil.Process(inst.proc.pid).num_fds() < 300
+        assert "error" in protocol.loads(busy.recv_raw(60))  # 600000! has more digits than JSON may carry
+    finally:
+        flooder.join()
+        for s in flood:
+            s.close()
+        busy.close()
+    assert inst.proc.poll() is None
+
+
 def test_max_clients_caps_connections_per_endpoint(cluster):
     port = free_port()
     address = f"tcp://127.0.0.1:{port}"
@@ -121,9 +162,37 @@ def test_max_clients_caps_connections_per_endpoint(cluster):
             while s.recv(4096):
                 pass
             s.close()
-        doc = inst.status()["clients"]
-        assert doc["bind"] == {"max_per_endpoint": 3, "connected": 3, "refused": 5}
+        # the monitor's events reach the status asynchronously: wait for the last of them
+        wait_for(lambda: inst.status()["clients"]["bind"] == {"max_per_endpoint": 3, "connected": 3, "refused": 5},
+                 10, message="the status counts every connection")
         for i, c in enumerate(kept):  # the clients already connected were never touched
+            assert c.result("add", i, 2) == i + 2
+    finally:
+        for c in kept:
+            c.close()
+
+
+def test_the_cap_still_holds_if_the_gate_process_dies(cluster):
+    port = free_port()
+    address = f"tcp://127.0.0.1:{port}"
+    inst = cluster("tests.apps.basic:Master", "tests.apps.basic:Worker", "--workers", "1", "--bind", address,
+                   "--max-clients", "3")
+    gate = [p for p in psutil.Process(inst.proc.pid).children() if "clusterd.fdgate" in " ".join(p.cmdline())]
+    assert len(gate) == 1
+    gate[0].kill()
+    gate[0].wait(10)
+    kept = [Rpc(address) for _ in range(3)]
+    try:
+        for i, c in enumerate(kept):
+            assert c.result("add", i, 1) == i + 1
+        extra = [socket.create_connection(("127.0.0.1", port)) for _ in range(5)]
+        for s in extra:  # closed by the master's loop now
+            s.settimeout(10)
+            while s.recv(4096):
+                pass
+            s.close()
+        wait_for(lambda: inst.status()["clients"]["bind"]["refused"] == 5, 10, message="5 connections refused")
+        for i, c in enumerate(kept):
             assert c.result("add", i, 2) == i + 2
     finally:
         for c in kept:
@@ -170,11 +239,13 @@ def bounded(cluster):
 
 
 def per_client_bound() -> int:
-    """SECURITY.md's formula for one client: (5 x --max-client-inflight + 64) x --max-message-size."""
-    return (5 * INFLIGHT + 64) * MESSAGE
+    """SECURITY.md's formula for one client: (5 x --max-client-inflight + 65) x --max-message-size."""
+    return (5 * INFLIGHT + 65) * MESSAGE
 
 
 def test_a_client_that_never_reads_answers_cannot_grow_the_master(bounded):
+    """Its answers wait for it (those past its queue in a backlog counted as in flight), its calls past
+    the limit get -32005, the master stays under the bound, and once it reads every call has its answer."""
     inst = bounded
     master = psutil.Process(inst.proc.pid)
     before = master.memory_info().rss
@@ -184,24 +255,47 @@ def test_a_client_that_never_reads_answers_cannot_grow_the_master(bounded):
     sock.setsockopt(zmq.SNDHWM, 0)
     sock.setsockopt(zmq.LINGER, 0)
     sock.connect(inst.tcp)
-    blob = "x" * (MESSAGE - 200)
+    blob = "x" * 900_000
+    calls = 400
     peak = before
+
+    def answered(n: int):  # n calls ran or were refused: all their answers are out or kept
+        doc = inst.status()
+        return sum(w["served"] for w in doc["workers"]) + doc["clients"].get("refused_busy", 0) >= n and doc
     try:
-        for i in range(1500):  # 1.5 GB of echoes, none read
+        # 360 MB of echoes, none read for now: the first ones fill its in-flight limit, and their answers
+        # wait in its queue; the refusals of the others fill the rest of it, and then its backlog
+        for i in range(calls):
             sock.send(protocol.dumps({"jsonrpc": "2.0", "method": "echo", "params": [blob], "id": i}))
+            if i + 1 == INFLIGHT:
+                wait_for(lambda: answered(INFLIGHT), 60, message="the first calls answered")
             if i % 50 == 0:
                 peak = max(peak, master.memory_info().rss)
-        wait_for(lambda: inst.status()["client_inflight"] == 0, 60, message="every call answered or refused")
+        doc = wait_for(lambda: answered(calls), 60, message="every call answered or refused")
+        assert doc["clients"]["answers_kept"] > 0, "the client's queue never filled: the test proves nothing"
         peak = max(peak, master.memory_info().rss)
         print(f"\nmaster RSS before {before / 2**20:.0f} MiB, peak {peak / 2**20:.0f} MiB")
         assert peak - before < per_client_bound(), (before, peak)
-        assert inst.status()["clients"]["unfinished_closed"] == 0  # its messages are whole: never cut
         # the master is fine and serves others
         other = Rpc(inst.tcp)
         try:
             assert other.result("add", 1, 2) == 3
         finally:
             other.close()
+        # the client reads at last: every call has its result or -32005, none is lost
+        answers: dict[int, dict] = {}
+        while len(answers) < calls and sock.poll(15000):
+            reply = protocol.loads(sock.recv())
+            answers[reply["id"]] = reply
+        results = [r for r in answers.values() if "result" in r]
+        refused = [r for r in answers.values() if "error" in r]
+        assert all(r["error"]["code"] == protocol.TOO_BUSY for r in refused), refused[:3]
+        assert all(r["result"] == blob for r in results)
+        assert sorted(answers) == list(range(calls)), f"{calls - len(answers)} calls got no answer"
+        assert len(results) >= INFLIGHT
+        doc = inst.status()
+        assert doc["client_inflight"] == 0 and doc["clients"]["answers_kept"] == 0
+        assert doc["clients"]["unfinished_closed"] == 0  # its messages are whole: never cut
     finally:
         sock.close(linger=0)
 
@@ -265,3 +359,43 @@ def test_a_message_that_never_ends_cannot_grow_the_master(bounded):
     finally:
         peer.close()
         pusher.join()
+
+
+def test_an_ipc_bind_others_can_connect_to_is_warned_about(cluster, tmp_path):
+    """Linux counts no bytes per unix-socket connection: the unfinished-message guard cannot cover ipc
+    peers, so a --bind ipc:// that other users can connect to is said to be unbounded for them."""
+    import json
+    path = tmp_path / "open.sock"
+    inst = cluster("tests.apps.basic:Master", "tests.apps.basic:Worker", "--workers", "1",
+                   "--bind", f"ipc://{path}", "--log-format", "json", start=False)
+    inst._stderr = open(inst.stderr_path, "wb")
+    inst.proc = subprocess.Popen([sys.executable, "-m", "clusterd", "run", *inst.args, "--name", inst.name],
+                                 cwd=inst.cwd, env=inst.env, stdout=subprocess.PIPE, stderr=inst._stderr,
+                                 start_new_session=True, preexec_fn=lambda: os.umask(0))
+    inst.wait_running()
+    events = [json.loads(line).get("event") for line in inst.stderr().splitlines() if line.startswith("{")]
+    assert "ipc-bind-open" in events
+    os.chmod(path, 0o600)
+
+
+def test_an_idle_master_with_clients_connected_does_not_poll(cluster):
+    """The guard against messages that never end only looks while the master's memory grows (fdgate
+    tells it): an idle master with a client connected stays asleep between heartbeats."""
+    import time
+    port = free_port()
+    inst = cluster("tests.apps.basic:Master", "tests.apps.basic:Worker", "--workers", "1",
+                   "--bind", f"tcp://127.0.0.1:{port}")
+    client = Rpc(f"tcp://127.0.0.1:{port}")
+    try:
+        assert client.result("add", 1, 2) == 3
+
+        def wakeups() -> int:
+            with open(f"/proc/{inst.proc.pid}/task/{inst.proc.pid}/status") as f:
+                return int(next(line for line in f if line.startswith("voluntary_ctxt_switches")).split()[1])
+        before = wakeups()
+        time.sleep(3)  # the point: what the master's main thread does in 3 idle seconds
+        woke = wakeups() - before
+        # heartbeat ticks and beats: a few per second; polling every 50 ms would be 60 more
+        assert woke < 30, woke
+    finally:
+        client.close()

@@ -141,6 +141,22 @@ def test_deleted_runtime_dir_is_made_again_and_the_name_stays_taken(cluster):
     assert not (a.dir / "control.sock").exists() and not (a.dir / "master.pid").exists()
 
 
+@pytest.mark.timeout(60)
+def test_ls_skips_an_unsafe_instance_dir(runtime_dir, cluster_env):
+    fake, lock = _plant_fake_instance(runtime_dir / "t")
+    try:
+        os.chmod(runtime_dir / "t", 0o777)
+        proc = clusterd(cluster_env, "ls")
+        assert proc.returncode == 0, proc.stderr
+        assert not fake.poll(500), "ls talked to the planted socket"
+        warning = proc.stderr.strip().splitlines()
+        assert len(warning) == 1 and str(runtime_dir / "t") in warning[0], proc.stderr
+        assert "unresponsive" not in proc.stdout
+    finally:
+        fake.close()
+        os.close(lock)
+
+
 @pytest.mark.timeout(120)
 def test_instances_sharing_a_deleted_runtime_dir_never_cross(cluster):
     port = free_port()
@@ -176,6 +192,38 @@ def test_instances_sharing_a_deleted_runtime_dir_never_cross(cluster):
         assert [p.name for p in a.runtime_dir.iterdir() if p.name.startswith(".")] == []  # A's private dir gone
     finally:
         a_client.close()
+
+
+@pytest.mark.timeout(120)
+def test_a_displaced_master_takes_its_name_back_once_it_is_free(cluster):
+    a = cluster(*BASIC, "--workers", "1", "--heartbeat-timeout", "30")
+    a.wait_ready(1)
+    a.signal(signal.SIGSTOP)
+    try:  # a tmp cleaner deletes A's directory, then B takes the name
+        shutil.rmtree(a.dir)
+        b = cluster(*BASIC, "--workers", "1", start=False)
+        b.stderr_path = a.runtime_dir / "b.stderr"
+        b.start()
+        b.wait_ready(1)
+    finally:
+        a.signal(signal.SIGCONT)
+    wait_for(lambda: "runtime-dir-taken" in a.stderr() or "held by another instance" in a.stderr(), 10,
+             message="A notices that B holds its name")
+    assert b.status()["master"]["pid"] == b.proc.pid
+    b.signal(signal.SIGTERM)
+    assert b.wait_exit(20) == 0, b.stderr()
+    # the name is free again: A holds it, and `clusterd status/stop --name` reach A
+    wait_for(lambda: a.status()["master"]["pid"] == a.proc.pid, 20, message="A holds its name again")
+    old = {w["pid"] for w in a.ready_workers()}
+    for pid in old:
+        os.kill(pid, signal.SIGKILL)
+    wait_for(lambda: len([w for w in a.ready_workers() if w["pid"] not in old]) == 1, 30,
+             message="A's replacement worker joined")
+    assert a.client().result("add", 2, 3) == 5
+    out = a.cli("stop", "--name", a.name)
+    assert out.returncode == 0, out.stderr
+    assert a.wait_exit(20) == 0, a.stderr()
+    assert not (a.dir / "control.sock").exists() and not (a.dir / "master.pid").exists()
 
 
 @pytest.mark.timeout(60)

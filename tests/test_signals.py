@@ -72,12 +72,28 @@ def test_second_ctrl_c_stops_a_long_start_at_once(cluster, tmp_path, where, how)
         # the first Ctrl-C says what the stop waits for, and does not end it
         wait_for(lambda: _events(inst, "master-stop"), timeout=10, message="the stop explains itself")
         assert inst.proc.poll() is None
-    else:
-        time.sleep(1.5)  # the loop is blocked by user code: the person presses Ctrl-C again a moment later
     started = time.monotonic()
-    os.killpg(inst.proc.pid, signal.SIGINT)
+    if how == "async":
+        os.killpg(inst.proc.pid, signal.SIGINT)
+    else:
+        # the loop is blocked by user code: the person presses Ctrl-C again until it stops
+        wait_for(lambda: os.killpg(inst.proc.pid, signal.SIGINT) or inst.proc.poll() is not None, timeout=10,
+                 interval=0.25, message="a repeated Ctrl-C stops the master")
     code = inst.wait_exit(10)  # the slow part still had more than 25 s to go
     assert code == (0 if how == "async" else 130), inst.stderr()
     assert time.monotonic() - started < 10
     wait_for(lambda: not any(_alive(p) for p in family), timeout=5, message="no process left")
     assert "Traceback" not in inst.stderr()
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
+def test_only_a_ctrl_c_is_told_to_press_ctrl_c_again(cluster, sig):
+    inst = cluster(*BASIC, "--workers", "1", "--log-format", "json")
+    t, box = call_in_thread(inst.client(), "sleep", 1.0)
+    wait_for(lambda: any(w["inflight"] for w in inst.status()["workers"]), timeout=5, message="call in flight")
+    os.kill(inst.proc.pid, sig)
+    t.join(20)
+    assert inst.wait_exit(20) == 0, inst.stderr()
+    said = " ".join(e.get("msg", "") for e in _events(inst, "master-stop"))
+    assert said, inst.stderr()
+    assert ("Ctrl-C" in said) == (sig == signal.SIGINT), said

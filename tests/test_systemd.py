@@ -333,12 +333,21 @@ def systemd_unit_cli(*args: str, path: str | None = None) -> subprocess.Complete
         ["tests.apps.basic:Master", "tests.apps.basic:Worker", "--workers", "many"],
         ["no.such.module:Master", "tests.apps.basic:Worker"],
         ["tests.apps.basic:Master", "tests.apps.basic:NoSuchClass"],
+        ["tests.apps.basic:Master", "tests.apps.basic:Worker", "--curve-dir", "/nonexist",
+         "--bind", "tcp://0.0.0.0:7011"],
+        ["tests.apps.basic:Master", "tests.apps.basic:Worker", "--worker-bind", "tcp://0.0.0.0:7012"],
+        ["tests.apps.basic:Master", "tests.apps.basic:Worker", "--user", ""],
     ],
-    ids=["unknown-option", "bad-value", "master-does-not-import", "worker-does-not-import"],
+    ids=["unknown-option", "bad-value", "master-does-not-import", "worker-does-not-import", "no-keys",
+         "worker-bind-unencrypted", "empty-user"],
 )
 def test_systemd_unit_refuses_what_run_would_refuse(args):
     result = systemd_unit_cli(*args)
     assert result.returncode == 2, result.stdout
+    if "--user" not in args:  # `run` itself refuses the same options, with the same status
+        run = subprocess.run([sys.executable, "-m", "clusterd", "run", *args], cwd=REPO, capture_output=True,
+                             text=True, timeout=60, env=dict(os.environ, PYTHONPATH=str(REPO)))
+        assert run.returncode == 2, run.stderr
     assert result.stdout == ""
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("clusterd: ") and "Traceback" not in result.stderr

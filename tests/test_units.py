@@ -531,3 +531,78 @@ def test_no_reload_while_stopping():
         result = await ReloadManager(router).request(wait=True)
         assert result["ok"] is False and router.supervisor.generation == 1
     asyncio.run(main())
+
+
+# ---------------------------------------------------------------------------- SocketReader
+def _reader_pair(handler_for):
+    """A PAIR socket read by a SocketReader on a fresh loop, and its peer."""
+    import asyncio as _asyncio
+
+    import zmq as _zmq
+
+    from clusterd.zmqloop import SocketReader
+    ctx = _zmq.Context.instance()
+    address = f"inproc://units-reader-{id(handler_for):x}"
+    read = ctx.socket(_zmq.PAIR)
+    read.bind(address)
+    peer = ctx.socket(_zmq.PAIR)
+    peer.connect(address)
+    loop = _asyncio.new_event_loop()
+    reader = SocketReader(loop, read, handler_for(peer))
+    return loop, reader, read, peer
+
+
+def test_a_flush_ends_while_a_peer_keeps_sending():
+    """The health check flushes worker sockets: a peer that sends as fast as it is read cannot keep it."""
+    from clusterd import zmqloop
+    handled = []
+
+    def handler_for(peer):
+        def handle(frames):
+            handled.append(frames)
+            peer.send(b"more")  # there is always one more message
+        return handle
+    loop, reader, read, peer = _reader_pair(handler_for)
+    try:
+        peer.send(b"first")
+        reader.flush()
+        assert 0 < len(handled) <= zmqloop.FLUSH_BATCHES * zmqloop.BATCH
+    finally:
+        reader.close()
+        read.close(linger=0)
+        peer.close(linger=0)
+        loop.close()
+
+
+def test_a_recv_error_does_not_stop_the_reader():
+    import zmq as _zmq
+    handled = []
+    loop, reader, read, peer = _reader_pair(lambda peer: handled.append)
+    real = reader._recv
+    failures = [1]
+
+    def flaky(sock):
+        if failures:
+            failures.pop()
+            raise _zmq.ZMQError(_zmq.EFAULT)
+        return real(sock)
+    reader._recv = flaky
+    escaped = []
+    loop.set_exception_handler(lambda _loop, context: escaped.append(context))
+    try:
+        for i in range(3):
+            peer.send(b"%d" % i)
+
+        async def until_read():
+            for _ in range(200):
+                if len(handled) == 3:
+                    return
+                await __import__("asyncio").sleep(0.01)
+        loop.run_until_complete(until_read())
+        assert [f[0] for f in handled] == [b"0", b"1", b"2"]
+        assert escaped == [], "a recv error escaped the reader"
+    finally:
+        reader.close()
+        read.close(linger=0)
+        peer.close(linger=0)
+        loop.close()

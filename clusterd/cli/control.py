@@ -167,7 +167,10 @@ def health(name: str | None, timeout: float) -> None:
 @click.command(name="ls")
 def list_cmd() -> None:
     """List the running instances."""
-    instances = list_instances()
+    unsafe: list[str] = []
+    instances = list_instances(unsafe=unsafe)
+    for problem in unsafe:
+        click.echo(f"clusterd: skipped: {problem}", err=True)
     if not instances:
         click.echo(f"no instances running (in {settings.runtime_root()})")
         return

@@ -28,11 +28,7 @@ def run(master: str | None, worker: str | None, config: str | None, **opts: Any)
     master_cls = import_endpoint(master, "MasterEndpoint", "MASTER")
     worker_cls = import_endpoint(worker, "WorkerEndpoint", "WORKER")
     try:
-        name = settings.instance_name(opts.pop("name"), master)
-        cfg = settings.Config(master=master, worker=worker, name=name, runtime_dir=str(settings.runtime_root()),
-                              worker_identity=identity,
-                              **{k: list(v) if isinstance(v, tuple) else v for k, v in opts.items()})
-        settings.validate_run(cfg)
+        cfg = run_config(master, worker, opts, identity)
     except ConfigError as exc:
         fail(str(exc))
     from ..httpdoor import BindError
@@ -61,6 +57,17 @@ def run(master: str | None, worker: str | None, config: str | None, **opts: Any)
     except __import__("zmq").ZMQError as exc:
         fail(f"cannot open sockets: {exc}", EXIT_FAILURE)
     sys.exit(code)
+
+
+def run_config(master: str, worker: str, opts: dict[str, Any], identity: Any = None) -> settings.Config:
+    """The Config of `run` from its parsed options, checked as `run` checks it (systemd-unit too)."""
+    opts = dict(opts)
+    name = settings.instance_name(opts.pop("name"), master)
+    cfg = settings.Config(master=master, worker=worker, name=name, runtime_dir=str(settings.runtime_root()),
+                          worker_identity=identity,
+                          **{k: list(v) if isinstance(v, tuple) else v for k, v in opts.items()})
+    settings.validate_run(cfg)
+    return cfg
 
 
 def _process_options(opts: dict) -> Any:

@@ -35,16 +35,20 @@ def keygen(directory: str, force: bool) -> None:
 def systemd_unit(master: str, worker: str, args: tuple[str, ...], name: str | None, user: str | None) -> None:
     """Print a ready-to-install systemd unit for this app (extra options go to `clusterd run`)."""
     from ..ops.systemd import render_unit
-    from .run import run
+    from .run import run, run_config
     cwd_on_path()
     import_endpoint(master, "MasterEndpoint", "MASTER")  # a unit that cannot start is refused here
     import_endpoint(worker, "WorkerEndpoint", "WORKER")
     name = name or master.partition(":")[0].split(".")[0]
-    try:
-        run.make_context("clusterd run", [master, worker, "--name", name, *args])  # `run` must accept them
+    try:  # `run` must accept them: parsed and checked exactly as `run` does
+        ctx = run.make_context("clusterd run", [master, worker, "--name", name, *args])
+        params = {k: v for k, v in ctx.params.items() if k not in ("master", "worker", "config")}
+        run_config(master, worker, params)
     except click.UsageError as exc:
         message = exc.format_message().splitlines()[0] if exc.format_message() else str(exc)
         fail(f"clusterd run would refuse these options: {message}")
+    except settings.ConfigError as exc:
+        fail(f"clusterd run would refuse these options: {exc}")
     executable, prefix = _own_command()
     try:
         click.echo(render_unit(master, worker, name=name, workdir=os.getcwd(), executable=executable,

@@ -32,10 +32,10 @@ class Batches:
                 None, protocol.INVALID_REQUEST, f"Batch too large (at most {router.config.max_batch} requests)"))
         counts = router.client_calls[sock]
         ident = envelope[0]
+        stalled = bool(router.backlogs.by_client) and router.stalled(sock, ident)  # may release kept answers
         held = counts.get(ident, 0)
-        stalled = router.stalled[sock]
-        if held + len(items) > router.inflight_limit or ident in stalled:
-            stalled.discard(ident)
+        if stalled or held + len(items) > router.inflight_limit:
+            router.refused_busy += len(items)
             return self._send(sock, envelope, [self._busy_item(item) for item in items])
         answers: list[bytes | None] = []
         waiting: list = []

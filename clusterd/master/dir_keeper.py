@@ -61,6 +61,7 @@ class DirKeeper:
         """
         router = self.router
         if self.taken_by is not None:
+            self._claim_back()
             return
         lost = router.dir.lost()
         if not lost:
@@ -101,6 +102,21 @@ class DirKeeper:
         log.event("runtime-dir-recreated", f"{name}: runtime directory {router.dir.path} was deleted: made "
                   "again, with master.pid and both sockets", level=logging.WARNING)
         return True
+
+    def _claim_back(self) -> None:
+        """The instance that took our name has stopped: take it back, sockets and all."""
+        router = self.router
+        name = router.config.name
+        try:
+            router.dir.claim(name)
+        except (InstanceBusy, RuntimeDirError, OSError):
+            return  # still taken (or not makeable): checked again at the next turn
+        self.taken_by = None
+        self.bind_ipc(router.control, "control.sock")
+        self.bind_ipc(router.wsock, "workers.sock")  # new workers join here; running ones stay where they are
+        router.worker_endpoint = f"ipc://{router.dir.path / 'workers.sock'}"
+        log.event("runtime-dir-reclaimed", f"{name}: the instance that had taken this name is gone: this master "
+                  f"(pid {os.getpid()}) holds {router.dir.path} again", level=logging.WARNING)
 
     def _move_worker_socket(self) -> None:
         """Bind the workers socket in a private directory of ours, beside the one we lost."""

@@ -31,6 +31,7 @@ from ..worker.spawn import OnExit, OnLine, Spawner, make_spawner
 from ..worker_log import CallErrors
 from ..zmqloop import NOBLOCK, Outbox, SocketReader, send_frames
 from .admin import Admin
+from .backlog import Backlogs
 from .batch import Batches
 from .dir_keeper import DirKeeper
 from .endpoint import WorkersProxy, internal_methods, outcome
@@ -66,6 +67,7 @@ class Router:
         self.notifier = notifier
         self.version = version
         self.graceful = True
+        self.interrupted = False  # a Ctrl-C (SIGINT) asked for the stop: a second one hurries it
         self.ctx = zmq.Context()
         self.sockets = Sockets(self.loop, self.ctx, config)
         self.dir = RuntimeDir(config.instance_dir)
@@ -106,8 +108,9 @@ class Router:
         # calls in flight per client, by client socket then ROUTER identity (--max-client-inflight)
         self.client_calls: dict[zmq.Socket, dict[bytes, int]] = {}
         self.inflight_limit = config.max_client_inflight or 1 << 62
-        # clients whose answer queue is full (they do not read): their calls get -32005 until it drains
-        self.stalled: dict[zmq.Socket, set[bytes]] = {}
+        # answers of clients whose queue is full (they do not read): kept, and their calls get -32005
+        self.backlogs = Backlogs(self)
+        self.refused_busy = 0  # calls refused with -32005 (too many in flight, or answers not taken)
         self.process = psutil.Process()
         self.process.cpu_percent(None)
         self._faults = log.RateLimited()
@@ -208,13 +211,13 @@ class Router:
         self.readers = socks.readers
         self.control, self.public, self.wsock, self.rsock = socks.control, socks.public, socks.workers, socks.remote
         self.client_calls = {sock: {} for sock in socks.client_sockets()}
-        self.stalled = {sock: set() for sock in socks.client_sockets()}
         if self.rsock is not None:
             from .remote import AgentRegistry
             self.agents = AgentRegistry(self)
 
     def close_sockets(self) -> None:
         self.keeper.close()
+        self.backlogs.close()
         if self.agents is not None:
             self.agents.close()
         self.sockets.close(term=not self.supervisor.spawner.alive())
@@ -284,17 +287,16 @@ class Router:
             return
         counts = self.client_calls.get(sock)
         if counts is not None:  # a client's call (not a worker's): bounded per client
-            held = counts.get(envelope[0], 0)
-            if held >= self.inflight_limit:
-                self.send(sock, envelope, protocol.encode_error(req.id, protocol.TOO_BUSY, self.busy_message()))
+            if self.backlogs.by_client and self.stalled(sock, envelope[0]):
+                # its answers are not taken: this call is refused until its kept answers are all out
+                self.refused_busy += 1
+                self.send(sock, envelope, protocol.encode_error(req.id, protocol.TOO_BUSY, self.STALLED))
                 self.telemetry.refused(method, door, protocol.TOO_BUSY)
                 return
-            stalled = self.stalled[sock]
-            if stalled and envelope[0] in stalled:
-                # its answers are not taken: this call is refused; once that refusal finds room in the
-                # client's queue (it reads again) the next call runs, else send() marks it again
-                stalled.discard(envelope[0])
-                self.send(sock, envelope, protocol.encode_error(req.id, protocol.TOO_BUSY, self.STALLED))
+            held = counts.get(envelope[0], 0)
+            if held >= self.inflight_limit:
+                self.refused_busy += 1
+                self.send(sock, envelope, protocol.encode_error(req.id, protocol.TOO_BUSY, self.busy_message()))
                 self.telemetry.refused(method, door, protocol.TOO_BUSY)
                 return
             counts[envelope[0]] = held + 1
@@ -318,6 +320,10 @@ class Router:
         call.timeout = meta.get("timeout") or self.config.call_timeout
         call.started = perf_counter()
         return call
+
+    def stalled(self, sock: zmq.Socket, ident: bytes) -> bool:
+        """Whether a client still has answers it has not taken (retried first: it is sending again)."""
+        return (sock, ident) in self.backlogs.by_client and not self.backlogs.retry(sock, ident)
 
     def busy_message(self) -> str:
         return f"Too many calls in flight from this client (at most {self.config.max_client_inflight})"
@@ -382,31 +388,34 @@ class Router:
             pass  # that worker's connection is gone; its exit is handled on its own
         self.readers[sock].wake()
 
-    def send(self, sock: zmq.Socket, envelope: list[bytes], payload: bytes) -> None:
+    def send(self, sock: zmq.Socket, envelope: list[bytes], payload: bytes, counted: bool = False) -> bool:
+        """Send an answer; False when it was kept in the client's backlog (backlog.py), where an answer
+        to a counted call still counts in that client's calls in flight."""
         outbox = self.outboxes.get(sock)
         if outbox is not None:  # the answer to a worker's own request (or a forwarded one): one item, gathered
             outbox.add(envelope[0], (envelope[1] if len(envelope) > 1 else ANSWER) + payload)
-            return
+            return True
+        backlogs = self.backlogs
+        if backlogs.by_client and (sock, envelope[0]) in backlogs.by_client:
+            backlogs.keep(sock, envelope, payload, counted)  # after what it already waits for
+            return not counted
         try:
             send_frames(sock, envelope + [payload], NOBLOCK)
         except zmq.ZMQError as exc:
-            # the client is gone (EHOSTUNREACH) or does not take its answers (EAGAIN: its queue is at the
-            # high-water mark): the answer is dropped, nothing accumulates, and a client that does not
-            # read gets -32005 for its calls until its queue has room again
-            if exc.errno == zmq.EAGAIN:
-                stalled = self.stalled.get(sock)
-                if stalled is not None:
-                    if len(stalled) >= self.sockets.max_clients:
-                        stalled.clear()  # idents of clients long gone: kept bounded
-                    stalled.add(envelope[0])
+            # the client is gone (EHOSTUNREACH: dropped) or does not take its answers (EAGAIN: its queue
+            # is at the high-water mark): the answer is kept, and its calls get -32005 meanwhile
+            if exc.errno == zmq.EAGAIN and sock in self.client_calls:
+                backlogs.keep(sock, envelope, payload, counted)
+                self.readers[sock].wake()
+                return not counted
         self.readers[sock].wake()
+        return True
 
     def reply(self, call: Call, payload: bytes) -> None:
         """Answer a call with the master's own response (the worker's answers go by _on_answer)."""
         if call.future is None:
-            self.send(call.sock, call.envelope, payload)
             counts = self.client_calls.get(call.sock)
-            if counts is not None:
+            if self.send(call.sock, call.envelope, payload, counts is not None) and counts is not None:
                 self.release_calls(counts, call.envelope[0])
         elif not call.future.done():
             call.future.set_result(payload)
@@ -488,9 +497,8 @@ class Router:
         if self.tracing is not None:
             self.tracing.close(call, None if kind == RESULT else _code(head[_BODY:]))
         if call.future is None:
-            self.send(call.sock, call.envelope, head[_BODY:])
             counts = self.client_calls.get(call.sock)
-            if counts is not None:
+            if self.send(call.sock, call.envelope, head[_BODY:], counts is not None) and counts is not None:
                 self.release_calls(counts, call.envelope[0])
         elif not call.future.done():
             call.future.set_result(head[_BODY:])

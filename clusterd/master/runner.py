@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import signal
 import sys
 import time
@@ -167,7 +168,7 @@ async def _start_master_services(loop: asyncio.AbstractEventLoop, router: Router
     if not services.done():
         log.event("master-stop", f"{config.name}: stopping once the master's start_services has finished "
                   f"(running for {time.monotonic() - started:.1f}s; waiting at most {config.graceful_timeout:g}s "
-                  "more); press Ctrl-C again to stop at once", level=logging.WARNING)
+                  f"more){_hurry_hint(router)}", level=logging.WARNING)
         if not await _finished_unless_hurried(services, router, config.graceful_timeout):
             services.cancel()
             await asyncio.wait({services}, timeout=1.0)
@@ -178,6 +179,13 @@ async def _start_master_services(loop: asyncio.AbstractEventLoop, router: Router
         log.logger.error("the master's start_services failed", exc_info=services.exception())
         return False
     return True
+
+
+def _hurry_hint(router: Router) -> str:
+    """How to cut a graceful stop short: a second Ctrl-C only makes sense after a Ctrl-C."""
+    if router.interrupted:
+        return "; press Ctrl-C again to stop at once"
+    return f"; `kill -QUIT {os.getpid()}` stops at once"
 
 
 async def _finished_unless_hurried(task: asyncio.Future, router: Router, timeout: float | None) -> bool:
@@ -210,8 +218,8 @@ async def _shutdown(router: Router, graceful: bool) -> None:
         starting = sum(1 for w in workers if w.ready_at is None)
         calls = sum(len(w.calls) for w in workers)
         log.event("master-stop", f"{config.name}: stopping (graceful): waiting at most {config.graceful_timeout:g}s "
-                  f"for {len(workers)} workers ({starting} still starting, {calls} calls in flight); "
-                  "press Ctrl-C again to stop at once")
+                  f"for {len(workers)} workers ({starting} still starting, {calls} calls in flight)"
+                  f"{_hurry_hint(router)}")
         stopping = asyncio.ensure_future(sup.stop(graceful=True))
         if not await _finished_unless_hurried(stopping, router, None):
             log.event("master-stop", f"{config.name}: stopping at once", level=logging.WARNING)

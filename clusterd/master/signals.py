@@ -82,6 +82,7 @@ class _Interrupts:
 
     def _in_loop(self) -> None:
         self.pending_since = None
+        self.router.interrupted = True
         _on_signal(self.router, signal.SIGINT, "stop",
                    lambda: self.router.admin.stop(graceful=not self.router.stopped.is_set()))
 

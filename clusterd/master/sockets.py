@@ -9,12 +9,16 @@
 from __future__ import annotations
 
 import asyncio
+import logging
+import os
+import stat
 from collections.abc import Callable
 from typing import Any
 
 import zmq
 
 from .. import limits
+from ..ops import log
 from ..settings import Config
 from ..zmqloop import Outbox, SocketReader
 
@@ -44,6 +48,7 @@ class Sockets:
         self.open_files = limits.raise_open_files()
         self.max_clients = limits.DEFAULT_MAX_CLIENTS
         self.guard: limits.MessageGuard | None = None
+        self.watch: limits.GateWatch | None = None
 
     def open(self, bind_ipc: BindIpc, on_client: ClientHandler, on_worker: WorkerHandler,
              undeliverable: Undeliverable) -> None:
@@ -52,11 +57,19 @@ class Sockets:
         cfg = self.config
         self.max_clients = limits.max_clients(cfg.max_clients, self.open_files, 1 + len(cfg.binds), cfg.workers)
         self.control = self._router_socket(client=True)
-        bind_ipc(self.control, "control.sock")
         if cfg.binds:
             self.public = self._router_socket(client=True)
-            for addr in cfg.binds:
-                self.public.bind(addr)
+        # the gates' enforcer runs before the first bind: every connection is counted
+        unfinished = limits.UNFINISHED_FRAMES * (cfg.max_message_size or 16 * 2 ** 20)
+        self.watch = limits.GateWatch(self.ctx, cfg.instance_dir, bind_ipc, list(self.gates.values()), unfinished)
+        for sock, handler in self.watch.readers:
+            self._made.append(sock)
+            self._read(sock, handler)
+        bind_ipc(self.control, "control.sock")
+        for addr in cfg.binds:
+            self.public.bind(addr)
+            if addr.startswith("ipc://"):
+                _warn_if_others_connect(addr[len("ipc://"):])
         self.workers = self._router_socket(client=False)
         self.workers.setsockopt(zmq.ROUTER_MANDATORY, 1)
         bind_ipc(self.workers, "workers.sock")
@@ -80,8 +93,18 @@ class Sockets:
         if self.public is not None:
             self._read(self.public, self._client_handler(self.public, "client", on_client))
         self._read(self.workers, lambda frames, sock=self.workers: on_worker(frames, sock))
-        self.guard = limits.MessageGuard(self.loop, list(self.gates.values()),
-                                         limits.UNFINISHED_FRAMES * (cfg.max_message_size or 16 * 2 ** 20))
+        woken = self.watch.proc is not None
+        self.guard = limits.MessageGuard(self.loop, list(self.gates.values()), unfinished, woken)
+        self.watch.on_rss_growth = self.guard.wake
+        self.watch.watch_exit(self.loop, self._gate_gone)
+
+    def _gate_gone(self) -> None:
+        """fdgate died: the guard polls while clients are connected, as without it."""
+        if self.guard is not None:
+            self.guard.woken = False
+            for gate in self.gates.values():
+                gate.on_accept = self.guard.arm
+            self.guard.arm()
 
     def _client_handler(self, sock: zmq.Socket, source: str, on_client: ClientHandler) -> Callable[[list[bytes]], None]:
         gate = self.gates[sock]
@@ -126,10 +149,8 @@ class Sockets:
 
     def _open_gate(self, sock: zmq.Socket) -> None:
         """Cap the connections of a client socket per endpoint (--max-clients) so that fds never run out."""
-        gate = limits.ClientGate(sock, self.max_clients, _endpoint_label)
-        self.gates[sock] = gate
-        self._made.append(gate.monitor)
-        self._read(gate.monitor, gate.on_events)
+        address = f"inproc://clusterd-monitor-{id(sock):x}"
+        self.gates[sock] = limits.ClientGate(sock, self.max_clients, address, _endpoint_label)
 
     def clients_document(self) -> dict:
         """The `clients` part of the status document."""
@@ -143,6 +164,8 @@ class Sockets:
         (an abandoned thread worker still holds sockets: term() would wait for ever)."""
         if self.guard is not None:
             self.guard.close()
+        if self.watch is not None:
+            self.watch.close_process()
         for reader in self.readers.values():
             reader.close()
         for sock in self._made:
@@ -151,6 +174,21 @@ class Sockets:
             self.authenticator.stop()
         if term:
             self.ctx.term()
+
+
+def _warn_if_others_connect(path: str) -> None:
+    """Linux keeps no byte count per unix-socket connection, so the unfinished-message guard cannot
+    tell which ipc peer sends a message that never ends (SECURITY.md): such a --bind is for trusted
+    local peers only, and its file mode is what keeps the others out."""
+    try:
+        mode = os.stat(path).st_mode
+    except OSError:
+        return
+    if mode & (stat.S_IWGRP | stat.S_IWOTH):
+        log.event("ipc-bind-open", f"--bind ipc://{path} can be connected to by other users (mode "
+                  f"{stat.S_IMODE(mode):o}): the master's memory per client is not bounded for ipc peers that "
+                  f"never finish a message; `chmod 600 {path}` (or a private directory) unless they are trusted",
+                  level=logging.WARNING)
 
 
 def _endpoint_label(endpoint: str) -> str:

@@ -46,7 +46,8 @@ def status_document(router: MasterView) -> dict:
         "calls_inflight": sum(w["inflight"] for w in workers),
         "counters": telemetry.counters_document(),
         "methods": telemetry.methods(),
-        "clients": router.sockets.clients_document(),
+        "clients": {**router.sockets.clients_document(), "answers_kept": router.backlogs.held(),
+                    "answers_dropped": router.backlogs.dropped, "refused_busy": router.refused_busy},
     }
     if router.reloads is not None:
         doc["reload"] = router.reloads.summary()

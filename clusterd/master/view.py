@@ -42,12 +42,15 @@ class MasterView(Protocol):
     control: zmq.Socket
     wsock: zmq.Socket
     stopped: asyncio.Event
+    interrupted: bool             # a Ctrl-C asked for the stop
     keeper: Any                   # the DirKeeper (dir_keeper.py)
     endpoint: Any                 # the user's MasterEndpoint
     worker_methods: dict[str, dict]
     client_calls: dict[zmq.Socket, dict[bytes, int]]
+    readers: dict[zmq.Socket, Any]   # the SocketReader of each socket
     inflight_limit: int
-    stalled: dict[zmq.Socket, set[bytes]]
+    backlogs: Any                 # the Backlogs (backlog.py)
+    refused_busy: int
     sockets: Any                  # the Sockets (sockets.py)
     log_ring: Any                 # the LogRing (log_ring.py): the recent log for `clusterd logs`
     master_code: Any              # the MasterCode (master_code.py): has the master's own code changed
@@ -70,7 +73,9 @@ class MasterView(Protocol):
 
     def spawn_task(self, coro: Coroutine[Any, Any, Any]) -> None: ...
 
-    def send(self, sock: zmq.Socket, envelope: list[bytes], payload: bytes) -> None: ...
+    def send(self, sock: zmq.Socket, envelope: list[bytes], payload: bytes, counted: bool = False) -> bool: ...
+
+    def stalled(self, sock: zmq.Socket, ident: bytes) -> bool: ...
 
     def to_worker(self, frames: list[bytes], sock: zmq.Socket | None = None) -> None: ...
 

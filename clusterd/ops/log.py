@@ -142,6 +142,13 @@ class RateLimited:
             return
         logger.error(message + (f" ({held} more since the last report)" if held else ""), exc_info=True)
 
+    def warning(self, message: str) -> None:
+        """Log message as a warning, unless one was logged within the period."""
+        held = self.allow()
+        if held is None:
+            return
+        logger.warning(message + (f" ({held} more since the last report)" if held else ""))
+
 
 def survive(what: str, func, *args) -> bool:
     """Run one turn of a periodic task; an exception is logged, never raised, so the task goes on.

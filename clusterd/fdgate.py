@@ -1,0 +1,178 @@
+"""The connection gate's enforcer: a small process of its own, so that --max-clients holds while the
+master's loop (or its GIL: a long C call in a sync master method) is busy.
+
+libzmq accepts connections in its own I/O thread whatever the master does; if connections past the cap
+were only shut down from the master's loop, a master busy for seconds could run out of fds, and libzmq
+aborts the whole process when its ipc listener (control.sock, workers.sock) then meets EMFILE. This
+process reads the client sockets' monitors (relayed to ipc files of the instance directory by
+limits.GateWatch), counts the connections per endpoint and shuts down each one past the cap as soon
+as it is accepted: it takes a
+copy of the master's fd with pidfd_getfd(2) (Linux 5.6+, same uid) and shuts the connection down,
+then libzmq, seeing the peer gone, closes its fd in its I/O thread, with no help from the master.
+The master's loop sees the same events (its status counts) and shuts the same connections down again
+when it gets to them: a backstop, harmless when done already.
+
+It also watches the master's RSS, every WATCH_S while client connections are open, and tells the
+master each time it has grown by STEP bytes more: the master's guard against messages that never end
+(limits.MessageGuard) then looks, instead of polling all the time.
+
+    python -m clusterd.fdgate MASTER_PID CAP STEP EVENTS_ADDRESS MONITOR_ADDRESS...
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import signal
+import socket
+import struct
+import sys
+
+import zmq
+
+from .limits import same_place
+
+_SYS_PIDFD_GETFD = 438  # the same number on every Linux architecture
+_ACCEPTED = int(zmq.EVENT_ACCEPTED)
+_DISCONNECTED = int(zmq.EVENT_DISCONNECTED)
+READY_TIMEOUT_MS = 5000
+WATCH_MS = 50
+
+
+class RssWatch:
+    """The master's resident memory, from /proc; says when it has grown by step since its low point."""
+
+    def __init__(self, master: int, step: int) -> None:
+        self.step = step
+        self._page = os.sysconf("SC_PAGE_SIZE")
+        self._statm = os.open(f"/proc/{master}/statm", os.O_RDONLY | os.O_CLOEXEC)
+        self._mark = self._rss()
+
+    def _rss(self) -> int:
+        return int(os.pread(self._statm, 128, 0).split()[1]) * self._page
+
+    def grew(self) -> bool:
+        rss = self._rss()
+        if rss < self._mark:
+            self._mark = rss
+            return False
+        if rss - self._mark > self.step:
+            self._mark = rss  # told once per step of growth
+            return True
+        return False
+
+
+class FdTaker:
+    """Copies of the master's fds, through a pidfd (None when the kernel or a policy refuses)."""
+
+    def __init__(self, master: int) -> None:
+        self._libc = ctypes.CDLL(None, use_errno=True)
+        try:
+            self._pidfd: int | None = os.pidfd_open(master)
+        except (OSError, AttributeError):
+            self._pidfd = None
+        self.works = self._pidfd is not None and self._probe()
+
+    def _probe(self) -> bool:
+        fd = self.take(2)
+        if fd is None or fd < 0:
+            return False
+        os.close(fd)
+        return True
+
+    def take(self, fd: int) -> int | None:
+        """A copy of the master's fd; -1 if it is closed; None if copies are refused (EPERM, ENOSYS)."""
+        got = self._libc.syscall(_SYS_PIDFD_GETFD, self._pidfd, fd, 0)
+        if got >= 0:
+            return got
+        return -1 if ctypes.get_errno() == 9 else None  # EBADF: libzmq closed it already
+
+
+def shut(taker: FdTaker, fd: int, endpoint: str) -> bool:
+    """Shut down the master's connection fd (accepted on endpoint); False when it could not be done here."""
+    copy = taker.take(fd)
+    if copy is None:
+        return False
+    if copy < 0:
+        return True
+    sock = socket.socket(fileno=copy)
+    try:
+        # the fd may have been closed and reused since the event: only a connection of this endpoint
+        if sock.type == socket.SOCK_STREAM and same_place(sock.getsockname(), endpoint):
+            sock.shutdown(socket.SHUT_RDWR)
+    except OSError:
+        pass
+    finally:
+        sock.close()
+    return True
+
+
+def _connect_all(sockets: list[zmq.Socket], addresses: list[str]) -> bool:
+    """Each monitor connection is up before the master binds: no accept goes unseen."""
+    watches = [sock.get_monitor_socket(zmq.EVENT_CONNECTED) for sock in sockets]
+    for sock, address in zip(sockets, addresses):
+        sock.connect(address)
+    for sock, watch in zip(sockets, watches):
+        try:
+            if not watch.poll(READY_TIMEOUT_MS):
+                return False
+            watch.recv_multipart()
+        finally:
+            sock.disable_monitor()
+            watch.close(linger=0)
+    return True
+
+
+def main(argv: list[str]) -> int:
+    master, cap, step, events_address, monitors = int(argv[0]), int(argv[1]), int(argv[2]), argv[3], argv[4:]
+    ctypes.CDLL(None).prctl(1, signal.SIGKILL, 0, 0, 0)  # PR_SET_PDEATHSIG: never outlive the master
+    if os.getppid() != master:
+        return 0
+    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT):
+        signal.signal(sig, signal.SIG_IGN)  # a signal to the whole group is the master's to handle
+    ctx = zmq.Context()
+    out = ctx.socket(zmq.PUSH)
+    out.setsockopt(zmq.SNDHWM, 0)
+    out.setsockopt(zmq.LINGER, 0)
+    out.connect(events_address)
+    ins = []
+    for _ in monitors:
+        sock = ctx.socket(zmq.SUB)
+        sock.setsockopt(zmq.SUBSCRIBE, b"")
+        sock.setsockopt(zmq.RCVHWM, 0)
+        sock.setsockopt(zmq.LINGER, 0)
+        ins.append(sock)
+    taker = FdTaker(master)
+    if not _connect_all(ins, monitors):
+        return 1
+    rss = RssWatch(master, step)
+    out.send_multipart([b"ready", b"1" if taker.works else b"0"])
+    poller = zmq.Poller()
+    for sock in ins:
+        poller.register(sock, zmq.POLLIN)
+    opened: list[dict[int, str]] = [{} for _ in ins]
+    held: list[dict[str, int]] = [{} for _ in ins]
+    while True:
+        ready = poller.poll(WATCH_MS if any(any(h.values()) for h in held) else None)
+        if rss.grew():
+            out.send_multipart([b"rss"])
+        for sock, _ in ready:
+            frames = sock.recv_multipart()
+            if len(frames) < 2 or len(frames[0]) < 6:
+                continue
+            i = ins.index(sock)
+            event, fd = struct.unpack("=HI", frames[0][:6])
+            if event == _ACCEPTED:
+                endpoint = frames[1].decode("utf-8", "replace")
+                opened[i][fd] = endpoint
+                count = held[i][endpoint] = held[i].get(endpoint, 0) + 1
+                if count > cap and taker.works:
+                    shut(taker, fd, endpoint)
+            elif event == _DISCONNECTED:
+                endpoint = opened[i].pop(fd, None)
+                if endpoint is not None:
+                    held[i][endpoint] -= 1
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
