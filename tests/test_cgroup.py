@@ -281,3 +281,23 @@ def test_real_v1_child_cgroup_with_one_cpu(layout):
                 directory.rmdir()
             except OSError:
                 pass
+
+
+def test_status_says_where_workers_auto_came_from(fake, cluster):
+    fs, proc = fake
+    v2_tree(fs, proc, {"/pod": "100000 100000"}, "/pod")   # a 1-CPU limit
+    budget = cpu_budget().document()                      # what the master must find, read here
+    inst = cluster("tests.apps.basic:Master", "tests.apps.basic:Worker", "--workers", "auto",
+                   env={"CLUSTERD_CGROUP_ROOT": str(fs), "CLUSTERD_PROC_SELF_CGROUP": str(proc)})
+    config = inst.status()["config"]
+    assert config["workers"] == budget["cpus"] == 1
+    assert config["workers_auto"] == budget
+    table = inst.cli("status", "--name", inst.name)
+    assert table.returncode == 0, table.stderr
+    assert f"ready (auto: {budget['source']})" in table.stdout   # in the head, beside the worker count
+
+
+def test_status_has_no_auto_origin_for_a_given_number(cluster):
+    inst = cluster("tests.apps.basic:Master", "tests.apps.basic:Worker", "--workers", "1")
+    assert inst.status()["config"]["workers_auto"] is None
+    assert "auto:" not in inst.cli("status", "--name", inst.name).stdout

@@ -242,7 +242,7 @@ def test_keda_scaled_object_has_its_required_fields():
         assert "clusterd_calls_in_flight" in used
 
 
-def test_service_monitor_has_its_required_fields_and_scrapes_the_http_port():
+def test_service_monitor_has_its_required_fields_and_scrapes_the_metrics_port():
     docs = resources_in(KUBERNETES)
     (monitor,) = of_kind(docs, "ServiceMonitor")
     (service,) = of_kind(docs, "Service")
@@ -256,7 +256,7 @@ def test_service_monitor_has_its_required_fields_and_scrapes_the_http_port():
         target = service_ports[endpoint["port"]]["targetPort"]
         (deployment,) = of_kind(docs, "Deployment")
         port = port_number(containers(deployment)[0], target)
-        assert port == bind_port(container_argv(containers(deployment)[0]), "--http-bind")
+        assert port == bind_port(container_argv(containers(deployment)[0]), "--metrics-bind")
 
 
 def test_only_one_autoscaler_is_applied_by_default():
@@ -534,10 +534,16 @@ def runnable_image_command() -> tuple[list[str], list[str]]:
     return kept, dropped
 
 
-def test_image_entry_point_serves_passes_its_healthcheck_and_stops_on_sigterm(tmp_path):
+@pytest.mark.parametrize("as_pid1", [False, True], ids=["process", "PID 1"])
+def test_image_entry_point_serves_passes_its_healthcheck_and_stops_on_sigterm(tmp_path, as_pid1):
     """What `docker run` would do: the image's ENV, WORKDIR with the app, ENTRYPOINT + CMD, then
-    the HEALTHCHECK command, a call, and SIGTERM (docker stop) -> exit status 0."""
+    the HEALTHCHECK command, a call, and SIGTERM (docker stop) -> exit status 0. In a container the
+    master is PID 1 of its PID namespace: played with unshare (tests/test_pid1.py) where root can."""
     import tempfile
+
+    from tests.test_pid1 import master_process, namespace_unavailable, start_as_pid1
+    if as_pid1 and namespace_unavailable():
+        pytest.skip(namespace_unavailable())
     d = dockerfile()
     app = tmp_path / "app"
     shutil.copytree(ROOT / "examples", app / "examples", ignore=shutil.ignore_patterns("__pycache__"))
@@ -550,7 +556,11 @@ def test_image_entry_point_serves_passes_its_healthcheck_and_stops_on_sigterm(tm
     inst = Instance(runtime, d["env"]["CLUSTERD_NAME"], args, app, env)
     inst.stderr_path = mount / "stderr"
     try:
-        inst.start()
+        if as_pid1:
+            start_as_pid1(inst)
+            assert inst.wait_running()["master"]["pid"] == 1
+        else:
+            inst.start()
         workers = inst.wait_ready(inst.status()["config"]["workers"])
         assert workers
         assert oct(runtime.stat().st_mode & 0o777) == "0o700"
@@ -561,7 +571,7 @@ def test_image_entry_point_serves_passes_its_healthcheck_and_stops_on_sigterm(tm
         else:
             dropped.append(f"the HEALTHCHECK command ({' '.join(health)})")
         assert inst.client().result("count_primes", 1000) == 168
-        inst.signal(signal.SIGTERM)
+        master_process(inst).send_signal(signal.SIGTERM)   # docker stop: to the master itself
         assert inst.wait_exit(60) == 0
         assert not (runtime / inst.name / "master.pid").exists()
     finally:

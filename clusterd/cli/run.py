@@ -8,6 +8,7 @@ from typing import Any
 import click
 
 from .. import settings
+from ..ops.reaper import exit_on_sigterm_until_handled
 from ..settings import ConfigError
 from .common import EXIT_FAILURE, EXIT_OK, cwd_on_path, fail, import_endpoint
 from .options import setting_options
@@ -19,6 +20,7 @@ from .options import setting_options
 @setting_options(settings.RUN)
 def run(master: str | None, worker: str | None, config: str | None, **opts: Any) -> None:
     """Run MASTER and WORKER (package.module:ClassName) in the foreground."""
+    exit_on_sigterm_until_handled()  # as PID 1 of a container (ops/reaper.py)
     if not master or not worker:
         fail("run needs MASTER and WORKER, e.g. clusterd run myapp.rpc:Master myapp.rpc:Worker")
     identity = _process_options(opts)
@@ -101,6 +103,7 @@ def _process_options(opts: dict) -> Any:
 @setting_options(settings.AGENT)
 def worker_agent(worker: str, **opts: Any) -> None:
     """Run WORKER processes on this host for the master at --connect (an agent)."""
+    exit_on_sigterm_until_handled()
     cwd_on_path()
     import_endpoint(worker, "WorkerEndpoint", "WORKER")
     try:

@@ -85,6 +85,12 @@ def _table(headers: list[str], rows: list[list[str]], states: list[str], colour:
     return "\n".join(lines)
 
 
+def _auto_origin(config: dict) -> str:
+    """Where `--workers auto` took its number from (a CPU quota, or the affinity)."""
+    auto = config.get("workers_auto")
+    return f" (auto: {auto['source']})" if isinstance(auto, dict) and auto.get("source") else ""
+
+
 def _wrap(parts: list[str], width: int | None, sep: str = "  ") -> str:
     """Join parts on one line, or on as many lines as the width needs (a part is never split)."""
     if width is None:
@@ -189,7 +195,7 @@ def render_table(doc: dict, colour: bool | None = None, width: int | None = -1) 
     ready, wanted = counts(doc)
     head = [f"{doc['name']}", _colour(doc["state"], doc["state"], colour) if width is None else doc["state"],
             f"master pid {m['pid']}", f"up {human_duration(m.get('uptime_s'))}",
-            f"version {m.get('version') or '-'}", f"workers {ready}/{wanted} ready",
+            f"version {m.get('version') or '-'}", f"workers {ready}/{wanted} ready{_auto_origin(config)}",
             f"generation {doc.get('generation', '-')}", f"master {human_bytes(m.get('rss_bytes'))}"]
     if config.get("isolation") == "thread":
         head.append("isolation thread")

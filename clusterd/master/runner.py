@@ -15,6 +15,7 @@ import time
 from .. import protocol
 from ..log_ring import LogRing
 from ..ops import log, tracing
+from ..ops.reaper import ChildReaper
 from ..ops.systemd import Notifier
 from ..proctitle import set_title
 from ..settings import Config
@@ -38,10 +39,12 @@ async def serve(config: Config, master_cls: type, worker_cls: type) -> int:
     router.log_ring = LogRing(loop)
     router.master_code = MasterCode(master_cls)
     log.logger.addHandler(router.log_ring)
+    reaper = ChildReaper(loop, router.supervisor.spawner.owned_pids).install()  # PID 1 in a container
     try:
         router.front.open()  # raises BindError: the CLI prints its one line, exit status 1
         return await _serve(loop, router, config)
     finally:
+        reaper.close()  # before the loop closes: a SIGCHLD must not find its wake-up pipe closed
         await router.telemetry.close()
         log.logger.removeHandler(router.log_ring)
         router.release()

@@ -107,6 +107,7 @@ def _document(self: Any) -> dict:
             value = getattr(self, o.key)
             doc[o.status_key or o.key] = o.status_value(value) if o.status_value else value
     doc["runtime_dir"] = self.runtime_dir
+    doc["workers_auto"] = getattr(self.workers, "budget", None)  # where `auto` came from (values.AutoWorkers)
     return doc
 
 

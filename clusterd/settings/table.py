@@ -97,7 +97,7 @@ OPTIONS: tuple[Option, ...] = (
     Option("config", str | None, None, "TOML file with option defaults (flags and CLUSTERD_* variables win).",
            short="-c", commands=(RUN,), in_file=False, metavar="FILE"),
     Option("workers", int, "auto", "Worker processes: 'auto' is one per usable CPU (affinity, capped by a cgroup CPU quota).", parse_workers,
-           commands=(RUN, AGENT), short="-w", metavar="auto|N"),
+           commands=(RUN, AGENT), short="-w", metavar="auto|N", status_value=int),
     Option("name", str | None, None, "Instance name (default: MASTER's top-level package).",
            commands=(RUN, AGENT, UNIT, *CONTROL), short="-n", no_short=("logs",),
            help_for={AGENT: "A label for logs and process titles (default: WORKER's top-level package).",

@@ -66,8 +66,22 @@ def parse_seconds(value: Any) -> float:
 
 def cpu_count() -> int:
     """What `--workers auto` means: the CPUs this process may run on, capped by a CFS quota (DESIGN.md 14)."""
-    from ..ops.cgroup import cpu_budget  # a leaf module; ops.cgroup.cpu_budget().source says why
-    return cpu_budget().cpus
+    return int(auto_workers())
+
+
+class AutoWorkers(int):
+    """`--workers auto` resolved: the number, still saying where it came from (`budget`, for status)."""
+
+    budget: dict
+
+
+def auto_workers() -> AutoWorkers:
+    """The one place `auto` is resolved: ops.cgroup.cpu_budget(), whose document() the status shows."""
+    from ..ops.cgroup import cpu_budget  # a leaf module
+    budget = cpu_budget()
+    n = AutoWorkers(budget.cpus)
+    n.budget = budget.document()
+    return n
 
 
 def parse_workers(value: str | int) -> int:
@@ -77,7 +91,7 @@ def parse_workers(value: str | int) -> int:
     if isinstance(value, int):
         n = value
     elif str(value).strip().lower() == "auto":
-        return cpu_count()
+        return auto_workers()
     else:
         try:
             n = int(str(value).strip())

@@ -22,6 +22,7 @@ import zmq
 
 from .. import protocol, wire
 from ..ops import log
+from ..ops.reaper import ChildReaper
 from ..ops.systemd import child_environ
 from ..settings import AgentConfig, heartbeat_interval
 from ..wire import WorkerSpec
@@ -68,6 +69,7 @@ class Agent:
         self.env = env
         for sig in (signal.SIGTERM, signal.SIGINT):
             self.loop.add_signal_handler(sig, self.stopping.set)
+        reaper = ChildReaper(self.loop, self.spawner.owned_pids).install()  # PID 1 of an agent pod
         log.event("agent-start", f"agent for {self.worker_path} connecting to {self.connect} "
                   f"({self.workers} workers)")
         beat = self.loop.create_task(self._beat())
@@ -77,6 +79,7 @@ class Agent:
         self.reader.close()
         self.sock.close(linger=500)
         self.spawner.close()
+        reaper.close()
         self.ctx.term()
         log.event("agent-exit", "agent stopped")
         return 0

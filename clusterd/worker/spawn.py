@@ -21,6 +21,8 @@ from typing import Any, Protocol
 
 import psutil
 
+from ..ops.reaper import stop_if_adopted
+
 WORKER_ENTRY = "from clusterd.worker import main; main()"
 ZYGOTE_ENTRY = "from clusterd.worker.zygote import main; main()"
 
@@ -58,6 +60,9 @@ class Spawner(Protocol):
         """Whether any worker still shares this process (only thread workers can)."""
 
     def close(self) -> None: ...
+
+    def owned_pids(self) -> set[int]:
+        """The child processes this spawner will wait for itself: the reaper leaves them alone."""
 
 
 class OutputPipe:
@@ -185,6 +190,7 @@ class DirectSpawner:
         self.on_exit = on_exit
         self.popen_kwargs = popen_kwargs or {}  # user/group with --user (privileges.py)
         self.pass_fds = pass_fds
+        self.owned: set[int] = set()
 
     def spawn(self, worker: object, env: dict, label: str, generation: int = 0) -> ProcessHandle:
         proc = _popen_shielded([sys.executable, "-c", WORKER_ENTRY, label], stdin=subprocess.DEVNULL,
@@ -192,6 +198,7 @@ class DirectSpawner:
                                pass_fds=self.pass_fds(), **self.popen_kwargs)
         handle = ProcessHandle()
         handle._known(proc.pid)
+        self.owned.add(proc.pid)
         out = OutputPipe(self.loop, os.dup(proc.stdout.fileno()), worker, self.on_line)
         proc.stdout.close()
 
@@ -200,6 +207,7 @@ class DirectSpawner:
                 self.loop.remove_reader(pidfd)
                 os.close(pidfd)
             handle.returncode = proc.wait()
+            self.owned.discard(proc.pid)
             out.read()
             out.close()
             self.on_exit(worker, handle.returncode)
@@ -223,6 +231,9 @@ class DirectSpawner:
 
     def close(self) -> None:
         pass
+
+    def owned_pids(self) -> set[int]:
+        return self.owned
 
 
 class ZygoteState(enum.StrEnum):
@@ -261,6 +272,7 @@ class ZygoteSpawner:
         self.direct = DirectSpawner(loop, on_line, on_exit, popen_kwargs, pass_fds)
         self.zygotes: dict[int, _Zygote] = {}
         self._ids = 0
+        self._zygote_pids: set[int] = set()   # started and not yet waited for
 
     def spawn(self, worker: object, env: dict, label: str, generation: int = 0) -> ProcessHandle:
         z = self.zygotes.get(generation)
@@ -292,6 +304,7 @@ class ZygoteSpawner:
             theirs.close()
             return z
         theirs.close()
+        self._zygote_pids.add(z.proc.pid)
         ours.setblocking(False)
         z.sock = ours
         self.loop.add_reader(ours.fileno(), self._on_message, z)
@@ -347,11 +360,17 @@ class ZygoteSpawner:
                 z.state = ZygoteState.FAILED
 
     def _zygote_gone(self, z: _Zygote) -> None:
-        """The zygote exited: its children died with it (parent-death signal); spawns go direct."""
+        """The zygote exited: its children die with it (parent-death signal); spawns go direct.
+
+        Its orphans come to this process (a subreaper, or PID 1): one still running is a stray
+        worker whose slot is about to be refilled, so it is killed here; ops/reaper.py reaps it."""
         self.loop.remove_reader(z.sock.fileno())
         z.sock.close()
         if z.proc is not None:
-            z.proc.wait()
+            z.proc.wait()  # once it is a zombie, its children have been handed to their new parent
+            self._zygote_pids.discard(z.proc.pid)
+            for pid in z.children:
+                stop_if_adopted(pid)
         if z.state is not ZygoteState.RETIRED:
             z.state = ZygoteState.FAILED
         for handle, worker, pipe in list(z.children.values()) + list(z.waiting.values()):
@@ -388,6 +407,9 @@ class ZygoteSpawner:
 
     def alive(self) -> bool:
         return False
+
+    def owned_pids(self) -> set[int]:
+        return self._zygote_pids | self.direct.owned
 
     def close(self) -> None:
         for z in self.zygotes.values():

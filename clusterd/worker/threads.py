@@ -225,6 +225,9 @@ class ThreadSpawner:
     def alive(self) -> bool:
         return any(h.alive() for h in list(self.handles) + [h for h, _w in self.abandoned])
 
+    def owned_pids(self) -> set[int]:
+        return set()  # threads, no child processes
+
     def close(self) -> None:
         for handle in list(self.handles):
             handle.kill()
