@@ -257,6 +257,7 @@ def instance_env(runtime_dir: Path, extra: dict | None = None) -> dict:
     env = dict(os.environ)
     env["CLUSTERD_RUNTIME_DIR"] = str(runtime_dir)
     env.pop("NOTIFY_SOCKET", None)
+    env.pop("COLUMNS", None)  # tables printed to a pipe are not fitted to the developer's terminal
     for key in [k for k in env if k.startswith("CLUSTERD_") and k != "CLUSTERD_RUNTIME_DIR"]:
         del env[key]
     env["PYTHONPATH"] = str(ROOT) + os.pathsep + env.get("PYTHONPATH", "")
