@@ -327,7 +327,7 @@ def test_every_flag_and_command_exists_in_clusterd():
     assert NOT_YET_IMPLEMENTED <= used, f"listed but not used: {NOT_YET_IMPLEMENTED - used}"
     if missing_now:
         warnings.warn(NotYetImplementedWarning("not in clusterd yet (NOT_YET_IMPLEMENTED): "
-                                               + "; ".join(sorted(set(missing_now)))))
+                                               + "; ".join(sorted(set(missing_now)))), stacklevel=2)
 
 
 def test_cross_check_catches_an_unknown_flag():
@@ -580,7 +580,7 @@ def test_image_entry_point_serves_passes_its_healthcheck_and_stops_on_sigterm(tm
         shutil.rmtree(mount, ignore_errors=True)
     if dropped:
         warnings.warn(NotYetImplementedWarning(f"the image's entry point ran without {dropped} "
-                                               "(not in clusterd yet; see NOT_YET_IMPLEMENTED)"))
+                                               "(not in clusterd yet; see NOT_YET_IMPLEMENTED)"), stacklevel=2)
 
 
 def test_workers_auto_in_the_image_follows_the_cpu_limit(tmp_path):
@@ -595,7 +595,8 @@ def test_workers_auto_in_the_image_follows_the_cpu_limit(tmp_path):
     proc = tmp_path / "cgroup"
     proc.write_text("0::/kubepods/pod/ctr\n")
     env = instance_env(Path("/nonexistent"), {"CLUSTERD_CGROUP_ROOT": str(fs), "CLUSTERD_PROC_SELF_CGROUP": str(proc)})
-    out = subprocess.run([sys.executable, "-c", "from clusterd.config import parse_workers; print(parse_workers('auto'))"],
+    code = "from clusterd.config import parse_workers; print(parse_workers('auto'))"
+    out = subprocess.run([sys.executable, "-c", code],
                          env=env, capture_output=True, text=True, timeout=60, cwd=ROOT)
     assert out.returncode == 0, out.stderr
     assert int(out.stdout) == min(affinity_cpus(), int(-(-limit // 1)))

@@ -96,7 +96,8 @@ def test_master_keeps_serving_with_more_connections_than_open_files(cluster):
             s.close()
         fresh = Rpc(address)
         try:
-            assert wait_for(lambda: fresh.result("add", 2, 3, timeout=1) == 5, 30, message="a call on a fresh connection")
+            assert wait_for(lambda: fresh.result("add", 2, 3, timeout=1) == 5, 30,
+                            message="a call on a fresh connection")
         finally:
             fresh.close()
     finally:

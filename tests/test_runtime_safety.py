@@ -179,7 +179,8 @@ def test_instances_sharing_a_deleted_runtime_dir_never_cross(cluster):
         os.kill(a_worker, signal.SIGKILL)
         replacement = wait_for(lambda: (lambda r: r if r.get("result") not in (None, a_worker) else None)(
             a_client.call("pid")), timeout=20, message="A's replacement serving A")["result"]
-        assert psutil.Process(replacement).ppid() in (a.proc.pid, *[c.pid for c in psutil.Process(a.proc.pid).children()])
+        a_tree = (a.proc.pid, *[c.pid for c in psutil.Process(a.proc.pid).children()])
+        assert psutil.Process(replacement).ppid() in a_tree
         status = b.status()
         assert sorted(w["pid"] for w in status["workers"]) == b_workers, "a worker of A joined B"
         assert status["state"] == "running"

@@ -23,9 +23,9 @@ from typing import Any
 import psutil
 import zmq
 
-from .plan import START_TIMEOUT_S, SYSTEM_LABELS, Plan, Progress
-from .procs import log_tail, Procs
 from ..control import ControlClient
+from .plan import START_TIMEOUT_S, SYSTEM_LABELS, Plan, Progress
+from .procs import Procs, log_tail
 from .references import (
     PAYLOAD,
     REPLY_TIMEOUT_S,
@@ -38,6 +38,7 @@ from .references import (
     sequential_us,
 )
 from .systems import Instance, Service, slot_worker, status_of
+
 
 @dataclass
 class _Tally:

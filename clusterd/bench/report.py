@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+
 def targets(systems: dict[str, dict[str, Any]], cpu: dict[str, Any], restart: dict[str, Any],
              memory: dict[str, Any], workers: int) -> dict[str, dict[str, Any]]:
     forwarded = systems["clusterd"]["pipelined_calls_per_s"]

@@ -14,10 +14,10 @@ import orjson
 import psutil
 import zmq
 
-from .plan import START_TIMEOUT_S, STOP_TIMEOUT_S, Plan
-from .procs import MODULE_CODE, free_port, guarded, log_tail, Procs
 from ..control import ControlClient
 from ..protocol import RemoteError
+from .plan import START_TIMEOUT_S, STOP_TIMEOUT_S, Plan
+from .procs import MODULE_CODE, Procs, free_port, guarded, log_tail
 from .references import REPLY_TIMEOUT_S, BenchError, client_socket, encode_call
 
 
@@ -83,8 +83,9 @@ def start_instance(procs: Procs, ctx: zmq.Context[zmq.Socket[bytes]], workers: i
     package_parent = str(Path(__file__).resolve().parents[2])  # the directory holding clusterd/
     env = dict(os.environ, CLUSTERD_RUNTIME_DIR=str(runtime))
     env["PYTHONPATH"] = os.pathsep.join(p for p in (package_parent, env.get("PYTHONPATH")) if p)
-    argv = guarded(MODULE_CODE, signal.SIGTERM, "clusterd", "run", f"{APP}:Master", f"{APP}:Worker", "--workers", str(workers), "--name", name,
-                    "--bind", addr, "--graceful-timeout", str(STOP_TIMEOUT_S))
+    argv = guarded(MODULE_CODE, signal.SIGTERM, "clusterd", "run", f"{APP}:Master", f"{APP}:Worker",
+                    "--workers", str(workers), "--name", name, "--bind", addr,
+                    "--graceful-timeout", str(STOP_TIMEOUT_S))
     proc, log = procs.spawn(argv, f"clusterd {name}", graceful=True, env=env)
     instance = Instance(name, addr, f"ipc://{runtime}/{name}/control.sock", proc, log)
     wait_serving(ctx, instance, workers)

@@ -19,7 +19,6 @@ from ..settings import Config
 from .pool import Worker
 from .states import ExitReason, WorkerState
 
-
 BOOT_SILENCE_S = 10.0
 """How long a new worker may stay silent before its first beat: starting an interpreter and importing
 the app takes longer than a short heartbeat timeout on a loaded machine, and is not a hang."""

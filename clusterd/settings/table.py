@@ -9,8 +9,8 @@ from typing import Any
 from .values import (
     ConfigError,
     check_address,
-    check_http_bind,
     check_host_port,
+    check_http_bind,
     parse_bool,
     parse_count,
     parse_env,
@@ -96,7 +96,8 @@ _TIMEOUT_HELP = "Seconds calls and stop_services get on stop/reload."
 OPTIONS: tuple[Option, ...] = (
     Option("config", str | None, None, "TOML file with option defaults (flags and CLUSTERD_* variables win).",
            short="-c", commands=(RUN,), in_file=False, metavar="FILE"),
-    Option("workers", int, "auto", "Worker processes: 'auto' is one per usable CPU (affinity, capped by a cgroup CPU quota).", parse_workers,
+    Option("workers", int, "auto", "Worker processes: 'auto' is one per usable CPU "
+           "(affinity, capped by a cgroup CPU quota).", parse_workers,
            commands=(RUN, AGENT), short="-w", metavar="auto|N", status_value=int),
     Option("name", str | None, None, "Instance name (default: MASTER's top-level package).",
            commands=(RUN, AGENT, UNIT, *CONTROL), short="-n", no_short=("logs",),
@@ -132,7 +133,8 @@ OPTIONS: tuple[Option, ...] = (
            metavar="FILE"),
     Option("reload-on-change", str | None, None, "Development: reload on any .py change under DIR.",
            bare_value=".", metavar="[DIR]"),
-    Option("max-message-size", int, "16M", "Largest message a client may send; ZeroMQ drops the connection of a client that sends a bigger one.",
+    Option("max-message-size", int, "16M", "Largest message a client may send; "
+           "ZeroMQ drops the connection of a client that sends a bigger one.",
            parse_size, metavar="SIZE"),
     Option("max-batch", int, 1000, "Most requests in one batch; a bigger batch gets -32600.", parse_count,
            metavar="N"),

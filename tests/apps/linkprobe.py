@@ -4,7 +4,8 @@ worker's statistics and fetches the instance's metrics."""
 from __future__ import annotations
 
 from clusterd import rpc
-from tests.apps.basic import Master, Worker as BasicWorker
+from tests.apps.basic import Master
+from tests.apps.basic import Worker as BasicWorker
 
 __all__ = ["Master", "Worker"]
 
