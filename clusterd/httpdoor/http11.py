@@ -20,7 +20,7 @@ import httptools
 from . import responses, tokens
 
 if TYPE_CHECKING:
-    from .server import HttpDoor
+    from .door_state import DoorState
 
 log = logging.getLogger(__name__)
 
@@ -53,7 +53,7 @@ def _media_type(value: bytes) -> bytes:
 class HttpConnection(asyncio.Protocol):
     """Parser callbacks (on_*) fill the request in progress; ``on_message_complete`` acts on it."""
 
-    def __init__(self, door: "HttpDoor") -> None:
+    def __init__(self, door: "DoorState") -> None:
         self.door = door
         self.transport: asyncio.Transport | None = None
         self.parser = httptools.HttpRequestParser(self)

@@ -15,13 +15,12 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
+from .door_state import Dispatch, DoorState
 from .http11 import HttpConnection
 from .responses import JSON, TEXT
 
-# The answer, or None for nothing to answer, or an awaitable of either (run in its own task). Answer
-# at once when you can (sync methods, errors found before any await): it saves a task per call, and
-# keeps asyncio.timeout()/TaskGroup usable in what runs in the task.
-Dispatch = Callable[[bytes], "bytes | None | Awaitable[bytes | None]"]
+__all__ = ["DEFAULT_IDLE_TIMEOUT", "DEFAULT_MAX_MESSAGE_SIZE", "Dispatch", "HttpDoor", "Page", "Probes"]
+
 DEFAULT_MAX_MESSAGE_SIZE = 1024 * 1024
 # An HTTP connection with no call in flight and no byte received for this long is closed (a request
 # half sent counts as idle: slow clients cannot hold connections forever). Longer than the 60 s idle
@@ -81,7 +80,7 @@ async def _page_later(pending: Awaitable[Any], content_type: bytes) -> Page:
     return Page(200, content_type, result.encode() if isinstance(result, str) else result)
 
 
-class HttpDoor:
+class HttpDoor(DoorState):
     """Serve JSON-RPC on HTTP POST / and /rpc, WebSocket on GET / and /ws, probes beside them."""
 
     def __init__(self, dispatch: Dispatch, *, probes: Probes | None = None,
@@ -186,15 +185,3 @@ class HttpDoor:
             except Exception:  # one broken connection must not stop the sweep
                 conn.abort()
         self._sweeper = self.loop.call_later(self.idle_timeout / 2, self._close_idle)
-
-    # bookkeeping called by connections
-    def _call_started(self) -> None:
-        self._in_flight += 1
-
-    def _call_finished(self) -> None:
-        self._in_flight -= 1
-        self.served += 1
-
-    def _connection_gone(self) -> None:
-        if self._idle is not None and not self._connections and not self._sessions:
-            self._idle.set()

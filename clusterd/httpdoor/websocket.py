@@ -28,7 +28,7 @@ from picows import (
 from picows.picows import WSAutoPingStrategy, WSProtocol
 
 if TYPE_CHECKING:
-    from .server import HttpDoor
+    from .door_state import DoorState
 
 log = logging.getLogger(__name__)
 # picows logs every accepted connection at INFO; a worker serving thousands of them should not.
@@ -75,7 +75,7 @@ class _UnixTransportView:
 class WebSocketSession(WSListener):
     """One upgraded connection: frames in, dispatch tasks, frames out."""
 
-    def __init__(self, door: "HttpDoor") -> None:
+    def __init__(self, door: "DoorState") -> None:
         super().__init__()
         self.door = door
         self.transport: WSTransport | None = None
@@ -186,7 +186,7 @@ class WebSocketSession(WSListener):
             self.transport.disconnect(graceful=False)
 
 
-def _session_factory(door: "HttpDoor") -> Any:
+def _session_factory(door: "DoorState") -> Any:
     """A session per upgrade; when the client offered subprotocols, the 101 names one of them (see tokens.py)."""
     from .tokens import chosen_protocol
 
@@ -200,7 +200,7 @@ def _session_factory(door: "HttpDoor") -> Any:
     return make
 
 
-def take_over(door: "HttpDoor", transport: asyncio.Transport, request_head: bytes, rest: bytes) -> None:
+def take_over(door: "DoorState", transport: asyncio.Transport, request_head: bytes, rest: bytes) -> None:
     """Switch ``transport`` to WebSocket: picows replays the upgrade request and answers it (101)."""
     proto = WSProtocol(
         None, None, False,                   # host:port and path are for clients

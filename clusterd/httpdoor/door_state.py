@@ -1,0 +1,53 @@
+"""What an HTTP connection and a WebSocket session share with the door that accepted them.
+
+The door's settings and its call/connection bookkeeping live here, below both protocols and the
+door itself, so that http11 and websocket need nothing of server (and server needs them): the import
+graph stays one way. ``HttpDoor`` is a ``DoorState``; the connections read these plain attributes
+directly, with no extra call per request.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+# The answer, or None for nothing to answer, or an awaitable of either (run in its own task). Answer
+# at once when you can (sync methods, errors found before any await): it saves a task per call, and
+# keeps asyncio.timeout()/TaskGroup usable in what runs in the task.
+Dispatch = Callable[[bytes], "bytes | None | Awaitable[bytes | None]"]
+
+
+class DoorState:
+    """The door as its connections see it: settings read per request, and the counts they keep."""
+
+    dispatch: Dispatch
+    ws_dispatch: Dispatch
+    max_message_size: int
+    token: str | None
+    bearer: bytes | None
+    cors_origin: bytes | None
+    cors_headers: bytes
+    preflight_headers: bytes
+    allow_header: bytes
+    page_hooks: dict[bytes, Callable[[], Any]]
+    draining: bool
+    loop: asyncio.AbstractEventLoop
+    served: int
+    _connections: set[Any]   # http11.HttpConnection, not yet upgraded
+    _sessions: set[Any]      # websocket.WebSocketSession
+    _tasks: set[asyncio.Task[Any]]
+    _in_flight: int
+    _idle: asyncio.Event | None
+
+    # bookkeeping called by connections
+    def _call_started(self) -> None:
+        self._in_flight += 1
+
+    def _call_finished(self) -> None:
+        self._in_flight -= 1
+        self.served += 1
+
+    def _connection_gone(self) -> None:
+        if self._idle is not None and not self._connections and not self._sessions:
+            self._idle.set()
