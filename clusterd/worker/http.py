@@ -33,7 +33,7 @@ from .heartbeat import MasterSeen
 
 
 class Link(Protocol):
-    """What the door uses of the worker's link to the master (process.WorkerLink)."""
+    """What the door uses of the worker's link to the master (link.WorkerLink)."""
 
     instance_ready: bool
     stop_within: float | None
