@@ -14,7 +14,7 @@ when it gets to them: a backstop, harmless when done already.
 
 It also watches the master's RSS, every WATCH_S while client connections are open, and tells the
 master each time it has grown by STEP bytes more: the master's guard against messages that never end
-(limits.MessageGuard) then looks, instead of polling all the time.
+(message_guard.MessageGuard) then looks, instead of polling all the time.
 
     python -m clusterd.fdgate MASTER_PID CAP STEP EVENTS_ADDRESS MONITOR_ADDRESS...
 """

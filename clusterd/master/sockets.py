@@ -18,6 +18,7 @@ from typing import Any
 import zmq
 
 from .. import limits
+from ..message_guard import FRAME_OVERHEAD, UNFINISHED_FRAMES, MessageGuard
 from ..ops import log
 from ..settings import Config
 from ..zmqloop import Outbox, SocketReader
@@ -47,7 +48,7 @@ class Sockets:
         self.gates: dict[zmq.Socket, limits.ClientGate] = {}
         self.open_files = limits.raise_open_files()
         self.max_clients = limits.DEFAULT_MAX_CLIENTS
-        self.guard: limits.MessageGuard | None = None
+        self.guard: MessageGuard | None = None
         self.watch: limits.GateWatch | None = None
 
     def open(self, bind_ipc: BindIpc, on_client: ClientHandler, on_worker: WorkerHandler,
@@ -60,7 +61,7 @@ class Sockets:
         if cfg.binds:
             self.public = self._router_socket(client=True)
         # the gates' enforcer runs before the first bind: every connection is counted
-        unfinished = limits.UNFINISHED_FRAMES * (cfg.max_message_size or 16 * 2 ** 20)
+        unfinished = UNFINISHED_FRAMES * (cfg.max_message_size or 16 * 2 ** 20)
         self.watch = limits.GateWatch(self.ctx, cfg.instance_dir, bind_ipc, list(self.gates.values()), unfinished)
         for sock, handler in self.watch.readers:
             self._made.append(sock)
@@ -94,7 +95,7 @@ class Sockets:
             self._read(self.public, self._client_handler(self.public, "client", on_client))
         self._read(self.workers, lambda frames, sock=self.workers: on_worker(frames, sock))
         woken = self.watch.proc is not None
-        self.guard = limits.MessageGuard(self.loop, list(self.gates.values()), unfinished, woken)
+        self.guard = MessageGuard(self.loop, list(self.gates.values()), unfinished, woken)
         self.watch.on_rss_growth = self.guard.wake
         self.watch.watch_exit(self.loop, self._gate_gone)
 
@@ -108,7 +109,7 @@ class Sockets:
 
     def _client_handler(self, sock: zmq.Socket, source: str, on_client: ClientHandler) -> Callable[[list[bytes]], None]:
         gate = self.gates[sock]
-        overhead = limits.FRAME_OVERHEAD
+        overhead = FRAME_OVERHEAD
 
         def handle(frames: list[bytes]) -> None:
             # bytes of whole messages received, for the guard against messages that never end
