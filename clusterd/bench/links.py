@@ -28,13 +28,12 @@ Result document (``run_links_bench()``)::
      "ratios": {"<path>_<inflight>": float},      # clusterd / baseline, only with a baseline
      "targets": {"<name>": {"label", "value", "op", "target", "met"}}, "all_met": bool}
 
-This module imports nothing from ``clusterd`` at module level: the reference processes load it by
-path.
+The hand-made link runs in links_ref.py, which imports nothing from ``clusterd``: the reference
+processes load it by path.
 """
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import os
 import shutil
@@ -44,7 +43,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -52,8 +51,10 @@ import orjson
 import psutil
 import zmq
 
+from . import links_ref
+from .links_ref import PAYLOAD
+
 RESULT_VERSION = 1
-PAYLOAD = "x" * 50
 INFLIGHT = (1, 64)
 PATHS = ("w2m", "m2w")
 PATH_LABELS = {"w2m": "worker -> master", "m2w": "master -> worker"}
@@ -73,135 +74,6 @@ class LinksBenchError(RuntimeError):
     """A measurement could not be made."""
 
 
-# --------------------------------------------------------------------------------------------
-# The hand-made reference link (runs in its own processes; loaded by path, no clusterd import)
-
-
-async def _timed_loop(call: Callable[[], Awaitable[Any]], seconds: float, inflight: int) -> dict:
-    """The loop of links_app.timed_loop (kept apart: this file never imports clusterd)."""
-    clock = time.perf_counter
-    deadline = clock() + seconds
-    done = 0
-
-    async def lane() -> None:
-        nonlocal done
-        while clock() < deadline:
-            await call()
-            done += 1
-
-    started = clock()
-    await asyncio.gather(*(lane() for _ in range(inflight)))
-    return {"calls": done, "seconds": clock() - started}
-
-
-class _RefLink:
-    """One end of the hand-made link: answers "echo", makes calls, reports control notices."""
-
-    def __init__(self, sock: zmq.Socket, routed: bool, on_notice: Callable[[str], None]) -> None:
-        self.loop = asyncio.get_running_loop()
-        self.sock = sock
-        self.routed = routed
-        self.peer = b""
-        self.on_notice = on_notice
-        self.pending: dict[int, asyncio.Future] = {}
-        self.next_id = 0
-        self.scheduled = False
-        self.loop.add_reader(sock.getsockopt(zmq.FD), self.drain)
-        self.kick()
-
-    def drain(self) -> None:
-        sock = self.sock
-        while True:
-            try:
-                frames = sock.recv_multipart(zmq.NOBLOCK)
-            except zmq.Again:
-                return
-            if self.routed:
-                self.peer = frames[0]
-            msg = orjson.loads(frames[-1])
-            method = msg.get("method")
-            if method == "echo":
-                self.send(orjson.dumps({"jsonrpc": "2.0", "result": msg["params"][0], "id": msg["id"]}))
-            elif method is not None:
-                self.on_notice(method)
-            else:
-                fut = self.pending.pop(msg["id"], None)
-                if fut is not None:
-                    fut.set_result(msg["result"])
-
-    def send(self, raw: bytes) -> None:
-        if self.routed:
-            self.sock.send_multipart([self.peer, raw])
-        else:
-            self.sock.send(raw)
-        self.kick()
-
-    def kick(self) -> None:
-        """ZMQ_FD is edge-triggered: after a send, look once more for what may have arrived."""
-        if not self.scheduled:
-            self.scheduled = True
-            self.loop.call_soon(self._check)
-
-    def _check(self) -> None:
-        self.scheduled = False
-        if self.sock.getsockopt(zmq.EVENTS) & zmq.POLLIN:
-            self.drain()
-
-    def notify(self, method: str) -> None:
-        self.send(orjson.dumps({"jsonrpc": "2.0", "method": method}))
-
-    def call(self, method: str, *params: Any) -> asyncio.Future:
-        self.next_id += 1
-        fut = self.loop.create_future()
-        self.pending[self.next_id] = fut
-        self.send(orjson.dumps({"jsonrpc": "2.0", "method": method, "params": params, "id": self.next_id}))
-        return fut
-
-
-async def _ref_side(role: str, addr: str, path: str, seconds: float, inflight: int) -> None:
-    """role "master" binds a ROUTER, "worker" connects a DEALER; whoever runs the loop prints
-    {"calls", "seconds"}; the master prints its CPU seconds over the loop ("cpu_s")."""
-    ctx = zmq.Context()
-    sock = ctx.socket(zmq.ROUTER if role == "master" else zmq.DEALER)
-    sock.setsockopt(zmq.LINGER, 0)
-    notices: asyncio.Queue[str] = asyncio.Queue()
-    if role == "master":
-        sock.bind(addr)
-    else:
-        sock.connect(addr)
-    link = _RefLink(sock, role == "master", notices.put_nowait)
-    payload = PAYLOAD
-    out: dict[str, Any] = {}
-    if role == "worker":
-        link.notify("hello")
-        if path == "w2m":
-            link.notify("begin")
-            out = await _timed_loop(lambda: link.call("echo", payload), seconds, inflight)
-            link.notify("end")
-        await notices.get()  # "stop"
-    else:
-        await notices.get()  # "hello"
-        if path == "w2m":
-            await notices.get()  # "begin"
-            cpu = time.process_time()
-            await notices.get()  # "end"
-            out = {"cpu_s": time.process_time() - cpu}
-        else:
-            cpu = time.process_time()
-            out = await _timed_loop(lambda: link.call("echo", payload), seconds, inflight)
-            out["cpu_s"] = time.process_time() - cpu
-        link.notify("stop")
-    print(orjson.dumps(out).decode(), flush=True)
-    await asyncio.sleep(0.05)  # let the last notice leave
-    sock.close(0)
-    ctx.term()
-
-
-def _child_main(argv: list[str]) -> None:
-    role, addr, path, seconds, inflight = argv
-    asyncio.run(_ref_side(role, addr, path, float(seconds), int(inflight)))
-
-
 # Every child dies with the bench (Linux signals it when its parent dies); argv[1:3] are for this.
 _GUARD = (
     "import ctypes, os, sys\n"
@@ -216,7 +88,7 @@ _REFERENCE = _GUARD + (
     "mod = importlib.util.module_from_spec(spec)\n"
     "sys.modules['_clusterd_links_ref'] = mod\n"
     "spec.loader.exec_module(mod)\n"
-    "mod._child_main(sys.argv[2:])\n"
+    "mod.child_main(sys.argv[2:])\n"
 )
 _MODULE = _GUARD + (
     "import runpy\n"
@@ -351,7 +223,8 @@ class _Reference:
         addr = f"ipc://{self.session.tmp}/ref-{self.n}.sock"
         runs = {}
         for role in ("master", "worker"):
-            argv = _guarded(_REFERENCE, signal.SIGKILL, __file__, role, addr, path, str(seconds), str(inflight))
+            argv = _guarded(_REFERENCE, signal.SIGKILL, links_ref.__file__, role, addr, path, str(seconds),
+                            str(inflight))
             runs[role] = self.session.spawn(argv, f"ref-{role}", capture=True)
         try:
             lines = {role: self._line(proc, log, seconds + START_TIMEOUT_S) for role, (proc, log) in runs.items()}
@@ -461,6 +334,3 @@ def format_links_table(doc: dict[str, Any]) -> str:
     lines.append(f"\nall targets met: {'yes' if doc['all_met'] else 'no'} (run took {doc['elapsed_s']:.0f} s)")
     return "\n".join(lines)
 
-
-if __name__ == "__main__":
-    _child_main(sys.argv[1:])
