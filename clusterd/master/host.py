@@ -10,7 +10,7 @@ import time
 from typing import Protocol
 
 from ..wire import WorkerSpec
-from ..worker.spawn import WorkerHandle
+from ..worker.handles import WorkerHandle
 from .pool import Worker
 from .states import ExitReason
 

@@ -10,7 +10,7 @@ from collections.abc import Callable
 from ..ops import log
 from ..settings import Config
 from ..wire import WorkerSpec
-from ..worker.spawn import OnExit, OnLine, Spawner
+from ..worker.handles import OnExit, OnLine, Spawner
 from .host import SupervisorHost
 from .pool import Worker
 

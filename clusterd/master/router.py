@@ -26,7 +26,8 @@ from ..protocol import NO_ID, RPCError
 from ..runtime_dir import RuntimeDir
 from ..settings import Config
 from ..wire import ANSWER, CALL, TOKEN_SIZE
-from ..worker.spawn import OnExit, OnLine, Spawner, make_spawner
+from ..worker.handles import OnExit, OnLine, Spawner
+from ..worker.spawn import make_spawner
 from ..worker_log import CallErrors
 from ..zmqloop import NOBLOCK, Outbox, SocketReader, send_frames
 from .admin import Admin

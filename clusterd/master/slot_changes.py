@@ -15,7 +15,7 @@ from .pool import Slot, Worker
 from .states import ExitReason, WorkerState
 
 if TYPE_CHECKING:
-    from ..worker.spawn import Spawner
+    from ..worker.handles import Spawner
 
 
 class SlotChanges:

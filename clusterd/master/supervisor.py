@@ -18,7 +18,7 @@ from collections.abc import Callable
 from .. import protocol
 from ..ops import log
 from ..settings import Config
-from ..worker.spawn import OnExit, OnLine, Spawner
+from ..worker.handles import OnExit, OnLine, Spawner
 from .balancer import Balancer
 from .health import HealthCheck
 from .host import BootFailure, SupervisorHost, exit_info

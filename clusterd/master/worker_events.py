@@ -13,7 +13,7 @@ from typing import Any
 from .. import protocol, wire
 from ..ops import log
 from ..wire import WorkerSpec
-from ..worker.spawn import WorkerHandle
+from ..worker.handles import WorkerHandle
 from .endpoint import worker_info
 from .pool import Worker
 from .states import ClusterState, ExitReason
