@@ -24,7 +24,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.conftest import ROOT, Instance, _kill_leftover_workers, instance_env
+from tests.conftest import ROOT, Instance, _kill_leftover_workers, free_port, instance_env
 
 DEPLOY = ROOT / "deploy"
 DOCKERFILE = DEPLOY / "Dockerfile"
@@ -552,6 +552,9 @@ def test_image_entry_point_serves_passes_its_healthcheck_and_stops_on_sigterm(tm
     image_env = {k: v for k, v in d["env"].items() if k not in ("PATH", "CLUSTERD_RUNTIME_DIR")}
     env = instance_env(runtime, image_env)
     args, dropped = runnable_image_command()
+    # the image's own port may be taken on a shared machine (or by a parallel test): a free one instead
+    port = free_port()
+    args = [re.sub(r":\d+$", f":{port}", a) if re.fullmatch(r"[\d.]+:\d+", a) else a for a in args]
     # MASTER and WORKER come from CLUSTERD_MASTER / CLUSTERD_WORKER, as in the image
     inst = Instance(runtime, d["env"]["CLUSTERD_NAME"], args, app, env)
     inst.stderr_path = mount / "stderr"
