@@ -50,8 +50,8 @@ from ..httpdoor import bench_refs
 from ..httpdoor.bench_refs import (
     BODY,
     ServerGroup,
-    _count_http,
-    _count_ws,
+    count_http,
+    count_ws,
     drive,
     http_connect,
     http_request,
@@ -153,18 +153,18 @@ def _measure_port(port: int, duration: float, seq_calls: int, cpu: Callable[[], 
     out: dict[str, Any] = {}
     request = http_request(port)
     frame = ws_frame(BODY)
-    samples = sequential(http_connect(port), request, _count_http, seq_calls)
+    samples = sequential(http_connect(port), request, count_http, seq_calls)
     out["http_seq_p50_us"], out["http_seq_p99_us"] = percentile(samples, 0.5), percentile(samples, 0.99)
-    samples = sequential(ws_connect(port), frame, _count_ws, seq_calls)
+    samples = sequential(ws_connect(port), frame, count_ws, seq_calls)
     out["ws_seq_p50_us"], out["ws_seq_p99_us"] = percentile(samples, 0.5), percentile(samples, 0.99)
     calls = 0.0
     cpu_before = cpu() if cpu is not None else 0.0
     for n in CONNECTIONS:
-        rate = drive([http_connect(port) for _ in range(n)], request, 1, _count_http, duration)
+        rate = drive([http_connect(port) for _ in range(n)], request, 1, count_http, duration)
         out[f"http_{n}_calls_per_s"] = rate
         calls += rate * duration
     for n in CONNECTIONS:
-        rate = drive([ws_connect(port) for _ in range(n)], frame, WS_IN_FLIGHT, _count_ws, duration)
+        rate = drive([ws_connect(port) for _ in range(n)], frame, WS_IN_FLIGHT, count_ws, duration)
         out[f"ws_{n}x{WS_IN_FLIGHT}_calls_per_s"] = rate
         calls += rate * duration
     if cpu is not None:
