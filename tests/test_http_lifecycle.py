@@ -168,8 +168,11 @@ def test_probes_through_start_reload_and_stop(cluster):
     # a graceful stop: 503 from the moment it begins (a call in flight holds the stop open)
     holder = HttpRpc(inst.port)
     box: dict = {}
-    slow = threading.Thread(target=lambda: box.update(reply=holder.call("sleep", 2.0)))
+    slow = threading.Thread(target=lambda: box.update(reply=holder.call("sleep", 4.0)))
     slow.start()
+    # the stop must begin while the call runs (a request still on its way may meet a closed door)
+    wait_for(lambda: any((w.get("http") or {}).get("inflight") for w in inst.status()["workers"]), timeout=3,
+             interval=0.05, message="the slow call in flight on a worker")
     watcher = HttpRpc(inst.port)
     assert watcher.get("/readyz")[0] == 200
     inst.signal(signal.SIGTERM)
