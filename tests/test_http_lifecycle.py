@@ -34,6 +34,15 @@ def start(cluster, *options: str, name: str, wait: bool = True):
     return inst
 
 
+def wait_in_flight(inst, n: int, pid: int | None = None, timeout: float = 10.0) -> None:
+    """Wait until the workers (or the one with pid) report n HTTP/WebSocket calls running: their
+    doors' counts reach the status with their heartbeats."""
+    def running() -> bool:
+        return sum((w.get("http") or {}).get("inflight", 0) for w in inst.status()["workers"]
+                   if pid is None or w["pid"] == pid) >= n
+    wait_for(running, timeout=timeout, interval=0.05, message=f"{n} calls in flight on the workers")
+
+
 def probe(port: int, path: str) -> int:
     """A probe as a load balancer sends it: a new connection each time."""
     conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
@@ -171,8 +180,7 @@ def test_probes_through_start_reload_and_stop(cluster):
     slow = threading.Thread(target=lambda: box.update(reply=holder.call("sleep", 4.0)))
     slow.start()
     # the stop must begin while the call runs (a request still on its way may meet a closed door)
-    wait_for(lambda: any((w.get("http") or {}).get("inflight") for w in inst.status()["workers"]), timeout=3,
-             interval=0.05, message="the slow call in flight on a worker")
+    wait_in_flight(inst, 1, timeout=3)
     watcher = HttpRpc(inst.port)
     assert watcher.get("/readyz")[0] == 200
     inst.signal(signal.SIGTERM)
@@ -304,7 +312,7 @@ def test_a_call_cut_off_by_its_worker_stopping_gets_worker_died_and_the_connecti
     threads = [threading.Thread(target=slow_http), threading.Thread(target=idem_http)]
     for t in threads:
         t.start()
-    time.sleep(0.3)  # let the calls reach the worker (nothing to wait on from outside)
+    wait_in_flight(inst, 3)  # the two 30 s sleeps and the idempotent call
     assert inst.cli("reload", "--name", "died").returncode == 0
     for t in threads:
         t.join(30)
@@ -339,7 +347,7 @@ def test_a_killed_worker_closes_its_connections_at_once(cluster):
 
     t = threading.Thread(target=slow)
     t.start()
-    time.sleep(0.3)
+    wait_in_flight(inst, 1, pid=pid)
     t0 = time.monotonic()
     os.kill(pid, signal.SIGKILL)
     t.join(20)
@@ -380,7 +388,7 @@ def test_stop_with_a_timeout_answers_http_calls_that_cannot_finish(cluster):
     box: dict = {}
     caller = threading.Thread(target=lambda: box.update(reply=c.call("sleep", 60)))
     caller.start()
-    time.sleep(0.3)  # the call reaches the worker (nothing to wait on from outside)
+    wait_in_flight(inst, 1)
     t0 = time.monotonic()
     assert inst.cli("stop", "--name", "stoptimeout", "--timeout", "2").returncode == 0
     caller.join(30)
