@@ -140,6 +140,9 @@ def test_page_files_and_live_stream_on_the_http_port_without_the_token(cluster, 
     assert get(inst.port, "/dashboard/nothing.js")[0] == 404
     assert get(inst.port, "/dashboard/events", method="HEAD")[0] == 405
     assert post_call(inst.port, "add", 1, 2)["status"] == 401  # the token guards the RPC path, not the page
+    token = "s3cret-token-for-the-dashboard-test"
+    for caller in (inst.client().call, lambda *a: post_call(inst.port, *a, token=token)):
+        assert caller("clusterd.dashboard_after", None)["error"]["code"] == -32601   # the workers' only
 
     stream = Sse(inst.port)
     try:
@@ -148,7 +151,7 @@ def test_page_files_and_live_stream_on_the_http_port_without_the_token(cluster, 
         assert sorted(w["pid"] for w in first["status"]["workers"]) == pids
         assert any(e["kind"] == "worker-ready" for e in first["events"])
 
-        assert post_call(inst.port, "add", 2, 3, token="s3cret-token-for-the-dashboard-test")["result"] == 5
+        assert post_call(inst.port, "add", 2, 3, token=token)["result"] == 5
         stream.wait(lambda kind, d: kind == "tick" and "add" in d["status"]["methods"], what="a tick with the call")
 
         # the worker not serving this stream (its open connections reach the status with its heartbeats)

@@ -290,8 +290,9 @@ class WorkerDoor:
             await self.door.serve(sock)
 
     async def drain(self) -> None:
-        """Stop accepting; close the dashboard's streams (the pages reconnect to another worker); let calls finish within most of the graceful timeout; answer the rest
-        (-32002, or a retry elsewhere for idempotent calls); close every connection."""
+        """Stop accepting; end the dashboard's streams (the pages reconnect to another worker); let calls
+        finish within most of the graceful timeout; answer the rest (-32002, or a retry elsewhere for
+        idempotent calls); close every connection."""
         graceful = self.link.stop_within if self.link.stop_within is not None else self.spec.graceful_timeout
         retries = min(RETRY_LIMIT_S, graceful * RETRY_SHARE)
         if self.relay is not None:
