@@ -122,6 +122,7 @@ class WorkerSpec:
     http_token_file: str | None = None
     http_cors: str | None = None
     http_status: bool = False
+    dashboard: bool = False        # --dashboard: serve /dashboard on the HTTP port, relayed from the master
     max_message_size: int = 16 * 1024 * 1024
     max_batch: int = 1000
     call_timeout: float | None = None

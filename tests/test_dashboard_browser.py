@@ -86,9 +86,9 @@ EVENT_PIDS = ("[...document.querySelectorAll('#events li')].filter(li => li.data
 
 
 def test_dashboard_shows_workers_and_a_killed_worker_without_a_reload(cluster, browser, tmp_path):
-    port = free_port()
+    port, http_port = free_port(), free_port()
     inst = cluster("tests.apps.basic:Master", "tests.apps.basic:Worker", "--workers", "2",
-                   "--metrics-bind", f"127.0.0.1:{port}", "--dashboard")
+                   "--metrics-bind", f"127.0.0.1:{port}", "--http-bind", f"127.0.0.1:{http_port}", "--dashboard")
     c = inst.client()
     for i in range(20):
         c.result("add", i, i)
@@ -123,3 +123,14 @@ def test_dashboard_shows_workers_and_a_killed_worker_without_a_reload(cluster, b
     browser.screenshot(shot)
     assert shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and shot.stat().st_size > 10_000
     print(f"dashboard screenshot: {shot}")
+
+    # the same page served by the workers on the HTTP port, its stream relayed from the master
+    browser.send("Page.navigate", url=f"http://127.0.0.1:{http_port}/dashboard")
+    current = sorted(str(w["pid"]) for w in inst.ready_workers())
+    wait_for(lambda: sorted(browser.evaluate(TABLE_PIDS) or []) == current, 15,
+             message="the workers' pids in the table served on the HTTP port")
+    wait_for(lambda: browser.evaluate("document.getElementById('link').textContent") == "live", 5,
+             message="the HTTP port's stream live")
+    assert victim in (browser.evaluate(EVENT_PIDS) or [])      # the history came with the hello
+    wait_for(lambda: browser.evaluate("document.querySelector('#methods tr[data-method=\"add\"] td:nth-child(2)')"
+                                      ".textContent") == "60", 5, message="the calls of the last minute")

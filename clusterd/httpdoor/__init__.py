@@ -16,8 +16,9 @@ Standalone: imports nothing else of clusterd. How it joins the rest:
   methods, errors) and returning a coroutine for async methods and calls forwarded to the master.
 """
 
+from .event_stream import EventStream, Takeover
 from .listeners import BindError, adopt, open_listener, parse_bind
-from .server import DEFAULT_MAX_MESSAGE_SIZE, Dispatch, HttpDoor, Page, Probes
+from .server import DEFAULT_MAX_MESSAGE_SIZE, DEFAULT_MAX_STREAMS, Dispatch, HttpDoor, Page, Probes
 
-__all__ = ["BindError", "DEFAULT_MAX_MESSAGE_SIZE", "Dispatch", "HttpDoor", "Page", "Probes", "adopt", "open_listener",
-           "parse_bind"]
+__all__ = ["BindError", "DEFAULT_MAX_MESSAGE_SIZE", "DEFAULT_MAX_STREAMS", "Dispatch", "EventStream", "HttpDoor",
+           "Page", "Probes", "Takeover", "adopt", "open_listener", "parse_bind"]

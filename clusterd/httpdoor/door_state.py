@@ -40,6 +40,8 @@ class DoorState:
     preflight_headers: bytes
     allow_header: bytes
     page_hooks: dict[bytes, Callable[[], Any]]
+    open_paths: frozenset[bytes]   # served without the bearer token: the probes, the dashboard
+    max_streams: int
     draining: bool
     loop: asyncio.AbstractEventLoop
     served: int
@@ -47,6 +49,7 @@ class DoorState:
     limit_reached: Callable[[], None] | None
     _connections: set[Any]   # http11.HttpConnection, not yet upgraded
     _sessions: set[Any]      # websocket.WebSocketSession
+    _streams: set[Any]       # event_stream.EventStream
     _tasks: set[asyncio.Task[Any]]
     _in_flight: int
     _idle: asyncio.Event | None

@@ -19,6 +19,7 @@ import httptools
 
 from . import responses, tokens
 from .door_state import CLOSE_LINGER_S, DRAIN_QUIET_S
+from .event_stream import EventStream, Takeover
 
 if TYPE_CHECKING:
     from .door_state import DoorState
@@ -27,7 +28,6 @@ log = logging.getLogger(__name__)
 
 RPC_PATHS = (b"/", b"/rpc")
 WS_PATHS = (b"/", b"/ws")
-OPEN_PATHS = (b"/livez", b"/readyz")  # with a token, the probes stay open; /status and /metrics do not
 JSON_TYPES = (b"application/json", b"application/json-rpc", b"application/jsonrequest")
 MAX_HEAD_BYTES = 64 * 1024  # request line and headers; httptools itself sets no limit
 MAX_PIPELINED = 64  # requests in flight on one connection before it stops reading
@@ -165,7 +165,7 @@ class HttpConnection(asyncio.Protocol):
                 self._refuse(404, b"not found\n")
             elif method not in (b"GET", b"HEAD"):
                 self._refuse(405, b"use GET\n", b"Allow: GET, HEAD\r\n")
-            elif door.token is not None and path not in OPEN_PATHS and not self._authorized():
+            elif door.token is not None and path not in door.open_paths and not self._authorized():
                 self._refuse(401, b"missing or wrong bearer token\n", b'WWW-Authenticate: Bearer\r\n')
             else:
                 self.route = Route.HOOK
@@ -259,6 +259,8 @@ class HttpConnection(asyncio.Protocol):
             task = self.door.loop.create_task(self._await_hook(seq, result, keep_alive, head_only))
             self.door._tasks.add(task)
             task.add_done_callback(self.door._tasks.discard)
+        elif type(result) is Takeover:
+            self._stream(seq, result, head_only)
         else:
             self._answer(seq, self._hook_response(result, keep_alive, head_only))
 
@@ -273,12 +275,42 @@ class HttpConnection(asyncio.Protocol):
 
     @staticmethod
     def _hook_response(result: Any, keep_alive: bool, head_only: bool) -> bytes:
-        """A hook returns a ``Page`` (status, content type, body)."""
-        status, content_type, body = result
-        whole = responses.response(status, body, content_type, keep_alive=keep_alive)
+        """A hook returns a ``Page`` (status, content type, body[, header lines])."""
+        status, content_type, body = result[:3]
+        extra = result[3] if len(result) > 3 else b""
+        whole = responses.response(status, body, content_type, keep_alive=keep_alive, extra=extra)
         if head_only:
             return whole[: len(whole) - len(body)]
         return whole
+
+    def _stream(self, seq: int, takeover: Takeover, head_only: bool) -> None:
+        """Hand the connection to an event stream (it ends the connection): only as the last
+        answer due, and within the door's bound on open streams."""
+        door = self.door
+        if head_only:
+            self._answer(seq, responses.response(405, b"use GET\n", extra=b"Allow: GET\r\n"))
+        elif seq != self.next_write or self.next_seq != seq + 1:
+            self.closing = True
+            self._answer(seq, responses.response(400, b"a stream may not follow pipelined requests\n",
+                                                 keep_alive=False))
+        elif len(door._streams) >= door.max_streams and not door.draining:
+            self.closing = True
+            self._answer(seq, responses.response(503, b"too many event streams open\n", keep_alive=False,
+                                                 extra=b"Retry-After: 5\r\n"))
+        elif self.transport is not None:
+            if self.paused:
+                self.transport.resume_reading()  # the stream must see the client leave
+            stream = EventStream(door, self.transport)
+            self.transport = None
+            self.closing = True
+            self.next_write = self.next_seq
+            door._connections.discard(self)
+            stream.start()
+            door._connection_gone()
+            if door.draining:
+                stream.close()  # the client retries (SSE "retry"), on a worker that is not stopping
+            else:
+                takeover.open(stream)
 
     # refusals
     def _refuse(self, status: int, body: bytes, extra: bytes = b"") -> None:

@@ -48,6 +48,7 @@ class Launcher:
             spec.http_fds = self.host.http_fds()
             spec.http_token_file, spec.http_cors, spec.http_status = (cfg.http_token_file, cfg.http_cors,
                                                                       cfg.http_status)
+            spec.dashboard = cfg.dashboard
         if agent is not None:
             # a slot of an agent on another host: the agent starts the process, on the code it has
             worker.process = self.host.start_remote(agent, worker, spec)

@@ -119,6 +119,8 @@ class Router(InstanceLife, WorkerMessages):
         self.telemetry = Telemetry(lambda: status_document(self), _clusterd_version(), config.metrics_bind,
                                    config.dashboard)
         self.local.internal["clusterd.metrics"] = self._metrics_for_worker
+        if self.telemetry.feed is not None:
+            self.local.internal["clusterd.dashboard_after"] = self._dashboard_for_worker
         self.record = self.telemetry.record   # the per-call path: record(method, door, outcome, seconds)
         self.tracing: Tracing | None = None    # set once the master's services ran (ops/tracing.py)
 
@@ -412,6 +414,13 @@ class Router(InstanceLife, WorkerMessages):
         """clusterd.metrics (workers only): the instance's Prometheus text, for a worker's HTTP door."""
         body, content_type = self.telemetry.exporter.render(accept)
         return {"content_type": content_type, "text": body.decode()}
+
+    async def _dashboard_for_worker(self, seq: int | None = None) -> dict:
+        """clusterd.dashboard_after (workers only): the dashboard's messages after seq, for the page
+        a worker serves on the HTTP port (a long poll: see DashboardFeed.relay)."""
+        if seq is not None and type(seq) is not int:
+            raise RPCError(protocol.INVALID_PARAMS, "seq must be an integer or null")
+        return await self.telemetry.feed.relay(seq)
 
     def spawn_task(self, coro) -> None:
         """A coroutine run as a task (started eagerly on Python 3.12+: done on return when it never awaits)."""

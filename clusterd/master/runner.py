@@ -142,7 +142,9 @@ async def _run_until_stopped(loop: asyncio.AbstractEventLoop, router: Router, st
     router.set_state(ClusterState.RUNNING)
     log.event("master-ready", f"{config.name}: {log.plural(config.workers, 'worker')} ready", instance=config.name)
     for bind in config.http_binds:
-        log.event("http-listen", f"{config.name}: HTTP and WebSocket on {bind}", bind=bind)
+        log.event("http-listen", f"{config.name}: HTTP and WebSocket on {bind}"
+                  + (f", dashboard at http://{bind}/dashboard" if config.dashboard and not bind.startswith("unix:")
+                     else ""), bind=bind)
     interval = router.notifier.watchdog_interval() if router.notifier is not None else None
     if interval:
         _keep_watchdog(loop, router.notifier, interval, router)

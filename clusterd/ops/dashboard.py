@@ -14,6 +14,10 @@ Messages (the `data:` of each is one JSON object):
     event   one lifecycle event: {"seq", "at", "kind", "msg", "slot", "pid", "reason", ...}
 where status is {"name", "state", "generation", "master": {...}, "workers": [...], "methods": {...}}.
 
+A worker serving the page on the HTTP port (--http-bind) relays the same messages: one long poll of
+`relay(seq)` (the internal method clusterd.dashboard_after) at a time per worker, shared by all of
+its open streams, answered as soon as there are messages after seq, or empty after a keepalive time.
+
 The charts use uPlot 1.6.32 (MIT, github.com/leeoniya/uPlot), vendored in static/ from `npm pack
 uplot` (tarball sha256 4b8a8191...b5133d): 51 KB, no dependencies, time axes, log scales and live
 legends that a hand-drawn canvas would have to grow. Upgrade by replacing the two files.
@@ -40,6 +44,17 @@ TIMELINE_KINDS = frozenset({
     "master-ready", "master-stop", "agent-join", "agent-lost", "boot-failed",
 })
 EVENT_FIELDS = ("slot", "pid", "generation", "reason", "code", "signal")
+# The page's headers (on both ports): its own files only, no framing, nothing cached.
+PAGE_HEADERS = {
+    "Content-Security-Policy": "default-src 'self'; style-src 'self' 'unsafe-inline'; img-src 'self' data:; "
+                               "frame-ancestors 'none'",
+    "X-Content-Type-Options": "nosniff", "Referrer-Policy": "no-referrer", "Cache-Control": "no-store",
+}
+STATIC_HEADERS = {"Cache-Control": "max-age=3600", "X-Content-Type-Options": "nosniff"}
+# With nothing to send for this long, a stream gets a keepalive comment (which also finds peers that left).
+KEEPALIVE_S = 15.0
+# A relaying worker counts as a reader for this long after it last asked (it asks again at once).
+RELAY_GRACE_S = 5.0
 STATIC_FILES = {"uPlot.iife.min.js": "text/javascript; charset=utf-8",
                 "uPlot.min.css": "text/css; charset=utf-8",
                 "dashboard.js": "text/javascript; charset=utf-8",
@@ -101,6 +116,7 @@ class DashboardFeed:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._handle: asyncio.TimerHandle | None = None
         self._last: tuple[float, Snapshot] | None = None
+        self._relayed_until = 0.0   # loop time: a worker relays the stream to pages until then
         self.closed = False
 
     # ------------------------------------------------------------------ sampling
@@ -140,7 +156,7 @@ class DashboardFeed:
         point = [round(now, 3), round(calls / dt, 3), round(errors / dt, 3),
                  None if p50 is None else round(p50 * 1000, 3), None if p99 is None else round(p99 * 1000, 3)]
         self.history.append(point)
-        if self.readers:
+        if self.readers or (self._loop is not None and self._loop.time() < self._relayed_until):
             self._publish("tick", {"point": point, "status": self.status_part()})
         return point
 
@@ -191,6 +207,29 @@ class DashboardFeed:
         return [m for m in self._ring if m[0] > seq]
 
 
+    async def relay(self, seq: int | None, timeout: float = KEEPALIVE_S) -> dict:
+        """What a worker relays to its open pages: {"seq", "hello": text} to start (seq None) or
+        start over (it fell behind), else {"seq", "messages": [[seq, text], ...]}, empty after
+        `timeout` (the worker sends its pages a keepalive), and {"closed": true} once stopped."""
+        if self.closed:
+            return {"closed": True}
+        if self._loop is not None:
+            self._relayed_until = max(self._relayed_until, self._loop.time() + timeout + RELAY_GRACE_S)
+        if seq is None or seq > self.seq:
+            return self._relay_hello()
+        messages = await self.after(seq, timeout)
+        if self.closed:
+            return {"closed": True}
+        if messages is None:
+            return self._relay_hello()
+        return {"seq": messages[-1][0] if messages else seq,
+                "messages": [[n, data.decode()] for n, data in messages]}
+
+    def _relay_hello(self) -> dict:
+        seq, data = self.hello()
+        return {"seq": seq, "hello": data.decode()}
+
+
 def sse(kind: str, data: dict, seq: int | None = None) -> bytes:
     head = f"event: {kind}\n" + (f"id: {seq}\n" if seq is not None else "")
     return head.encode() + b"data: " + orjson.dumps(data) + b"\n\n"
@@ -210,4 +249,5 @@ def page() -> bytes:
     return resources.files(__package__).joinpath("static", "dashboard.html").read_bytes()
 
 
-__all__ = ["DashboardFeed", "EventLog", "TIMELINE_KINDS", "page", "static_file", "sse"]
+__all__ = ["DashboardFeed", "EventLog", "KEEPALIVE_S", "PAGE_HEADERS", "STATIC_FILES", "STATIC_HEADERS",
+           "TIMELINE_KINDS", "page", "static_file", "sse"]

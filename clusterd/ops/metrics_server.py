@@ -13,7 +13,7 @@ import asyncio
 import contextlib
 import logging
 
-from .dashboard import DashboardFeed, page, static_file
+from .dashboard import KEEPALIVE_S, PAGE_HEADERS, STATIC_HEADERS, DashboardFeed, page, static_file
 from .metrics import Exporter
 
 log = logging.getLogger("clusterd")
@@ -21,14 +21,8 @@ log = logging.getLogger("clusterd")
 HEAD_LIMIT = 16 * 1024
 HEAD_TIMEOUT_S = 10.0
 WRITE_TIMEOUT_S = 10.0
-KEEPALIVE_S = 15.0
 REASONS = {200: "OK", 400: "Bad Request", 404: "Not Found", 405: "Method Not Allowed",
            431: "Request Header Fields Too Large", 500: "Internal Server Error", 503: "Service Unavailable"}
-PAGE_HEADERS = {
-    "Content-Security-Policy": "default-src 'self'; style-src 'self' 'unsafe-inline'; img-src 'self' data:; "
-                               "frame-ancestors 'none'",
-    "X-Content-Type-Options": "nosniff", "Referrer-Policy": "no-referrer", "Cache-Control": "no-store",
-}
 
 
 class OpsServer:
@@ -98,8 +92,7 @@ class OpsServer:
             if target.startswith(b"/dashboard/"):
                 found = static_file(target[len(b"/dashboard/"):].decode("ascii", "replace"))
                 if found is not None:
-                    return await self._respond(writer, 200, found[0], {"Content-Type": found[1],
-                                               "Cache-Control": "max-age=3600", "X-Content-Type-Options": "nosniff"},
+                    return await self._respond(writer, 200, found[0], {"Content-Type": found[1], **STATIC_HEADERS},
                                                head_only)
         await self._respond(writer, 404, b"not found\n")
 

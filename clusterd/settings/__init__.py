@@ -179,8 +179,8 @@ def validate_run(config: Any) -> None:
     for option in ("http_token_file", "http_cors", "http_status"):
         if getattr(config, option) and not config.http_binds:
             raise ConfigError(f"--{option.replace('_', '-')} needs --http-bind")
-    if config.dashboard and not config.metrics_bind:
-        raise ConfigError("--dashboard needs --metrics-bind HOST:PORT (the page is served on the metrics port)")
+    if config.dashboard and not (config.metrics_bind or config.http_binds):
+        raise ConfigError("--dashboard needs --http-bind or --metrics-bind (the page is served on those ports)")
 
 
 def unencrypted_binds(config: Any) -> list[str]:

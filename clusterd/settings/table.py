@@ -176,8 +176,8 @@ OPTIONS: tuple[Option, ...] = (
            "seconds more, then the graceful stop.", parse_seconds, status_key="drain_delay_s", metavar="S"),
     Option("metrics-bind", str | None, None, "Serve Prometheus metrics at /metrics on this HTTP address, "
            "e.g. 127.0.0.1:9187 (no authentication: keep it private).", check_host_port, metavar="HOST:PORT"),
-    Option("dashboard", bool, False, "Serve a live dashboard at /dashboard on the --metrics-bind port.",
-           flag=True),
+    Option("dashboard", bool, False, "Serve a live dashboard at /dashboard on the --http-bind and "
+           "--metrics-bind ports (no authentication: it names methods and pids).", flag=True),
     Option("user", str | None, None, "As root: run the workers (and their zygote) as this user, name or "
            "uid; the master keeps root.", commands=(RUN, UNIT), help_for={UNIT: "User= for the service."}),
     Option("group", str | None, None, "As root: run the workers with this group (default: the --user's "

@@ -24,11 +24,12 @@ from typing import Any, Protocol
 
 from .. import protocol, worker_log
 from ..endpoint import Dispatcher, Method, encode_response
-from ..httpdoor import HttpDoor, Probes, adopt
+from ..httpdoor import HttpDoor, Page, Probes, Takeover, adopt
 from ..httpdoor.tokens import read_token
 from ..ops.method_stats import OK, UNKNOWN, MethodStats
 from ..protocol import NO_ID
 from ..wire import WorkerSpec
+from .dashboard_relay import DashboardRelay
 from .heartbeat import MasterSeen
 
 
@@ -261,6 +262,9 @@ class WorkerDoor:
         live_for = max(spec.heartbeat_timeout / 2, 2 * spec.heartbeat_interval)
         probes = Probes(livez=lambda: seen.within(live_for), readyz=lambda: link.instance_ready,
                         status=self._status if spec.http_status else None, metrics=self._metrics)
+        self.relay = None
+        if spec.dashboard:
+            self.relay = dashboard_probes(probes, link)
         token = read_token(spec.http_token_file) if spec.http_token_file else None
         self.door = HttpDoor(self.calls, probes=probes, max_message_size=spec.max_message_size, token=token,
                              cors_origin=spec.http_cors, ws_dispatch=self.ws_calls)
@@ -291,10 +295,13 @@ class WorkerDoor:
             await self.door.serve(sock)
 
     async def drain(self) -> None:
-        """Stop accepting; let calls finish within most of the graceful timeout; answer the rest
-        (-32002, or a retry elsewhere for idempotent calls); close every connection."""
+        """Stop accepting; end the dashboard's streams (the pages reconnect to another worker); let calls
+        finish within most of the graceful timeout; answer the rest (-32002, or a retry elsewhere for
+        idempotent calls); close every connection."""
         graceful = self.link.stop_within if self.link.stop_within is not None else self.spec.graceful_timeout
         retries = min(RETRY_LIMIT_S, graceful * RETRY_SHARE)
+        if self.relay is not None:
+            self.relay.close()
         if await self.door.drain(graceful * (1 - MARGIN_SHARE) - retries, cut_off=False):
             return
         self.link.fail_forwards(protocol.WORKER_DIED)
@@ -303,4 +310,28 @@ class WorkerDoor:
         await self.door.drain(retries)
 
 
-__all__ = ["DoorCalls", "WorkerDoor"]
+def dashboard_probes(probes: Probes, link: Link) -> DashboardRelay:
+    """Serve --dashboard on this door: the page and its files from the package, its event stream
+    relayed from the master (dashboard_relay.py)."""
+    from ..ops import dashboard
+    relay = DashboardRelay(link)
+    page_headers = _header_lines(dashboard.PAGE_HEADERS)
+    probes.dashboard = lambda: Page(200, b"text/html; charset=utf-8", dashboard.page(), page_headers)
+    static_headers = _header_lines(dashboard.STATIC_HEADERS)
+
+    def file_page(name: str) -> Callable[[], Page]:
+        def serve() -> Page:
+            body, content_type = dashboard.static_file(name)  # type: ignore[misc]
+            return Page(200, content_type.encode(), body, static_headers)
+        return serve
+    probes.dashboard_files = {name: file_page(name) for name in dashboard.STATIC_FILES}
+    takeover = Takeover(relay.open)
+    probes.dashboard_events = lambda: takeover
+    return relay
+
+
+def _header_lines(headers: dict[str, str]) -> bytes:
+    return b"".join(f"{name}: {value}\r\n".encode("latin-1") for name, value in headers.items())
+
+
+__all__ = ["DoorCalls", "WorkerDoor", "dashboard_probes"]

@@ -151,6 +151,7 @@
   }
 
   // ------------------------------------------------------------------ live updates
+  // Relative URLs: the page is /dashboard on the metrics port and on the HTTP port (and under a proxy's prefix).
   function connect() {
     const source = new EventSource("dashboard/events");
     source.addEventListener("hello", (m) => {
@@ -170,7 +171,11 @@
     });
     source.addEventListener("event", (m) => addEvent(JSON.parse(m.data)));
     source.onopen = () => { $("link").textContent = "live"; $("link").className = "link up"; };
-    source.onerror = () => { $("link").textContent = "reconnecting"; $("link").className = "link down"; };
+    source.onerror = () => {
+      $("link").textContent = "reconnecting"; $("link").className = "link down";
+      // A refused stream (503: too many open) is not retried by the browser itself: try again later.
+      if (source.readyState === EventSource.CLOSED) setTimeout(connect, 5000);
+    };
   }
 
   setupCharts();
