@@ -68,15 +68,17 @@ def loads(data: bytes | bytearray | memoryview | str) -> Any:
     try:
         obj = orjson.loads(data)
     except orjson.JSONDecodeError:
-        if _long_digits(data):  # a number past a double's range: only the exact parse reads it
+        if has_long_digits(data):  # a number past a double's range: only the exact parse reads it
             return exactjson.loads(data)
         raise
-    if _long_digits(data):
+    if has_long_digits(data):
         return exactjson.loads(data)
     return obj
 
 
-def _long_digits(data: bytes | bytearray | str) -> bool:
+def has_long_digits(data: bytes | bytearray | str) -> bool:
+    """Whether orjson may have misread data: it holds a run of 19 digits (an integer past 64 bits
+    needs one). A decoder that used orjson directly decodes such data again with loads()."""
     if isinstance(data, str):
         return _LONG_DIGITS_STR.search(data) is not None
     return _NINETEEN in data.translate(_DIGITS_AS_NINES)

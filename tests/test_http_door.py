@@ -109,6 +109,24 @@ def test_errors_keep_their_codes_over_http(http):
     assert http.result("async_with_timeout", 0.01) > 0  # the worker serves on after a timeout
 
 
+@pytest.mark.parametrize("door", ["http", "ws"])
+def test_numbers_come_back_exactly_from_a_worker_method(inst, door):
+    """The short path of a plain def decodes with orjson, which reads integers past 64 bits as floats:
+    such a message (at any depth, or as the id) is read exactly instead."""
+    c = HttpRpc(inst.port) if door == "http" else WsRpc(inst.port)
+    try:
+        for value in (2 ** 70 + 1, -(2 ** 70) - 1, 2 ** 64 - 1, -(2 ** 63), [2 ** 64 + 1, 1.5],
+                      {"n": 2 ** 63 * 3 + 1}, 0.1, 1e300, "12345678901234567890", True, None):
+            assert json.dumps(c.result("echo", value)) == json.dumps(value)  # the same types too
+        assert json.dumps(c.result("echo", x=10 ** 30 + 1)) == str(10 ** 30 + 1)
+        reply = c.request({"jsonrpc": "2.0", "method": "echo", "params": [1.5], "id": 2 ** 80 + 1})
+        assert json.dumps(reply) == json.dumps({"jsonrpc": "2.0", "result": 1.5, "id": 2 ** 80 + 1})
+        assert c.call("echo", 1, 2)["error"]["code"] == protocol.INVALID_PARAMS
+        assert c.call("add", a=1, c=2)["error"]["code"] == protocol.INVALID_PARAMS
+    finally:
+        c.close()
+
+
 def test_the_rpc_path_answers_wrong_requests_with_http_status_codes(inst, http):
     call = b'{"jsonrpc": "2.0", "method": "add", "params": [1, 2], "id": 1}'
     assert http.post(call, path="/rpc")[0] == 200

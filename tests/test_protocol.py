@@ -393,6 +393,6 @@ def test_dispatcher_checks_arity_before_calling():
 def test_long_digit_runs_are_found_as_the_regular_expression_finds_them(data):
     import re
 
-    from clusterd.protocol import _long_digits
-    assert _long_digits(data) == (re.search(rb"\d{19}", data) is not None)
-    assert _long_digits(bytearray(data)) == _long_digits(data)
+    from clusterd.protocol import has_long_digits
+    assert has_long_digits(data) == (re.search(rb"\d{19}", data) is not None)
+    assert has_long_digits(bytearray(data)) == has_long_digits(data)

@@ -4,24 +4,29 @@ What a Python user would write instead of clusterd: a JSON-RPC echo server on th
 measured (httpdoor/bench_refs.py: httptools + picows on uvloop, and aiohttp's low-level server on
 uvloop), in 1 and N processes sharing one listening socket. Against them, ``clusterd run`` of the
 bench app (bench/app.py) with ``--http-bind`` and 1 and N workers, and its ZeroMQ door for the
-ratio the issue asks. Every server is started first, then each is measured in turn, ``rounds``
-times, by the same raw-socket load generator (bench_refs: requests built once, ``selectors``):
+ratio the issue asks. Every server is started first, then measured in interleaved rounds by the same
+raw-socket load generator (bench_refs: requests built once, ``selectors``): in a round, each
+measurement below is taken of every system in turn, so the two sides of a ratio are measured seconds
+apart and a burst of outside load on this shared machine slows one round, not one system:
 
 - sequential: one connection, one call at a time: p50/p99 latency (HTTP keep-alive and WebSocket);
 - pipelined calls/s with 1, 8 and 64 connections: HTTP one request in flight per connection,
   WebSocket 8 in flight per connection;
 - the master's CPU per call during clusterd's pipelined runs (it is not on this path: ~0).
 
+A system's figure is the median over rounds; a target is the median over rounds of that round's
+value (``rounds`` lists them, for the spread).
+
 Result document (``run_http_bench()``; ``clusterd bench --http --json``)::
 
-    {"version": 1, "quick": bool, "elapsed_s": float, "params": {...},
+    {"version": 2, "quick": bool, "elapsed_s": float, "params": {...},
      "systems": {"<system>": {"label": str, "processes": int,
                               "http_seq_p50_us", "http_seq_p99_us", "ws_seq_p50_us", "ws_seq_p99_us",
                               "http_1_calls_per_s", "http_8_calls_per_s", "http_64_calls_per_s",
                               "ws_1x8_calls_per_s", "ws_8x8_calls_per_s", "ws_64x8_calls_per_s",
                               "master_cpu_us_per_call": float | null,
                               "zmq_seq_p50_us", "zmq_pipelined_calls_per_s"}},   # clusterd only
-     "targets": {"<name>": {"label", "value", "op", "target", "met"}}, "all_met": bool,
+     "targets": {"<name>": {"label", "value", "op", "target", "met", "rounds": [float]}}, "all_met": bool,
      "context": {"bare_ws_8x8_scaling": float}}   # the bare echo's N / 1 processes, for the scaling goal
 
 Systems: ``clusterd_1``/``clusterd_N`` (workers), ``door_1``/``door_N`` and ``aiohttp_N`` (bare).
@@ -61,11 +66,12 @@ from ..httpdoor.bench_refs import (
     ws_frame,
 )
 
-RESULT_VERSION = 1
+RESULT_VERSION = 2
 START_TIMEOUT_S = 30.0
 CONNECTIONS = (1, 8, 64)
 WS_IN_FLIGHT = 8
 ZMQ_WINDOW = 64
+WARMUP_S = 0.15  # of each pipelined run, on fresh connections: not counted
 
 Progress = Callable[[str], None]
 
@@ -148,29 +154,69 @@ def bench_refs_free_port() -> int:
 
 
 # ---------------------------------------------------------------------------- measuring
-def _measure_port(port: int, duration: float, seq_calls: int, cpu: Callable[[], float] | None) -> dict[str, Any]:
-    """One round of every figure against the server on ``port``."""
-    out: dict[str, Any] = {}
-    request = http_request(port)
-    frame = ws_frame(BODY)
-    samples = sequential(http_connect(port), request, count_http, seq_calls)
-    out["http_seq_p50_us"], out["http_seq_p99_us"] = percentile(samples, 0.5), percentile(samples, 0.99)
-    samples = sequential(ws_connect(port), frame, count_ws, seq_calls)
-    out["ws_seq_p50_us"], out["ws_seq_p99_us"] = percentile(samples, 0.5), percentile(samples, 0.99)
-    calls = 0.0
-    cpu_before = cpu() if cpu is not None else 0.0
-    for n in CONNECTIONS:
-        rate = drive([http_connect(port) for _ in range(n)], request, 1, count_http, duration)
-        out[f"http_{n}_calls_per_s"] = rate
-        calls += rate * duration
-    for n in CONNECTIONS:
-        rate = drive([ws_connect(port) for _ in range(n)], frame, WS_IN_FLIGHT, count_ws, duration)
-        out[f"ws_{n}x{WS_IN_FLIGHT}_calls_per_s"] = rate
-        calls += rate * duration
-    if cpu is not None:
-        # warm-up calls (0.3 s per run) are not counted: the figure errs high, never low
-        out["master_cpu_us_per_call"] = (cpu() - cpu_before) * 1e6 / max(calls, 1.0)
-    return out
+Step = Callable[[int, "str | None"], dict[str, Any]]
+
+
+def _steps(duration: float, seq_calls: int) -> dict[str, tuple[Step, bool]]:
+    """Every measurement of a round, by name: what it does given a system's port and ZeroMQ address,
+    and whether its calls count for the master's CPU per call (the pipelined runs)."""
+    warmup = WARMUP_S
+
+    def http_seq(port: int, _zmq: str | None) -> dict[str, Any]:
+        samples = sequential(http_connect(port), http_request(port), count_http, seq_calls)
+        return {"http_seq_p50_us": percentile(samples, 0.5), "http_seq_p99_us": percentile(samples, 0.99)}
+
+    def ws_seq(port: int, _zmq: str | None) -> dict[str, Any]:
+        samples = sequential(ws_connect(port), ws_frame(BODY), count_ws, seq_calls)
+        return {"ws_seq_p50_us": percentile(samples, 0.5), "ws_seq_p99_us": percentile(samples, 0.99)}
+
+    def http_rate(n: int) -> Step:
+        def step(port: int, _zmq: str | None) -> dict[str, Any]:
+            rate = drive([http_connect(port) for _ in range(n)], http_request(port), 1, count_http, duration, warmup)
+            return {f"http_{n}_calls_per_s": rate}
+        return step
+
+    def ws_rate(n: int) -> Step:
+        def step(port: int, _zmq: str | None) -> dict[str, Any]:
+            rate = drive([ws_connect(port) for _ in range(n)], ws_frame(BODY), WS_IN_FLIGHT, count_ws, duration,
+                         warmup)
+            return {f"ws_{n}x{WS_IN_FLIGHT}_calls_per_s": rate}
+        return step
+
+    def zmq(_port: int, addr: str | None) -> dict[str, Any]:
+        return _measure_zmq(addr, duration, seq_calls) if addr is not None else {}
+
+    steps: dict[str, tuple[Step, bool]] = {"http_seq": (http_seq, False), "ws_seq": (ws_seq, False)}
+    steps.update({f"http_{n}": (http_rate(n), True) for n in CONNECTIONS})
+    steps.update({f"ws_{n}x{WS_IN_FLIGHT}": (ws_rate(n), True) for n in CONNECTIONS})
+    steps["zmq"] = (zmq, False)
+    return steps
+
+
+def _measure_round(servers: dict[str, tuple], steps: dict[str, tuple[Step, bool]], duration: float, turn: int,
+                   say: Progress, where: str) -> dict[str, dict[str, Any]]:
+    """One round: each measurement taken of every system in turn, so that a ratio compares figures
+    taken seconds apart (the first system changes from round to round)."""
+    keys = list(servers)
+    keys = keys[turn % len(keys):] + keys[:turn % len(keys)]
+    figures: dict[str, dict[str, Any]] = {key: {} for key in keys}
+    cpu_s = dict.fromkeys(keys, 0.0)
+    calls = dict.fromkeys(keys, 0.0)
+    for name, (step, pipelined) in steps.items():
+        say(f"{where}: {name}")
+        for key in keys:
+            _label, _processes, port, cpu, zmq_addr = servers[key]
+            before = cpu() if cpu is not None and pipelined else 0.0
+            out = step(port, zmq_addr)
+            if cpu is not None and pipelined:
+                cpu_s[key] += cpu() - before
+                calls[key] += sum(out.values()) * duration
+            figures[key].update(out)
+    for key in keys:
+        if servers[key][3] is not None:
+            # warm-up calls are not counted: the figure errs high, never low
+            figures[key]["master_cpu_us_per_call"] = cpu_s[key] * 1e6 / max(calls[key], 1.0)
+    return figures
 
 
 def _measure_zmq(addr: str, duration: float, seq_calls: int) -> dict[str, Any]:
@@ -210,34 +256,41 @@ def _measure_zmq(addr: str, duration: float, seq_calls: int) -> dict[str, Any]:
 
 
 # ---------------------------------------------------------------------------- the run
-def run_http_bench(*, quick: bool = False, workers: int = 2, progress: Progress | None = None) -> dict[str, Any]:
+def run_http_bench(*, quick: bool = False, workers: int = 2, rounds: int | None = None,
+                   progress: Progress | None = None) -> dict[str, Any]:
+    """Measure every system in ``rounds`` interleaved rounds; the result document of the module docstring."""
     say = progress or (lambda _m: None)
     started = time.monotonic()
-    duration = 0.4 if quick else 1.5
-    rounds = 1 if quick else 3
-    seq_calls = 300 if quick else 2000
+    duration = 0.3 if quick else 0.6
+    rounds = rounds or (1 if quick else 5)
+    seq_calls = 300 if quick else 1000
     n = max(2, workers)
-    systems: dict[str, dict[str, Any]] = {}
-    runs: dict[str, list[dict[str, Any]]] = {}
+    steps = _steps(duration, seq_calls)
+    per_round: list[dict[str, dict[str, Any]]] = []
     with _servers(n, quick, say) as servers:
+        for key, (_label, _processes, port, _cpu, _zmq) in servers.items():  # first calls, imports, allocator
+            drive([ws_connect(port) for _ in range(8)], ws_frame(BODY), WS_IN_FLIGHT, count_ws, WARMUP_S, 0.0)
+            drive([http_connect(port) for _ in range(8)], http_request(port), 1, count_http, WARMUP_S, 0.0)
         for r in range(rounds):
-            for key, (label, processes, port, cpu, zmq_addr) in servers.items():
-                say(f"HTTP bench round {r + 1}/{rounds}: {label}, {processes} process(es)")
-                figures = _measure_port(port, duration, seq_calls, cpu)
-                if zmq_addr is not None:
-                    figures.update(_measure_zmq(zmq_addr, duration, seq_calls))
-                runs.setdefault(key, []).append(figures)
+            per_round.append(_measure_round(servers, steps, duration, r, say, f"HTTP bench round {r + 1}/{rounds}"))
+        systems: dict[str, dict[str, Any]] = {}
         for key, (label, processes, _port, _cpu, _zmq) in servers.items():
-            per_round = runs[key]
             merged: dict[str, Any] = {"label": label, "processes": processes}
-            for name in per_round[0]:
-                values = [r[name] for r in per_round]
-                merged[name] = max(values) if name.endswith("_per_s") else statistics.median(values)
+            for figure in per_round[0][key]:
+                merged[figure] = statistics.median(r[key][figure] for r in per_round)
+            merged.setdefault("master_cpu_us_per_call", None)  # a bare server has no master
             systems[key] = merged
-    targets = _targets(systems, n)
+    # each target is the median of its per-round values: a ratio of figures taken seconds apart
+    round_targets = [_targets(r, n) for r in per_round]
+    targets = {}
+    for name, first in round_targets[0].items():
+        values = [t[name]["value"] for t in round_targets]
+        value = statistics.median(values)
+        met = value >= first["target"] if first["op"] == ">=" else value <= first["target"]
+        targets[name] = dict(first, value=round(value, 3), met=met, rounds=[round(v, 3) for v in values])
     ws = f"ws_8x{WS_IN_FLIGHT}_calls_per_s"
     # what the machine allows: the same ratio for the bare echo (the load generator takes a core too)
-    context = {"bare_ws_8x8_scaling": systems[f"door_{n}"][ws] / systems["door_1"][ws]}
+    context = {"bare_ws_8x8_scaling": statistics.median(r[f"door_{n}"][ws] / r["door_1"][ws] for r in per_round)}
     return {"version": RESULT_VERSION, "quick": quick, "elapsed_s": round(time.monotonic() - started, 1),
             "params": {"workers": n, "duration_s": duration, "rounds": rounds, "seq_calls": seq_calls,
                        "connections": list(CONNECTIONS), "ws_in_flight": WS_IN_FLIGHT, "zmq_window": ZMQ_WINDOW,
@@ -309,8 +362,9 @@ def _targets(systems: dict[str, dict[str, Any]], n: int) -> dict[str, dict[str, 
 
 
 def format_http_table(result: dict[str, Any]) -> str:
-    lines = [f"HTTP and WebSocket front door ({result['params']['workers']} workers, "
-             f"{result['params']['cpus']} CPUs, {result['elapsed_s']:.0f} s)", "",
+    params = result["params"]
+    lines = [f"HTTP and WebSocket front door ({params['workers']} workers, {params['cpus']} CPUs, medians of "
+             f"{params['rounds']} interleaved rounds, {result['elapsed_s']:.0f} s)", "",
              "| system | HTTP seq p50/p99 µs | HTTP 1 / 8 / 64 conns calls/s | WS seq p50/p99 µs | "
              "WS 1 / 8 / 64 conns x 8 calls/s | master µs/call |", "|---|---|---|---|---|---|"]
     for figures in result["systems"].values():
@@ -327,9 +381,11 @@ def format_http_table(result: dict[str, Any]) -> str:
         for figures in zmq_rows:
             lines.append(f"{figures['label']}: ZeroMQ door seq p50 {figures['zmq_seq_p50_us']:.0f} µs, "
                          f"{ZMQ_WINDOW} in flight {figures['zmq_pipelined_calls_per_s']:,.0f} calls/s")
-    lines += ["", "| target | value | goal | met |", "|---|---|---|---|"]
+    lines += ["", "| target | value (median) | rounds min-max | goal | met |", "|---|---|---|---|---|"]
     for t in result["targets"].values():
-        lines.append(f"| {t['label']} | {t['value']:.2f} | {t['op']} {t['target']:g} | {'yes' if t['met'] else 'no'} |")
+        spread = t.get("rounds") or [t["value"]]
+        lines.append(f"| {t['label']} | {t['value']:.2f} | {min(spread):.2f}-{max(spread):.2f} | "
+                     f"{t['op']} {t['target']:g} | {'yes' if t['met'] else 'no'} |")
     lines += ["", f"(for comparison, the bare echo's own WS 8x8 scaling, {result['params']['workers']} processes / 1: "
               f"{result['context']['bare_ws_8x8_scaling']:.2f}; the load generator shares the machine)"]
     return "\n".join(lines)

@@ -78,7 +78,9 @@ def _own_command() -> tuple[str, list[str]]:
 @click.option("--baseline", type=click.Path(exists=True, file_okay=False, path_type=Path), default=None,
               help="With --links: another clusterd source tree (say a worktree of an older commit), "
                    "measured in the same rounds.")
-@click.option("--rounds", type=click.IntRange(min=1), default=None, help="With --links: rounds (default 5).")
+@click.option("--rounds", type=click.IntRange(min=1), default=None,
+              help="With --links or --http: interleaved rounds, each target the median of its rounds' "
+                   "values (default 5; 1 with --quick).")
 @click.option("--http", "http_door", is_flag=True,
               help="Instead: the HTTP and WebSocket front door against bare echo servers (1 and N processes).")
 def bench(quick: bool, as_json: bool, workers: int, chaos: float | None, links: bool, baseline: Path | None,
@@ -112,7 +114,7 @@ def bench(quick: bool, as_json: bool, workers: int, chaos: float | None, links: 
     if http_door:
         from ..bench.http import HttpBenchError, format_http_table, run_http_bench
         try:
-            http_result = run_http_bench(quick=quick, workers=workers, progress=progress)
+            http_result = run_http_bench(quick=quick, workers=workers, rounds=rounds, progress=progress)
         except (HttpBenchError, OSError) as exc:
             fail(f"bench failed: {exc}", EXIT_FAILURE)
         finally:

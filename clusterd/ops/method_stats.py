@@ -81,6 +81,14 @@ class MethodStats:
         calls = self.calls
         calls[key] = calls.get(key, 0) + 1
 
+    def prepared(self, method: str, door: str, outcome: str) -> "PreparedRecord":
+        """``record(method, door, outcome, ...)`` made once for a hot path that records the same
+        call over and over: the lookups and the admission are done here, not per call."""
+        counts = self.hist.get(method)
+        if counts is None:
+            method, counts = self._admit(method)
+        return PreparedRecord(self, (method, door, outcome), counts)
+
     def _admit(self, method: str) -> tuple[str, list[int]]:
         if len(self.hist) >= self.max_methods - 1 and method != OTHER:
             method = OTHER
@@ -126,6 +134,28 @@ class MethodStats:
         GIL, locked per object on free-threaded builds); values may lag each other by a call."""
         hist = {m: c[:] for m, c in list(self.hist.items())}
         return Snapshot(dict(self.calls), hist, dict(self.sums))
+
+
+class PreparedRecord:
+    """One (method, door, outcome) of a MethodStats, ready to count: a call is a bucket increment, a
+    sum and a counter update, with no key built (the bucket list is never replaced, so holding it
+    is safe; readers on other threads only copy)."""
+
+    __slots__ = ("calls", "key", "counts", "sums", "method")
+
+    def __init__(self, stats: MethodStats, key: tuple[str, str, str], counts: list[int]) -> None:
+        self.calls = stats.calls
+        self.key = key
+        self.counts = counts
+        self.sums = stats.sums
+        self.method = key[0]
+
+    def __call__(self, duration_s: float) -> None:
+        self.counts[bisect_left(BOUNDS, duration_s)] += 1
+        self.sums[self.method] += duration_s
+        calls = self.calls
+        key = self.key
+        calls[key] = calls.get(key, 0) + 1
 
 
 class Snapshot:
@@ -302,5 +332,5 @@ class Window:
         return self.recent().methods()
 
 
-__all__ = ["MethodStats", "Snapshot", "DeltaTracker", "Window", "quantile", "cumulative_at_prom_buckets", "BOUNDS",
+__all__ = ["MethodStats", "PreparedRecord", "Snapshot", "DeltaTracker", "Window", "quantile", "cumulative_at_prom_buckets", "BOUNDS",
            "PROM_BUCKETS", "DOORS", "OK", "OTHER", "UNKNOWN", "LAYOUT_VERSION"]

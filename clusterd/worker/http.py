@@ -18,15 +18,18 @@ from __future__ import annotations
 import asyncio
 import os
 import socket
+import sys
 from collections.abc import Callable
 from time import perf_counter
 from typing import Any, Protocol
+
+import orjson
 
 from .. import protocol, worker_log
 from ..endpoint import Dispatcher, Method, encode_response
 from ..httpdoor import HttpDoor, Page, Probes, Takeover, adopt
 from ..httpdoor.tokens import read_token
-from ..ops.method_stats import OK, UNKNOWN, MethodStats
+from ..ops.method_stats import OK, UNKNOWN, MethodStats, PreparedRecord
 from ..protocol import NO_ID
 from ..wire import WorkerSpec
 from .dashboard_relay import DashboardRelay
@@ -51,7 +54,14 @@ class Link(Protocol):
     async def master_metrics(self, accept: str = "") -> tuple[bytes, str]: ...
 
 _INVALID_REQUEST = protocol.encode_error(None, protocol.INVALID_REQUEST)
-_ID_TYPES = frozenset((str, int, float, type(None)))  # a request's id, as JSON decoding gives it (not bool)
+# An id of the short path: as orjson decodes it, exactly (a float may be an integer past 64 bits).
+_PLAIN_ID_TYPES = frozenset((str, int, type(None)))
+# Params of these types are exactly what was sent (orjson turns only integers past 64 bits into
+# floats); any other (a float, a nested list or object) makes the short path look at the bytes.
+_EXACT_TYPES = frozenset((str, int, bool, type(None)))
+_orjson_loads = orjson.loads
+_orjson_dumps = orjson.dumps
+_OPTIONS = orjson.OPT_NON_STR_KEYS
 _NO_PARAMS: list = []  # only ever unpacked into a call
 _NOT_FOUND = str(protocol.METHOD_NOT_FOUND)
 # The graceful timeout is cut in three: calls finish; then the rest are answered -32002 or retried
@@ -60,6 +70,28 @@ _NOT_FOUND = str(protocol.METHOD_NOT_FOUND)
 RETRY_SHARE = 0.4
 RETRY_LIMIT_S = 5.0
 MARGIN_SHARE = 0.1
+
+
+class _Plain:
+    """A plain `def` of this worker, as the short path uses it: bound function, how many positional
+    params fit (no per-call signature work), and its "ok" record, made on its first call."""
+
+    __slots__ = ("func", "arity", "min_pos", "max_pos", "ok")
+
+    def __init__(self, func: Callable, method: Method) -> None:
+        self.func = func
+        self.arity = method.arity
+        self.min_pos = method.arity.min_pos
+        self.max_pos = method.arity.max_pos if method.arity.max_pos is not None else sys.maxsize
+        self.ok: PreparedRecord | None = None
+
+
+def _exact_values(values: Any) -> bool:
+    """Whether params decoded by orjson are surely exact: every value a string, an int, a bool or null."""
+    for value in values:
+        if type(value) not in _EXACT_TYPES:
+            return False
+    return True
 
 
 class DoorCalls:
@@ -72,11 +104,11 @@ class DoorCalls:
         self.record = link.stats.record  # MethodStats: the heartbeats carry it to the master's metrics
         self.dispatcher = dispatcher
         self.methods: dict[str, Method] = dispatcher.methods
-        # --log-calls times every call on the general path; the short one is for the unlogged case
-        self.plain_methods = {} if log_calls else {name: m for name, m in self.methods.items()
-                                                   if not (m.is_async or m.offload)}
-        self.log_calls = log_calls
         self.bound: dict[str, Callable] = dispatcher._bound
+        # --log-calls times every call on the general path; the short one is for the unlogged case
+        self.plain: dict[str, _Plain] = {} if log_calls else {
+            name: _Plain(self.bound[name], m) for name, m in self.methods.items() if not (m.is_async or m.offload)}
+        self.log_calls = log_calls
         self.debug = debug
         self.call_timeout = call_timeout
         self.max_batch = max_batch
@@ -85,23 +117,49 @@ class DoorCalls:
 
     def __call__(self, payload: bytes) -> Any:
         try:
-            obj = protocol.loads(payload)
-        except ValueError as exc:
-            return protocol.dumps(protocol.parse_error(exc))
+            obj = _orjson_loads(payload)
+        except ValueError:
+            return self._exactly(payload)
         if type(obj) is dict:
             # The common case, checked as parse_request and Dispatcher.prepare would, without their
             # objects: a call (with an id) of this worker's plain `def`. Anything else takes _one.
             name = obj.get("method")
-            method = self.plain_methods.get(name) if type(name) is str else None
-            if method is not None and obj.get("jsonrpc") == "2.0":
+            plain = self.plain.get(name) if type(name) is str else None
+            if plain is not None and obj.get("jsonrpc") == "2.0":
                 params = obj.get("params", _NO_PARAMS)
                 rid = obj.get("id", NO_ID)
-                if ((type(params) is list or type(params) is dict) and type(rid) in _ID_TYPES
-                        and method.arity.check(params) is None):
-                    started = perf_counter()
-                    response = self.dispatcher.run_sync(self.bound[name], params, rid, name)
-                    self.record(name, self.door, _outcome(response), perf_counter() - started)
-                    return encode_response(response, self.debug)
+                kind = type(params)
+                if kind is list:
+                    fits = plain.min_pos <= len(params) <= plain.max_pos
+                    values: Any = params
+                elif kind is dict:
+                    fits = plain.arity.check(params) is None
+                    values = params.values()
+                else:
+                    fits = False
+                if fits and type(rid) in _PLAIN_ID_TYPES and (_exact_values(values)
+                                                              or not protocol.has_long_digits(payload)):
+                    return self._plain(plain, name, params, rid)
+            if protocol.has_long_digits(payload):
+                return self._exactly(payload)
+            return self._one(obj, payload)
+        if type(obj) is list and obj:
+            if protocol.has_long_digits(payload):
+                return self._exactly(payload)
+            if len(obj) > self.max_batch:
+                return protocol.encode_error(None, protocol.INVALID_REQUEST,
+                                             f"Batch too large (at most {self.max_batch} requests)")
+            return self._batch(obj)
+        return _INVALID_REQUEST
+
+    def _exactly(self, payload: bytes) -> Any:
+        """A message orjson cannot read exactly (an integer past 64 bits, a number past a double's
+        range), or not JSON at all: decoded by protocol.loads, which reads it exactly or says why not."""
+        try:
+            obj = protocol.loads(payload)
+        except ValueError as exc:
+            return protocol.dumps(protocol.parse_error(exc))
+        if type(obj) is dict:
             return self._one(obj, payload)
         if type(obj) is list and obj:
             if len(obj) > self.max_batch:
@@ -109,6 +167,28 @@ class DoorCalls:
                                              f"Batch too large (at most {self.max_batch} requests)")
             return self._batch(obj)
         return _INVALID_REQUEST
+
+    def _plain(self, plain: _Plain, name: str, params: list | dict, rid: Any) -> bytes:
+        """A plain `def` of this worker with fitting params: run inline, the answer built from the
+        result's and the id's JSON, counted with the method's prepared record."""
+        func = plain.func
+        started = perf_counter()
+        try:
+            result = func(*params) if type(params) is list else func(**params)
+        except Exception as exc:  # user code: any failure becomes an error response
+            response = self.dispatcher.error_of(exc, rid, name)
+            self.record(name, self.door, _outcome(response), perf_counter() - started)
+            return encode_response(response, self.debug)
+        elapsed = perf_counter() - started
+        ok = plain.ok
+        if ok is None:
+            ok = plain.ok = self.link.stats.prepared(name, self.door, OK)
+        ok(elapsed)
+        try:
+            return b'{"jsonrpc":"2.0","result":' + _orjson_dumps(result, option=_OPTIONS) + b',"id":' \
+                + _orjson_dumps(rid) + b"}"
+        except TypeError:  # an integer past 64 bits (exactjson), or what JSON cannot carry (an error)
+            return encode_response({"jsonrpc": "2.0", "result": result, "id": rid}, self.debug)
 
     # ------------------------------------------------------------------ one request
     def _one(self, obj: dict, payload: bytes | None) -> Any:
