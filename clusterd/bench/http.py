@@ -268,7 +268,7 @@ def run_http_bench(*, quick: bool = False, workers: int = 2, rounds: int | None 
     steps = _steps(duration, seq_calls)
     per_round: list[dict[str, dict[str, Any]]] = []
     with _servers(n, quick, say) as servers:
-        for key, (_label, _processes, port, _cpu, _zmq) in servers.items():  # first calls, imports, allocator
+        for _label, _processes, port, _cpu, _zmq in servers.values():  # first calls, imports, allocator
             drive([ws_connect(port) for _ in range(8)], ws_frame(BODY), WS_IN_FLIGHT, count_ws, WARMUP_S, 0.0)
             drive([http_connect(port) for _ in range(8)], http_request(port), 1, count_http, WARMUP_S, 0.0)
         for r in range(rounds):

@@ -332,5 +332,6 @@ class Window:
         return self.recent().methods()
 
 
-__all__ = ["MethodStats", "PreparedRecord", "Snapshot", "DeltaTracker", "Window", "quantile", "cumulative_at_prom_buckets", "BOUNDS",
+__all__ = ["MethodStats", "PreparedRecord", "Snapshot", "DeltaTracker", "Window", "quantile",
+           "cumulative_at_prom_buckets", "BOUNDS",
            "PROM_BUCKETS", "DOORS", "OK", "OTHER", "UNKNOWN", "LAYOUT_VERSION"]

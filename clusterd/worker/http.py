@@ -19,6 +19,7 @@ import asyncio
 import os
 import socket
 import sys
+from bisect import bisect_left
 from collections.abc import Callable
 from time import perf_counter
 from typing import Any, Protocol
@@ -29,7 +30,7 @@ from .. import protocol, worker_log
 from ..endpoint import Dispatcher, Method, encode_response
 from ..httpdoor import HttpDoor, Page, Probes, Takeover, adopt
 from ..httpdoor.tokens import read_token
-from ..ops.method_stats import OK, UNKNOWN, MethodStats, PreparedRecord
+from ..ops.method_stats import BOUNDS, OK, UNKNOWN, MethodStats, PreparedRecord
 from ..protocol import NO_ID
 from ..wire import WorkerSpec
 from .dashboard_relay import DashboardRelay
@@ -61,7 +62,7 @@ _PLAIN_ID_TYPES = frozenset((str, int, type(None)))
 _EXACT_TYPES = frozenset((str, int, bool, type(None)))
 _orjson_loads = orjson.loads
 _orjson_dumps = orjson.dumps
-_OPTIONS = orjson.OPT_NON_STR_KEYS
+_FIRST_BOUND = BOUNDS[0]
 _NO_PARAMS: list = []  # only ever unpacked into a call
 _NOT_FOUND = str(protocol.METHOD_NOT_FOUND)
 # The graceful timeout is cut in three: calls finish; then the rest are answered -32002 or retried
@@ -84,14 +85,6 @@ class _Plain:
         self.min_pos = method.arity.min_pos
         self.max_pos = method.arity.max_pos if method.arity.max_pos is not None else sys.maxsize
         self.ok: PreparedRecord | None = None
-
-
-def _exact_values(values: Any) -> bool:
-    """Whether params decoded by orjson are surely exact: every value a string, an int, a bool or null."""
-    for value in values:
-        if type(value) not in _EXACT_TYPES:
-            return False
-    return True
 
 
 class DoorCalls:
@@ -122,7 +115,8 @@ class DoorCalls:
             return self._exactly(payload)
         if type(obj) is dict:
             # The common case, checked as parse_request and Dispatcher.prepare would, without their
-            # objects: a call (with an id) of this worker's plain `def`. Anything else takes _one.
+            # objects: a call (with an id) of this worker's plain `def` with params that fit and that
+            # orjson read exactly. Anything else takes _one.
             name = obj.get("method")
             plain = self.plain.get(name) if type(name) is str else None
             if plain is not None and obj.get("jsonrpc") == "2.0":
@@ -137,9 +131,29 @@ class DoorCalls:
                     values = params.values()
                 else:
                     fits = False
-                if fits and type(rid) in _PLAIN_ID_TYPES and (_exact_values(values)
-                                                              or not protocol.has_long_digits(payload)):
-                    return self._plain(plain, name, params, rid)
+                if fits and type(rid) in _PLAIN_ID_TYPES:
+                    for value in values:
+                        if type(value) not in _EXACT_TYPES:  # a float or nested: look at the bytes, once
+                            if protocol.has_long_digits(payload):
+                                return self._exactly(payload)
+                            break
+                    func = plain.func
+                    started = perf_counter()
+                    try:
+                        result = func(*params) if kind is list else func(**params)
+                    except Exception as exc:  # user code: any failure becomes an error response
+                        return self._failed(exc, name, rid, started)
+                    elapsed = perf_counter() - started
+                    ok = plain.ok or self._prepare(plain, name)
+                    # ok(elapsed) inlined (PreparedRecord.__call__); most calls are in the first bucket
+                    ok.counts[0 if elapsed <= _FIRST_BOUND else bisect_left(BOUNDS, elapsed)] += 1
+                    ok.sums[ok.method] += elapsed
+                    calls, key = ok.calls, ok.key
+                    calls[key] = calls.get(key, 0) + 1
+                    try:  # without options: orjson's fastest; a result they cannot carry takes encode_response
+                        return _orjson_dumps({"jsonrpc": "2.0", "result": result, "id": rid})
+                    except TypeError:  # non-string keys, an integer past 64 bits, or not JSON at all
+                        return encode_response({"jsonrpc": "2.0", "result": result, "id": rid}, self.debug)
             if protocol.has_long_digits(payload):
                 return self._exactly(payload)
             return self._one(obj, payload)
@@ -151,6 +165,19 @@ class DoorCalls:
                                              f"Batch too large (at most {self.max_batch} requests)")
             return self._batch(obj)
         return _INVALID_REQUEST
+
+    dispatch = __call__  # bound, for the door: a bound method is called faster than an instance
+
+    def _prepare(self, plain: _Plain, name: str) -> PreparedRecord:
+        """The "ok" record of a plain method, made on its first call (a method never called stays out
+        of the metrics)."""
+        plain.ok = self.link.stats.prepared(name, self.door, OK)
+        return plain.ok
+
+    def _failed(self, exc: Exception, name: str, rid: Any, started: float) -> bytes:
+        response = self.dispatcher.error_of(exc, rid, name)
+        self.record(name, self.door, _outcome(response), perf_counter() - started)
+        return encode_response(response, self.debug)
 
     def _exactly(self, payload: bytes) -> Any:
         """A message orjson cannot read exactly (an integer past 64 bits, a number past a double's
@@ -167,28 +194,6 @@ class DoorCalls:
                                              f"Batch too large (at most {self.max_batch} requests)")
             return self._batch(obj)
         return _INVALID_REQUEST
-
-    def _plain(self, plain: _Plain, name: str, params: list | dict, rid: Any) -> bytes:
-        """A plain `def` of this worker with fitting params: run inline, the answer built from the
-        result's and the id's JSON, counted with the method's prepared record."""
-        func = plain.func
-        started = perf_counter()
-        try:
-            result = func(*params) if type(params) is list else func(**params)
-        except Exception as exc:  # user code: any failure becomes an error response
-            response = self.dispatcher.error_of(exc, rid, name)
-            self.record(name, self.door, _outcome(response), perf_counter() - started)
-            return encode_response(response, self.debug)
-        elapsed = perf_counter() - started
-        ok = plain.ok
-        if ok is None:
-            ok = plain.ok = self.link.stats.prepared(name, self.door, OK)
-        ok(elapsed)
-        try:
-            return b'{"jsonrpc":"2.0","result":' + _orjson_dumps(result, option=_OPTIONS) + b',"id":' \
-                + _orjson_dumps(rid) + b"}"
-        except TypeError:  # an integer past 64 bits (exactjson), or what JSON cannot carry (an error)
-            return encode_response({"jsonrpc": "2.0", "result": result, "id": rid}, self.debug)
 
     # ------------------------------------------------------------------ one request
     def _one(self, obj: dict, payload: bytes | None) -> Any:
@@ -346,8 +351,8 @@ class WorkerDoor:
         if spec.dashboard:
             self.relay = dashboard_probes(probes, link)
         token = read_token(spec.http_token_file) if spec.http_token_file else None
-        self.door = HttpDoor(self.calls, probes=probes, max_message_size=spec.max_message_size, token=token,
-                             cors_origin=spec.http_cors, ws_dispatch=self.ws_calls)
+        self.door = HttpDoor(self.calls.dispatch, probes=probes, max_message_size=spec.max_message_size, token=token,
+                             cors_origin=spec.http_cors, ws_dispatch=self.ws_calls.dispatch)
         # --max-requests counts this door's calls too: when they reach it, the master hears at once
         self.door.recycle_at = spec.max_requests
         self.door.limit_reached = lambda: link.report_door(self.figures())
