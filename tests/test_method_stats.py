@@ -59,6 +59,20 @@ def test_method_names_are_capped():
     assert sum(n for (m, _d, _o), n in stats.calls.items() if m == OTHER) == 7
 
 
+def test_a_prepared_record_counts_as_record_does_and_respects_the_cap():
+    stats, plain = MethodStats(max_methods=3), MethodStats(max_methods=3)
+    plain.record("first", "ws", "-32000", 0.2)
+    stats.record("first", "ws", "-32000", 0.2)
+    for name in ("add", "fib", "late"):  # "late" is past the cap: counted as OTHER, as record() would
+        prepared = stats.prepared(name, "ws", OK)
+        for duration in (0.00001, 0.002, 0.5, 120.0):
+            prepared(duration)
+            plain.record(name, "ws", OK, duration)
+    assert stats.calls == plain.calls and stats.hist == plain.hist and stats.sums == plain.sums
+    assert set(stats.hist) == {"first", "add", OTHER}
+    assert stats.prepared("never", "ws", OK).key == (OTHER, "ws", OK)
+
+
 def test_delta_roundtrip_through_json_merges_exactly():
     worker, master = MethodStats(), MethodStats()
     rng = random.Random(7)

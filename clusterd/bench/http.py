@@ -9,7 +9,9 @@ raw-socket load generator (bench_refs: requests built once, ``selectors``): in a
 measurement below is taken of every system in turn, so the two sides of a ratio are measured seconds
 apart and a burst of outside load on this shared machine slows one round, not one system:
 
-- sequential: one connection, one call at a time: p50/p99 latency (HTTP keep-alive and WebSocket);
+- sequential: one connection per system, one call at a time, the systems called in turn call by call
+  (so all are sampled under the same machine state), the load generator and the servers on one CPU
+  meanwhile (see ``_one_cpu``): p50/p99 latency (HTTP keep-alive and WebSocket);
 - pipelined calls/s with 1, 8 and 64 connections: HTTP one request in flight per connection,
   WebSocket 8 in flight per connection;
 - the master's CPU per call during clusterd's pipelined runs (it is not on this path: ~0).
@@ -61,7 +63,6 @@ from ..httpdoor.bench_refs import (
     http_connect,
     http_request,
     percentile,
-    sequential,
     ws_connect,
     ws_frame,
 )
@@ -136,6 +137,15 @@ class _Clusterd:
         self.log.seek(0)
         return self.log.read().decode(errors="replace")[-1500:]
 
+    def worker_pids(self) -> list[int]:
+        """The workers' pids now (the processes serving the door)."""
+        out = []
+        for proc in self.master.children(recursive=True):
+            with contextlib.suppress(psutil.Error):
+                if " worker " in " ".join(proc.cmdline()):
+                    out.append(proc.pid)
+        return out
+
     def master_cpu_s(self) -> float:
         times = self.master.cpu_times()
         return times.user + times.system
@@ -158,17 +168,9 @@ Step = Callable[[int, "str | None"], dict[str, Any]]
 
 
 def _steps(duration: float, seq_calls: int) -> dict[str, tuple[Step, bool]]:
-    """Every measurement of a round, by name: what it does given a system's port and ZeroMQ address,
-    and whether its calls count for the master's CPU per call (the pipelined runs)."""
+    """The measurements of a round taken one system at a time, by name: what each does given a
+    system's port and ZeroMQ address, and whether its calls count for the master's CPU per call."""
     warmup = WARMUP_S
-
-    def http_seq(port: int, _zmq: str | None) -> dict[str, Any]:
-        samples = sequential(http_connect(port), http_request(port), count_http, seq_calls)
-        return {"http_seq_p50_us": percentile(samples, 0.5), "http_seq_p99_us": percentile(samples, 0.99)}
-
-    def ws_seq(port: int, _zmq: str | None) -> dict[str, Any]:
-        samples = sequential(ws_connect(port), ws_frame(BODY), count_ws, seq_calls)
-        return {"ws_seq_p50_us": percentile(samples, 0.5), "ws_seq_p99_us": percentile(samples, 0.99)}
 
     def http_rate(n: int) -> Step:
         def step(port: int, _zmq: str | None) -> dict[str, Any]:
@@ -186,26 +188,90 @@ def _steps(duration: float, seq_calls: int) -> dict[str, tuple[Step, bool]]:
     def zmq(_port: int, addr: str | None) -> dict[str, Any]:
         return _measure_zmq(addr, duration, seq_calls) if addr is not None else {}
 
-    steps: dict[str, tuple[Step, bool]] = {"http_seq": (http_seq, False), "ws_seq": (ws_seq, False)}
-    steps.update({f"http_{n}": (http_rate(n), True) for n in CONNECTIONS})
+    steps: dict[str, tuple[Step, bool]] = {f"http_{n}": (http_rate(n), True) for n in CONNECTIONS}
     steps.update({f"ws_{n}x{WS_IN_FLIGHT}": (ws_rate(n), True) for n in CONNECTIONS})
     steps["zmq"] = (zmq, False)
     return steps
 
 
-def _measure_round(servers: dict[str, tuple], steps: dict[str, tuple[Step, bool]], duration: float, turn: int,
-                   say: Progress, where: str) -> dict[str, dict[str, Any]]:
-    """One round: each measurement taken of every system in turn, so that a ratio compares figures
-    taken seconds apart (the first system changes from round to round)."""
+@contextlib.contextmanager
+def _one_cpu(pids: list[int]) -> Iterator[None]:
+    """Run the load generator and the servers' serving threads on one CPU meanwhile (their affinity is
+    restored after). On a small VM a sequential round trip otherwise depends on whether the server
+    sits on the client's CPU or has to wake an idle one (tens of µs), a placement the scheduler
+    keeps per process and that swings between runs more than the code's own cost; on one CPU, every
+    system's round trip is its work plus two context switches."""
+    if not hasattr(os, "sched_setaffinity"):
+        yield
+        return
+    cpu = min(os.sched_getaffinity(0))
+    saved: dict[int, set[int]] = {}
+    for pid in [0, *pids]:
+        with contextlib.suppress(OSError):
+            saved[pid] = os.sched_getaffinity(pid)
+            os.sched_setaffinity(pid, {cpu})
+    try:
+        yield
+    finally:
+        for pid, cpus in saved.items():
+            with contextlib.suppress(OSError):
+                os.sched_setaffinity(pid, cpus)
+
+
+def _side_by_side(ports: dict[str, int], connect: Callable[[int], socket.socket], message: Callable[[int], bytes],
+                  count: Callable[[bytearray], int], calls: int) -> dict[str, list[float]]:
+    """One call at a time to each system in turn (A, B, C, A, B, C, ...): each call's round trip in
+    µs, by system. Every system is sampled under the same state of the machine (on a VM, a vCPU woken
+    from idle adds tens of µs to a round trip, and whether it has to depends on the other jobs), so
+    the ratio of two p50s holds when the figures themselves swing."""
+    socks = {key: connect(port) for key, port in ports.items()}
+    messages = {key: message(port) for key, port in ports.items()}
+    bufs = {key: bytearray() for key in ports}
+    samples: dict[str, list[float]] = {key: [] for key in ports}
+    clock = time.perf_counter_ns
+    warm = calls // 10
+    try:
+        for i in range(calls + warm):
+            for key, sock in socks.items():
+                buf = bufs[key]
+                t0 = clock()
+                sock.sendall(messages[key])
+                while not count(buf):
+                    data = sock.recv(65536)
+                    if not data:
+                        raise ConnectionError(f"{key} closed its connection")
+                    buf += data
+                if i >= warm:
+                    samples[key].append((clock() - t0) / 1000)
+    finally:
+        for sock in socks.values():
+            sock.close()
+    return samples
+
+
+def _measure_round(servers: dict[str, tuple], steps: dict[str, tuple[Step, bool]], duration: float,
+                   seq_calls: int, turn: int, say: Progress, where: str) -> dict[str, dict[str, Any]]:
+    """One round: the sequential latencies of every system side by side, then each other
+    measurement of every system in turn, so that a ratio compares figures taken seconds apart (the
+    first system changes from round to round)."""
     keys = list(servers)
     keys = keys[turn % len(keys):] + keys[:turn % len(keys)]
     figures: dict[str, dict[str, Any]] = {key: {} for key in keys}
+    ports = {key: servers[key][2] for key in keys}
+    for kind, connect, message, count in (("http", http_connect, http_request, count_http),
+                                          ("ws", ws_connect, lambda _port: ws_frame(BODY), count_ws)):
+        say(f"{where}: {kind}_seq")
+        with _one_cpu([pid for key in keys for pid in servers[key][5]()]):
+            latencies = _side_by_side(ports, connect, message, count, seq_calls)
+        for key, samples in latencies.items():
+            figures[key][f"{kind}_seq_p50_us"] = percentile(samples, 0.5)
+            figures[key][f"{kind}_seq_p99_us"] = percentile(samples, 0.99)
     cpu_s = dict.fromkeys(keys, 0.0)
     calls = dict.fromkeys(keys, 0.0)
     for name, (step, pipelined) in steps.items():
         say(f"{where}: {name}")
         for key in keys:
-            _label, _processes, port, cpu, zmq_addr = servers[key]
+            _label, _processes, port, cpu, zmq_addr, _pids = servers[key]
             before = cpu() if cpu is not None and pipelined else 0.0
             out = step(port, zmq_addr)
             if cpu is not None and pipelined:
@@ -268,13 +334,14 @@ def run_http_bench(*, quick: bool = False, workers: int = 2, rounds: int | None 
     steps = _steps(duration, seq_calls)
     per_round: list[dict[str, dict[str, Any]]] = []
     with _servers(n, quick, say) as servers:
-        for _label, _processes, port, _cpu, _zmq in servers.values():  # first calls, imports, allocator
+        for _label, _processes, port, _cpu, _zmq, _pids in servers.values():  # first calls, imports, allocator
             drive([ws_connect(port) for _ in range(8)], ws_frame(BODY), WS_IN_FLIGHT, count_ws, WARMUP_S, 0.0)
             drive([http_connect(port) for _ in range(8)], http_request(port), 1, count_http, WARMUP_S, 0.0)
         for r in range(rounds):
-            per_round.append(_measure_round(servers, steps, duration, r, say, f"HTTP bench round {r + 1}/{rounds}"))
+            per_round.append(_measure_round(servers, steps, duration, seq_calls, r, say,
+                                            f"HTTP bench round {r + 1}/{rounds}"))
         systems: dict[str, dict[str, Any]] = {}
-        for key, (label, processes, _port, _cpu, _zmq) in servers.items():
+        for key, (label, processes, *_rest) in servers.items():
             merged: dict[str, Any] = {"label": label, "processes": processes}
             for figure in per_round[0][key]:
                 merged[figure] = statistics.median(r[key][figure] for r in per_round)
@@ -315,7 +382,7 @@ def _servers(n: int, quick: bool, say: Progress) -> Iterator[dict[str, tuple]]:
             inst = _Clusterd(workers, runtime)
             instances.append(inst)
             out[f"clusterd_{workers}"] = (f"clusterd --http-bind, {workers} worker(s)", workers, inst.port,
-                                          inst.master_cpu_s, inst.zmq_addr)
+                                          inst.master_cpu_s, inst.zmq_addr, inst.worker_pids)
         stacks = [(door, 1), (door, n)]
         aiohttp = "aiohttp-uvloop" if uvloop else "aiohttp"
         if not quick and aiohttp in bench_refs.available_stacks():
@@ -326,7 +393,8 @@ def _servers(n: int, quick: bool, say: Progress) -> Iterator[dict[str, tuple]]:
             groups.append(group)
             key = f"{stack.removesuffix('-uvloop')}_{processes}"
             out[key] = (f"bare echo, {processes} process(es): {bench_refs.STACKS[stack][0]}", processes,
-                        group.port, None, None)
+                        group.port, None, None,
+                        lambda group=group: [child.pid for child in group.children])
         yield out
     finally:
         for inst in instances:
