@@ -21,6 +21,9 @@ kind in their first byte; each side gathers the items of a loop turn for a peer 
                        FORWARD + token + request a request from an HTTP/WebSocket caller the worker
                                                  does not serve itself: the master routes it as
                                                  one from a --bind client (same exposure rules)
+                       DOOR + {"served": n, ...} the HTTP/WebSocket door's figures, sent at once when
+                                                 its calls reach the worker's max_requests (the beats
+                                                 carry them too); the master decides the recycle
 
 and, alone in a message of two frames (kind, json):
 
@@ -62,6 +65,7 @@ AGENT = b"A"
 STATE = b"t"
 FORWARD = b"w"
 FORWARDED = b"W"
+DOOR = b"d"
 
 HEARTBEAT_PREFIX = b"hb:"
 TOKEN_SIZE = 8
@@ -125,6 +129,8 @@ class WorkerSpec:
     call_timeout: float | None = None
     graceful_timeout: float = 30.0
     log_calls: bool = False        # --log-calls: one access line per call
+    # --max-requests with this worker's jitter (0: none): the door reports when its calls reach it
+    max_requests: int = 0
 
     # -- through the environment
     def to_env(self, env: MutableMapping[str, str]) -> MutableMapping[str, str]:
@@ -149,6 +155,6 @@ class WorkerSpec:
 
 
 __all__ = ["CALL", "NOTIFY", "ANSWER", "STOP", "RESULT", "ERROR", "REQUEST", "HELLO", "FAILURE", "BEAT", "AGENT",
-           "STATE", "FORWARD", "FORWARDED",
+           "STATE", "FORWARD", "FORWARDED", "DOOR",
            "HEARTBEAT_PREFIX", "TOKEN_SIZE", "SPEC_ENV", "WorkerSpec", "token_bytes", "call_frame", "answer_frame",
            "split_token"]

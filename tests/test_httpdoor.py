@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import http.client
 import json
+import select
 import shutil
 import socket
 import subprocess
@@ -436,6 +437,41 @@ def test_drain_finishes_calls_in_flight_and_closes_idle_connections(door: Runnin
         assert closed.value.rcvd.code == 1001
         assert drained.result(10) is True
     assert door.door.open_connections == 0
+
+
+def test_a_draining_websocket_answers_the_call_in_transit_and_its_close_comes_with_the_answer(
+        door: RunningDoor) -> None:
+    with ws_connect(f"ws://127.0.0.1:{door.port}/ws") as ws:
+        ws.send(json.dumps(call("echo", [1], 1)))
+        assert json.loads(ws.recv(5))["id"] == 1
+        drained = door.start(door.door.drain(timeout=10))
+        wait_for(lambda: door.door.draining, message="draining")
+        # the client's next call was on its way when the drain began: answered, not cut off
+        ws.send(json.dumps(call("echo", [2], 2)))
+        assert json.loads(ws.recv(5))["result"] == [2]
+        # the Close came with that answer: the client knows before it sends again
+        with pytest.raises(ConnectionClosed) as closed:
+            ws.send(json.dumps(call("echo", [3], 3)))
+        assert closed.value.rcvd.code == 1001
+        assert drained.result(10) is True
+    assert door.worker.calls == 2
+
+
+def test_a_closing_http_connection_shuts_its_write_side_and_reads_on_instead_of_resetting(
+        door: RunningDoor) -> None:
+    with socket.create_connection(("127.0.0.1", door.port), timeout=10) as s:
+        body = json.dumps(call("echo", [1])).encode()
+        s.sendall(b"POST / HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nConnection: close\r\n"
+                  b"Content-Length: %d\r\n\r\n%s" % (len(body), body))
+        answer = b""
+        while chunk := s.recv(65536):
+            answer += chunk
+        assert answer.startswith(b"HTTP/1.1 200") and answer.endswith(b'"id": 1}')
+        # the server's FIN came; a client that still sends (it had not seen the FIN yet) is read and
+        # dropped for a while, not answered with RST (which may destroy an answer not read yet)
+        for _ in range(10):
+            s.sendall(b"x" * 100)
+            assert not select.select([s], [], [], 0.02)[0] or s.recv(1) == b""
 
 
 def test_drain_timeout_cuts_what_is_left(door: RunningDoor) -> None:

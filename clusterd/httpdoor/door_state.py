@@ -9,6 +9,7 @@ directly, with no extra call per request.
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -16,6 +17,14 @@ from typing import Any
 # at once when you can (sync methods, errors found before any await): it saves a task per call, and
 # keeps asyncio.timeout()/TaskGroup usable in what runs in the task.
 Dispatch = Callable[[bytes], "bytes | None | Awaitable[bytes | None]"]
+
+# A draining door closes a connection with no call in flight once it has been quiet this long: a
+# request already on its way is read and answered first, and the close goes out with its answer.
+DRAIN_QUIET_S = 0.25
+# After its last answer (HTTP: FIN; WebSocket: Close), a closing connection reads and drops what the
+# client still sends until the client closes too, for at most this long: closing a socket with
+# unread bytes makes the kernel send RST, which can destroy an answer the client has not read yet.
+CLOSE_LINGER_S = 1.0
 
 
 class DoorState:
@@ -36,6 +45,8 @@ class DoorState:
     draining: bool
     loop: asyncio.AbstractEventLoop
     served: int
+    recycle_at: int          # --max-requests of this worker: limit_reached() when served reaches it (0: never)
+    limit_reached: Callable[[], None] | None
     _connections: set[Any]   # http11.HttpConnection, not yet upgraded
     _sessions: set[Any]      # websocket.WebSocketSession
     _streams: set[Any]       # event_stream.EventStream
@@ -50,6 +61,14 @@ class DoorState:
     def _call_finished(self) -> None:
         self._in_flight -= 1
         self.served += 1
+        if self.served == self.recycle_at:
+            self._reached_limit()
+
+    def _reached_limit(self) -> None:
+        try:
+            self.limit_reached()  # type: ignore[misc]
+        except Exception:  # a report that fails must not fail the call that made it
+            logging.getLogger(__name__).exception("reporting the door's --max-requests failed")
 
     def _connection_gone(self) -> None:
         if self._idle is not None and not self._connections and not self._sessions:

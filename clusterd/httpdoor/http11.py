@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 import httptools
 
 from . import responses, tokens
+from .door_state import CLOSE_LINGER_S, DRAIN_QUIET_S
 from .event_stream import EventStream, Takeover
 
 if TYPE_CHECKING:
@@ -32,8 +33,6 @@ MAX_HEAD_BYTES = 64 * 1024  # request line and headers; httptools itself sets no
 MAX_PIPELINED = 64  # requests in flight on one connection before it stops reading
 # An oversized body is read and dropped (so the client sees the 413, not a reset) up to this much.
 DISCARD_LIMIT = 16 * 1024 * 1024
-# On drain, a keep-alive connection between requests is closed after this long without a request.
-DRAIN_IDLE_GRACE = 0.25
 
 
 class Route(Enum):
@@ -66,6 +65,7 @@ class HttpConnection(asyncio.Protocol):
         self.closing = False       # no more requests are read; close when all answers are out
         self.paused = False
         self.last_active = door.loop.time()
+        self.linger: asyncio.TimerHandle | None = None  # set once the write side is shut: see _close_now
         self._start_message()
 
     # asyncio.Protocol
@@ -76,6 +76,8 @@ class HttpConnection(asyncio.Protocol):
             self.close_when_idle()
 
     def connection_lost(self, exc: Exception | None) -> None:
+        if self.linger is not None:
+            self.linger.cancel()
         if self.transport is not None:
             self.transport = None
             self.door._connections.discard(self)
@@ -392,28 +394,48 @@ class HttpConnection(asyncio.Protocol):
 
     def _close_if_done(self) -> None:
         if self.next_write == self.next_seq and not self.in_message and self.transport is not None:
-            self.transport.close()
+            self._close_now()
 
     def _close_now(self) -> None:
+        """No more requests; close once what is written is out, without ever resetting the connection.
+
+        The write side is shut (FIN after the last answer), then whatever the client still sends is
+        read and dropped until it closes too, for at most CLOSE_LINGER_S: a socket closed with unread
+        bytes makes the kernel send RST, and an RST can destroy an answer the client has not read yet.
+        """
         self.closing = True
-        if self.transport is not None:
-            self.transport.close()
+        transport = self.transport
+        if transport is None or self.linger is not None:
+            return
+        if not transport.can_write_eof():
+            transport.close()
+            return
+        if self.paused:
+            self.paused = False
+            transport.resume_reading()
+        transport.write_eof()
+        self.linger = self.door.loop.call_later(CLOSE_LINGER_S, transport.close)
 
     def close_when_idle(self) -> None:
         """Drain: a busy connection closes after its last answer (sent with ``Connection: close``).
 
-        One between requests gets DRAIN_IDLE_GRACE first: a keep-alive client may have sent its
-        next request already, and closing under it would lose it; that request is answered with
-        ``Connection: close`` instead. Whatever is closed unanswered was never read, so never run:
-        a client may send it again on a new connection.
+        One between requests is closed only once it has been quiet for DRAIN_QUIET_S: a keep-alive
+        client may have sent its next request already, and closing under it would lose it; that
+        request is answered with ``Connection: close`` instead. Whatever is closed unanswered was
+        never read, so never run: a client may send it again on a new connection.
         """
         if self.next_write != self.next_seq or self.in_message:
             self.closing = True
             return
-        self.door.loop.call_later(DRAIN_IDLE_GRACE, self._close_if_still_idle)
+        self.door.loop.call_later(DRAIN_QUIET_S, self._close_if_still_idle)
 
     def _close_if_still_idle(self) -> None:
-        if self.transport is not None and self.next_write == self.next_seq and not self.in_message:
+        if self.transport is None or self.closing or self.next_write != self.next_seq or self.in_message:
+            return  # closed, or closing after the answer it is writing
+        quiet_for = self.door.loop.time() - self.last_active
+        if quiet_for < DRAIN_QUIET_S:  # bytes came lately (a request's start): wait for quiet again
+            self.door.loop.call_later(DRAIN_QUIET_S - quiet_for, self._close_if_still_idle)
+        else:
             self._close_now()
 
     def close_if_idle_since(self, horizon: float) -> None:

@@ -149,6 +149,8 @@ class HttpDoor(DoorState):
         self._tasks: set[asyncio.Task[Any]] = set()
         self._in_flight = 0
         self.served = 0   # calls answered (or failed) since the door opened
+        self.recycle_at = 0
+        self.limit_reached: Callable[[], None] | None = None
         self._idle: asyncio.Event | None = None
         self._sweeper: asyncio.TimerHandle | None = None
 

@@ -27,6 +27,8 @@ from picows import (
 )
 from picows.picows import WSAutoPingStrategy, WSProtocol
 
+from .door_state import CLOSE_LINGER_S, DRAIN_QUIET_S
+
 if TYPE_CHECKING:
     from .door_state import DoorState
 
@@ -38,6 +40,18 @@ _picows_log.setLevel(logging.WARNING)
 HANDSHAKE_TIMEOUT_S = 5.0
 INTERNAL_ERROR = b'{"jsonrpc":"2.0","error":{"code":-32603,"message":"Internal error"},"id":null}'
 MAX_IN_FLIGHT = 1024  # per connection: past this the connection stops reading until answers go out
+_TCP_CORK = getattr(socket, "TCP_CORK", None)  # Linux
+
+
+def _cork(transport: WSTransport, on: bool) -> None:
+    """Hold the bytes written from now on (or let them go): the last answer and the Close leave in one
+    segment, so a client reads the Close with that answer, before it sends its next call."""
+    if _TCP_CORK is None:
+        return
+    try:
+        transport.underlying_transport.get_extra_info("socket").setsockopt(socket.IPPROTO_TCP, _TCP_CORK, on)
+    except (OSError, AttributeError):
+        pass
 
 
 class _UnixSocketView:
@@ -83,7 +97,10 @@ class WebSocketSession(WSListener):
         self._fragments: list[bytes] | None = None
         self._fragments_size = 0
         self._paused = False
-        self._closing = False
+        self._closing = False       # draining: the next answer (or a quiet period) brings the Close
+        self._close_soon = False    # the Close is due at the end of this loop turn
+        self._close_sent = False    # frames read from now on are not run: the client resends them
+        self._timer: asyncio.TimerHandle | None = None
 
     # picows callbacks
     def on_ws_connected(self, transport: WSTransport) -> None:
@@ -93,6 +110,8 @@ class WebSocketSession(WSListener):
             self.close_when_idle()
 
     def on_ws_disconnected(self, transport: WSTransport) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
         self.transport = None
         self.door._sessions.discard(self)
         self.door._connection_gone()
@@ -122,11 +141,14 @@ class WebSocketSession(WSListener):
                 self._fragments = None
                 self._call(payload)
         elif kind == WSMsgType.CLOSE:
-            transport.send_close(frame.get_close_code())
-            transport.disconnect()
+            if not self._close_sent:
+                transport.send_close(frame.get_close_code())
+            transport.disconnect()  # the client sends nothing after its Close: no unread byte, no RST
 
     # calls
     def _call(self, payload: bytes) -> None:
+        if self._close_sent:
+            return  # never run, never answered: the client sees our Close with it outstanding
         door = self.door
         door._call_started()
         try:
@@ -162,24 +184,56 @@ class WebSocketSession(WSListener):
         if self._paused and self.in_flight < MAX_IN_FLIGHT // 2:
             self._paused = False
             transport.underlying_transport.resume_reading()
-        if self._closing and self.in_flight == 0:
-            self._close_going_away()
 
     def _send(self, answer: bytes | None) -> None:
+        if self._closing:
+            return self._send_closing(answer)
         transport = self.transport
         if answer is not None and transport is not None:
             transport.send(WSMsgType.TEXT, answer)
 
+    # the drain
     def close_when_idle(self) -> None:
-        """Drain: answer every call already read, then close with 1001 (going away)."""
+        """Drain: answer every call already read, then close with 1001 (going away).
+
+        The Close goes out with the last answer (in the same TCP segment), so a client that calls
+        one at a time reads it before it sends again. With no call running, the session waits for
+        DRAIN_QUIET_S first: a call already on its way is answered, and the Close rides on its answer.
+        """
+        if self._closing:
+            return
         self._closing = True
         if self.in_flight == 0:
-            self._close_going_away()
+            self._timer = self.door.loop.call_later(DRAIN_QUIET_S, self._close_going_away)
+
+    def _send_closing(self, answer: bytes | None) -> None:
+        transport = self.transport
+        if transport is None or self._close_sent:
+            return
+        if self.in_flight == 0 and not self._close_soon:
+            # the last answer: it and the Close leave together once this loop turn (which may
+            # answer more frames of the same read) is over
+            self._close_soon = True
+            _cork(transport, True)
+            self.door.loop.call_soon(self._close_going_away)
+        if answer is not None:
+            transport.send(WSMsgType.TEXT, answer)
 
     def _close_going_away(self) -> None:
-        if self.transport is not None and not self.transport.is_disconnected:
-            self.transport.send_close(WSCloseCode.GOING_AWAY, b"server draining")
-            self.transport.disconnect()
+        self._close_soon = False
+        transport = self.transport
+        if transport is None or self._close_sent or transport.is_disconnected:
+            return
+        if self.in_flight:  # calls still running: the last one's answer brings the Close
+            _cork(transport, False)
+            return
+        self._close_sent = True
+        transport.send_close(WSCloseCode.GOING_AWAY, b"server draining")
+        _cork(transport, False)
+        # wait for the client's Close (it ends the session), then close the TCP connection
+        if self._timer is not None:
+            self._timer.cancel()
+        self._timer = self.door.loop.call_later(CLOSE_LINGER_S, transport.disconnect)
 
     def abort(self) -> None:
         if self.transport is not None:

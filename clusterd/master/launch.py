@@ -41,7 +41,8 @@ class Launcher:
                           heartbeat_timeout=max(cfg.heartbeat_timeout, 2.0), debug=cfg.debug,
                           parent_pid=os.getpid(), master_pid=os.getpid(), log_calls=cfg.log_calls,
                           max_message_size=cfg.max_message_size, max_batch=cfg.max_batch,
-                          call_timeout=cfg.call_timeout, graceful_timeout=cfg.graceful_timeout)
+                          call_timeout=cfg.call_timeout, graceful_timeout=cfg.graceful_timeout,
+                          max_requests=worker.max_requests)
         if agent is None and cfg.http_binds:
             # the HTTP/WebSocket door: the listening sockets are inherited (front.py); not across hosts
             spec.http_fds = self.host.http_fds()

@@ -53,13 +53,14 @@ class Worker:
     started_at: float = field(default_factory=time.time)
     ready_at: float | None = None
     calls: dict[bytes, Call] = field(default_factory=dict)
-    served: int = 0
+    served: int = 0                # calls it answered through the master
     failed: int = 0
     max_requests: int = 0          # 0: no limit
     last_beat: float = field(default_factory=time.monotonic)
     heard: bool = False     # a beat arrived: until then the worker is still booting an interpreter
     stalled: float = 0.0
     http: dict | None = None       # its HTTP door's calls and connections, from its last heartbeat
+    door_served: int = 0           # calls its HTTP/WebSocket door answered (beats and DOOR reports)
     rss_bytes: int | None = None
     cpu_percent: float | None = None
     retire_reason: ExitReason | None = None   # why the master is replacing or stopping it
@@ -76,6 +77,10 @@ class Worker:
     @property
     def inflight(self) -> int:
         return len(self.calls)
+
+    def past_max_requests(self) -> bool:
+        """--max-requests counts every call the worker answered: through the master and on its door."""
+        return bool(self.max_requests) and self.served + self.door_served >= self.max_requests
 
     def label(self) -> str:
         pid = f"pid {self.pid}, " if self.pid is not None else ""  # a process not yet spawned has none

@@ -71,7 +71,7 @@ def workers_document(sup: Supervisor) -> list[dict]:
             "uptime_s": round(now - worker.started_at, 3), "ready_at": worker.ready_at,
             "restarts": slot.restarts if slot else 0, "rss_bytes": worker.rss_bytes,
             "cpu_percent": worker.cpu_percent, "cpu_seconds": _cpu_seconds(worker),
-            "inflight": worker.inflight, "served": worker.served,
+            "inflight": worker.inflight, "served": worker.served + worker.door_served,
             "failed": worker.failed, "last_exit": slot.last_exit if slot else None,
             "max_requests": worker.max_requests or None, "host": worker.host, "agent": worker.agent,
             "isolation": worker.process.isolation if worker.process is not None else "process",

@@ -167,7 +167,17 @@ class Supervisor(SlotChanges):
             worker.stalled = stalled if isinstance(stalled, (int, float)) else 0.0
             http = info.get("http") if isinstance(info, dict) else None
             if isinstance(http, dict):
-                worker.http = http
+                self.on_door_figures(worker, http)
+
+    def on_door_figures(self, worker: Worker, http: dict) -> None:
+        """Its HTTP/WebSocket door's figures (with a beat, or at once when its calls reach --max-requests):
+        the door's calls count toward --max-requests as the calls the master sends it do."""
+        worker.http = http
+        served = http.get("served")
+        if type(served) is int and served > worker.door_served:  # a beat may arrive after a later report
+            worker.door_served = served
+        if worker.state is WorkerState.READY and worker.past_max_requests():
+            self.recycle(worker, ExitReason.MAX_REQUESTS)
 
     def on_idle(self, worker: Worker) -> None:
         """A retiring worker finished its last call: tell it to stop."""

@@ -63,6 +63,10 @@ class WorkerMessages:
                 # an HTTP/WebSocket caller's request a worker does not serve itself: routed exactly as one
                 # from a --bind client; the answer goes back to that worker as FORWARDED + the same token
                 self.on_client_message([ident, wire.FORWARDED + item[1:_BODY], item[_BODY:]], sock, "http")
+            elif kind == wire.DOOR:
+                worker = self.supervisor.by_ident.get(ident)
+                if worker is not None:
+                    self.supervisor.on_door_figures(worker, _loads_dict(item[1:]))
 
     def _on_worker_notice(self, ident: bytes, kind: bytes, body: bytes, sock: zmq.Socket) -> None:
         """[ident, kind, json]: a beat, a hello, a boot failure, an agent's message."""
@@ -120,7 +124,7 @@ class WorkerMessages:
                     self.supervisor.kill(worker, ExitReason.HUNG)
                 else:
                     self.supervisor.on_idle(worker)
-        elif worker.max_requests and worker.served >= worker.max_requests:
+        elif worker.max_requests and worker.past_max_requests():
             self.supervisor.recycle(worker, ExitReason.MAX_REQUESTS)
 
     def _on_worker_request(self, ident: bytes, payload: bytes, sock: zmq.Socket) -> None:

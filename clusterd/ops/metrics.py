@@ -159,7 +159,7 @@ class ClusterCollector:
         cpu = CounterMetricFamily("clusterd_worker_cpu_seconds", "CPU time of the worker serving a slot "
                                   "(starts again at 0 when it is replaced).", labels=["slot"])
         served = CounterMetricFamily("clusterd_worker_calls_served", "Calls the worker serving a slot "
-                                     "answered.", labels=["slot"])
+                                     "answered, through the master and on its HTTP/WebSocket door.", labels=["slot"])
         failed = CounterMetricFamily("clusterd_worker_calls_failed", "Calls the worker serving a slot "
                                      "answered with an error.", labels=["slot"])
         for slot, w in sorted(slot_rows(workers).items()):

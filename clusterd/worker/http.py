@@ -44,6 +44,8 @@ class Link(Protocol):
 
     def fail_forwards(self, code: int) -> None: ...
 
+    def report_door(self, figures: dict) -> None: ...
+
     async def request(self, method: str, params: list | dict) -> Any: ...
 
     async def master_metrics(self, accept: str = "") -> tuple[bytes, str]: ...
@@ -266,6 +268,9 @@ class WorkerDoor:
         token = read_token(spec.http_token_file) if spec.http_token_file else None
         self.door = HttpDoor(self.calls, probes=probes, max_message_size=spec.max_message_size, token=token,
                              cors_origin=spec.http_cors, ws_dispatch=self.ws_calls)
+        # --max-requests counts this door's calls too: when they reach it, the master hears at once
+        self.door.recycle_at = spec.max_requests
+        self.door.limit_reached = lambda: link.report_door(self.figures())
         self.embedded = embedded
 
     def figures(self) -> dict:

@@ -110,6 +110,10 @@ class WorkerLink:
         self._forwards[token] = (fut, rid)
         return fut
 
+    def report_door(self, figures: dict) -> None:
+        """The HTTP/WebSocket door's figures, now (its calls reached --max-requests: the master decides)."""
+        self.outbox.add(None, wire.DOOR + protocol.dumps(figures))
+
     def fail_forwards(self, code: int) -> None:
         """Answer every forwarded call still waiting for the master with this error."""
         forwards, self._forwards = self._forwards, {}
