@@ -37,8 +37,8 @@ from .dir_keeper import DirKeeper
 from .endpoint import WorkersProxy, internal_methods, outcome
 from .front import FrontDoor
 from .instance_life import InstanceLife
-from .local_links import LocalLinks
 from .local import DOORS, LocalMethods, calling_door, master_lacks
+from .local_links import LocalLinks
 from .pool import Call, Worker
 from .reload import ReloadManager
 from .sockets import Sockets

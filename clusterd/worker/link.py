@@ -20,8 +20,8 @@ from ..ops import log
 from ..ops.method_stats import MethodStats
 from ..ops.tracing import Tracing
 from ..protocol import RemoteError
-from ..wire import ANSWER, CALL, ERROR, FORWARD, FORWARDED, NOTIFY, REQUEST, RESULT, STATE, STOP, TOKEN_SIZE
 from ..streamlink import StreamConnection, StreamOutbox
+from ..wire import ANSWER, CALL, ERROR, FORWARD, FORWARDED, NOTIFY, REQUEST, RESULT, STATE, STOP, TOKEN_SIZE
 from ..zmqloop import Outbox, SocketReader
 
 _BODY = 1 + TOKEN_SIZE  # where a call frame's request starts, after its kind and token
