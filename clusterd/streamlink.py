@@ -51,7 +51,7 @@ class StreamConnection:
     """
 
     __slots__ = ("loop", "sock", "fd", "handler", "prefix", "holds", "on_closed", "closed", "_chunks", "_have",
-                 "_need", "_frames", "_out", "_faults")
+                 "_need", "_frames", "_out", "_faults", "_buffer", "_view")
 
     def __init__(self, loop: asyncio.AbstractEventLoop, sock: socket.socket,
                  handler: Callable[[list[bytes]], None], prefix: bytes | None = None,
@@ -70,35 +70,34 @@ class StreamConnection:
         self._need = HEADER                # bytes the next frame needs before it can be parsed
         self._frames: list[bytes] = [prefix] if prefix is not None else []
         self._out = bytearray()            # what the kernel did not take yet
+        self._buffer = bytearray(READ_SIZE)
+        self._view = memoryview(self._buffer)
         self._faults = RateLimited()
         loop.add_reader(self.fd, self._on_readable)
 
     # -- reading
     def _on_readable(self) -> None:
-        try:
-            data = self.sock.recv(READ_SIZE)
-        except (BlockingIOError, InterruptedError):
-            return
-        except OSError:
-            data = b""
-        if not data:
-            self.close(linger=False)
-            return
-        self._received(data)
+        self._read_once()
 
     def read_now(self) -> None:
         """Handle every message already received (the master reads them before judging a worker)."""
-        while not self.closed:
-            try:
-                data = self.sock.recv(READ_SIZE)
-            except (BlockingIOError, InterruptedError):
-                return
-            except OSError:
-                data = b""
-            if not data:
-                self.close(linger=False)
-                return
-            self._received(data)
+        while not self.closed and self._read_once():
+            pass
+
+    def _read_once(self) -> bool:
+        """One read into the connection's buffer (a recv of a fresh 256 KiB object would cost an
+        mmap, an mremap and a munmap per message); False when nothing more is to be read now."""
+        try:
+            size = self.sock.recv_into(self._buffer)
+        except (BlockingIOError, InterruptedError):
+            return False
+        except OSError:
+            size = 0
+        if not size:
+            self.close(linger=False)
+            return False
+        self._received(self._view[:size].tobytes())
+        return True
 
     def _received(self, data: bytes) -> None:
         self._have += len(data)

@@ -91,7 +91,10 @@ class WorkerLink:
         msg = protocol.make_request(method, params, rid)
         if self.tracing is not None:
             self.tracing.inject(msg)
-        self.outbox.add(None, REQUEST + protocol.dumps(msg))
+        if len(self._pending) == 1:  # the only call in flight: nothing to gather it with
+            self.outbox.add_alone(None, REQUEST + protocol.dumps(msg))
+        else:
+            self.outbox.add(None, REQUEST + protocol.dumps(msg))
         try:
             return await fut
         finally:
