@@ -111,6 +111,7 @@ class WorkerSpec:
     heartbeat_timeout: float
     debug: bool = False
     endpoint: str = ""             # the master's workers socket address
+    link_fd: int | None = None     # a local worker process's end of its link (streamlink.py), inherited
     parent_pid: int | None = None  # the process the worker must die with (master, zygote or agent)
     master_pid: int | None = None  # the master, on the worker's host: while it is paused, its silence is no death
     die_with_parent: bool = True
@@ -145,7 +146,7 @@ class WorkerSpec:
     def for_agent(self) -> dict[str, Any]:
         """The spec an agent receives: the endpoint and parent are the agent's own, the master is elsewhere."""
         return {k: v for k, v in dataclasses.asdict(self).items()
-                if k not in ("endpoint", "parent_pid", "master_pid", "http_fds")}
+                if k not in ("endpoint", "parent_pid", "master_pid", "http_fds", "link_fd")}
 
     @classmethod
     def from_dict(cls, data: dict[str, Any], **overrides: Any) -> "WorkerSpec":

@@ -98,6 +98,16 @@ class Outbox:
         else:
             frames.append(frame)
 
+    def add_alone(self, peer: Any, frame: bytes) -> None:
+        """add() for a frame its sender knows to be alone (its only call in flight): sent at once when
+        nothing else waits and no drain runs, without a loop turn (on uvloop, whose queue of ready
+        callbacks add() cannot see, that turn is one more poll per call)."""
+        if self.holding or self.pending:
+            self.add(peer, frame)
+            return
+        self.pending[peer] = [frame]
+        self.flush()
+
     def hold(self) -> None:
         """A drain starts: what it adds leaves together when it ends (release)."""
         self.holding += 1

@@ -100,3 +100,11 @@ def test_bench_links_reports_every_path():
         for figures in system["paths"].values():
             assert figures["calls_per_s"] > 0 and figures["master_cpu_us_per_call"] > 0
     assert "master_cpu_w2m" in doc["targets"]
+
+
+@pytest.mark.parametrize("size", [1, 300_000, 3_000_000])
+def test_big_calls_cross_the_link_whole_both_ways(c, size):
+    """Messages bigger than one read (and than the socket's buffer) arrive whole, in both directions."""
+    assert c.result("big_to_master", size, 3, timeout=60) == [True] * 3
+    assert c.result("big_to_workers", size, 3, timeout=60) == [True] * 3
+

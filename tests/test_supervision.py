@@ -7,6 +7,7 @@ import signal
 import time
 
 import psutil
+import pytest
 
 from tests.conftest import call_in_thread, wait_for
 
@@ -282,3 +283,15 @@ def test_status_watch_redraws_until_ctrl_c(cluster):
     finally:
         proc.kill()
         proc.wait()
+
+
+def test_an_idle_worker_is_not_taken_for_a_hung_one(cluster):
+    """An idle worker waits in its event loop (uvloop's waits in C, below asyncio.run): its heartbeat
+    must not report it stalled, even with a heartbeat timeout shorter than the idle time."""
+    pytest.importorskip("uvloop")
+    inst = cluster(*BASIC, "--workers", "1", "--heartbeat-timeout", "1")
+    before = [w["pid"] for w in inst.wait_ready(1)]
+    deadline = time.monotonic() + 4.0  # four heartbeat timeouts of idleness: the waiting is the point
+    while time.monotonic() < deadline:
+        assert [w["pid"] for w in inst.status()["workers"]] == before
+        time.sleep(0.25)

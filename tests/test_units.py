@@ -148,7 +148,7 @@ class FakeSpawner:
         self.resets: list[int] = []
         self.retired: list[int] = []
 
-    def spawn(self, worker, env, label, generation=0):
+    def spawn(self, worker, env, label, generation=0, link=None):
         self.spawned.append((worker, env))
         return FakeHandle(1000 + len(self.spawned))
 
@@ -192,6 +192,9 @@ class FakeHost:
 
     def send_stop(self, worker: Worker) -> None:
         self.events.append(("stop", worker.slot))
+
+    def open_link(self, worker: Worker):
+        return None  # the fake workers need no link
 
     def flush_worker_messages(self) -> None:
         pass

@@ -6,6 +6,7 @@ supervisor with a fake host and a fake spawner (tests/test_units.py).
 
 from __future__ import annotations
 
+import socket
 import time
 from typing import Protocol
 
@@ -29,6 +30,10 @@ class SupervisorHost(Protocol):
 
     def start_remote(self, agent: str, worker: Worker, spec: WorkerSpec) -> WorkerHandle:
         """Ask the agent running a slot to start its worker."""
+
+    def open_link(self, worker: Worker) -> socket.socket | None:
+        """A local worker process's end of its link to the master (local_links.py), to be passed to it
+        and then closed here; None when the worker uses the workers socket (thread workers)."""
 
     def http_fds(self) -> list[int]:
         """The descriptors of the --http-bind listening sockets a local worker inherits (front.py)."""

@@ -53,9 +53,13 @@ class Launcher:
             # a slot of an agent on another host: the agent starts the process, on the code it has
             worker.process = self.host.start_remote(agent, worker, spec)
         else:
+            link = self.host.open_link(worker)  # the worker's end of its link; the spawner passes and closes it
+            if link is not None:
+                spec.link_fd = link.fileno()  # the number it has in a fresh interpreter (a zygote renumbers it)
             env = spec.to_env(self.host.child_environ())
             env["PYTHONUNBUFFERED"] = "1"
-            worker.process = self.spawner.spawn(worker, env, f"clusterd-worker:{cfg.name}:{index}", generation)
+            worker.process = self.spawner.spawn(worker, env, f"clusterd-worker:{cfg.name}:{index}", generation,
+                                                link=link)
         worker.pid = worker.process.pid
         log.event("worker-start", f"{worker.label()} starting", slot=index, pid=worker.pid, generation=generation)
         return worker

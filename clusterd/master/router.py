@@ -38,6 +38,7 @@ from .endpoint import WorkersProxy, internal_methods, outcome
 from .front import FrontDoor
 from .instance_life import InstanceLife
 from .local import DOORS, LocalMethods, calling_door, master_lacks
+from .local_links import LocalLinks
 from .pool import Call, Worker
 from .reload import ReloadManager
 from .sockets import Sockets
@@ -80,6 +81,7 @@ class Router(InstanceLife, WorkerMessages):
         self.shared: Any = None
         self.agents: Any = None        # the AgentRegistry, with --worker-bind
         self.rsock: zmq.Socket | None = None
+        self.links: LocalLinks | None = None  # local worker processes' links (local_links.py)
         self.front = FrontDoor(config.http_binds)
         self.drain_delay_started = False  # --drain-delay: /readyz says 503 while calls are still served
         self.endpoint = master_cls()
@@ -143,6 +145,7 @@ class Router(InstanceLife, WorkerMessages):
         self.keeper.start()
         self.readers = socks.readers
         self.control, self.public, self.wsock, self.rsock = socks.control, socks.public, socks.workers, socks.remote
+        self.links = socks.links
         self.client_calls = {sock: {} for sock in socks.client_sockets()}
         if self.rsock is not None:
             from .remote import AgentRegistry
@@ -309,10 +312,13 @@ class Router(InstanceLife, WorkerMessages):
             reader = self.readers.get(sock) if sock is not None else None
             if reader is not None:
                 reader.flush()
+        links = getattr(self, "links", None)
+        if links is not None:
+            links.read_now()
 
     def to_worker(self, frames: list[bytes], sock: zmq.Socket | None = None) -> None:
         sock = sock or self.wsock
-        if frames[0] in self.supervisor.by_ident:  # to a worker: one item, after what was sent before it
+        if frames[0] in self.supervisor.by_ident or sock is self.links:  # to a worker: one item, after the others
             self.outboxes[sock].add(frames[0], b"".join(frames[1:]))
             return
         try:

@@ -2,7 +2,8 @@
 
     control.sock   ROUTER, ipc, 0600     the CLI and admin clients (`clusterd.*` control commands)
     --bind ADDR    ROUTER                 the public front door: clients' JSON-RPC calls
-    workers.sock   ROUTER, ipc, 0600     local workers (and inproc, for --isolation thread)
+    workers.sock   ROUTER, ipc, 0600     local workers' heartbeats (and inproc, for --isolation thread)
+    links          a socket pair per local worker process: its calls and answers (local_links.py)
     --worker-bind  ROUTER, CURVE          agents on other hosts and their workers
 """
 
@@ -22,6 +23,7 @@ from ..message_guard import FRAME_OVERHEAD, UNFINISHED_FRAMES, MessageGuard
 from ..ops import log
 from ..settings import Config
 from ..zmqloop import Outbox, SocketReader
+from .local_links import LocalLinks
 
 ClientHandler = Callable[[list[bytes], zmq.Socket, str], None]
 WorkerHandler = Callable[[list[bytes], zmq.Socket], None]
@@ -42,6 +44,7 @@ class Sockets:
         self.public: zmq.Socket | None = None
         self.workers: zmq.Socket | None = None
         self.remote: zmq.Socket | None = None
+        self.links: LocalLinks | None = None  # local worker processes' links (not with --isolation thread)
         self.authenticator: Any = None
         self._made: list[zmq.Socket] = []
         # what one client connection can make the master hold is bounded (SECURITY.md, "Bytes per client")
@@ -87,7 +90,12 @@ class Sockets:
         for sock in (self.workers, self.remote):
             if sock is not None:
                 self.outboxes[sock] = Outbox(self.loop, sock, undeliverable)
+        if cfg.isolation != "thread":
+            self.links = LocalLinks(self.loop, on_worker, undeliverable)
+            self.outboxes[self.links] = self.links.outbox  # type: ignore[index]  # keyed like a socket
         self._holds = tuple(self.outboxes.values())
+        if self.links is not None:
+            self.links.holds = self._holds
         if self.remote is not None:
             self._read(self.remote, lambda frames, sock=self.remote: on_worker(frames, sock))
         self._read(self.control, self._client_handler(self.control, "admin", on_client))
@@ -169,6 +177,8 @@ class Sockets:
             self.watch.close_process()
         for reader in self.readers.values():
             reader.close()
+        if self.links is not None:
+            self.links.close()
         for sock in self._made:
             sock.close(linger=200)
         if self.authenticator is not None:

@@ -41,6 +41,7 @@ class MasterView(Protocol):
     worker_endpoint: str
     control: zmq.Socket
     wsock: zmq.Socket
+    links: Any                    # the LocalLinks (local_links.py), or None with --isolation thread
     stopped: asyncio.Event
     interrupted: bool             # a Ctrl-C asked for the stop
     keeper: Any                   # the DirKeeper (dir_keeper.py)

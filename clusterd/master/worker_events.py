@@ -6,6 +6,7 @@ retried elsewhere when idempotent); the master's hooks (on_worker_ready, on_work
 
 from __future__ import annotations
 
+import socket
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -60,6 +61,13 @@ class WorkerEvents:
     def learn_methods(self, methods: dict) -> None:
         self.router.worker_methods = methods
 
+    def open_link(self, worker: Worker) -> socket.socket | None:
+        links = self.router.links
+        if links is None:
+            return None
+        worker.sock = links  # its calls, answers, state and stop go out on its link
+        return links.open(worker.ident)
+
     def http_fds(self) -> list[int]:
         return self.router.front.fds
 
@@ -73,6 +81,8 @@ class WorkerEvents:
     def on_worker_gone(self, worker: Worker, exit_info: dict) -> None:
         """Answer every call the worker held: -32002, or a retry elsewhere for idempotent ones."""
         router = self.router
+        if router.links is not None:
+            router.links.drop(worker.ident)
         reason = exit_info.get("reason")
         slot = router.supervisor.slots.get(worker.slot)
         refused = slot is not None and slot.incoming is worker and worker.ready_at is None  # its slot keeps its worker

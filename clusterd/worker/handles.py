@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
+import socket
 import subprocess
 from collections.abc import Callable
 from typing import Any, Protocol
@@ -41,7 +42,9 @@ class WorkerHandle(Protocol):
 class Spawner(Protocol):
     """Starts workers and reports each one's output lines and exit to the callbacks it was made with."""
 
-    def spawn(self, worker: Any, env: dict, label: str, generation: int = 0) -> WorkerHandle: ...
+    def spawn(self, worker: Any, env: dict, label: str, generation: int = 0,
+              link: socket.socket | None = None) -> WorkerHandle:
+        """Start a worker; `link` (its end of the link to the master) is passed to it, then closed here."""
 
     def reset(self, generation: int) -> None:
         """The next spawn of this generation runs the code on disk now (a reload starts)."""

@@ -9,6 +9,7 @@ that holds the GIL, cannot beat at all; the master notices either way.
 
 from __future__ import annotations
 
+import asyncio.runners
 import os
 import selectors
 import sys
@@ -22,8 +23,11 @@ import zmq
 from .. import protocol, wire
 from ..ops.method_stats import DeltaTracker, MethodStats
 
+# Where an idle main thread waits: asyncio's loop in its selector; uvloop's in C, below the frame that
+# started the loop (asyncio.run's Runner.run), which never waits there otherwise.
 _IDLE_CODES = {getattr(selectors, name).select.__code__
                for name in ("EpollSelector", "PollSelector", "SelectSelector") if hasattr(selectors, name)}
+_IDLE_CODES |= {asyncio.runners.run.__code__, asyncio.runners.Runner.run.__code__}
 
 
 class MainThreadWatch:

@@ -8,6 +8,7 @@ process (process.py) makes one, serves on it and drains it.
 from __future__ import annotations
 
 import asyncio
+import socket
 import time
 from typing import Any
 
@@ -19,6 +20,7 @@ from ..ops import log
 from ..ops.method_stats import MethodStats
 from ..ops.tracing import Tracing
 from ..protocol import RemoteError
+from ..streamlink import StreamConnection, StreamOutbox
 from ..wire import ANSWER, CALL, ERROR, FORWARD, FORWARDED, NOTIFY, REQUEST, RESULT, STATE, STOP, TOKEN_SIZE
 from ..zmqloop import Outbox, SocketReader
 
@@ -28,7 +30,7 @@ _BODY = 1 + TOKEN_SIZE  # where a call frame's request starts, after its kind an
 class WorkerLink:
     """The worker's side of its socket to the master: serves calls, sends its own requests."""
 
-    def __init__(self, loop: asyncio.AbstractEventLoop, sock: zmq.Socket, debug: bool,
+    def __init__(self, loop: asyncio.AbstractEventLoop, sock: zmq.Socket | socket.socket, debug: bool,
                  log_calls: bool = False) -> None:
         self.loop = loop
         # the HTTP/WS door records each call it answers here: stats.record(method, door, outcome, seconds)
@@ -49,8 +51,32 @@ class WorkerLink:
         self.stop_within: float | None = None  # from the STOP frame: the time left before the master kills
         self.stop_requested = asyncio.Event()
         self._faults = log.RateLimited()
-        self.outbox = Outbox(loop, sock)  # the items of a loop turn leave as one message
-        self.reader = SocketReader(loop, sock, self._on_message, self.outbox)
+        self.stream: StreamConnection | None = None
+        if isinstance(sock, zmq.Socket):  # a thread worker, or one on another host
+            self.outbox: Outbox = Outbox(loop, sock)  # the items of a loop turn leave as one message
+            self.reader: Any = SocketReader(loop, sock, self._on_message, self.outbox)
+        else:  # a local worker process: its end of a socket pair (streamlink.py)
+            self.stream = StreamConnection(loop, sock, self._on_message)
+            self.outbox = StreamOutbox(loop, lambda _peer: self.stream)
+            self.stream.holds = (self.outbox,)
+            self.reader = self.stream
+
+    def send_message(self, frames: list[bytes]) -> None:
+        """A message of its own (hello, boot failure), after the items already gathered."""
+        self.outbox.flush()
+        if self.stream is not None:
+            self.stream.send_message(frames)
+        else:
+            self.sock.send_multipart(frames)
+            self.reader.wake()  # a send can swallow the socket's notice of a message (zmqloop.py)
+
+    def close(self) -> None:
+        """Stop reading; what is queued still leaves (bounded in time)."""
+        if self.stream is not None:
+            self.stream.close()
+        else:
+            self.reader.close()
+            self.sock.close(linger=2000)
 
     # -- requests from this worker to the master
     def send_request(self, msg: dict) -> None:
@@ -65,7 +91,10 @@ class WorkerLink:
         msg = protocol.make_request(method, params, rid)
         if self.tracing is not None:
             self.tracing.inject(msg)
-        self.outbox.add(None, REQUEST + protocol.dumps(msg))
+        if len(self._pending) == 1:  # the only call in flight: nothing to gather it with
+            self.outbox.add_alone(None, REQUEST + protocol.dumps(msg))
+        else:
+            self.outbox.add(None, REQUEST + protocol.dumps(msg))
         try:
             return await fut
         finally:

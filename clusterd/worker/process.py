@@ -11,6 +11,7 @@ import ctypes
 import importlib
 import os
 import signal
+import socket
 import sys
 import threading
 import traceback
@@ -149,8 +150,7 @@ def main() -> None:
     sys.path.insert(0, os.getcwd())
     worker_log.install(spec.debug)
     set_title(f"clusterd: {spec.name} worker {spec.slot} gen {spec.generation}")
-    if spec.http_fds:
-        _use_uvloop()
+    _use_uvloop()
     try:
         code = asyncio.run(_run(spec))
     except KeyboardInterrupt:
@@ -161,7 +161,9 @@ def main() -> None:
 
 
 def _use_uvloop() -> None:
-    """The HTTP door serves faster on uvloop: used when it is installed (pip install "clusterd[fast]")."""
+    """A worker's loop turns cost less on uvloop (the HTTP door serves faster; a call to or from the
+    master waits less between its wake-up and its answer): used when it is installed
+    (pip install "clusterd[fast]")."""
     try:
         import uvloop
     except ImportError:
@@ -197,6 +199,8 @@ async def _run(spec: WorkerSpec, embedded: Any = None) -> int:
     else:
         heartbeat.start(context, spec.endpoint, ident, spec.heartbeat_interval, spec.heartbeat_timeout,
                         watch=threading.get_ident(), stop=embedded.beat_stop, stats=stats, seen=seen)
+    if spec.link_fd is not None:  # a local worker process: the link the master made for it (streamlink.py)
+        return await _serve(loop, spec, socket.socket(fileno=spec.link_fd), configure, embedded, stats, seen)
     sock = context.socket(zmq.DEALER)
     try:
         return await _serve(loop, spec, sock, configure, embedded, stats, seen)
@@ -204,16 +208,17 @@ async def _run(spec: WorkerSpec, embedded: Any = None) -> int:
         sock.close(linger=1000)  # idempotent; a cancelled (killed) thread worker must still close it
 
 
-async def _serve(loop: asyncio.AbstractEventLoop, spec: WorkerSpec, sock: zmq.Socket, configure: Any,
-                 embedded: Any, stats: MethodStats | None = None, seen: heartbeat.MasterSeen | None = None) -> int:
-    ident = spec.ident.encode()
-    sock.setsockopt(zmq.ROUTING_ID, ident)
-    sock.setsockopt(zmq.LINGER, 2000)
-    sock.setsockopt(zmq.SNDHWM, 0)
-    sock.setsockopt(zmq.RCVHWM, 0)
-    if configure is not None:
-        configure(sock)
-    sock.connect(spec.endpoint)
+async def _serve(loop: asyncio.AbstractEventLoop, spec: WorkerSpec, sock: zmq.Socket | socket.socket,
+                 configure: Any, embedded: Any, stats: MethodStats | None = None,
+                 seen: heartbeat.MasterSeen | None = None) -> int:
+    if isinstance(sock, zmq.Socket):
+        sock.setsockopt(zmq.ROUTING_ID, spec.ident.encode())
+        sock.setsockopt(zmq.LINGER, 2000)
+        sock.setsockopt(zmq.SNDHWM, 0)
+        sock.setsockopt(zmq.RCVHWM, 0)
+        if configure is not None:
+            configure(sock)
+        sock.connect(spec.endpoint)
     link = WorkerLink(loop, sock, spec.debug, spec.log_calls)
     link.stats = stats if stats is not None else MethodStats()
     seen = seen or heartbeat.MasterSeen()
@@ -245,17 +250,13 @@ async def _serve(loop: asyncio.AbstractEventLoop, spec: WorkerSpec, sock: zmq.So
             embedded.failure = failure  # the master logs the traceback once, from the message below
         else:
             worker_log.write_record({"boot_failure": failure})  # read before the master sees this exit
-        link.outbox.flush()
-        sock.send_multipart([wire.FAILURE, protocol.dumps(failure)])
-        link.reader.close()
-        sock.close(linger=2000)
+        link.send_message([wire.FAILURE, protocol.dumps(failure)])
+        link.close()
         return 1
 
     methods = {name: m.describe() for name, m in link.dispatcher.methods.items()}
-    link.outbox.flush()
-    sock.send_multipart([wire.HELLO, protocol.dumps({"pid": os.getpid(), "slot": spec.slot,
-                                                    "generation": spec.generation, "methods": methods})])
-    link.reader.wake()
+    link.send_message([wire.HELLO, protocol.dumps({"pid": os.getpid(), "slot": spec.slot,
+                                                  "generation": spec.generation, "methods": methods})])
     if door is not None:
         # accept connections once the master counts this worker ready (its first STATE frame), so that
         # what it answers on /readyz is already the instance's state; a stop may come first
@@ -275,8 +276,7 @@ async def _serve(loop: asyncio.AbstractEventLoop, spec: WorkerSpec, sock: zmq.So
             fut.set_exception(RemoteError(protocol.SHUTTING_DOWN))
     link.fail_forwards(protocol.SHUTTING_DOWN)
     link.outbox.flush()  # answers still gathered for this loop turn
-    link.reader.close()
-    sock.close(linger=1000)
+    link.close()
     return 0
 
 

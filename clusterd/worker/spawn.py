@@ -47,10 +47,16 @@ class DirectSpawner:
         self.pass_fds = pass_fds
         self.owned: set[int] = set()
 
-    def spawn(self, worker: object, env: dict, label: str, generation: int = 0) -> ProcessHandle:
-        proc = popen_shielded([sys.executable, "-c", WORKER_ENTRY, label], stdin=subprocess.DEVNULL,
-                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env, close_fds=True,
-                               pass_fds=self.pass_fds(), **self.popen_kwargs)
+    def spawn(self, worker: object, env: dict, label: str, generation: int = 0,
+              link: socket.socket | None = None) -> ProcessHandle:
+        try:
+            proc = popen_shielded([sys.executable, "-c", WORKER_ENTRY, label], stdin=subprocess.DEVNULL,
+                                   stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env, close_fds=True,
+                                   pass_fds=(*self.pass_fds(), *([link.fileno()] if link is not None else [])),
+                                   **self.popen_kwargs)
+        finally:
+            if link is not None:
+                link.close()  # the worker has its own copy now
         handle = ProcessHandle()
         handle._known(proc.pid)
         self.owned.add(proc.pid)
@@ -129,15 +135,16 @@ class ZygoteSpawner:
         self._ids = 0
         self._zygote_pids: set[int] = set()   # started and not yet waited for
 
-    def spawn(self, worker: object, env: dict, label: str, generation: int = 0) -> ProcessHandle:
+    def spawn(self, worker: object, env: dict, label: str, generation: int = 0,
+              link: socket.socket | None = None) -> ProcessHandle:
         z = self.zygotes.get(generation)
         if z is None:
             z = self._start(generation)
         if z.state is ZygoteState.FAILED:
-            return self.direct.spawn(worker, env, label, generation)
+            return self.direct.spawn(worker, env, label, generation, link)
         handle = ProcessHandle()
         self._ids += 1
-        request = (self._ids, handle, worker, env, label)
+        request = (self._ids, handle, worker, env, label, link)
         if z.state is ZygoteState.READY:
             self._request(z, *request)
         else:
@@ -165,19 +172,22 @@ class ZygoteSpawner:
         self.loop.add_reader(ours.fileno(), self._on_message, z)
         return z
 
-    def _request(self, z: _Zygote, sid: int, handle: ProcessHandle, worker: object, env: dict, label: str) -> None:
+    def _request(self, z: _Zygote, sid: int, handle: ProcessHandle, worker: object, env: dict, label: str,
+                 link: socket.socket | None = None) -> None:
         r, w = os.pipe()
         pipe = OutputPipe(self.loop, r, worker, self.on_line)
         z.waiting[sid] = (handle, worker, pipe)
         data = json.dumps({"spawn": sid, "env": env}).encode() + b"\n"
         try:
             z.sock.setblocking(True)
-            socket.send_fds(z.sock, [data], [w])
+            socket.send_fds(z.sock, [data], [w] if link is None else [w, link.fileno()])
         except OSError:
             pass  # the zygote died: its EOF moves the spawn to a fresh interpreter
         finally:
             z.sock.setblocking(False)
             os.close(w)
+            if link is not None:
+                link.close()
 
     def _on_message(self, z: _Zygote) -> None:
         try:
@@ -235,8 +245,8 @@ class ZygoteSpawner:
         z.children.clear()
         z.waiting.clear()
         queue, z.queue = z.queue, []
-        for _sid, handle, worker, env, label in queue:
-            real = self.direct.spawn(worker, env, label, z.generation)
+        for _sid, handle, worker, env, label, link in queue:
+            real = self.direct.spawn(worker, env, label, z.generation, link)
             _adopt(handle, real)
         if self.zygotes.get(z.generation) is z and z.state is ZygoteState.RETIRED:
             self.zygotes.pop(z.generation, None)

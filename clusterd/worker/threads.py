@@ -163,7 +163,7 @@ class ThreadSpawner:
             log.event("isolation", "--max-memory does not apply to thread workers: memory is the master's",
                       level=logging.WARNING)
 
-    def spawn(self, worker: Any, env: dict, label: str, generation: int = 0) -> ThreadWorker:
+    def spawn(self, worker: Any, env: dict, label: str, generation: int = 0, link: Any = None) -> ThreadWorker:
         spec = WorkerSpec.from_env(env)
         spec.endpoint = THREAD_ENDPOINT
         spec.curve = None  # inproc never leaves the process

@@ -83,9 +83,11 @@ def _serve(sock: socket.socket) -> None:
                     msg = json.loads(line)
                     if "spawn" in msg:
                         out = fds.pop(0) if fds else None
-                        pid = _fork_worker(sock, msg["env"], out, wake_r, wake_w)
-                        if out is not None:
-                            os.close(out)
+                        link = fds.pop(0) if fds else None  # the worker's end of its link to the master
+                        pid = _fork_worker(sock, msg["env"], out, wake_r, wake_w, link)
+                        for fd in (out, link):
+                            if fd is not None:
+                                os.close(fd)
                         children.add(pid)
                         _send(sock, {"spawned": msg["spawn"], "pid": pid})
                     elif msg.get("retire"):
@@ -110,7 +112,8 @@ def _serve(sock: socket.socket) -> None:
             os._exit(0)
 
 
-def _fork_worker(sock: socket.socket, env: dict, out: int | None, wake_r: int, wake_w: int) -> int:
+def _fork_worker(sock: socket.socket, env: dict, out: int | None, wake_r: int, wake_w: int,
+                 link: int | None = None) -> int:
     pid = os.fork()
     if pid:
         return pid
@@ -130,6 +133,8 @@ def _fork_worker(sock: socket.socket, env: dict, out: int | None, wake_r: int, w
         from ..wire import WorkerSpec
         spec = WorkerSpec.from_env(env)
         spec.parent_pid = os.getppid()
+        if link is not None:
+            spec.link_fd = link  # its number here, not in the master
         spec.to_env(os.environ)
         sys.stdout = os.fdopen(1, "w", buffering=1, closefd=False)
         sys.stderr = os.fdopen(2, "w", buffering=1, closefd=False)

@@ -33,6 +33,17 @@ class Master(MasterEndpoint):
         return len(self.seen)
 
     @rpc
+    def reverse(self, text: str) -> str:
+        return text[::-1]
+
+    @rpc
+    async def big_to_workers(self, size: int, n: int) -> list:
+        """n calls at a time carrying `size` characters each way to the workers."""
+        text = "".join(chr(97 + i % 26) for i in range(size))
+        out = await asyncio.gather(*(self.workers.call("big_back", text, i) for i in range(n)))
+        return [len(o) == size + len(str(i)) and o.startswith(text[::-1]) for i, o in enumerate(out)]
+
+    @rpc
     async def fan_to_workers(self, n: int) -> list:
         """n concurrent self.workers.call, then n concurrent call_slot, broadcast and call_shared."""
         calls = [self.workers.call("add", i, 1) for i in range(n)]
@@ -63,6 +74,17 @@ class Worker(WorkerEndpoint):
     @rpc
     def boom(self) -> None:
         raise KeyError("kaboom")
+
+    @rpc
+    def big_back(self, text: str, i: int) -> str:
+        return text[::-1] + str(i)
+
+    @rpc
+    async def big_to_master(self, size: int, n: int) -> list:
+        """n calls at a time carrying `size` characters each way to the master."""
+        text = "".join(chr(97 + i % 26) for i in range(size))
+        out = await asyncio.gather(*(self.master.call("reverse", text) for _ in range(n)))
+        return [o == text[::-1] for o in out]
 
     @rpc
     async def fan_to_master(self, n: int) -> list:
