@@ -55,6 +55,21 @@ def call_in_thread(client: "Rpc", method: str, *params: Any, timeout: float = 30
     return t, box
 
 
+def wait_exit(proc: subprocess.Popen, timeout: float) -> int:
+    """proc.wait(timeout); past it, the failure says where the process stands (its state, signal masks
+    and threads from /proc), for a process that outlives the signal meant to end it."""
+    try:
+        return proc.wait(timeout)
+    except subprocess.TimeoutExpired:
+        try:
+            status = Path(f"/proc/{proc.pid}/status").read_text()
+        except OSError:
+            status = ""
+        keep = ("State", "Threads", "SigPnd", "ShdPnd", "SigBlk", "SigIgn", "SigCgt", "Cpus_allowed_list")
+        detail = "\n".join(line for line in status.splitlines() if line.startswith(keep))
+        raise AssertionError(f"pid {proc.pid} still running {timeout:g} s later:\n{detail}") from None
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

@@ -10,7 +10,6 @@ import re
 import signal
 import subprocess
 import sys
-import time
 
 import psutil
 import pytest
@@ -18,7 +17,7 @@ import pytest
 from clusterd.client import Client
 from clusterd.control import NoInstance
 
-from .conftest import ROOT, instance_env, wait_for
+from .conftest import ROOT, instance_env, wait_exit, wait_for
 
 pytestmark = pytest.mark.timeout(90)
 
@@ -147,7 +146,7 @@ def test_a_refused_reload_logs_the_newcomers_traceback_once_and_status_keeps_the
 
 
 # ---------------------------------------------------------------------------- 3: logs and --log-file
-def test_logs_prints_recent_lines_by_slot_and_follows_new_ones(cluster):
+def test_logs_prints_recent_lines_by_slot_and_follows_new_ones(cluster, tmp_path):
     inst = cluster(*OPS, "--workers", "2")
     c = inst.client()
     slots = {c.call("warn", f"line-{i}")["result"] for i in range(6)}
@@ -161,15 +160,22 @@ def test_logs_prints_recent_lines_by_slot_and_follows_new_ones(cluster):
     assert entries and all(e.get("slot") == 1 for e in entries)
     assert any(e["msg"].startswith("careful: line-") for e in entries)
 
-    follow = subprocess.Popen([sys.executable, "-m", "clusterd", "logs", "-f", "-n", "0"], cwd=ROOT, env=inst.env,
-                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    err = tmp_path / "follow.stderr"  # a file, not an unread pipe that could fill and block the follower
+    with open(err, "wb") as err_file:
+        follow = subprocess.Popen([sys.executable, "-m", "clusterd", "logs", "-f", "-n", "0"], cwd=ROOT,
+                                  env=inst.env, stdout=subprocess.PIPE, stderr=err_file, text=True)
     try:
-        time.sleep(0)  # the follower starts on its own; the next lines are logged after it asked
         wait_for(lambda: c.call("warn", "followed")["result"] is not None and _has_line(follow, "followed"),
                  timeout=20, interval=0.3, message="logs -f to print a new line")
     finally:
         follow.send_signal(signal.SIGINT)
-        follow.wait(10)
+        try:
+            wait_exit(follow, 10)
+        finally:
+            follow.kill()
+            follow.wait()
+            follow.stdout.close()
+    assert "Traceback" not in err.read_text(), err.read_text()
 
 
 def _has_line(proc: subprocess.Popen, needle: str) -> bool:

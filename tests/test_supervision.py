@@ -9,7 +9,7 @@ import time
 import psutil
 import pytest
 
-from tests.conftest import call_in_thread, wait_for
+from tests.conftest import call_in_thread, wait_exit, wait_for
 
 BASIC = ("tests.apps.basic:Master", "tests.apps.basic:Worker")
 
@@ -266,12 +266,14 @@ def test_status_document_and_table(cluster):
     assert [(row[0], row[1], row[2]) for row in rows] == [(str(w["slot"]), str(w["pid"]), "ready") for w in workers]
 
 
-def test_status_watch_redraws_until_ctrl_c(cluster):
+def test_status_watch_redraws_until_ctrl_c(cluster, tmp_path):
     import subprocess
     import sys
     inst = cluster(*BASIC, "--workers", "1")
-    proc = subprocess.Popen([sys.executable, "-m", "clusterd", "status", "--watch", "--name", inst.name],
-                            env=inst.env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    err = tmp_path / "watch.stderr"  # a file, not an unread pipe that could fill and block the watcher
+    with open(err, "wb") as err_file:
+        proc = subprocess.Popen([sys.executable, "-m", "clusterd", "status", "--watch", "--name", inst.name],
+                                env=inst.env, stdout=subprocess.PIPE, stderr=err_file)
     try:
         out = b""
         deadline = time.monotonic() + 15
@@ -279,10 +281,11 @@ def test_status_watch_redraws_until_ctrl_c(cluster):
             out += os.read(proc.stdout.fileno(), 65536)
         assert out.count(b"SLOT") >= 2  # redrawn (in place on a terminal), at least twice
         proc.send_signal(signal.SIGINT)
-        assert proc.wait(10) == 0
+        assert wait_exit(proc, 10) == 0, err.read_text()
     finally:
         proc.kill()
         proc.wait()
+        proc.stdout.close()
 
 
 def test_an_idle_worker_is_not_taken_for_a_hung_one(cluster):
