@@ -10,8 +10,9 @@ measurement below is taken of every system in turn, so the two sides of a ratio 
 apart and a burst of outside load on this shared machine slows one round, not one system:
 
 - sequential: one connection per system, one call at a time, the systems called in turn call by call
-  (so all are sampled under the same machine state), the load generator and the servers on one CPU
-  meanwhile (see ``_one_cpu``): p50/p99 latency (HTTP keep-alive and WebSocket);
+  in a shuffled order (so all are sampled under the same machine state, each after any other alike),
+  the load generator and the servers on one CPU meanwhile (see ``_one_cpu``): p50/p99 latency (HTTP
+  keep-alive and WebSocket);
 - pipelined calls/s with 1, 8 and 64 connections: HTTP one request in flight per connection,
   WebSocket 8 in flight per connection;
 - the master's CPU per call during clusterd's pipelined runs (it is not on this path: ~0).
@@ -38,6 +39,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import random
 import shutil
 import signal
 import socket
@@ -220,19 +222,29 @@ def _one_cpu(pids: list[int]) -> Iterator[None]:
 
 def _side_by_side(ports: dict[str, int], connect: Callable[[int], socket.socket], message: Callable[[int], bytes],
                   count: Callable[[bytearray], int], calls: int) -> dict[str, list[float]]:
-    """One call at a time to each system in turn (A, B, C, A, B, C, ...): each call's round trip in
-    µs, by system. Every system is sampled under the same state of the machine (on a VM, a vCPU woken
-    from idle adds tens of µs to a round trip, and whether it has to depends on the other jobs), so
-    the ratio of two p50s holds when the figures themselves swing."""
+    """One call at a time to each system in turn, in a fresh order each turn (A, C, B, B, A, C, ...):
+    each call's round trip in µs, by system. Every system is sampled under the same state of the
+    machine (on a VM, a vCPU woken from idle adds tens of µs to a round trip, and whether it has to
+    depends on the other jobs), so the ratio of two p50s holds when the figures themselves swing.
+
+    The order is shuffled because, on the one CPU they share, a call pays for what the call before it
+    left in the caches: in a fixed cycle clusterd_N always came right after clusterd_1, and a call to
+    a clusterd worker right after one to another clusterd worker takes 2-4 µs more than after a bare
+    echo (measured: the same servers gave clusterd_N / bare 1.25 in that cycle, 1.01 with each
+    clusterd after a bare echo). Shuffled, every system follows every other equally often."""
     socks = {key: connect(port) for key, port in ports.items()}
     messages = {key: message(port) for key, port in ports.items()}
     bufs = {key: bytearray() for key in ports}
     samples: dict[str, list[float]] = {key: [] for key in ports}
     clock = time.perf_counter_ns
     warm = calls // 10
+    order = list(ports)
+    shuffle = random.Random(len(order)).shuffle  # seeded: runs shuffle alike
     try:
         for i in range(calls + warm):
-            for key, sock in socks.items():
+            shuffle(order)
+            for key in order:
+                sock = socks[key]
                 buf = bufs[key]
                 t0 = clock()
                 sock.sendall(messages[key])
