@@ -234,6 +234,17 @@ def test_dashboard_without_a_port_is_a_usage_error(cluster):
     assert len(lines) == 1 and "--http-bind" in lines[0] and "--metrics-bind" in lines[0]
 
 
+def test_a_dashboard_other_hosts_can_reach_gets_a_warning(cluster):
+    port = free_port()
+    inst = cluster(*APP, "--workers", "1", "--http-bind", f"0.0.0.0:{port}", "--dashboard", "--log-format", "json",
+                   name="dashpublic")
+    assert get(port, "/dashboard")[0] == 200
+    assert '"event": "insecure-dashboard"' in inst.stderr().replace('":"', '": "')
+    quiet = cluster(*APP, "--workers", "1", "--http-bind", f"127.0.0.1:{free_port()}", "--dashboard",
+                    "--log-format", "json", name="dashlocal")
+    assert "insecure-dashboard" not in quiet.stderr()
+
+
 # ---------------------------------------------------------------------------- the relay, with a fake link
 class FakeStream:
     def __init__(self) -> None:

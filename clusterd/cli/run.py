@@ -46,6 +46,9 @@ def run(master: str | None, worker: str | None, config: str | None, **opts: Any)
     if public:
         log.event("insecure-metrics-bind", f"--metrics-bind {public} is reachable from other hosts and has no "
                   "authentication: metrics and the dashboard show method names, pids and load", level=30)
+    for bind in settings.public_dashboard_binds(cfg):
+        log.event("insecure-dashboard", f"--dashboard on --http-bind {bind}: /dashboard is reachable from other "
+                  "hosts without the token (as the probes): it shows method names, pids and load", level=30)
     try:
         code = run_instance(cfg, master_cls, worker_cls)
     except (InstanceBusy, RuntimeDirError) as exc:

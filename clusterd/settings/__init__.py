@@ -40,8 +40,8 @@ __all__ = [
     "AGENT", "BY_NAME", "CONTROL", "OPTIONS", "RUN", "UNIT", "AgentConfig", "Config", "ConfigError", "Option",
     "check_address", "config_keys", "cpu_count", "default", "heartbeat_interval", "instance_name", "is_loopback",
     "load_file", "options_for", "options_markdown", "parse_bool", "parse_count", "parse_seconds", "parse_size",
-    "parse_text", "parse_workers", "public_metrics_bind", "runtime_root", "unencrypted_binds", "validate_agent",
-    "validate_run",
+    "parse_text", "parse_workers", "public_dashboard_binds", "public_metrics_bind", "runtime_root",
+    "unencrypted_binds", "validate_agent", "validate_run",
 ]
 
 
@@ -192,6 +192,13 @@ def public_metrics_bind(config: Any) -> str | None:
     """--metrics-bind when other hosts can reach it (it has no authentication: warned about)."""
     bind = config.metrics_bind
     return bind if bind and not is_loopback_host(bind) else None
+
+
+def public_dashboard_binds(config: Any) -> list[str]:
+    """The --http-bind addresses other hosts can reach, when they serve --dashboard (open, like the probes)."""
+    if not config.dashboard:
+        return []
+    return [bind for bind in config.http_binds if not bind.startswith("unix:") and not is_loopback_host(bind)]
 
 
 def validate_agent(config: Any) -> None:
