@@ -55,6 +55,14 @@ def call_in_thread(client: "Rpc", method: str, *params: Any, timeout: float = 30
     return t, box
 
 
+def terminal_signals() -> None:
+    """preexec_fn for a CLI a test stops with Ctrl-C: SIGINT and SIGQUIT as in a terminal. A test run
+    started in the background by a non-interactive shell (`pytest &`, as CI scripts may) ignores them,
+    and every child inherits that, so a SIGINT would never reach the CLI's KeyboardInterrupt."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+    signal.signal(signal.SIGQUIT, signal.SIG_DFL)
+
+
 def wait_exit(proc: subprocess.Popen, timeout: float) -> int:
     """proc.wait(timeout); past it, the failure says where the process stands (its state, signal masks
     and threads from /proc), for a process that outlives the signal meant to end it."""

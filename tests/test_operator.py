@@ -17,7 +17,7 @@ import pytest
 from clusterd.client import Client
 from clusterd.control import NoInstance
 
-from .conftest import ROOT, instance_env, wait_exit, wait_for
+from .conftest import ROOT, instance_env, terminal_signals, wait_exit, wait_for
 
 pytestmark = pytest.mark.timeout(90)
 
@@ -163,7 +163,8 @@ def test_logs_prints_recent_lines_by_slot_and_follows_new_ones(cluster, tmp_path
     err = tmp_path / "follow.stderr"  # a file, not an unread pipe that could fill and block the follower
     with open(err, "wb") as err_file:
         follow = subprocess.Popen([sys.executable, "-m", "clusterd", "logs", "-f", "-n", "0"], cwd=ROOT,
-                                  env=inst.env, stdout=subprocess.PIPE, stderr=err_file, text=True)
+                                  env=inst.env, stdout=subprocess.PIPE, stderr=err_file, text=True,
+                                  preexec_fn=terminal_signals)
     try:
         wait_for(lambda: c.call("warn", "followed")["result"] is not None and _has_line(follow, "followed"),
                  timeout=20, interval=0.3, message="logs -f to print a new line")

@@ -9,7 +9,7 @@ import time
 import psutil
 import pytest
 
-from tests.conftest import call_in_thread, wait_exit, wait_for
+from tests.conftest import call_in_thread, terminal_signals, wait_exit, wait_for
 
 BASIC = ("tests.apps.basic:Master", "tests.apps.basic:Worker")
 
@@ -273,7 +273,7 @@ def test_status_watch_redraws_until_ctrl_c(cluster, tmp_path):
     err = tmp_path / "watch.stderr"  # a file, not an unread pipe that could fill and block the watcher
     with open(err, "wb") as err_file:
         proc = subprocess.Popen([sys.executable, "-m", "clusterd", "status", "--watch", "--name", inst.name],
-                                env=inst.env, stdout=subprocess.PIPE, stderr=err_file)
+                                env=inst.env, stdout=subprocess.PIPE, stderr=err_file, preexec_fn=terminal_signals)
     try:
         out = b""
         deadline = time.monotonic() + 15
