@@ -222,18 +222,9 @@ class StreamOutbox(Outbox):
         super().__init__(loop, None, on_failure)  # type: ignore[arg-type]  # no ZeroMQ socket
         self.route = route
 
-    def flush(self) -> None:
-        self._scheduled = False
-        if not self.pending:
-            return
-        pending = self.pending
-        self.pending = {}
-        route = self.route
-        for peer, frames in pending.items():
-            connection = route(peer)
-            if connection is None or not connection.send(encode(frames)):
-                if self.on_failure is not None:
-                    self.on_failure(peer, frames)
+    def send_message(self, peer: Any, frames: list[bytes]) -> bool:
+        connection = self.route(peer)
+        return connection is not None and connection.send(encode(frames))
 
 
 __all__ = ["MORE", "StreamConnection", "StreamOutbox", "encode"]

@@ -123,19 +123,22 @@ class Outbox:
             return
         pending = self.pending
         self.pending = {}
-        sock = self.sock
         for peer, frames in pending.items():
-            try:
-                if peer is None:
-                    send_frames(sock, frames)
-                else:
-                    _send(sock, peer, SNDMORE)
-                    send_frames(sock, frames)
-            except zmq.ZMQError:
-                if self.on_failure is not None:
-                    self.on_failure(peer, frames)
+            if not self.send_message(peer, frames) and self.on_failure is not None:
+                self.on_failure(peer, frames)
         if self.after_send is not None:
             self.after_send()
+
+    def send_message(self, peer: Any, frames: list[bytes]) -> bool:
+        """One peer's frames as one message; False when that peer cannot be reached."""
+        sock = self.sock
+        try:
+            if peer is not None:
+                _send(sock, peer, SNDMORE)
+            send_frames(sock, frames)
+        except zmq.ZMQError:
+            return False
+        return True
 
 
 class SocketReader:
