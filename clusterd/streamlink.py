@@ -27,7 +27,7 @@ from .zmqloop import Outbox
 MORE = 1 << 31
 MAX_FRAME = MORE - 1
 HEADER = 4
-READ_SIZE = 256 * 1024
+READ_SIZE = 64 * 1024  # per connection: the master keeps one buffer per local worker
 CLOSE_LINGER_S = 2.0  # how long a closing end keeps trying to hand over what it still holds
 
 
@@ -85,8 +85,8 @@ class StreamConnection:
             pass
 
     def _read_once(self) -> bool:
-        """One read into the connection's buffer (a recv of a fresh 256 KiB object would cost an
-        mmap, an mremap and a munmap per message); False when nothing more is to be read now."""
+        """One read into the connection's buffer (a fresh object per read, as recv() makes, cost an mmap,
+        an mremap and a munmap per message at 256 KiB); False when nothing more is to be read now."""
         try:
             size = self.sock.recv_into(self._buffer)
         except (BlockingIOError, InterruptedError):
