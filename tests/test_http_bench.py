@@ -40,3 +40,44 @@ def test_http_bench_reports_clusterd_and_bare_servers_side_by_side() -> None:
     from clusterd.bench.http import format_http_table
     table = format_http_table(result)
     assert all(f["label"] in table for f in systems.values())
+
+
+@pytest.mark.timeout(120)
+def test_a_killed_http_bench_leaves_no_server_behind() -> None:
+    """SIGTERM (a `kill`, a CI timeout) goes through the same cleanup as Ctrl-C: every clusterd
+    instance and echo server the bench started is gone when it exits."""
+    import signal
+    import time
+
+    import psutil
+    proc = subprocess.Popen([sys.executable, "-m", "clusterd", "bench", "--http", "--quick"], cwd=ROOT,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    started: set[int] = set()
+    try:
+        deadline = time.monotonic() + 90
+        while time.monotonic() < deadline:  # its progress lines: the servers are up once rounds begin
+            line = proc.stderr.readline()
+            started |= {child.pid for child in psutil.Process(proc.pid).children(recursive=True)}
+            if not line or ("round" in line.lower() and len(started) >= 4):
+                break
+        assert len(started) >= 4, "the bench's servers never started"
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(60) == 128 + signal.SIGTERM
+        alive = []
+        for pid in started:
+            try:
+                if psutil.Process(pid).status() != psutil.STATUS_ZOMBIE:
+                    alive.append(pid)
+            except psutil.NoSuchProcess:
+                pass
+        assert not alive, f"left running: {alive}"
+    finally:
+        for pid in started:
+            try:
+                psutil.Process(pid).kill()
+            except psutil.Error:
+                pass
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait()
+        proc.stderr.close()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import sys
 from pathlib import Path
 
@@ -86,6 +87,7 @@ def _own_command() -> tuple[str, list[str]]:
 def bench(quick: bool, as_json: bool, workers: int, chaos: float | None, links: bool, baseline: Path | None,
           rounds: int | None, http_door: bool) -> None:
     """Measure clusterd against a C zmq.proxy, a hand-written master and ProcessPoolExecutor."""
+    signal.signal(signal.SIGTERM, _exit_on_term)  # a `kill` cleans up as Ctrl-C does: no server left behind
     live = sys.stderr.isatty()
 
     def progress(message: str) -> None:
@@ -129,6 +131,11 @@ def bench(quick: bool, as_json: bool, workers: int, chaos: float | None, links: 
     finally:
         clear_progress()
     click.echo(protocol.dumps(result).decode() if as_json else format_table(result))
+
+
+def _exit_on_term(_signum: int, _frame: object) -> None:
+    """SIGTERM leaves through the same cleanup (finally blocks) as Ctrl-C, with the shell's exit status."""
+    sys.exit(128 + signal.SIGTERM)
 
 
 COMMANDS = (systemd_unit, keygen, bench)
