@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import socket
+import struct
 import time
 from collections.abc import Callable
 from typing import Any
@@ -28,6 +29,7 @@ MORE = 1 << 31
 MAX_FRAME = MORE - 1
 HEADER = 4
 READ_SIZE = 64 * 1024  # per connection: the master keeps one buffer per local worker
+_header = struct.Struct("<I").unpack_from  # a frame's header, read in place (no slice per frame)
 CLOSE_LINGER_S = 2.0  # how long a closing end keeps trying to hand over what it still holds
 
 
@@ -123,7 +125,7 @@ class StreamConnection:
         handler = self.handler
         prefix = self.prefix
         while end - pos >= HEADER:
-            head = int.from_bytes(data[pos:pos + HEADER], "little")
+            head = _header(data, pos)[0]
             start = pos + HEADER
             stop = start + (head & MAX_FRAME)
             if stop > end:
@@ -141,7 +143,7 @@ class StreamConnection:
         self._frames = frames
         rest = data[pos:] if pos < end else b""
         self._have = len(rest)
-        self._need = HEADER if len(rest) < HEADER else HEADER + (int.from_bytes(rest[:HEADER], "little") & MAX_FRAME)
+        self._need = HEADER if len(rest) < HEADER else HEADER + (_header(rest, 0)[0] & MAX_FRAME)
         if rest:
             self._chunks.append(rest)
 

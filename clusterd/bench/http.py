@@ -11,7 +11,7 @@ apart and a burst of outside load on this shared machine slows one round, not on
 
 - sequential: one connection per system, one call at a time, the systems called in turn call by call
   in a shuffled order (so all are sampled under the same machine state, each after any other alike),
-  the load generator and the servers on one CPU meanwhile (see ``_one_cpu``): p50/p99 latency (HTTP
+  the load generator and the servers on one CPU meanwhile (bench/side_by_side.py): p50/p99 latency (HTTP
   keep-alive and WebSocket);
 - pipelined calls/s with 1, 8 and 64 connections: HTTP one request in flight per connection,
   WebSocket 8 in flight per connection;
@@ -39,10 +39,8 @@ from __future__ import annotations
 
 import contextlib
 import os
-import random
 import shutil
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -56,9 +54,8 @@ import orjson
 import psutil
 
 from ..httpdoor import bench_refs
-from ..httpdoor.bench_refs import (
+from ..httpdoor.bench_load import (
     BODY,
-    ServerGroup,
     count_http,
     count_ws,
     drive,
@@ -68,6 +65,9 @@ from ..httpdoor.bench_refs import (
     ws_connect,
     ws_frame,
 )
+from ..httpdoor.bench_refs import ServerGroup
+from .procs import free_port
+from .side_by_side import one_cpu, side_by_side
 
 RESULT_VERSION = 2
 START_TIMEOUT_S = 30.0
@@ -90,8 +90,8 @@ class _Clusterd:
     def __init__(self, workers: int, runtime: Path) -> None:
         self.workers = workers
         self.runtime = runtime
-        self.port = bench_refs_free_port()
-        self.zmq_addr = f"tcp://127.0.0.1:{bench_refs_free_port()}"
+        self.port = free_port()
+        self.zmq_addr = f"tcp://127.0.0.1:{free_port()}"
         self.name = f"bench-http-{os.getpid()}-{workers}"
         env = dict(os.environ, CLUSTERD_RUNTIME_DIR=str(runtime))
         for key in [k for k in env if k.startswith("CLUSTERD_") and k != "CLUSTERD_RUNTIME_DIR"]:
@@ -159,12 +159,6 @@ class _Clusterd:
         self.log.close()
 
 
-def bench_refs_free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 # ---------------------------------------------------------------------------- measuring
 Step = Callable[[int, "str | None"], dict[str, Any]]
 
@@ -196,71 +190,6 @@ def _steps(duration: float, seq_calls: int) -> dict[str, tuple[Step, bool]]:
     return steps
 
 
-@contextlib.contextmanager
-def _one_cpu(pids: list[int]) -> Iterator[None]:
-    """Run the load generator and the servers' serving threads on one CPU meanwhile (their affinity is
-    restored after). On a small VM a sequential round trip otherwise depends on whether the server
-    sits on the client's CPU or has to wake an idle one (tens of µs), a placement the scheduler
-    keeps per process and that swings between runs more than the code's own cost; on one CPU, every
-    system's round trip is its work plus two context switches."""
-    if not hasattr(os, "sched_setaffinity"):
-        yield
-        return
-    cpu = min(os.sched_getaffinity(0))
-    saved: dict[int, set[int]] = {}
-    for pid in [0, *pids]:
-        with contextlib.suppress(OSError):
-            saved[pid] = os.sched_getaffinity(pid)
-            os.sched_setaffinity(pid, {cpu})
-    try:
-        yield
-    finally:
-        for pid, cpus in saved.items():
-            with contextlib.suppress(OSError):
-                os.sched_setaffinity(pid, cpus)
-
-
-def _side_by_side(ports: dict[str, int], connect: Callable[[int], socket.socket], message: Callable[[int], bytes],
-                  count: Callable[[bytearray], int], calls: int) -> dict[str, list[float]]:
-    """One call at a time to each system in turn, in a fresh order each turn (A, C, B, B, A, C, ...):
-    each call's round trip in µs, by system. Every system is sampled under the same state of the
-    machine (on a VM, a vCPU woken from idle adds tens of µs to a round trip, and whether it has to
-    depends on the other jobs), so the ratio of two p50s holds when the figures themselves swing.
-
-    The order is shuffled because, on the one CPU they share, a call pays for what the call before it
-    left in the caches: in a fixed cycle clusterd_N always came right after clusterd_1, and a call to
-    a clusterd worker right after one to another clusterd worker takes 2-4 µs more than after a bare
-    echo (measured: the same servers gave clusterd_N / bare 1.25 in that cycle, 1.01 with each
-    clusterd after a bare echo). Shuffled, every system follows every other equally often."""
-    socks = {key: connect(port) for key, port in ports.items()}
-    messages = {key: message(port) for key, port in ports.items()}
-    bufs = {key: bytearray() for key in ports}
-    samples: dict[str, list[float]] = {key: [] for key in ports}
-    clock = time.perf_counter_ns
-    warm = calls // 10
-    order = list(ports)
-    shuffle = random.Random(len(order)).shuffle  # seeded: runs shuffle alike
-    try:
-        for i in range(calls + warm):
-            shuffle(order)
-            for key in order:
-                sock = socks[key]
-                buf = bufs[key]
-                t0 = clock()
-                sock.sendall(messages[key])
-                while not count(buf):
-                    data = sock.recv(65536)
-                    if not data:
-                        raise ConnectionError(f"{key} closed its connection")
-                    buf += data
-                if i >= warm:
-                    samples[key].append((clock() - t0) / 1000)
-    finally:
-        for sock in socks.values():
-            sock.close()
-    return samples
-
-
 def _measure_round(servers: dict[str, tuple], steps: dict[str, tuple[Step, bool]], duration: float,
                    seq_calls: int, turn: int, say: Progress, where: str) -> dict[str, dict[str, Any]]:
     """One round: the sequential latencies of every system side by side, then each other
@@ -273,8 +202,8 @@ def _measure_round(servers: dict[str, tuple], steps: dict[str, tuple[Step, bool]
     for kind, connect, message, count in (("http", http_connect, http_request, count_http),
                                           ("ws", ws_connect, lambda _port: ws_frame(BODY), count_ws)):
         say(f"{where}: {kind}_seq")
-        with _one_cpu([pid for key in keys for pid in servers[key][5]()]):
-            latencies = _side_by_side(ports, connect, message, count, seq_calls)
+        with one_cpu([pid for key in keys for pid in servers[key][5]()]):
+            latencies = side_by_side(ports, connect, message, count, seq_calls)
         for key, samples in latencies.items():
             figures[key][f"{kind}_seq_p50_us"] = percentile(samples, 0.5)
             figures[key][f"{kind}_seq_p99_us"] = percentile(samples, 0.99)

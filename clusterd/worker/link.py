@@ -91,10 +91,9 @@ class WorkerLink:
         msg = protocol.make_request(method, params, rid)
         if self.tracing is not None:
             self.tracing.inject(msg)
-        if len(self._pending) == 1:  # the only call in flight: nothing to gather it with
-            self.outbox.add_alone(None, REQUEST + protocol.dumps(msg))
-        else:
-            self.outbox.add(None, REQUEST + protocol.dumps(msg))
+        # the only call in flight has nothing to gather it with: it leaves at once
+        send = self.outbox.add_alone if len(self._pending) == 1 else self.outbox.add
+        send(None, REQUEST + protocol.dumps(msg))
         try:
             return await fut
         finally:
