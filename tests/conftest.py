@@ -179,6 +179,10 @@ class Instance:
         c = Rpc(self.control)
         try:
             return c.result("clusterd.status", timeout=timeout)
+        except TimeoutError:
+            if self.proc is not None and self.proc.poll() is not None:  # say why, not just "no answer"
+                raise AssertionError(f"clusterd run exited {self.proc.returncode}:\n{self.stderr()[-2000:]}") from None
+            raise
         finally:
             c.close()
 
