@@ -8,7 +8,8 @@ meanwhile, so whoever sends on a socket calls wake() on its reader, which schedu
 A send is the dearest step of a small message: its last frame wakes ZeroMQ's I/O thread (a system
 call and, on a busy machine, a context switch). An Outbox therefore gathers the frames meant for
 one peer and sends them as one multipart message: at the end of the drain that produced them, or
-on the next loop turn when they were produced elsewhere (a task). The receiver reads each frame of
+on the next loop turn when they were produced elsewhere (a task), or as soon as PIPELINE_FRAMES of
+them wait. The receiver reads each frame of
 such a message as one item (worker link frames name their own kind in their first byte).
 """
 
@@ -24,6 +25,11 @@ from zmq.backend import Socket as _Backend
 from .ops.log import RateLimited
 
 BATCH = 512
+# A peer's frames leave once this many wait, without waiting for the end of the turn: the peer (a
+# process on another core) works on them while this side produces the rest. Sent only at the end of
+# the turn, 64 calls in flight had the master and a worker take turns on one core instead of using
+# two: 93k -> 146k master->worker calls/s with this (`clusterd bench --links`).
+PIPELINE_FRAMES = 16
 FLUSH_BATCHES = 8  # a flush handles at most this many batches now; the rest is read on later loop turns
 
 # pyzmq's send_multipart/recv_multipart combine flags as enum.IntFlag objects, which costs more than
@@ -97,6 +103,16 @@ class Outbox:
                 self.loop.call_soon(self.flush)
         else:
             frames.append(frame)
+            if len(frames) >= PIPELINE_FRAMES:
+                self._send_now(peer)
+
+    def _send_now(self, peer: Any) -> None:
+        """A peer's frames leave before the turn ends: it starts on them while we produce the rest."""
+        frames = self.pending.pop(peer)
+        if not self.send_message(peer, frames) and self.on_failure is not None:
+            self.on_failure(peer, frames)
+        if self.after_send is not None:
+            self.after_send()
 
     def add_alone(self, peer: Any, frame: bytes) -> None:
         """add() for a frame its sender knows to be alone (its only call in flight): sent at once when

@@ -136,3 +136,32 @@ def test_the_outbox_sends_one_message_per_peer(n):
         conn_b.close()
 
     asyncio.run(main())
+
+
+def test_a_long_drain_sends_its_first_frames_before_it_ends():
+    """Pipelining: once PIPELINE_FRAMES wait for a peer they leave, so the peer (another process) works on
+    them while the drain goes on; every frame still arrives, in order, and after_send runs for each send."""
+    from clusterd import zmqloop
+
+    class Recording(zmqloop.Outbox):
+        def send_message(self, peer, frames):
+            sent.append((peer, list(frames), self.holding))
+            return True
+
+    async def main():
+        outbox = Recording(asyncio.get_running_loop(), None)
+        rearms = []
+        outbox.after_send = lambda: rearms.append(1)
+        count = 2 * zmqloop.PIPELINE_FRAMES + 3
+        outbox.hold()
+        for i in range(count):
+            outbox.add(b"w1", b"%d" % i)
+        assert [len(frames) for _, frames, holding in sent] == [zmqloop.PIPELINE_FRAMES] * 2
+        assert all(holding for _, _, holding in sent)  # left while the drain was still running
+        outbox.release()
+        assert [len(frames) for _, frames, _ in sent] == [zmqloop.PIPELINE_FRAMES] * 2 + [3]
+        assert [f for _, frames, _ in sent for f in frames] == [b"%d" % i for i in range(count)]
+        assert len(rearms) == 3  # a ZeroMQ socket's reader is re-armed after every send
+
+    sent: list = []
+    asyncio.run(main())
