@@ -13,6 +13,7 @@ import sys
 import time
 
 from .. import protocol
+from ..event_loop import use_fastest
 from ..log_ring import LogRing
 from ..ops import log, tracing
 from ..ops.reaper import ChildReaper
@@ -264,4 +265,5 @@ def _url_host(host: str) -> str:
 
 
 def run(config: Config, master_cls: type, worker_cls: type) -> int:
+    use_fastest()
     return asyncio.run(serve(config, master_cls, worker_cls))

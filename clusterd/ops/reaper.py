@@ -103,15 +103,29 @@ class ChildReaper:
         self.reaped = 0
         self._first_seen: dict[int, float] = {}
         self._later: asyncio.TimerHandle | None = None
+        self._own_handler = False
 
     def install(self) -> "ChildReaper":
         become_subreaper()
-        self.loop.add_signal_handler(signal.SIGCHLD, self.sweep)
+        try:
+            self.loop.add_signal_handler(signal.SIGCHLD, self.sweep)
+            self._own_handler = False
+        except RuntimeError:
+            # uvloop keeps SIGCHLD for its own subprocesses: a plain handler, which runs in the loop's
+            # thread when uvloop wakes for the signal, hands the sweep to the loop
+            signal.signal(signal.SIGCHLD, self._on_sigchld)
+            self._own_handler = True
         self.sweep()  # orphans that reached us before the handler was there
         return self
 
+    def _on_sigchld(self, _signum: int, _frame: object) -> None:
+        self.loop.call_soon_threadsafe(self.sweep)
+
     def close(self) -> None:
-        self.loop.remove_signal_handler(signal.SIGCHLD)
+        if self._own_handler:
+            signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+        else:
+            self.loop.remove_signal_handler(signal.SIGCHLD)
         if self._later is not None:
             self._later.cancel()
 

@@ -22,6 +22,7 @@ import zmq
 
 from .. import protocol, wire, worker_log
 from ..endpoint import Dispatcher
+from ..event_loop import use_fastest
 from ..ops import tracing
 from ..ops.method_stats import MethodStats
 from ..proctitle import set_title
@@ -150,7 +151,7 @@ def main() -> None:
     sys.path.insert(0, os.getcwd())
     worker_log.install(spec.debug)
     set_title(f"clusterd: {spec.name} worker {spec.slot} gen {spec.generation}")
-    _use_uvloop()
+    use_fastest()
     try:
         code = asyncio.run(_run(spec))
     except KeyboardInterrupt:
@@ -158,17 +159,6 @@ def main() -> None:
     sys.stdout.flush()
     sys.stderr.flush()
     os._exit(code)
-
-
-def _use_uvloop() -> None:
-    """A worker's loop turns cost less on uvloop (the HTTP door serves faster; a call to or from the
-    master waits less between its wake-up and its answer): used when it is installed
-    (pip install "clusterd[fast]")."""
-    try:
-        import uvloop
-    except ImportError:
-        return
-    asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
 
 
 async def _run(spec: WorkerSpec, embedded: Any = None) -> int:
