@@ -21,7 +21,9 @@ master each time it has grown by STEP bytes more: the master's guard against mes
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
+import enum
 import os
 import signal
 import socket
@@ -38,6 +40,11 @@ _DISCONNECTED = int(zmq.EVENT_DISCONNECTED)
 READY_TIMEOUT_MS = 5000
 WATCH_MS = 50
 GATE_NICE = -10
+PAUSE_MIN = 8          # connections past the cap before a tcp endpoint's listener is paused ...
+PAUSE_FRACTION = 16    # ... or a sixteenth of the cap, when that is more
+_SO_ATTACH_FILTER = 26
+_SO_DETACH_FILTER = 27
+_BPF_RET_K = 0x06      # a classic BPF program of one instruction, "return 0": drop the packet
 
 
 class RssWatch:
@@ -152,37 +159,143 @@ def main(argv: list[str]) -> int:
     poller = zmq.Poller()
     for sock in ins:
         poller.register(sock, zmq.POLLIN)
-    opened: list[dict[int, str]] = [{} for _ in ins]
-    held: list[dict[str, int]] = [{} for _ in ins]
+    counts = [EndpointCounts(cap) for _ in ins]
+    pauses = ListenerPauses(master, taker)
     while True:
-        ready = poller.poll(WATCH_MS if any(any(h.values()) for h in held) else None)
+        ready = poller.poll(WATCH_MS if any(c.any_open() for c in counts) else None)
         for sock, _ in ready:
-            i = ins.index(sock)
+            gate = counts[ins.index(sock)]
+            past: dict[int, str] = {}
             while True:  # everything queued, in one wake: a flood arrives faster than one event per poll
                 try:
                     frames = sock.recv_multipart(zmq.NOBLOCK)
                 except zmq.Again:
                     break
-                on_event(frames, opened[i], held[i], cap, taker)
+                gate.on_event(frames, past)
+            for endpoint, state in gate.changed():  # first stop more handshakes, then end what got in
+                pauses.pause(endpoint) if state is Flood.PAUSE else pauses.resume(endpoint)
+            if taker.works:
+                for fd, endpoint in past.items():
+                    shut(taker, fd, endpoint)
         if rss.grew():
             out.send_multipart([b"rss"])
 
 
-def on_event(frames: list[bytes], opened: dict[int, str], held: dict[str, int], cap: int, taker: FdTaker) -> None:
-    """One monitor event of one client socket: count it, and shut down an accepted connection past the cap."""
-    if len(frames) < 2 or len(frames[0]) < 6:
-        return
-    event, fd = struct.unpack("=HI", frames[0][:6])
-    if event == _ACCEPTED:
-        endpoint = frames[1].decode("utf-8", "replace")
-        opened[fd] = endpoint
-        count = held[endpoint] = held.get(endpoint, 0) + 1
-        if count > cap and taker.works:
-            shut(taker, fd, endpoint)
-    elif event == _DISCONNECTED:
-        endpoint = opened.pop(fd, None)
-        if endpoint is not None:
-            held[endpoint] -= 1
+class Flood(enum.Enum):
+    PAUSE = "pause"
+    RESUME = "resume"
+
+
+class EndpointCounts:
+    """The connections of one client socket, per endpoint, as its monitor tells them."""
+
+    def __init__(self, cap: int) -> None:
+        self.cap = cap
+        self.pause_past = max(PAUSE_MIN, cap // PAUSE_FRACTION)
+        self.opened: dict[int, str] = {}
+        self.held: dict[str, int] = {}
+        self.touched: set[str] = set()
+
+    def any_open(self) -> bool:
+        return any(self.held.values())
+
+    def on_event(self, frames: list[bytes], past: dict[int, str]) -> None:
+        """Count one event; an accepted connection past the cap goes into past (fd -> endpoint)."""
+        if len(frames) < 2 or len(frames[0]) < 6:
+            return
+        event, fd = struct.unpack("=HI", frames[0][:6])
+        if event == _ACCEPTED:
+            endpoint = frames[1].decode("utf-8", "replace")
+            self.opened[fd] = endpoint
+            count = self.held[endpoint] = self.held.get(endpoint, 0) + 1
+            if count > self.cap:
+                past[fd] = endpoint
+                self.touched.add(endpoint)
+        elif event == _DISCONNECTED:
+            endpoint = self.opened.pop(fd, None)
+            past.pop(fd, None)  # gone already: its fd number may be reused by the next accept
+            if endpoint is not None:
+                self.held[endpoint] -= 1
+                self.touched.add(endpoint)
+
+    def changed(self) -> list[tuple[str, Flood]]:
+        """Endpoints flooded past the cap by pause_past (pause their listener), or back under it (resume)."""
+        out = []
+        for endpoint in self.touched:
+            held = self.held.get(endpoint, 0)
+            if held - self.cap >= self.pause_past:
+                out.append((endpoint, Flood.PAUSE))
+            elif held < self.cap:
+                out.append((endpoint, Flood.RESUME))
+        self.touched.clear()
+        return out
+
+
+class ListenerPauses:
+    """Stops the handshakes of a flooded tcp endpoint in the kernel: a socket filter on its listening
+    socket drops every packet that reaches it, so libzmq cannot accept connections faster than this
+    process shuts them down (each accept takes a master fd until then: a burst past the headroom would
+    exhaust them). Connections already made are not touched; a client meanwhile waits in connect()
+    (SYN retries), as with a full backlog. Lifted once the endpoint is back under its cap."""
+
+    def __init__(self, master: int, taker: FdTaker) -> None:
+        self.master = master
+        self.taker = taker
+        self.listeners: dict[str, socket.socket | None] = {}
+        self.paused: set[str] = set()
+        self._drop_all = (ctypes.c_ubyte * 8).from_buffer_copy(struct.pack("=HBBI", _BPF_RET_K, 0, 0, 0))
+        self._program = struct.pack("HP", 1, ctypes.addressof(self._drop_all))  # struct sock_fprog
+
+    def pause(self, endpoint: str) -> None:
+        if endpoint in self.paused:
+            return
+        listener = self._listener(endpoint)
+        if listener is None:
+            return
+        try:
+            listener.setsockopt(socket.SOL_SOCKET, _SO_ATTACH_FILTER, self._program)
+        except OSError:
+            return
+        self.paused.add(endpoint)
+
+    def resume(self, endpoint: str) -> None:
+        if endpoint not in self.paused:
+            return
+        self.paused.discard(endpoint)
+        listener = self.listeners.get(endpoint)
+        if listener is not None:
+            with contextlib.suppress(OSError):
+                listener.setsockopt(socket.SOL_SOCKET, _SO_DETACH_FILTER, 0)
+
+    def _listener(self, endpoint: str) -> socket.socket | None:
+        """A copy of the master's listening socket of a tcp endpoint (found once, among its fds)."""
+        if endpoint in self.listeners:
+            return self.listeners[endpoint]
+        found = None
+        if endpoint.startswith("tcp://") and self.taker.works:
+            try:
+                fds = [int(name) for name in os.listdir(f"/proc/{self.master}/fd")]
+            except OSError:
+                fds = []
+            for fd in fds:
+                copy = self.taker.take(fd)
+                if copy is None or copy < 0:
+                    continue
+                try:
+                    sock = socket.socket(fileno=copy)
+                except OSError:
+                    os.close(copy)
+                    continue
+                try:
+                    listening = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ACCEPTCONN)
+                    if listening and sock.type == socket.SOCK_STREAM and same_place(sock.getsockname(), endpoint):
+                        found = sock
+                        break
+                except OSError:
+                    pass
+                sock.close()
+        self.listeners[endpoint] = found
+        return found
 
 
 def run_first() -> None:
