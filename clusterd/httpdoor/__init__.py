@@ -16,9 +16,26 @@ Standalone: imports nothing else of clusterd. How it joins the rest:
   methods, errors) and returning a coroutine for async methods and calls forwarded to the master.
 """
 
-from .event_stream import EventStream, Takeover
+from typing import Any
+
 from .listeners import BindError, adopt, open_listener, parse_bind
-from .server import DEFAULT_MAX_MESSAGE_SIZE, DEFAULT_MAX_STREAMS, Dispatch, HttpDoor, Page, Probes
+
+_SERVED = {"EventStream": "event_stream", "Takeover": "event_stream", "DEFAULT_MAX_MESSAGE_SIZE": "server",
+           "DEFAULT_MAX_STREAMS": "server", "Dispatch": "server", "HttpDoor": "server", "Page": "server",
+           "Probes": "server"}
+
+
+def __getattr__(name: str) -> Any:
+    """The server's names load on first use: the master only opens the listening sockets, and the
+    parsers (httptools, picows) would cost it memory for nothing."""
+    module = _SERVED.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    import importlib
+    value = getattr(importlib.import_module(f".{module}", __name__), name)
+    globals()[name] = value
+    return value
+
 
 __all__ = ["BindError", "DEFAULT_MAX_MESSAGE_SIZE", "DEFAULT_MAX_STREAMS", "Dispatch", "EventStream", "HttpDoor",
            "Page", "Probes", "Takeover", "adopt", "open_listener", "parse_bind"]

@@ -12,9 +12,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from typing import TYPE_CHECKING
 
 from .dashboard import KEEPALIVE_S, PAGE_HEADERS, STATIC_HEADERS, DashboardFeed, page, static_file
-from .metrics import Exporter
+
+if TYPE_CHECKING:
+    from .metrics import Exporter
 
 log = logging.getLogger("clusterd")
 

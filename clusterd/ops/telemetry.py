@@ -30,14 +30,17 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import orjson
 
 from .dashboard import DashboardFeed, EventLog
+from .meters import LoopLagMeter, fd_usage
 from .method_stats import OK, UNKNOWN, MethodStats, Window
-from .metrics import Exporter, LoopLagMeter, fd_usage
 from .metrics_server import OpsServer, parse_bind
+
+if TYPE_CHECKING:
+    from .metrics import Exporter
 
 COUNTER_KINDS = ("refused", "rejected", "restarts", "reloads")
 COUNTER_LABELS = {"refused": ("-32001", "-32004", "-32005"), "rejected": ("too-large", "malformed"),
@@ -71,13 +74,23 @@ class Telemetry:
         # every known label starts at 0, so that rate() and a dashboard see the first one happen
         self.counters: dict[str, dict[str, int]] = {kind: dict.fromkeys(labels, 0)
                                                      for kind, labels in COUNTER_LABELS.items()}
-        self.exporter = Exporter(status, self.stats, clusterd_version)
+        self._status = status
+        self._exporter: Exporter | None = None
         self.exporter_version = clusterd_version
         self.feed = DashboardFeed(status, self.stats, self.window, self.events) if dashboard else None
         self.bind = parse_bind(metrics_bind) if metrics_bind else None   # ValueError: a usage error
         self.server: OpsServer | None = None
         self.address: tuple[str, int] | None = None
         self.record = self.stats.record   # the hot path: record(method, door, OK, seconds)
+
+    @property
+    def exporter(self) -> Exporter:
+        """The Prometheus exposition, made at the first scrape: prometheus_client costs the master
+        about 5 MB of memory, which an instance nobody scrapes does not pay."""
+        if self._exporter is None:
+            from .metrics import Exporter
+            self._exporter = Exporter(self._status, self.stats, self.exporter_version)
+        return self._exporter
 
     async def start(self) -> None:
         """Start the meters (and the server when bound). OSError when the address cannot be bound."""
