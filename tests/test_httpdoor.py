@@ -14,6 +14,7 @@ import shutil
 import socket
 import subprocess
 import threading
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -472,6 +473,24 @@ def test_a_closing_http_connection_shuts_its_write_side_and_reads_on_instead_of_
         for _ in range(10):
             s.sendall(b"x" * 100)
             assert not select.select([s], [], [], 0.02)[0] or s.recv(1) == b""
+
+
+def test_a_draining_door_waits_longer_for_a_new_connections_first_request(door: RunningDoor) -> None:
+    """A connection that has sent nothing yet was opened to send a request (a probe, a first call): the
+    drain gives it DRAIN_FRESH_S, not the DRAIN_QUIET_S of a keep-alive connection between requests."""
+    from clusterd.httpdoor.door_state import DRAIN_FRESH_S, DRAIN_QUIET_S
+    with socket.create_connection(("127.0.0.1", door.port), timeout=10) as s:
+        wait_for(lambda: door.door.open_connections == 1, message="the connection accepted")
+        drained = door.start(door.door.drain(timeout=10))
+        wait_for(lambda: door.door.draining, message="draining")
+        time.sleep(DRAIN_QUIET_S * 2)  # the client is slow to write its request (the scenario itself)
+        assert DRAIN_QUIET_S * 2 < DRAIN_FRESH_S
+        s.sendall(b"GET /livez HTTP/1.1\r\nHost: x\r\n\r\n")
+        answer = b""
+        while chunk := s.recv(4096):
+            answer += chunk
+        assert answer.startswith(b"HTTP/1.1 200") and b"connection: close" in answer.lower()
+        assert drained.result(10) is True
 
 
 def test_drain_timeout_cuts_what_is_left(door: RunningDoor) -> None:

@@ -21,6 +21,9 @@ Dispatch = Callable[[bytes], "bytes | None | Awaitable[bytes | None]"]
 # A draining door closes a connection with no call in flight once it has been quiet this long: a
 # request already on its way is read and answered first, and the close goes out with its answer.
 DRAIN_QUIET_S = 0.25
+# ... and a connection that has sent nothing yet, this long: it was opened to send a request (a probe,
+# a first call), which a loaded client may take a moment to write after its connect() returned.
+DRAIN_FRESH_S = 2.0
 # After its last answer (HTTP: FIN; WebSocket: Close), a closing connection reads and drops what the
 # client still sends until the client closes too, for at most this long: closing a socket with
 # unread bytes makes the kernel send RST, which can destroy an answer the client has not read yet.

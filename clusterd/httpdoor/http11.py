@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 import httptools
 
 from . import responses, tokens
-from .door_state import CLOSE_LINGER_S, DRAIN_QUIET_S
+from .door_state import CLOSE_LINGER_S, DRAIN_FRESH_S, DRAIN_QUIET_S
 from .event_stream import EventStream, Takeover
 
 if TYPE_CHECKING:
@@ -65,6 +65,7 @@ class HttpConnection(asyncio.Protocol):
         self.closing = False       # no more requests are read; close when all answers are out
         self.paused = False
         self.last_active = door.loop.time()
+        self.fresh = True          # nothing received yet
         self.linger: asyncio.TimerHandle | None = None  # set once the write side is shut: see _close_now
         self._start_message()
 
@@ -85,6 +86,7 @@ class HttpConnection(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         self.last_active = self.door.loop.time()
+        self.fresh = False
         if self.closing and not self.in_message:
             return
         try:
@@ -419,22 +421,27 @@ class HttpConnection(asyncio.Protocol):
     def close_when_idle(self) -> None:
         """Drain: a busy connection closes after its last answer (sent with ``Connection: close``).
 
-        One between requests is closed only once it has been quiet for DRAIN_QUIET_S: a keep-alive
-        client may have sent its next request already, and closing under it would lose it; that
-        request is answered with ``Connection: close`` instead. Whatever is closed unanswered was
-        never read, so never run: a client may send it again on a new connection.
+        One between requests is closed only once it has been quiet for DRAIN_QUIET_S (DRAIN_FRESH_S
+        when it has sent nothing yet): a keep-alive client may have sent its next request already,
+        and closing under it would lose it; that request is answered with ``Connection: close``
+        instead. Whatever is closed unanswered was never read, so never run: a client may send it
+        again on a new connection.
         """
         if self.next_write != self.next_seq or self.in_message:
             self.closing = True
             return
-        self.door.loop.call_later(DRAIN_QUIET_S, self._close_if_still_idle)
+        self.door.loop.call_later(self._quiet_needed(), self._close_if_still_idle)
+
+    def _quiet_needed(self) -> float:
+        return DRAIN_FRESH_S if self.fresh else DRAIN_QUIET_S
 
     def _close_if_still_idle(self) -> None:
         if self.transport is None or self.closing or self.next_write != self.next_seq or self.in_message:
             return  # closed, or closing after the answer it is writing
         quiet_for = self.door.loop.time() - self.last_active
-        if quiet_for < DRAIN_QUIET_S:  # bytes came lately (a request's start): wait for quiet again
-            self.door.loop.call_later(DRAIN_QUIET_S - quiet_for, self._close_if_still_idle)
+        needed = self._quiet_needed()
+        if quiet_for < needed:  # bytes came lately (a request's start): wait for quiet again
+            self.door.loop.call_later(needed - quiet_for, self._close_if_still_idle)
         else:
             self._close_now()
 
