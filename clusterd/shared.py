@@ -17,6 +17,7 @@ the few calls that would reach it.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import inspect
 import os
@@ -24,7 +25,8 @@ import re
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
-from multiprocessing import shared_memory
+from types import ModuleType
+from typing import TYPE_CHECKING
 
 import psutil
 
@@ -36,7 +38,22 @@ SHM_DIR = "/dev/shm"
 _NAME_MAX = 200          # segment names stay well under NAME_MAX (255)
 _UNSAFE = re.compile(r"[^A-Za-z0-9_.]")
 _OWNER = re.compile(r"^clusterd-(\d+)\.(\d+)-(.+)$")
-_HAS_TRACK = "track" in inspect.signature(shared_memory.SharedMemory).parameters
+
+if TYPE_CHECKING:
+    from multiprocessing import shared_memory
+
+
+def _shm() -> ModuleType:
+    """multiprocessing.shared_memory, loaded with the first block (about 1 MB a master without blocks
+    does not pay)."""
+    from multiprocessing import shared_memory
+    return shared_memory
+
+
+@functools.cache
+def _has_track() -> bool:
+    """Python 3.13's SharedMemory(track=False) keeps the resource tracker out by itself."""
+    return "track" in inspect.signature(_shm().SharedMemory).parameters
 
 
 class BlockError(RPCError, ValueError):
@@ -62,22 +79,23 @@ _tracker_lock = threading.Lock()
 @contextmanager
 def _untracked() -> Iterator[None]:
     """Keep the resource tracker (and its helper process) out of SharedMemory's calls."""
-    if _HAS_TRACK:
+    if _has_track():
         yield
         return
+    module = _shm()
     with _tracker_lock:
-        saved = shared_memory.resource_tracker
-        shared_memory.resource_tracker = _NoTracker
+        saved = module.resource_tracker
+        module.resource_tracker = _NoTracker
         try:
             yield
         finally:
-            shared_memory.resource_tracker = saved
+            module.resource_tracker = saved
 
 
 def _open(name: str, create: bool = False, size: int = 0) -> shared_memory.SharedMemory:
-    kwargs = {"track": False} if _HAS_TRACK else {}
+    kwargs = {"track": False} if _has_track() else {}
     with _untracked():
-        return shared_memory.SharedMemory(name=name, create=create, size=size, **kwargs)
+        return _shm().SharedMemory(name=name, create=create, size=size, **kwargs)
 
 
 def _unlink(shm: shared_memory.SharedMemory) -> None:
