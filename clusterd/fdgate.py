@@ -29,10 +29,12 @@ import signal
 import socket
 import struct
 import sys
+import time
+from collections.abc import Callable
 
 import zmq
 
-from .limits import same_place
+from .limits import SO_ATTACH_FILTER, SO_DETACH_FILTER, same_place
 
 _SYS_PIDFD_GETFD = 438  # the same number on every Linux architecture
 _ACCEPTED = int(zmq.EVENT_ACCEPTED)
@@ -42,8 +44,7 @@ WATCH_MS = 50
 GATE_NICE = -10
 PAUSE_MIN = 8          # connections past the cap before a tcp endpoint's listener is paused ...
 PAUSE_FRACTION = 16    # ... or a sixteenth of the cap, when that is more
-_SO_ATTACH_FILTER = 26
-_SO_DETACH_FILTER = 27
+PAUSE_MAX_S = 1.0      # a pause is lifted after this long at most (paused again if the flood goes on)
 _BPF_RET_K = 0x06      # a classic BPF program of one instruction, "return 0": drop the packet
 
 
@@ -88,6 +89,11 @@ class FdTaker:
         os.close(fd)
         return True
 
+    def close(self) -> None:
+        if self._pidfd is not None:
+            os.close(self._pidfd)
+            self._pidfd = None
+
     def take(self, fd: int) -> int | None:
         """A copy of the master's fd; -1 if it is closed; None if copies are refused (EPERM, ENOSYS)."""
         got = self._libc.syscall(_SYS_PIDFD_GETFD, self._pidfd, fd, 0)
@@ -103,7 +109,11 @@ def shut(taker: FdTaker, fd: int, endpoint: str) -> bool:
         return False
     if copy < 0:
         return True
-    sock = socket.socket(fileno=copy)
+    try:
+        sock = socket.socket(fileno=copy)
+    except OSError:  # the number was reused by something that is not a socket: not ours to touch
+        os.close(copy)
+        return True
     try:
         # the fd may have been closed and reused since the event: only a connection of this endpoint
         if sock.type == socket.SOCK_STREAM and same_place(sock.getsockname(), endpoint):
@@ -160,9 +170,10 @@ def main(argv: list[str]) -> int:
     for sock in ins:
         poller.register(sock, zmq.POLLIN)
     counts = [EndpointCounts(cap) for _ in ins]
-    pauses = ListenerPauses(master, taker)
+    pauses = ListenerPauses(master, taker, lambda kind, endpoint: out.send_multipart([kind, endpoint.encode()]))
     while True:
         ready = poller.poll(WATCH_MS if any(c.any_open() for c in counts) else None)
+        pauses.expire(time.monotonic())
         for sock, _ in ready:
             gate = counts[ins.index(sock)]
             past: dict[int, str] = {}
@@ -236,13 +247,17 @@ class ListenerPauses:
     socket drops every packet that reaches it, so libzmq cannot accept connections faster than this
     process shuts them down (each accept takes a master fd until then: a burst past the headroom would
     exhaust them). Connections already made are not touched; a client meanwhile waits in connect()
-    (SYN retries), as with a full backlog. Lifted once the endpoint is back under its cap."""
+    (SYN retries), as with a full backlog. Lifted once the endpoint is back under its cap, and after
+    PAUSE_MAX_S in any case (a flood still going on pauses it again at once): a miscount can never
+    close an endpoint for good. tell(b"pause" | b"resume", endpoint) reports each change to the master,
+    which lifts what is left should this process die (limits.lift_listener_pauses)."""
 
-    def __init__(self, master: int, taker: FdTaker) -> None:
+    def __init__(self, master: int, taker: FdTaker, tell: Callable[[bytes, str], None] = lambda kind, e: None) -> None:
         self.master = master
         self.taker = taker
+        self.tell = tell
         self.listeners: dict[str, socket.socket | None] = {}
-        self.paused: set[str] = set()
+        self.paused: dict[str, float] = {}   # endpoint -> when (monotonic)
         self._drop_all = (ctypes.c_ubyte * 8).from_buffer_copy(struct.pack("=HBBI", _BPF_RET_K, 0, 0, 0))
         self._program = struct.pack("HP", 1, ctypes.addressof(self._drop_all))  # struct sock_fprog
 
@@ -253,19 +268,33 @@ class ListenerPauses:
         if listener is None:
             return
         try:
-            listener.setsockopt(socket.SOL_SOCKET, _SO_ATTACH_FILTER, self._program)
+            listener.setsockopt(socket.SOL_SOCKET, SO_ATTACH_FILTER, self._program)
         except OSError:
             return
-        self.paused.add(endpoint)
+        self.paused[endpoint] = time.monotonic()
+        self.tell(b"pause", endpoint)
 
     def resume(self, endpoint: str) -> None:
-        if endpoint not in self.paused:
+        if self.paused.pop(endpoint, None) is None:
             return
-        self.paused.discard(endpoint)
         listener = self.listeners.get(endpoint)
         if listener is not None:
             with contextlib.suppress(OSError):
-                listener.setsockopt(socket.SOL_SOCKET, _SO_DETACH_FILTER, 0)
+                listener.setsockopt(socket.SOL_SOCKET, SO_DETACH_FILTER, 0)
+        self.tell(b"resume", endpoint)
+
+    def expire(self, now: float) -> None:
+        for endpoint, since in list(self.paused.items()):
+            if now - since >= PAUSE_MAX_S:
+                self.resume(endpoint)
+
+    def close(self) -> None:
+        for endpoint in list(self.paused):
+            self.resume(endpoint)
+        for listener in self.listeners.values():
+            if listener is not None:
+                listener.close()
+        self.listeners.clear()
 
     def _listener(self, endpoint: str) -> socket.socket | None:
         """A copy of the master's listening socket of a tcp endpoint (found once, among its fds)."""

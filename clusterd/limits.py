@@ -13,7 +13,9 @@ it, and the cap being reached is logged once per episode.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import ctypes
+import ipaddress
 import logging
 import os
 import resource
@@ -33,6 +35,8 @@ RESERVE_BASE = 64          # the master's own fds: interpreter, loop, zmq contex
 RESERVE_PER_WORKER = 8     # per worker, twice over for a rolling reload: its ipc link, pipes, zygote
 HEADROOM = 4               # 1/HEADROOM of the client budget is kept free for accepts not yet refused
 DEFAULT_MAX_CLIENTS = 10000
+SO_ATTACH_FILTER = 26      # setsockopt: fdgate pauses a flooded listener with a socket filter ...
+SO_DETACH_FILTER = 27      # ... and lifts the pause by removing it (so does the master, should fdgate die)
 
 _EVENTS = zmq.EVENT_ACCEPTED | zmq.EVENT_DISCONNECTED | zmq.EVENT_ACCEPT_FAILED
 _ACCEPTED = int(zmq.EVENT_ACCEPTED)
@@ -86,6 +90,8 @@ class ClientGate:
         self.open: dict[int, str] = {}          # fd -> the endpoint it was accepted on
         self.counts: dict[str, int] = {}
         self.refusing: set[str] = set()
+        self.paused: set[str] = set()           # tcp endpoints whose listener fdgate has paused
+        self._pause_told: set[str] = set()      # logged once per refusing episode
         self.refused = 0
         self._accept_failed_logged = False
         self.delivered = 0   # bytes of complete messages the master read (for the MessageGuard)
@@ -115,6 +121,7 @@ class ClientGate:
                 self.counts[endpoint] = held
                 if endpoint in self.refusing and held < self.cap:
                     self.refusing.discard(endpoint)
+                    self._pause_told.discard(endpoint)
                     log.event("max-clients", f"{self._label(endpoint)}: accepting clients again ({held} connected)")
         elif event == _ACCEPT_FAILED and not self._accept_failed_logged:
             self._accept_failed_logged = True
@@ -161,8 +168,21 @@ class ClientGate:
         finally:
             sock.detach()
 
+    def on_pause(self, endpoint: str, paused: bool) -> None:
+        """fdgate paused (or lifted the pause of) the listener of one of our tcp endpoints."""
+        if not paused:
+            self.paused.discard(endpoint)
+            return
+        self.paused.add(endpoint)
+        if endpoint not in self._pause_told:
+            self._pause_told.add(endpoint)
+            log.event("max-clients", f"{self._label(endpoint)}: connections past the cap arrive faster than they are "
+                      "closed: new handshakes are paused in the kernel for a moment at a time, until some clients "
+                      "leave", level=logging.WARNING)
+
     def document(self) -> dict:
-        return {"max_per_endpoint": self.cap, "connected": sum(self.counts.values()), "refused": self.refused}
+        return {"max_per_endpoint": self.cap, "connected": sum(self.counts.values()), "refused": self.refused,
+                "paused": bool(self.paused)}
 
 
 class GateWatch:
@@ -290,6 +310,7 @@ class GateWatch:
             self.proc = None
             log.event("max-clients", f"the connection gate process exited (status {code}): --max-clients is "
                       "now enforced by the master's loop alone (a busy loop delays it)", level=logging.ERROR)
+            self.lift_pauses()
             on_exit()
         loop.add_reader(self._exit_fd, exited)
 
@@ -301,9 +322,23 @@ class GateWatch:
             self._exit_fd = None
 
     def _on_event(self, frames: list[bytes]) -> None:
-        """[b"rss"]: the master's RSS grew by rss_step more."""
+        """[b"rss"]: the master's RSS grew by rss_step more; [b"pause" | b"resume", endpoint]: fdgate
+        paused or lifted the listener of a flooded tcp endpoint."""
         if frames[0] == b"rss" and self.on_rss_growth is not None:
             self.on_rss_growth()
+        elif frames[0] in (b"pause", b"resume") and len(frames) > 1:
+            endpoint = frames[1].decode("utf-8", "replace")
+            for gate in self.gates:
+                if endpoint in gate.counts:
+                    gate.on_pause(endpoint, frames[0] == b"pause")
+
+    def lift_pauses(self) -> None:
+        """fdgate is gone: lift the pauses it left on our listeners (nobody else would)."""
+        paused = [endpoint for gate in self.gates for endpoint in gate.paused]
+        for gate in self.gates:
+            gate.paused.clear()
+        if paused:
+            lift_listener_pauses(paused)
 
     def close_process(self) -> None:
         """Stop monitoring, the relays (their sockets closed by their threads) and the fdgate process."""
@@ -332,13 +367,56 @@ READY_TIMEOUT_MS = 10000   # a python start on a loaded machine
 
 
 def same_place(local: object, endpoint: str) -> bool:
-    """Whether a socket's local address belongs to the endpoint it was accepted on."""
+    """Whether a socket's local address belongs to an endpoint (the one it was accepted on, or bound to).
+
+    For tcp the port must match, and the host too unless the endpoint binds every address (a
+    connection accepted there has the address the client dialled) or names a host by name."""
     if isinstance(local, (bytes, str)):
         path = local.decode() if isinstance(local, bytes) else local
         return endpoint.startswith("ipc://") and endpoint[len("ipc://"):] == path
     if isinstance(local, tuple) and endpoint.startswith("tcp://"):
-        return endpoint.rsplit(":", 1)[-1] == str(local[1])
+        host, _, port = endpoint[len("tcp://"):].rpartition(":")
+        if port != str(local[1]):
+            return False
+        host = host.strip("[]")
+        try:
+            bound = ipaddress.ip_address(host)
+        except ValueError:
+            return True  # a name, or a wildcard other than an address: the port decides
+        if bound.is_unspecified:
+            return True
+        try:
+            return ipaddress.ip_address(str(local[0]).split("%")[0]) == bound
+        except ValueError:
+            return False
     return False
 
 
-__all__ = ["raise_open_files", "client_budget", "max_clients", "ClientGate", "GateWatch", "same_place"]
+def lift_listener_pauses(endpoints: list[str]) -> int:
+    """Detach the socket filter fdgate attached to this process's listening sockets of these tcp
+    endpoints (fdgate.ListenerPauses); how many were found."""
+    found = 0
+    try:
+        fds = [int(name) for name in os.listdir("/proc/self/fd")]
+    except OSError:
+        return 0
+    for fd in fds:
+        try:
+            sock = socket.socket(fileno=fd)
+        except OSError:
+            continue
+        try:
+            if sock.getsockopt(socket.SOL_SOCKET, socket.SO_ACCEPTCONN) and any(
+                    same_place(sock.getsockname(), endpoint) for endpoint in endpoints):
+                found += 1
+                with contextlib.suppress(OSError):
+                    sock.setsockopt(socket.SOL_SOCKET, SO_DETACH_FILTER, 0)
+        except OSError:
+            pass
+        finally:
+            sock.detach()
+    return found
+
+
+__all__ = ["raise_open_files", "client_budget", "max_clients", "ClientGate", "GateWatch", "same_place",
+           "lift_listener_pauses"]

@@ -189,7 +189,8 @@ def test_max_clients_caps_connections_per_endpoint(cluster):
                 pass
             s.close()
         # the monitor's events reach the status asynchronously: wait for the last of them
-        wait_for(lambda: inst.status()["clients"]["bind"] == {"max_per_endpoint": 3, "connected": 3, "refused": 5},
+        wait_for(lambda: inst.status()["clients"]["bind"] == {"max_per_endpoint": 3, "connected": 3, "refused": 5,
+                                                             "paused": False},
                  10, message="the status counts every connection")
         for i, c in enumerate(kept):  # the clients already connected were never touched
             assert c.result("add", i, 2) == i + 2
@@ -485,4 +486,73 @@ def test_a_paused_listener_completes_no_handshake_until_resumed():
             listener.accept()[0].close()
     finally:
         for s in (before, accepted, listener, *[s for s in pauses.listeners.values() if s is not None]):
+            s.close()
+
+
+def test_same_place_matches_the_host_of_a_tcp_endpoint_unless_it_binds_every_address():
+    assert limits.same_place(("10.0.0.1", 5555), "tcp://10.0.0.1:5555")
+    assert not limits.same_place(("127.0.0.1", 5555), "tcp://10.0.0.1:5555")   # another bind on the port
+    assert limits.same_place(("127.0.0.1", 5555), "tcp://0.0.0.0:5555")       # accepted on a wildcard bind
+    assert limits.same_place(("::1", 5555, 0, 0), "tcp://[::1]:5555")
+    assert not limits.same_place(("::1", 5555, 0, 0), "tcp://[::2]:5555")
+    assert limits.same_place(("127.0.0.1", 5555), "tcp://localhost:5555")     # a name: the port decides
+    assert not limits.same_place(("127.0.0.1", 5556), "tcp://127.0.0.1:5555")
+    assert limits.same_place(b"/run/x/control.sock", "ipc:///run/x/control.sock")
+
+
+def test_the_master_lifts_a_pause_left_by_its_gate():
+    """Should fdgate die while a listener is paused, the master removes the filter itself."""
+    from clusterd.fdgate import FdTaker, ListenerPauses
+    taker = FdTaker(os.getpid())
+    if not taker.works:
+        taker.close()
+        pytest.skip("pidfd_getfd is refused here")
+    listener = socket.create_server(("127.0.0.1", 0))
+    endpoint = f"tcp://127.0.0.1:{listener.getsockname()[1]}"
+    pauses = ListenerPauses(os.getpid(), taker)
+    try:
+        pauses.pause(endpoint)
+        pauses.listeners[endpoint].close()   # the gate's copy goes with the gate; the filter stays
+        pauses.listeners.clear()
+        with pytest.raises(OSError):
+            socket.create_connection(listener.getsockname(), timeout=0.5)
+        assert limits.lift_listener_pauses([endpoint]) == 1
+        with socket.create_connection(listener.getsockname(), timeout=5):
+            pass
+    finally:
+        listener.close()
+        taker.close()
+
+
+def test_a_flooded_endpoint_shows_paused_and_a_dead_gate_leaves_no_pause_behind(cluster):
+    port = free_port()
+    address = f"tcp://127.0.0.1:{port}"
+    inst = cluster("tests.apps.basic:Master", "tests.apps.basic:Worker", "--workers", "1", "--bind", address,
+                   "--max-clients", "4")
+    gate = [p for p in psutil.Process(inst.proc.pid).children() if "clusterd.fdgate" in " ".join(p.cmdline())]
+    assert len(gate) == 1
+    opened: list[socket.socket] = []
+    try:
+        for _ in range(5):  # a pause lasts 1 s at most: catch the gate while one is on, and freeze it there
+            made, pending = flood_connect(port, 200, 0.3)
+            opened += made + pending
+            deadline = time.monotonic() + 5
+            while time.monotonic() < deadline and not inst.status()["clients"]["bind"]["paused"]:
+                time.sleep(0.02)
+            if inst.status()["clients"]["bind"]["paused"]:
+                gate[0].suspend()
+                if inst.status()["clients"]["bind"]["paused"]:
+                    break
+                gate[0].resume()
+        else:
+            pytest.fail("the endpoint was never seen paused")
+        assert inst.stderr().count("paused in the kernel") == 1   # the operator is told, once per episode
+        with pytest.raises(OSError):   # the filter is on: no handshake completes
+            socket.create_connection(("127.0.0.1", port), timeout=0.5)
+        gate[0].kill()                 # dies with its pause on: the master lifts it
+        wait_for(lambda: not inst.status()["clients"]["bind"]["paused"], 10, message="the pause lifted")
+        with socket.create_connection(("127.0.0.1", port), timeout=5):   # the handshake completes again
+            pass
+    finally:
+        for s in opened:
             s.close()

@@ -224,6 +224,36 @@ def test_the_reaper_waits_for_zombies_nobody_owns_and_leaves_owned_ones_to_their
     assert owned_code == 5      # ... so its owner still reads its exit status
 
 
+def test_on_uvloop_the_reaper_still_reaps_after_libuv_took_sigchld_over(monkeypatch):
+    """The master runs on uvloop when installed, which refuses a SIGCHLD handler: the reaper uses a plain
+    one, and once a uvloop subprocess made libuv take SIGCHLD over, its periodic sweep still reaps."""
+    import asyncio
+
+    from clusterd.ops import reaper
+    uvloop = pytest.importorskip("uvloop")
+    monkeypatch.setattr(reaper, "FALLBACK_SWEEP_S", 0.2)
+
+    async def scenario() -> str | None:
+        loop = asyncio.get_running_loop()
+        reap = reaper.ChildReaper(loop, lambda: set()).install()
+        try:
+            proc = await asyncio.create_subprocess_exec(sys.executable, "-c", "pass")  # libuv's SIGCHLD now
+            await proc.wait()
+            stray = subprocess.Popen([sys.executable, "-c", "pass"])
+            stray_pid = stray.pid
+            stray.returncode = 0   # nobody waits for it: an orphan's zombie
+            wait_until = loop.time() + 10
+            while reaper.process_state(stray_pid) is not None and loop.time() < wait_until:
+                await asyncio.sleep(0.05)
+            state = reaper.process_state(stray_pid)
+            return state and state[0]
+        finally:
+            reap.close()
+            reaper.become_subreaper(False)
+
+    assert uvloop.run(scenario()) is None  # reaped
+
+
 def test_sigterm_while_the_app_is_still_importing_ends_pid1_as_it_would_a_process(launch_pid1, tmp_path):
     mark = tmp_path / "importing"
     inst, master = launch_pid1("tests.apps.slow_import:Master", "tests.apps.slow_import:Worker", "--workers", "1",

@@ -430,7 +430,8 @@ class HttpConnection(asyncio.Protocol):
         if self.next_write != self.next_seq or self.in_message:
             self.closing = True
             return
-        self.door.loop.call_later(self._quiet_needed(), self._close_if_still_idle)
+        quiet_for = self.door.loop.time() - self.last_active  # one idle for long closes at once
+        self.door.loop.call_later(max(0.0, self._quiet_needed() - quiet_for), self._close_if_still_idle)
 
     def _quiet_needed(self) -> float:
         return DRAIN_FRESH_S if self.fresh else DRAIN_QUIET_S

@@ -31,6 +31,7 @@ PR_SET_CHILD_SUBREAPER = 36
 # How long a zombie no spawner owns is left to whoever started it (a subprocess of user code in the
 # master is normally waited for at once); after that it is an orphan's and the reaper's.
 GRACE_S = 1.0
+FALLBACK_SWEEP_S = 5.0  # on uvloop: a sweep this often besides SIGCHLD, which libuv may take over
 
 
 def become_subreaper(enable: bool = True) -> bool:
@@ -104,6 +105,7 @@ class ChildReaper:
         self._first_seen: dict[int, float] = {}
         self._later: asyncio.TimerHandle | None = None
         self._own_handler = False
+        self._fallback: asyncio.TimerHandle | None = None
 
     def install(self) -> "ChildReaper":
         become_subreaper()
@@ -112,22 +114,33 @@ class ChildReaper:
             self._own_handler = False
         except RuntimeError:
             # uvloop keeps SIGCHLD for its own subprocesses: a plain handler, which runs in the loop's
-            # thread when uvloop wakes for the signal, hands the sweep to the loop
+            # thread when uvloop wakes for the signal, hands the sweep to the loop. Once something in
+            # this process starts a subprocess through uvloop, libuv's handler replaces ours for good:
+            # a sweep every FALLBACK_SWEEP_S then still waits for the orphans (a /proc read each time).
             signal.signal(signal.SIGCHLD, self._on_sigchld)
+            signal.siginterrupt(signal.SIGCHLD, False)  # as add_signal_handler: system calls restart
             self._own_handler = True
+            self._fallback = self.loop.call_later(FALLBACK_SWEEP_S, self._sweep_fallback)
         self.sweep()  # orphans that reached us before the handler was there
         return self
 
     def _on_sigchld(self, _signum: int, _frame: object) -> None:
         self.loop.call_soon_threadsafe(self.sweep)
 
+    def _sweep_fallback(self) -> None:
+        try:
+            self.sweep()
+        finally:
+            self._fallback = self.loop.call_later(FALLBACK_SWEEP_S, self._sweep_fallback)
+
     def close(self) -> None:
         if self._own_handler:
             signal.signal(signal.SIGCHLD, signal.SIG_DFL)
         else:
             self.loop.remove_signal_handler(signal.SIGCHLD)
-        if self._later is not None:
-            self._later.cancel()
+        for handle in (self._later, self._fallback):
+            if handle is not None:
+                handle.cancel()
 
     def sweep(self) -> None:
         """Wait for every zombie child no spawner owns that has waited GRACE_S for its own parent."""
