@@ -67,6 +67,12 @@ FORWARD = b"w"
 FORWARDED = b"W"
 DOOR = b"d"
 
+# The version of what masters, agents and workers say to each other (these frames, the agent's
+# messages, the worker spec). Bumped when a change is one the other side could not read: an agent
+# whose hello names another version is refused with a message saying so (master/remote.py), instead
+# of joining and then hanging. An agent that names none predates the check and speaks version 1.
+LINK_VERSION = 1
+
 HEARTBEAT_PREFIX = b"hb:"
 TOKEN_SIZE = 8
 
@@ -154,7 +160,8 @@ class WorkerSpec:
         return cls(**{k: v for k, v in {**data, **overrides}.items() if k in names})
 
 
-__all__ = ["CALL", "NOTIFY", "ANSWER", "STOP", "RESULT", "ERROR", "REQUEST", "HELLO", "FAILURE", "BEAT", "AGENT",
+__all__ = ["LINK_VERSION",
+           "CALL", "NOTIFY", "ANSWER", "STOP", "RESULT", "ERROR", "REQUEST", "HELLO", "FAILURE", "BEAT", "AGENT",
            "STATE", "FORWARD", "FORWARDED", "DOOR",
            "HEARTBEAT_PREFIX", "TOKEN_SIZE", "SPEC_ENV", "WorkerSpec", "token_bytes", "call_frame", "answer_frame",
            "split_token"]

@@ -154,3 +154,62 @@ def test_non_loopback_worker_bind_without_keys_is_refused(cluster):
     inst.start(wait=False)
     assert inst.wait_exit(20) == 2
     assert "--curve-dir" in inst.stderr()
+
+
+def test_an_agent_of_another_link_version_is_refused_with_a_message(cluster):
+    """An agent whose hello names another link version is not admitted: the master says why (once) and
+    tells the agent, instead of letting it join and then hang on frames it cannot read."""
+    import zmq
+
+    from clusterd import protocol, wire
+    port = free_port()
+    addr = f"tcp://127.0.0.1:{port}"
+    inst = cluster(*BASIC, "--workers", "1", "--worker-bind", addr)
+    ctx = zmq.Context.instance()
+    peer = ctx.socket(zmq.DEALER)
+    peer.setsockopt(zmq.LINGER, 0)
+    peer.connect(addr)
+    try:
+        hello = {"hello": {"host": "old-host", "pid": 1, "workers": 1, "link": wire.LINK_VERSION + 1,
+                           "version": "9.9"}}
+        for _ in range(3):  # it says hello again each beat
+            peer.send_multipart([wire.AGENT, protocol.dumps(hello)])
+            assert peer.poll(10000), "no answer to the hello"
+            kind, body = peer.recv_multipart()
+            assert kind == wire.AGENT
+            assert protocol.loads(body) == {"refused": {"link": wire.LINK_VERSION, "version": clusterd_version()}}
+        assert not remote_workers(inst) and len(inst.status()["workers"]) == 1
+        wait_for(lambda: "speaks link version" in inst.stderr(), 10, message="the refusal logged")
+        assert inst.stderr().count("speaks link version") == 1
+    finally:
+        peer.close(linger=0)
+
+
+def test_a_refused_agent_exits_1_saying_why(cluster_env):
+    """The agent's side: told `refused`, it stops with status 1 and one clear line."""
+    import zmq
+
+    from clusterd import protocol, wire
+    port = free_port()
+    ctx = zmq.Context.instance()
+    master = ctx.socket(zmq.ROUTER)
+    master.setsockopt(zmq.LINGER, 0)
+    master.bind(f"tcp://127.0.0.1:{port}")
+    agent = Agent(cluster_env, f"tcp://127.0.0.1:{port}", None, workers=1)
+    try:
+        assert master.poll(20000), "no hello from the agent"
+        ident, kind, body = master.recv_multipart()
+        assert kind == wire.AGENT and protocol.loads(body)["hello"]["link"] == wire.LINK_VERSION
+        master.send_multipart([ident, wire.AGENT, protocol.dumps({"refused": {"link": 99, "version": "9.9"}})])
+        assert agent.proc.wait(20) == 1
+        agent.log.flush()
+        out = Path(agent.log.name).read_text()
+        assert "install the same clusterd version on both" in out and "Traceback" not in out
+    finally:
+        agent.kill()
+        master.close(linger=0)
+
+
+def clusterd_version() -> str:
+    from clusterd import __version__
+    return __version__

@@ -5,13 +5,16 @@ the cluster) and then runs those slots exactly like local ones — restart with 
 recycling, rolling reload — asking the agent to start or signal the processes. The workers connect to
 the master themselves. Agent messages travel on the remote workers socket as [wire.AGENT, json]:
 
-    agent -> master   {"hello": {"host", "pid", "workers"}}   register (again, after a master restart)
+    agent -> master   {"hello": {"host", "pid", "workers",      register (again, after a master restart)
+                               "link", "version"}}
+
                       {"beat": {"rss": {ident: bytes}}}        alive, with its workers' memory
                       {"exited": ident, "status": rc}           one of its workers ended
                       {"leaving": true}                         graceful stop: retire my workers
     master -> agent   {"welcome": {"slots": [...]}}             {"unknown": true}  (please say hello)
                       {"spawn": spec}                           {"signal": ident, "sig": n}
                       {"ack": true}                             (answer to a beat)
+                      {"refused": {"link", "version"}}          another link version (wire.LINK_VERSION)
 """
 
 from __future__ import annotations
@@ -25,7 +28,7 @@ from typing import Any
 
 import zmq
 
-from .. import protocol, wire
+from .. import __version__, protocol, wire
 from ..ops import log
 from ..settings import Config
 from ..wire import WorkerSpec
@@ -91,6 +94,7 @@ class AgentRegistry:
     def __init__(self, router: MasterView) -> None:
         self.router = router
         self.agents: dict[bytes, Agent] = {}
+        self._refused: set[bytes] = set()   # agents told that they speak another link version
         self._tick_handle: asyncio.TimerHandle | None = None
         self._schedule_tick()
 
@@ -139,6 +143,15 @@ class AgentRegistry:
                 sup.retire_slot(index, ExitReason.STOP)
 
     def _hello(self, ident: bytes, info: dict) -> None:
+        link = info.get("link", 1)  # an agent from before the check speaks version 1
+        if link != wire.LINK_VERSION:
+            if ident not in self._refused:  # it says hello again every beat: told once
+                self._refused.add(ident)
+                log.event("agent-refused", f"agent {info.get('host') or '?'} (clusterd {info.get('version') or '?'}) "
+                          f"speaks link version {link}, this master (clusterd {__version__}) {wire.LINK_VERSION}: "
+                          "it is not admitted; install the same clusterd version on both", level=logging.WARNING)
+            self._send(ident, {"refused": {"link": wire.LINK_VERSION, "version": __version__}})
+            return
         old = self.agents.get(ident)
         if old is not None and not old.gone:
             self._drop(old, "re-registered")

@@ -20,7 +20,7 @@ import time
 import psutil
 import zmq
 
-from .. import protocol, wire
+from .. import __version__, protocol, wire
 from ..ops import log
 from ..ops.reaper import ChildReaper
 from ..ops.systemd import child_environ
@@ -47,6 +47,7 @@ class Agent:
         self.welcomed = False
         self.last_answer = time.monotonic()
         self.stopping = asyncio.Event()
+        self.exit_code = 0
         self._all_gone = asyncio.Event()
         self._ps: dict[str, psutil.Process] = {}
 
@@ -82,7 +83,7 @@ class Agent:
         reaper.close()
         self.ctx.term()
         log.event("agent-exit", "agent stopped")
-        return 0
+        return self.exit_code
 
     # -- talking to the master
     def _send(self, msg: dict) -> None:
@@ -95,7 +96,8 @@ class Agent:
     async def _beat(self) -> None:
         while True:
             if not self.welcomed:
-                self._send({"hello": {"host": self.host, "pid": os.getpid(), "workers": self.workers}})
+                self._send({"hello": {"host": self.host, "pid": os.getpid(), "workers": self.workers,
+                                      "link": wire.LINK_VERSION, "version": __version__}})
             else:
                 self._send({"beat": {"rss": self._rss()}})
             await asyncio.sleep(self.interval)
@@ -133,6 +135,13 @@ class Agent:
             log.event("agent-welcome", f"joined the master: slots {msg['welcome'].get('slots')}")
         elif msg.get("unknown"):
             self.welcomed = False
+        elif "refused" in msg:
+            refused = msg["refused"] if isinstance(msg["refused"], dict) else {}
+            log.event("agent-refused", f"the master at {self.connect} refused this agent: it speaks link version "
+                      f"{refused.get('link')} (clusterd {refused.get('version')}), this agent {wire.LINK_VERSION} "
+                      f"(clusterd {__version__}): install the same clusterd version on both", level=logging.ERROR)
+            self.exit_code = 1
+            self.stopping.set()
         elif "spawn" in msg:
             self._spawn(msg["spawn"])
         elif "signal" in msg:
