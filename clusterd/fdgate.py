@@ -34,7 +34,7 @@ from collections.abc import Callable
 
 import zmq
 
-from .limits import SO_ATTACH_FILTER, SO_DETACH_FILTER, same_place
+from .limits import SO_ATTACH_FILTER, SO_DETACH_FILTER, ConnectionCounts, monitor_event, same_place
 
 _SYS_PIDFD_GETFD = 438  # the same number on every Linux architecture
 _ACCEPTED = int(zmq.EVENT_ACCEPTED)
@@ -203,8 +203,8 @@ class EndpointCounts:
     def __init__(self, cap: int) -> None:
         self.cap = cap
         self.pause_past = max(PAUSE_MIN, cap // PAUSE_FRACTION)
-        self.opened: dict[int, str] = {}
-        self.held: dict[str, int] = {}
+        self.counted = ConnectionCounts()
+        self.held = self.counted.counts
         self.touched: set[str] = set()
 
     def any_open(self) -> bool:
@@ -212,22 +212,19 @@ class EndpointCounts:
 
     def on_event(self, frames: list[bytes], past: dict[int, str]) -> None:
         """Count one event; an accepted connection past the cap goes into past (fd -> endpoint)."""
-        if len(frames) < 2 or len(frames[0]) < 6:
+        parsed = monitor_event(frames)
+        if parsed is None:
             return
-        event, fd = struct.unpack("=HI", frames[0][:6])
+        event, fd, endpoint = parsed
         if event == _ACCEPTED:
-            endpoint = frames[1].decode("utf-8", "replace")
-            self.opened[fd] = endpoint
-            count = self.held[endpoint] = self.held.get(endpoint, 0) + 1
-            if count > self.cap:
+            if self.counted.accepted(fd, endpoint) > self.cap:
                 past[fd] = endpoint
                 self.touched.add(endpoint)
         elif event == _DISCONNECTED:
-            endpoint = self.opened.pop(fd, None)
             past.pop(fd, None)  # gone already: its fd number may be reused by the next accept
-            if endpoint is not None:
-                self.held[endpoint] -= 1
-                self.touched.add(endpoint)
+            gone_from = self.counted.disconnected(fd)
+            if gone_from is not None:
+                self.touched.add(gone_from)
 
     def changed(self) -> list[tuple[str, Flood]]:
         """Endpoints flooded past the cap by pause_past (pause their listener), or back under it (resume)."""

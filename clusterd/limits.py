@@ -74,6 +74,37 @@ def max_clients(wanted: int, open_files: int, endpoints: int, workers: int) -> i
     return wanted
 
 
+class ConnectionCounts:
+    """The connections of one client socket per endpoint, from its monitor's events: the master's gate
+    and the fdgate process count them alike."""
+
+    def __init__(self) -> None:
+        self.open: dict[int, str] = {}          # fd -> the endpoint it was accepted on
+        self.counts: dict[str, int] = {}
+
+    def accepted(self, fd: int, endpoint: str) -> int:
+        """Count one accepted connection; how many the endpoint holds now."""
+        self.open[fd] = endpoint
+        held = self.counts[endpoint] = self.counts.get(endpoint, 0) + 1
+        return held
+
+    def disconnected(self, fd: int) -> str | None:
+        """Count one connection gone; its endpoint (None for one accepted before we counted)."""
+        endpoint = self.open.pop(fd, None)
+        if endpoint is not None:
+            self.counts[endpoint] -= 1
+        return endpoint
+
+
+def monitor_event(frames: list[bytes]) -> tuple[int, int, str] | None:
+    """One socket monitor message, [event id (2 bytes) + value (4 bytes), endpoint, ...]: (event, value,
+    endpoint), or None when malformed."""
+    if len(frames) < 2 or len(frames[0]) < 6:
+        return None
+    event, value = struct.unpack("=HI", frames[0][:6])
+    return event, value, frames[1].decode("utf-8", "replace")
+
+
 class ClientGate:
     """Counts the connections of one client socket per endpoint and shuts down those past the cap.
 
@@ -87,8 +118,9 @@ class ClientGate:
         self.cap = cap
         self._label = label
         self.address = address
-        self.open: dict[int, str] = {}          # fd -> the endpoint it was accepted on
-        self.counts: dict[str, int] = {}
+        self._counted = ConnectionCounts()
+        self.open = self._counted.open          # fd -> the endpoint it was accepted on
+        self.counts = self._counted.counts      # endpoint -> connections held
         self.refusing: set[str] = set()
         self.paused: set[str] = set()           # tcp endpoints whose listener fdgate has paused
         self._pause_told: set[str] = set()      # logged once per refusing episode
@@ -100,32 +132,29 @@ class ClientGate:
         sock.monitor(address, _EVENTS)
 
     def on_events(self, frames: list[bytes]) -> None:
-        """One monitor message: [event id (2 bytes) + value (4 bytes), endpoint]. A connection past the
-        cap is shut down here too: fdgate has done it already, or it is not running."""
-        if len(frames) < 2 or len(frames[0]) < 6:
+        """One monitor message (monitor_event). A connection past the cap is shut down here too: fdgate
+        has done it already, or it is not running."""
+        parsed = monitor_event(frames)
+        if parsed is None:
             return
-        event, value = struct.unpack("=HI", frames[0][:6])
+        event, value, endpoint = parsed
         if event == _ACCEPTED:
-            endpoint = frames[1].decode("utf-8", "replace")
-            self.open[value] = endpoint
-            held = self.counts.get(endpoint, 0) + 1
-            self.counts[endpoint] = held
+            held = self._counted.accepted(value, endpoint)
             if held > self.cap:
                 self._refuse(value, endpoint, len(frames) > 2 and frames[2] == b"shut")
             elif self.on_accept is not None:
                 self.on_accept()
         elif event == _DISCONNECTED:
-            endpoint = self.open.pop(value, None)
-            if endpoint is not None:
-                held = self.counts[endpoint] - 1
-                self.counts[endpoint] = held
-                if endpoint in self.refusing and held < self.cap:
-                    self.refusing.discard(endpoint)
-                    self._pause_told.discard(endpoint)
-                    log.event("max-clients", f"{self._label(endpoint)}: accepting clients again ({held} connected)")
+            gone_from = self._counted.disconnected(value)
+            if gone_from is not None:
+                held = self.counts[gone_from]
+                if gone_from in self.refusing and held < self.cap:
+                    self.refusing.discard(gone_from)
+                    self._pause_told.discard(gone_from)
+                    log.event("max-clients", f"{self._label(gone_from)}: accepting clients again ({held} connected)")
         elif event == _ACCEPT_FAILED and not self._accept_failed_logged:
             self._accept_failed_logged = True
-            log.event("accept-failed", f"{self._label(frames[1].decode('utf-8', 'replace'))}: accept failed "
+            log.event("accept-failed", f"{self._label(endpoint)}: accept failed "
                       f"(errno {value}); lower --max-clients or raise the open-file limit", level=logging.ERROR)
 
     def _refuse(self, fd: int, endpoint: str, done: bool) -> None:
@@ -418,5 +447,5 @@ def lift_listener_pauses(endpoints: list[str]) -> int:
     return found
 
 
-__all__ = ["raise_open_files", "client_budget", "max_clients", "ClientGate", "GateWatch", "same_place",
-           "lift_listener_pauses"]
+__all__ = ["raise_open_files", "client_budget", "max_clients", "ClientGate", "ConnectionCounts", "GateWatch",
+           "monitor_event", "same_place", "lift_listener_pauses"]
