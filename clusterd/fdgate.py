@@ -34,11 +34,17 @@ from collections.abc import Callable
 
 import zmq
 
-from .limits import SO_ATTACH_FILTER, SO_DETACH_FILTER, ConnectionCounts, monitor_event, same_place
+from .connections import (
+    ACCEPTED,
+    DISCONNECTED,
+    SO_ATTACH_FILTER,
+    SO_DETACH_FILTER,
+    ConnectionCounts,
+    monitor_event,
+    same_place,
+)
 
 _SYS_PIDFD_GETFD = 438  # the same number on every Linux architecture
-_ACCEPTED = int(zmq.EVENT_ACCEPTED)
-_DISCONNECTED = int(zmq.EVENT_DISCONNECTED)
 READY_TIMEOUT_MS = 5000
 WATCH_MS = 50
 GATE_NICE = -10
@@ -216,11 +222,11 @@ class EndpointCounts:
         if parsed is None:
             return
         event, fd, endpoint = parsed
-        if event == _ACCEPTED:
+        if event == ACCEPTED:
             if self.counted.accepted(fd, endpoint) > self.cap:
                 past[fd] = endpoint
                 self.touched.add(endpoint)
-        elif event == _DISCONNECTED:
+        elif event == DISCONNECTED:
             past.pop(fd, None)  # gone already: its fd number may be reused by the next accept
             gone_from = self.counted.disconnected(fd)
             if gone_from is not None:
@@ -247,7 +253,7 @@ class ListenerPauses:
     (SYN retries), as with a full backlog. Lifted once the endpoint is back under its cap, and after
     PAUSE_MAX_S in any case (a flood still going on pauses it again at once): a miscount can never
     close an endpoint for good. tell(b"pause" | b"resume", endpoint) reports each change to the master,
-    which lifts what is left should this process die (limits.lift_listener_pauses)."""
+    which lifts what is left should this process die (connections.lift_listener_pauses)."""
 
     def __init__(self, master: int, taker: FdTaker, tell: Callable[[bytes, str], None] = lambda kind, e: None) -> None:
         self.master = master

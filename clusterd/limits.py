@@ -7,20 +7,19 @@ and every --bind) then holds at most --max-clients connections, chosen so that t
 the worker link, the workers' pipes and the master itself, plus headroom for connections libzmq accepts
 before the master has seen them. A connection past the cap is shut down as soon as its ACCEPTED event
 arrives (a socket monitor), by a process of its own (fdgate.py) so that a busy master loop cannot delay
-it, and the cap being reached is logged once per episode.
+it, and the cap being reached is logged once per episode. A burst that outruns that process makes
+it pause the endpoint's listener in the kernel for a moment (fdgate.ListenerPauses); should it die
+with a pause on, the master lifts it (connections.lift_listener_pauses).
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import ctypes
-import ipaddress
 import logging
 import os
 import resource
 import socket
-import struct
 import subprocess
 import sys
 import threading
@@ -29,19 +28,22 @@ from pathlib import Path
 
 import zmq
 
+from .connections import (
+    ACCEPT_FAILED,
+    ACCEPTED,
+    DISCONNECTED,
+    ConnectionCounts,
+    lift_listener_pauses,
+    monitor_event,
+    same_place,
+)
 from .ops import log
 
 RESERVE_BASE = 64          # the master's own fds: interpreter, loop, zmq context and sockets, logs, psutil
 RESERVE_PER_WORKER = 8     # per worker, twice over for a rolling reload: its ipc link, pipes, zygote
 HEADROOM = 4               # 1/HEADROOM of the client budget is kept free for accepts not yet refused
 DEFAULT_MAX_CLIENTS = 10000
-SO_ATTACH_FILTER = 26      # setsockopt: fdgate pauses a flooded listener with a socket filter ...
-SO_DETACH_FILTER = 27      # ... and lifts the pause by removing it (so does the master, should fdgate die)
-
-_EVENTS = zmq.EVENT_ACCEPTED | zmq.EVENT_DISCONNECTED | zmq.EVENT_ACCEPT_FAILED
-_ACCEPTED = int(zmq.EVENT_ACCEPTED)
-_DISCONNECTED = int(zmq.EVENT_DISCONNECTED)
-_ACCEPT_FAILED = int(zmq.EVENT_ACCEPT_FAILED)
+_EVENTS = ACCEPTED | DISCONNECTED | ACCEPT_FAILED
 
 
 def raise_open_files() -> int:
@@ -72,37 +74,6 @@ def max_clients(wanted: int, open_files: int, endpoints: int, workers: int) -> i
                   f"for {endpoints} client endpoints and {workers} workers: using {ceiling}", level=logging.WARNING)
         return ceiling
     return wanted
-
-
-class ConnectionCounts:
-    """The connections of one client socket per endpoint, from its monitor's events: the master's gate
-    and the fdgate process count them alike."""
-
-    def __init__(self) -> None:
-        self.open: dict[int, str] = {}          # fd -> the endpoint it was accepted on
-        self.counts: dict[str, int] = {}
-
-    def accepted(self, fd: int, endpoint: str) -> int:
-        """Count one accepted connection; how many the endpoint holds now."""
-        self.open[fd] = endpoint
-        held = self.counts[endpoint] = self.counts.get(endpoint, 0) + 1
-        return held
-
-    def disconnected(self, fd: int) -> str | None:
-        """Count one connection gone; its endpoint (None for one accepted before we counted)."""
-        endpoint = self.open.pop(fd, None)
-        if endpoint is not None:
-            self.counts[endpoint] -= 1
-        return endpoint
-
-
-def monitor_event(frames: list[bytes]) -> tuple[int, int, str] | None:
-    """One socket monitor message, [event id (2 bytes) + value (4 bytes), endpoint, ...]: (event, value,
-    endpoint), or None when malformed."""
-    if len(frames) < 2 or len(frames[0]) < 6:
-        return None
-    event, value = struct.unpack("=HI", frames[0][:6])
-    return event, value, frames[1].decode("utf-8", "replace")
 
 
 class ClientGate:
@@ -138,13 +109,13 @@ class ClientGate:
         if parsed is None:
             return
         event, value, endpoint = parsed
-        if event == _ACCEPTED:
+        if event == ACCEPTED:
             held = self._counted.accepted(value, endpoint)
             if held > self.cap:
                 self._refuse(value, endpoint, len(frames) > 2 and frames[2] == b"shut")
             elif self.on_accept is not None:
                 self.on_accept()
-        elif event == _DISCONNECTED:
+        elif event == DISCONNECTED:
             gone_from = self._counted.disconnected(value)
             if gone_from is not None:
                 held = self.counts[gone_from]
@@ -152,7 +123,7 @@ class ClientGate:
                     self.refusing.discard(gone_from)
                     self._pause_told.discard(gone_from)
                     log.event("max-clients", f"{self._label(gone_from)}: accepting clients again ({held} connected)")
-        elif event == _ACCEPT_FAILED and not self._accept_failed_logged:
+        elif event == ACCEPT_FAILED and not self._accept_failed_logged:
             self._accept_failed_logged = True
             log.event("accept-failed", f"{self._label(endpoint)}: accept failed "
                       f"(errno {value}); lower --max-clients or raise the open-file limit", level=logging.ERROR)
@@ -395,57 +366,4 @@ class GateWatch:
 READY_TIMEOUT_MS = 10000   # a python start on a loaded machine
 
 
-def same_place(local: object, endpoint: str) -> bool:
-    """Whether a socket's local address belongs to an endpoint (the one it was accepted on, or bound to).
-
-    For tcp the port must match, and the host too unless the endpoint binds every address (a
-    connection accepted there has the address the client dialled) or names a host by name."""
-    if isinstance(local, (bytes, str)):
-        path = local.decode() if isinstance(local, bytes) else local
-        return endpoint.startswith("ipc://") and endpoint[len("ipc://"):] == path
-    if isinstance(local, tuple) and endpoint.startswith("tcp://"):
-        host, _, port = endpoint[len("tcp://"):].rpartition(":")
-        if port != str(local[1]):
-            return False
-        host = host.strip("[]")
-        try:
-            bound = ipaddress.ip_address(host)
-        except ValueError:
-            return True  # a name, or a wildcard other than an address: the port decides
-        if bound.is_unspecified:
-            return True
-        try:
-            return ipaddress.ip_address(str(local[0]).split("%")[0]) == bound
-        except ValueError:
-            return False
-    return False
-
-
-def lift_listener_pauses(endpoints: list[str]) -> int:
-    """Detach the socket filter fdgate attached to this process's listening sockets of these tcp
-    endpoints (fdgate.ListenerPauses); how many were found."""
-    found = 0
-    try:
-        fds = [int(name) for name in os.listdir("/proc/self/fd")]
-    except OSError:
-        return 0
-    for fd in fds:
-        try:
-            sock = socket.socket(fileno=fd)
-        except OSError:
-            continue
-        try:
-            if sock.getsockopt(socket.SOL_SOCKET, socket.SO_ACCEPTCONN) and any(
-                    same_place(sock.getsockname(), endpoint) for endpoint in endpoints):
-                found += 1
-                with contextlib.suppress(OSError):
-                    sock.setsockopt(socket.SOL_SOCKET, SO_DETACH_FILTER, 0)
-        except OSError:
-            pass
-        finally:
-            sock.detach()
-    return found
-
-
-__all__ = ["raise_open_files", "client_budget", "max_clients", "ClientGate", "ConnectionCounts", "GateWatch",
-           "monitor_event", "same_place", "lift_listener_pauses"]
+__all__ = ["raise_open_files", "client_budget", "max_clients", "ClientGate", "GateWatch"]

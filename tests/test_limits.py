@@ -20,7 +20,7 @@ import psutil
 import pytest
 import zmq
 
-from clusterd import limits, protocol
+from clusterd import connections, limits, protocol
 from clusterd.master.health import HealthCheck
 
 from .conftest import Rpc, free_port, wait_for
@@ -496,14 +496,14 @@ def test_a_paused_listener_completes_no_handshake_until_resumed():
 
 
 def test_same_place_matches_the_host_of_a_tcp_endpoint_unless_it_binds_every_address():
-    assert limits.same_place(("10.0.0.1", 5555), "tcp://10.0.0.1:5555")
-    assert not limits.same_place(("127.0.0.1", 5555), "tcp://10.0.0.1:5555")   # another bind on the port
-    assert limits.same_place(("127.0.0.1", 5555), "tcp://0.0.0.0:5555")       # accepted on a wildcard bind
-    assert limits.same_place(("::1", 5555, 0, 0), "tcp://[::1]:5555")
-    assert not limits.same_place(("::1", 5555, 0, 0), "tcp://[::2]:5555")
-    assert limits.same_place(("127.0.0.1", 5555), "tcp://localhost:5555")     # a name: the port decides
-    assert not limits.same_place(("127.0.0.1", 5556), "tcp://127.0.0.1:5555")
-    assert limits.same_place(b"/run/x/control.sock", "ipc:///run/x/control.sock")
+    assert connections.same_place(("10.0.0.1", 5555), "tcp://10.0.0.1:5555")
+    assert not connections.same_place(("127.0.0.1", 5555), "tcp://10.0.0.1:5555")   # another bind on the port
+    assert connections.same_place(("127.0.0.1", 5555), "tcp://0.0.0.0:5555")       # accepted on a wildcard bind
+    assert connections.same_place(("::1", 5555, 0, 0), "tcp://[::1]:5555")
+    assert not connections.same_place(("::1", 5555, 0, 0), "tcp://[::2]:5555")
+    assert connections.same_place(("127.0.0.1", 5555), "tcp://localhost:5555")     # a name: the port decides
+    assert not connections.same_place(("127.0.0.1", 5556), "tcp://127.0.0.1:5555")
+    assert connections.same_place(b"/run/x/control.sock", "ipc:///run/x/control.sock")
 
 
 def test_the_master_lifts_a_pause_left_by_its_gate():
@@ -522,7 +522,7 @@ def test_the_master_lifts_a_pause_left_by_its_gate():
         pauses.listeners.clear()
         with pytest.raises(OSError):
             socket.create_connection(listener.getsockname(), timeout=0.5)
-        assert limits.lift_listener_pauses([endpoint]) == 1
+        assert connections.lift_listener_pauses([endpoint]) == 1
         with socket.create_connection(listener.getsockname(), timeout=5):
             pass
     finally:
