@@ -190,7 +190,10 @@ def main(argv: list[str]) -> int:
                     break
                 gate.on_event(frames, past)
             for endpoint, state in gate.changed():  # first stop more handshakes, then end what got in
-                pauses.pause(endpoint) if state is Flood.PAUSE else pauses.resume(endpoint)
+                if state is Flood.PAUSE:
+                    pauses.pause(endpoint)
+                else:
+                    pauses.resume(endpoint)
             if taker.works:
                 for fd, endpoint in past.items():
                     shut(taker, fd, endpoint)

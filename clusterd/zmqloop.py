@@ -28,7 +28,7 @@ BATCH = 512
 # A peer's frames leave once this many wait, without waiting for the end of the turn: the peer (a
 # process on another core) works on them while this side produces the rest. Sent only at the end of
 # the turn, 64 calls in flight had the master and a worker take turns on one core instead of using
-# two: 93k -> 146k master->worker calls/s with this (`clusterd bench --links`).
+# two: 93k -> 140k master->worker calls/s with this (`clusterd bench --links`).
 PIPELINE_FRAMES = 16
 FLUSH_BATCHES = 8  # a flush handles at most this many batches now; the rest is read on later loop turns
 
@@ -108,11 +108,13 @@ class Outbox:
 
     def _send_now(self, peer: Any) -> None:
         """A peer's frames leave before the turn ends: it starts on them while we produce the rest."""
-        frames = self.pending.pop(peer)
-        if not self.send_message(peer, frames) and self.on_failure is not None:
-            self.on_failure(peer, frames)
+        self._deliver(peer, self.pending.pop(peer))
         if self.after_send is not None:
             self.after_send()
+
+    def _deliver(self, peer: Any, frames: list[bytes]) -> None:
+        if not self.send_message(peer, frames) and self.on_failure is not None:
+            self.on_failure(peer, frames)
 
     def add_alone(self, peer: Any, frame: bytes) -> None:
         """add() for a frame its sender knows to be alone (its only call in flight): sent at once when
@@ -140,8 +142,7 @@ class Outbox:
         pending = self.pending
         self.pending = {}
         for peer, frames in pending.items():
-            if not self.send_message(peer, frames) and self.on_failure is not None:
-                self.on_failure(peer, frames)
+            self._deliver(peer, frames)
         if self.after_send is not None:
             self.after_send()
 

@@ -473,6 +473,7 @@ def test_a_paused_listener_completes_no_handshake_until_resumed():
     from clusterd.fdgate import FdTaker, ListenerPauses
     taker = FdTaker(os.getpid())
     if not taker.works:
+        taker.close()
         pytest.skip("pidfd_getfd is refused here")
     listener = socket.create_server(("127.0.0.1", 0))
     endpoint = f"tcp://127.0.0.1:{listener.getsockname()[1]}"
@@ -491,8 +492,10 @@ def test_a_paused_listener_completes_no_handshake_until_resumed():
             listener.settimeout(5)
             listener.accept()[0].close()
     finally:
-        for s in (before, accepted, listener, *[s for s in pauses.listeners.values() if s is not None]):
+        pauses.close()  # the gate's copies of the listener
+        for s in (before, accepted, listener):
             s.close()
+        taker.close()
 
 
 def test_same_place_matches_the_host_of_a_tcp_endpoint_unless_it_binds_every_address():
